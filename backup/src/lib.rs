@@ -1,0 +1,1 @@
+//! capstan-backup: see ARCHITECTURE.md. Filled in by later issues.

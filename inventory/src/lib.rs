@@ -1,0 +1,1 @@
+//! Parses and validates the inventory YAML into a resolved cluster model.

@@ -1,0 +1,1 @@
+//! The local lab: real Debian 12 machines under systemd-nspawn.

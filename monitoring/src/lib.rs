@@ -1,0 +1,1 @@
+//! capstan-monitoring: see ARCHITECTURE.md. Filled in by later issues.
