@@ -1,1 +1,61 @@
-fn main() {}
+//! The `capstan` binary: a thin layer over the library crates.
+//!
+//! Data goes to stdout (text or `--output json`), logs and progress to stderr. Errors end with a
+//! `hint:` line when there is something useful to suggest; user errors never print a backtrace.
+
+mod cli;
+mod cmd_check;
+mod cmd_inventory;
+mod cmd_lab;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command};
+use output::{Failure, Output};
+
+fn main() -> ExitCode {
+    // Behave like other Unix tools when stdout is closed early (`capstan ... | head`): exit quietly
+    // instead of panicking on a broken pipe.
+    // SAFETY: resetting a signal disposition to its default before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let out = Output::new(cli.output, cli.verbose, cli.quiet);
+    out.init_tracing();
+    let result = run(cli, &out);
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            out.report_error(&err);
+            ExitCode::from(err.downcast_ref::<Failure>().map(|f| f.exit_code).unwrap_or(1))
+        }
+    }
+}
+
+fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Lab(args) => cmd_lab::run(args, out),
+        Command::Inventory(args) => cmd_inventory::run(args, cli.inventory.as_deref(), out),
+        Command::Check(args) => cmd_check::run(args, cli.inventory.as_deref(), out),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "capstan", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out_dir } => {
+            let cmd = Cli::command();
+            match out_dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    clap_mangen::generate_to(cmd, &dir)?;
+                    eprintln!("wrote man pages to {}", dir.display());
+                }
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,1 +1,88 @@
 //! Every config file and unit capstan writes, as minijinja templates embedded in the binary.
+//!
+//! Templates live in `templates/files/` and are compiled into the binary with `include_str!`, so a
+//! capstan binary never depends on files next to it. Rendering is strict: an undefined variable is an
+//! error, not an empty string, so a missing context field can never silently produce a broken config.
+
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::Serde;
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
+
+/// (name, source) of every embedded template. Adding a template is adding a line here.
+const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "lab/test-unit.service",
+        include_str!("../files/lab/test-unit.service.j2"),
+    ),
+    ("lab/motd", include_str!("../files/lab/motd.j2")),
+    ("etcd/etcd.conf.yml", include_str!("../files/etcd/etcd.conf.yml.j2")),
+    ("etcd/etcd.service", include_str!("../files/etcd/etcd.service.j2")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("no embedded template named `{0}`")]
+    Unknown(String),
+    #[error("rendering template `{name}`: {source:#}")]
+    Render { name: String, source: minijinja::Error },
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_syntax(
+        SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .expect("static syntax config is valid"),
+    );
+    for (name, source) in TEMPLATES {
+        // The sources are compile-time constants; a syntax error is caught by the `all_templates_parse` test.
+        env.add_template(name, source).expect("embedded template parses");
+    }
+    env
+}
+
+/// Render the embedded template `name` with `context`.
+pub fn render<S: Serialize>(name: &str, context: S) -> Result<String, TemplateError> {
+    let env = environment();
+    let template = env
+        .get_template(name)
+        .map_err(|_| TemplateError::Unknown(name.to_string()))?;
+    template.render(Serde(context)).map_err(|source| TemplateError::Render {
+        name: name.to_string(),
+        source,
+    })
+}
+
+/// Names of every embedded template.
+pub fn names() -> impl Iterator<Item = &'static str> {
+    TEMPLATES.iter().map(|(name, _)| *name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_templates_parse() {
+        let env = environment();
+        for name in names() {
+            env.get_template(name).unwrap();
+        }
+    }
+
+    #[test]
+    fn undefined_variable_is_an_error() {
+        let err = render("lab/motd", serde_json::json!({})).unwrap_err();
+        assert!(err.to_string().contains("lab/motd"), "{err}");
+    }
+
+    #[test]
+    fn unknown_template_is_an_error() {
+        assert!(matches!(render("nope", ()), Err(TemplateError::Unknown(_))));
+    }
+}

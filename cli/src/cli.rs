@@ -1,0 +1,157 @@
+//! The one definition of every flag: help, completions and man pages are generated from it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "capstan",
+    version,
+    about = "Install, back up, restore and verify highly available clusters over SSH"
+)]
+#[command(propagate_version = true)]
+pub struct Cli {
+    /// Inventory file describing the cluster.
+    #[arg(short, long, global = true, env = "CAPSTAN_INVENTORY", value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Format of the data printed on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Local lab of real Debian machines (systemd-nspawn) for tests, demos and drills.
+    #[command(subcommand)]
+    Lab(LabCommand),
+    /// Validate, show or import inventories.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
+    /// Connect to every host, gather facts and run preflight checks.
+    Check(CheckArgs),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (or write one page per subcommand into a directory).
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Boot N machines and write a ready-to-use inventory (its path is printed on stdout).
+    Up(LabUpArgs),
+    /// Remove a lab: machines, mounts, links and state (also after a crash).
+    Down(LabNameArgs),
+    /// List labs.
+    List,
+    /// Show a lab's machines: addresses, pids, running or not.
+    Status(LabNameArgs),
+    /// Open a shell on a lab machine, or run a command there.
+    Ssh {
+        #[command(flatten)]
+        lab: LabNameArgs,
+        /// Machine name (e.g. demo-1).
+        host: String,
+        /// Command to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Power a machine off.
+    Stop(LabHostArgs),
+    /// Boot a stopped machine.
+    Start(LabHostArgs),
+    /// Cut a machine off the lab network.
+    Isolate(LabHostArgs),
+    /// Reconnect an isolated machine.
+    Heal(LabHostArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabNameArgs {
+    /// Lab name.
+    #[arg(long, default_value = "capstan")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LabHostArgs {
+    #[command(flatten)]
+    pub lab: LabNameArgs,
+    /// Machine name (e.g. demo-1).
+    pub host: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LabUpArgs {
+    #[command(flatten)]
+    pub lab: LabNameArgs,
+    /// Number of machines.
+    #[arg(long, default_value_t = 3)]
+    pub hosts: usize,
+    /// Also write the inventory here (with absolute paths).
+    #[arg(long, value_name = "FILE")]
+    pub inventory_out: Option<PathBuf>,
+    /// Artifact mirror directory to point the inventory at.
+    #[arg(long, value_name = "DIR", env = "CAPSTAN_MIRROR_DIR")]
+    pub mirror: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InventoryCommand {
+    /// Validate the inventory; every problem is reported with file:line:column.
+    Check,
+    /// Print the resolved model (effective per-host settings).
+    Show {
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+    },
+    /// Convert another tool's inventory into a capstan inventory (printed on stdout).
+    Import {
+        /// The format of the source inventory.
+        #[arg(long, value_enum)]
+        from: ImportFormat,
+        /// The source inventory file.
+        file: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImportFormat {
+    /// Kubespray / Ansible YAML inventory (kube_control_plane, etcd, kube_node groups).
+    Kubespray,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// How many hosts to work on at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+}

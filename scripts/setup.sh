@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything capstan's build, tests and demo need on a Debian 12 / Ubuntu machine (as root).
+# Idempotent: re-running only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: run as root (the lab uses systemd-nspawn, overlay mounts and bridges)" >&2
+  echo "hint: sudo bash $0" >&2
+  exit 1
+fi
+
+packages=(protobuf-compiler debootstrap systemd-container iproute2 openssh-client openssh-server
+          age etcd-server etcd-client ca-certificates curl python3-pip)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  # Never let package scripts start services on the build machine (no init system here; sshd is
+  # started by the tests themselves on a private port).
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"; created_policy=1; fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ "$created_policy" = 1 ] && rm -f "$policy"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "error: cargo not found" >&2
+  echo "hint: install Rust with rustup (https://rustup.rs), then re-run this script" >&2
+  exit 1
+fi
+
+# The lab's artifact mirror (etcd, prometheus, ... laid out like upstream releases).
+bash lab/mirror/build-mirror.sh "${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
