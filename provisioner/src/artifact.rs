@@ -18,7 +18,11 @@ pub enum ArtifactError {
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
     #[error("checksum mismatch for {url}: expected sha256 {expected}, got {actual}; the file was discarded")]
-    ChecksumMismatch { url: String, expected: String, actual: String },
+    ChecksumMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{url}: archive has no regular file {member:?}")]
     MemberMissing { url: String, member: String },
     #[error("{url}: cannot extract: {reason}")]
@@ -30,7 +34,10 @@ pub enum ArtifactError {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ArtifactError + '_ {
-    move |source| ArtifactError::Io { path: path.display().to_string(), source }
+    move |source| ArtifactError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Lower-cased sha256 or an error naming the bad value.
@@ -38,7 +45,22 @@ pub fn normalize_sha256(value: &str) -> Result<String, ArtifactError> {
     if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(value.to_ascii_lowercase())
     } else {
-        Err(ArtifactError::InvalidSha256 { value: value.to_string() })
+        Err(ArtifactError::InvalidSha256 {
+            value: value.to_string(),
+        })
+    }
+}
+
+/// Only file:// (absolute path), http:// and https:// artifacts exist.
+pub fn validate_url(url: &str) -> Result<(), ArtifactError> {
+    match url.strip_prefix("file://") {
+        Some(path) if !path.starts_with('/') => Err(ArtifactError::Download {
+            url: url.to_string(),
+            reason: "file:// URLs need an absolute path (file:///…)".into(),
+        }),
+        Some(_) => Ok(()),
+        None if url.starts_with("https://") || url.starts_with("http://") => Ok(()),
+        None => Err(ArtifactError::UnsupportedUrl { url: url.to_string() }),
     }
 }
 
@@ -136,9 +158,16 @@ impl ArtifactCache {
         let (actual, _) = download(url, partial.as_file_mut())?;
         if actual != sha256 {
             // Dropping the temp file removes it.
-            return Err(ArtifactError::ChecksumMismatch { url: url.to_string(), expected: sha256, actual });
+            return Err(ArtifactError::ChecksumMismatch {
+                url: url.to_string(),
+                expected: sha256,
+                actual,
+            });
         }
-        partial.persist(&target).map_err(|e| ArtifactError::Io { path: target.display().to_string(), source: e.error })?;
+        partial.persist(&target).map_err(|e| ArtifactError::Io {
+            path: target.display().to_string(),
+            source: e.error,
+        })?;
         Ok(target)
     }
 
@@ -161,7 +190,10 @@ impl ArtifactCache {
                 .prefix(&format!(".{sha256}.extract."))
                 .tempdir_in(&self.dir)
                 .map_err(io_error(&self.dir))?;
-            let extract_error = |e: io::Error| ArtifactError::Extract { url: url.to_string(), reason: e.to_string() };
+            let extract_error = |e: io::Error| ArtifactError::Extract {
+                url: url.to_string(),
+                reason: e.to_string(),
+            };
             let file = fs::File::open(archive).map_err(io_error(archive))?;
             let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(file));
             let mut found = vec![false; members.len()];
@@ -170,7 +202,12 @@ impl ArtifactCache {
                 if !entry.header().entry_type().is_file() {
                     continue;
                 }
-                let path = entry.path().map_err(extract_error)?.to_string_lossy().trim_start_matches("./").to_string();
+                let path = entry
+                    .path()
+                    .map_err(extract_error)?
+                    .to_string_lossy()
+                    .trim_start_matches("./")
+                    .to_string();
                 let Some(index) = members.iter().position(|m| m.trim_start_matches("./") == path) else {
                     continue;
                 };
@@ -180,7 +217,10 @@ impl ArtifactCache {
                 found[index] = true;
             }
             if let Some(missing) = members.iter().zip(&found).find(|(_, found)| !**found) {
-                return Err(ArtifactError::MemberMissing { url: url.to_string(), member: missing.0.clone() });
+                return Err(ArtifactError::MemberMissing {
+                    url: url.to_string(),
+                    member: missing.0.clone(),
+                });
             }
             if out_dir.exists() {
                 fs::remove_dir_all(&out_dir).map_err(io_error(&out_dir))?;
@@ -193,7 +233,12 @@ impl ArtifactCache {
             .map(|member| {
                 let local_path = out_dir.join(local_name(member));
                 let (sha256, size) = sha256_file(&local_path)?;
-                Ok(ExtractedFile { member: member.clone(), local_path, sha256, size })
+                Ok(ExtractedFile {
+                    member: member.clone(),
+                    local_path,
+                    sha256,
+                    size,
+                })
             })
             .collect()
     }
@@ -201,19 +246,19 @@ impl ArtifactCache {
 
 /// Stream `url` into `out`, hashing on the way.
 fn download(url: &str, out: &mut fs::File) -> Result<(String, u64), ArtifactError> {
-    let failed = |reason: String| ArtifactError::Download { url: url.to_string(), reason };
+    validate_url(url)?;
+    let failed = |reason: String| ArtifactError::Download {
+        url: url.to_string(),
+        reason,
+    };
     if let Some(path) = url.strip_prefix("file://") {
-        if !path.starts_with('/') {
-            return Err(failed("file:// URLs need an absolute path (file:///…)".into()));
-        }
         let mut src = fs::File::open(path).map_err(|e| failed(e.to_string()))?;
         return copy_hashing(&mut src, out).map_err(|e| failed(e.to_string()));
     }
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(ArtifactError::UnsupportedUrl { url: url.to_string() });
-    }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = ureq::tls::TlsConfig::builder().unversioned_rustls_crypto_provider(provider).build();
+    let tls = ureq::tls::TlsConfig::builder()
+        .unversioned_rustls_crypto_provider(provider)
+        .build();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .tls_config(tls)
         .timeout_connect(Some(std::time::Duration::from_secs(30)))

@@ -31,7 +31,11 @@ pub struct CheckResult {
 
 impl CheckResult {
     fn new(name: impl Into<String>, status: CheckStatus, detail: impl Into<String>) -> CheckResult {
-        CheckResult { name: name.into(), status, detail: detail.into() }
+        CheckResult {
+            name: name.into(),
+            status,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -85,16 +89,24 @@ pub const SUPPORTED_ARCHES: [&str; 2] = ["amd64", "arm64"];
 pub fn check_init(facts: &HostFacts) -> CheckResult {
     let name = "init";
     if facts.init != "systemd" {
-        return CheckResult::new(name, CheckStatus::Fail, format!("PID 1 is {:?}, capstan needs systemd", facts.init));
+        return CheckResult::new(
+            name,
+            CheckStatus::Fail,
+            format!("PID 1 is {:?}, capstan needs systemd", facts.init),
+        );
     }
     match facts.systemd_state.as_deref() {
         Some("running") => CheckResult::new(name, CheckStatus::Pass, "systemd is running"),
-        Some("degraded") => {
-            CheckResult::new(name, CheckStatus::Warn, "systemd is degraded: some units failed (systemctl --failed)")
-        }
-        Some(state @ ("starting" | "initializing")) => {
-            CheckResult::new(name, CheckStatus::Warn, format!("systemd is still {state}; boot has not finished"))
-        }
+        Some("degraded") => CheckResult::new(
+            name,
+            CheckStatus::Warn,
+            "systemd is degraded: some units failed (systemctl --failed)",
+        ),
+        Some(state @ ("starting" | "initializing")) => CheckResult::new(
+            name,
+            CheckStatus::Warn,
+            format!("systemd is still {state}; boot has not finished"),
+        ),
         Some(state) => CheckResult::new(name, CheckStatus::Fail, format!("systemd state is {state}")),
         None => CheckResult::new(name, CheckStatus::Fail, "systemctl is not available"),
     }
@@ -107,7 +119,11 @@ pub fn check_arch(facts: &HostFacts) -> CheckResult {
         CheckResult::new(
             "arch",
             CheckStatus::Fail,
-            format!("{} is not supported (supported: {})", facts.arch, SUPPORTED_ARCHES.join(", ")),
+            format!(
+                "{} is not supported (supported: {})",
+                facts.arch,
+                SUPPORTED_ARCHES.join(", ")
+            ),
         )
     }
 }
@@ -119,9 +135,16 @@ fn gib(bytes: u64) -> String {
 pub fn check_disk(facts: &HostFacts, config: &CheckConfig) -> CheckResult {
     let name = "disk";
     // /var/lib may be on / (then df reports /'s filesystem for it anyway).
-    let free = facts.free_disk_bytes.get(&config.disk_path).or_else(|| facts.free_disk_bytes.get("/"));
+    let free = facts
+        .free_disk_bytes
+        .get(&config.disk_path)
+        .or_else(|| facts.free_disk_bytes.get("/"));
     match free {
-        None => CheckResult::new(name, CheckStatus::Fail, format!("free space of {} is unknown", config.disk_path)),
+        None => CheckResult::new(
+            name,
+            CheckStatus::Fail,
+            format!("free space of {} is unknown", config.disk_path),
+        ),
         Some(&free) if free >= config.min_free_disk_bytes => CheckResult::new(
             name,
             CheckStatus::Pass,
@@ -130,7 +153,12 @@ pub fn check_disk(facts: &HostFacts, config: &CheckConfig) -> CheckResult {
         Some(&free) => CheckResult::new(
             name,
             CheckStatus::Fail,
-            format!("{} free on {}, need at least {}", gib(free), config.disk_path, gib(config.min_free_disk_bytes)),
+            format!(
+                "{} free on {}, need at least {}",
+                gib(free),
+                config.disk_path,
+                gib(config.min_free_disk_bytes)
+            ),
         ),
     }
 }
@@ -145,7 +173,11 @@ pub fn check_clock(facts: &HostFacts, config: &CheckConfig) -> CheckResult {
     } else {
         CheckStatus::Pass
     };
-    let detail = if status == CheckStatus::Pass { detail } else { format!("{detail}; enable NTP (timedatectl set-ntp true)") };
+    let detail = if status == CheckStatus::Pass {
+        detail
+    } else {
+        format!("{detail}; enable NTP (timedatectl set-ntp true)")
+    };
     CheckResult::new("clock", status, detail)
 }
 
@@ -163,15 +195,39 @@ pub fn required_ports(roles: &[String]) -> Vec<RequiredPort> {
     for role in roles {
         let for_role: &[RequiredPort] = match role.as_str() {
             "etcd" => &[
-                RequiredPort { port: 2379, purpose: "etcd client", owner: "etcd" },
-                RequiredPort { port: 2380, purpose: "etcd peer", owner: "etcd" },
+                RequiredPort {
+                    port: 2379,
+                    purpose: "etcd client",
+                    owner: "etcd",
+                },
+                RequiredPort {
+                    port: 2380,
+                    purpose: "etcd peer",
+                    owner: "etcd",
+                },
             ],
             "control_plane" => &[
-                RequiredPort { port: 6443, purpose: "kube-apiserver", owner: "kube-apiserver" },
-                RequiredPort { port: 10257, purpose: "kube-controller-manager", owner: "kube-controller-manager" },
-                RequiredPort { port: 10259, purpose: "kube-scheduler", owner: "kube-scheduler" },
+                RequiredPort {
+                    port: 6443,
+                    purpose: "kube-apiserver",
+                    owner: "kube-apiserver",
+                },
+                RequiredPort {
+                    port: 10257,
+                    purpose: "kube-controller-manager",
+                    owner: "kube-controller-manager",
+                },
+                RequiredPort {
+                    port: 10259,
+                    purpose: "kube-scheduler",
+                    owner: "kube-scheduler",
+                },
             ],
-            "node" => &[RequiredPort { port: 10250, purpose: "kubelet", owner: "kubelet" }],
+            "node" => &[RequiredPort {
+                port: 10250,
+                purpose: "kubelet",
+                owner: "kubelet",
+            }],
             _ => &[],
         };
         for port in for_role {
@@ -203,7 +259,11 @@ pub fn parse_ss_listeners(text: &str) -> Vec<Listener> {
                 .split_once("users:((\"")
                 .and_then(|(_, rest)| rest.split_once('"'))
                 .map(|(name, _)| name.to_string());
-            Some(Listener { address: address.to_string(), port, process })
+            Some(Listener {
+                address: address.to_string(),
+                port,
+                process,
+            })
         })
         .collect()
 }
@@ -227,8 +287,15 @@ pub fn check_ports(listeners: &[Listener], required: &[RequiredPort]) -> Vec<Che
                 .iter()
                 .map(|l| format!("{} on {}", l.process.as_deref().unwrap_or("unknown process"), l.address))
                 .collect();
-            if holders.iter().all(|l| l.process.as_deref().is_some_and(|p| same_process(p, req.owner))) {
-                CheckResult::new(name, CheckStatus::Pass, format!("already served by {} ({})", req.owner, names.join(", ")))
+            if holders
+                .iter()
+                .all(|l| l.process.as_deref().is_some_and(|p| same_process(p, req.owner)))
+            {
+                CheckResult::new(
+                    name,
+                    CheckStatus::Pass,
+                    format!("already served by {} ({})", req.owner, names.join(", ")),
+                )
             } else {
                 CheckResult::new(
                     name,
@@ -242,7 +309,12 @@ pub fn check_ports(listeners: &[Listener], required: &[RequiredPort]) -> Vec<Che
 
 /// All pure checks on gathered facts.
 pub fn evaluate_facts(facts: &HostFacts, config: &CheckConfig) -> Vec<CheckResult> {
-    vec![check_init(facts), check_arch(facts), check_disk(facts, config), check_clock(facts, config)]
+    vec![
+        check_init(facts),
+        check_arch(facts),
+        check_disk(facts, config),
+        check_clock(facts, config),
+    ]
 }
 
 /// The report for a host we could not connect to.
@@ -253,7 +325,10 @@ pub fn unreachable_report(host: &str, error: &TransportError) -> CheckReport {
         reachable,
         facts: None,
         checks: Vec::new(),
-        error: Some(CheckError { message: error.to_string(), hint: error.hint().map(str::to_string) }),
+        error: Some(CheckError {
+            message: error.to_string(),
+            hint: error.hint().map(str::to_string),
+        }),
     }
 }
 
@@ -276,7 +351,10 @@ pub async fn check_host(t: &dyn Transport, roles: &[String], config: &CheckConfi
                 crate::facts::FactError::Transport(te) => te.hint().map(str::to_string),
                 crate::facts::FactError::Parse { .. } => None,
             };
-            report.error = Some(CheckError { message: e.to_string(), hint });
+            report.error = Some(CheckError {
+                message: e.to_string(),
+                hint,
+            });
             return report;
         }
     };
@@ -285,17 +363,29 @@ pub async fn check_host(t: &dyn Transport, roles: &[String], config: &CheckConfi
 
     let required = required_ports(roles);
     if !required.is_empty() {
-        let opts = ExecOptions { timeout: Duration::from_secs(30), privileged: true };
+        let opts = ExecOptions {
+            timeout: Duration::from_secs(30),
+            privileged: true,
+        };
         match t.exec(LISTENERS_COMMAND, &opts).await {
             Ok(out) if out.success() => {
-                report.checks.extend(check_ports(&parse_ss_listeners(&out.stdout_str()), &required));
+                report
+                    .checks
+                    .extend(check_ports(&parse_ss_listeners(&out.stdout_str()), &required));
             }
             Ok(out) => report.checks.push(CheckResult::new(
                 "ports",
                 CheckStatus::Warn,
-                format!("cannot list listening ports (is iproute2 installed?): {}", out.stderr_str().trim()),
+                format!(
+                    "cannot list listening ports (is iproute2 installed?): {}",
+                    out.stderr_str().trim()
+                ),
             )),
-            Err(e) => report.checks.push(CheckResult::new("ports", CheckStatus::Warn, format!("cannot list listening ports: {e}"))),
+            Err(e) => report.checks.push(CheckResult::new(
+                "ports",
+                CheckStatus::Warn,
+                format!("cannot list listening ports: {e}"),
+            )),
         }
     }
     report
@@ -324,7 +414,10 @@ pub async fn run_checks(targets: &[CheckTarget], config: &CheckConfig, paralleli
                     Some(error) => unreachable_report(name, error),
                     None => unreachable_report(
                         name,
-                        &TransportError::Other { host: name.clone(), reason: "no connection was attempted".into() },
+                        &TransportError::Other {
+                            host: name.clone(),
+                            reason: "no connection was attempted".into(),
+                        },
                     ),
                 },
             }
@@ -370,7 +463,11 @@ mod tests {
             ("init", Some("offline"), CheckStatus::Fail),
         ];
         for (init, state, expected) in cases {
-            let f = HostFacts { init: init.into(), systemd_state: state.map(Into::into), ..facts() };
+            let f = HostFacts {
+                init: init.into(),
+                systemd_state: state.map(Into::into),
+                ..facts()
+            };
             assert_eq!(check_init(&f).status, expected, "{init} {state:?}");
         }
     }
@@ -378,8 +475,18 @@ mod tests {
     #[test]
     fn arch_support() {
         assert_eq!(check_arch(&facts()).status, CheckStatus::Pass);
-        assert_eq!(check_arch(&HostFacts { arch: "arm64".into(), ..facts() }).status, CheckStatus::Pass);
-        let r = check_arch(&HostFacts { arch: "riscv64".into(), ..facts() });
+        assert_eq!(
+            check_arch(&HostFacts {
+                arch: "arm64".into(),
+                ..facts()
+            })
+            .status,
+            CheckStatus::Pass
+        );
+        let r = check_arch(&HostFacts {
+            arch: "riscv64".into(),
+            ..facts()
+        });
         assert_eq!(r.status, CheckStatus::Fail);
         assert!(r.detail.contains("riscv64"));
     }
@@ -388,32 +495,58 @@ mod tests {
     fn disk_threshold_and_fallback_to_root() {
         let config = CheckConfig::default();
         assert_eq!(check_disk(&facts(), &config).status, CheckStatus::Pass);
-        let low = HostFacts { free_disk_bytes: BTreeMap::from([("/var/lib".to_string(), 1 << 30)]), ..facts() };
+        let low = HostFacts {
+            free_disk_bytes: BTreeMap::from([("/var/lib".to_string(), 1 << 30)]),
+            ..facts()
+        };
         let r = check_disk(&low, &config);
         assert_eq!(r.status, CheckStatus::Fail);
-        assert!(r.detail.contains("1.0 GiB") && r.detail.contains("2.0 GiB"), "{}", r.detail);
-        let root_only = HostFacts { free_disk_bytes: BTreeMap::from([("/".to_string(), 3 << 30)]), ..facts() };
+        assert!(
+            r.detail.contains("1.0 GiB") && r.detail.contains("2.0 GiB"),
+            "{}",
+            r.detail
+        );
+        let root_only = HostFacts {
+            free_disk_bytes: BTreeMap::from([("/".to_string(), 3 << 30)]),
+            ..facts()
+        };
         assert_eq!(check_disk(&root_only, &config).status, CheckStatus::Pass);
-        let unknown = HostFacts { free_disk_bytes: BTreeMap::new(), ..facts() };
+        let unknown = HostFacts {
+            free_disk_bytes: BTreeMap::new(),
+            ..facts()
+        };
         assert_eq!(check_disk(&unknown, &config).status, CheckStatus::Fail);
     }
 
     #[test]
     fn clock_thresholds() {
         let config = CheckConfig::default();
-        for (offset, expected) in [(0.5, CheckStatus::Pass), (-2.5, CheckStatus::Warn), (29.0, CheckStatus::Warn), (-31.0, CheckStatus::Fail)] {
-            let f = HostFacts { time_offset_secs: offset, ..facts() };
+        for (offset, expected) in [
+            (0.5, CheckStatus::Pass),
+            (-2.5, CheckStatus::Warn),
+            (29.0, CheckStatus::Warn),
+            (-31.0, CheckStatus::Fail),
+        ] {
+            let f = HostFacts {
+                time_offset_secs: offset,
+                ..facts()
+            };
             assert_eq!(check_clock(&f, &config).status, expected, "{offset}");
         }
     }
 
     #[test]
     fn roles_map_to_ports() {
-        let ports: Vec<u16> =
-            required_ports(&["etcd".into(), "control_plane".into(), "node".into(), "etcd".into(), "monitoring".into()])
-                .iter()
-                .map(|p| p.port)
-                .collect();
+        let ports: Vec<u16> = required_ports(&[
+            "etcd".into(),
+            "control_plane".into(),
+            "node".into(),
+            "etcd".into(),
+            "monitoring".into(),
+        ])
+        .iter()
+        .map(|p| p.port)
+        .collect();
         assert_eq!(ports, vec![2379, 2380, 6443, 10257, 10259, 10250]);
     }
 
@@ -430,7 +563,14 @@ LISTEN 0      128          0.0.0.0:10250      0.0.0.0:*
     fn ss_output_parses() {
         let listeners = parse_ss_listeners(SS);
         assert_eq!(listeners.len(), 5);
-        assert_eq!(listeners[0], Listener { address: "127.0.0.1".into(), port: 40111, process: Some("sshd".into()) });
+        assert_eq!(
+            listeners[0],
+            Listener {
+                address: "127.0.0.1".into(),
+                port: 40111,
+                process: Some("sshd".into())
+            }
+        );
         assert_eq!(listeners[2].address, "[::]");
         assert_eq!(listeners[4].process, None);
     }
@@ -438,14 +578,25 @@ LISTEN 0      128          0.0.0.0:10250      0.0.0.0:*
     #[test]
     fn ports_in_use_by_others_fail_and_ours_pass() {
         let listeners = parse_ss_listeners(SS);
-        let results = check_ports(&listeners, &required_ports(&["etcd".into(), "control_plane".into(), "node".into()]));
+        let results = check_ports(
+            &listeners,
+            &required_ports(&["etcd".into(), "control_plane".into(), "node".into()]),
+        );
         let by_port: BTreeMap<&str, &CheckResult> = results.iter().map(|r| (r.name.as_str(), r)).collect();
         assert_eq!(by_port["port 2379"].status, CheckStatus::Pass);
         assert!(by_port["port 2379"].detail.contains("already served by etcd"));
         assert_eq!(by_port["port 2380"].status, CheckStatus::Pass);
         assert_eq!(by_port["port 6443"].status, CheckStatus::Fail);
-        assert!(by_port["port 6443"].detail.contains("nginx on [::]"), "{}", by_port["port 6443"].detail);
-        assert_eq!(by_port["port 10257"].status, CheckStatus::Pass, "comm names are truncated to 15 bytes");
+        assert!(
+            by_port["port 6443"].detail.contains("nginx on [::]"),
+            "{}",
+            by_port["port 6443"].detail
+        );
+        assert_eq!(
+            by_port["port 10257"].status,
+            CheckStatus::Pass,
+            "comm names are truncated to 15 bytes"
+        );
         assert_eq!(by_port["port 10259"].status, CheckStatus::Pass);
         assert_eq!(by_port["port 10250"].status, CheckStatus::Fail);
         assert!(by_port["port 10250"].detail.contains("unknown process"));
@@ -453,7 +604,11 @@ LISTEN 0      128          0.0.0.0:10250      0.0.0.0:*
 
     #[test]
     fn unreachable_hosts_become_failed_reports_with_hint() {
-        let error = TransportError::Connect { host: "n1".into(), addr: "10.0.0.1:22".into(), reason: "refused".into() };
+        let error = TransportError::Connect {
+            host: "n1".into(),
+            addr: "10.0.0.1:22".into(),
+            reason: "refused".into(),
+        };
         let report = unreachable_report("n1", &error);
         assert!(!report.reachable && !report.passed());
         let err = report.error.unwrap();

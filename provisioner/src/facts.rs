@@ -82,15 +82,19 @@ impl FactCache {
 
 /// Runs a fact without caching.
 pub async fn read_fact<F: Fact>(t: &dyn Transport, fact: &F) -> Result<F::Output, FactError> {
-    let opts = ExecOptions { timeout: Duration::from_secs(60), privileged: fact.privileged() };
+    let opts = ExecOptions {
+        timeout: Duration::from_secs(60),
+        privileged: fact.privileged(),
+    };
     let started = SystemTime::now();
     let output = t.exec(&fact.command(), &opts).await?;
     let finished = SystemTime::now();
-    fact.parse(&output, ExecTiming { started, finished }).map_err(|reason| FactError::Parse {
-        host: t.host().to_string(),
-        fact: fact.key(),
-        reason,
-    })
+    fact.parse(&output, ExecTiming { started, finished })
+        .map_err(|reason| FactError::Parse {
+            host: t.host().to_string(),
+            fact: fact.key(),
+            reason,
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -137,7 +141,11 @@ impl Fact for HostFactsFact {
 
     fn parse(&self, output: &ExecOutput, timing: ExecTiming) -> Result<HostFacts, String> {
         if !output.success() {
-            return Err(format!("script failed ({:?}): {}", output.exit_code, output.stderr_str().trim()));
+            return Err(format!(
+                "script failed ({:?}): {}",
+                output.exit_code,
+                output.stderr_str().trim()
+            ));
         }
         parse_host_facts(&output.stdout_str(), timing)
     }
@@ -157,11 +165,17 @@ pub fn host_facts_script() -> String {
         script.push_str(&format!("echo '{MARK}{name}'; {body}\n"));
     };
     section("time", "date +%s.%N");
-    section("os-release", "cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null");
+    section(
+        "os-release",
+        "cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null",
+    );
     section("arch", "uname -m");
     section("kernel", "uname -r");
     section("init", "cat /proc/1/comm 2>/dev/null");
-    section("systemd-state", "command -v systemctl >/dev/null 2>&1 && systemctl is-system-running 2>/dev/null");
+    section(
+        "systemd-state",
+        "command -v systemctl >/dev/null 2>&1 && systemctl is-system-running 2>/dev/null",
+    );
     section("hostname", "hostname 2>/dev/null || cat /proc/sys/kernel/hostname");
     section("addresses", "ip -o addr show 2>/dev/null");
     section("cpus", "nproc 2>/dev/null || getconf _NPROCESSORS_ONLN");
@@ -205,7 +219,9 @@ pub fn parse_host_facts(text: &str, timing: ExecTiming) -> Result<HostFacts, Str
     if arch.is_empty() {
         return Err("uname -m printed nothing".into());
     }
-    let cpus = section("cpus").parse::<u32>().map_err(|_| format!("bad cpu count {:?}", section("cpus")))?;
+    let cpus = section("cpus")
+        .parse::<u32>()
+        .map_err(|_| format!("bad cpu count {:?}", section("cpus")))?;
     let memory_bytes = parse_meminfo_total(section("meminfo"))?;
     let mut free_disk_bytes = BTreeMap::new();
     for path in DISK_PATHS {
@@ -214,7 +230,9 @@ pub fn parse_host_facts(text: &str, timing: ExecTiming) -> Result<HostFacts, Str
         }
     }
     let remote_time = parse_epoch(section("time")).ok_or_else(|| format!("bad date output {:?}", section("time")))?;
-    let systemd_state = Some(section("systemd-state")).filter(|s| !s.is_empty()).map(str::to_string);
+    let systemd_state = Some(section("systemd-state"))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
     Ok(HostFacts {
         os_id: os.get("ID").cloned().unwrap_or_default(),
         os_version_id: os.get("VERSION_ID").cloned().unwrap_or_default(),
@@ -280,7 +298,10 @@ pub fn parse_global_addresses(text: &str) -> Vec<IpAddr> {
 }
 
 pub fn parse_meminfo_total(text: &str) -> Result<u64, String> {
-    let line = text.lines().find(|l| l.starts_with("MemTotal:")).ok_or("no MemTotal line")?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .ok_or("no MemTotal line")?;
     let kib = line
         .split_whitespace()
         .nth(1)
@@ -294,7 +315,9 @@ pub fn parse_df_available(text: &str) -> Option<u64> {
     let line = text.lines().nth(1)?;
     // Parse from the capacity column (`NN%`) leftwards: the filesystem name may contain spaces.
     let tokens: Vec<&str> = line.split_whitespace().collect();
-    let capacity_at = tokens.iter().position(|t| t.ends_with('%') && t[..t.len() - 1].parse::<u8>().is_ok())?;
+    let capacity_at = tokens
+        .iter()
+        .position(|t| t.ends_with('%') && t[..t.len() - 1].parse::<u8>().is_ok())?;
     let kib = tokens.get(capacity_at.checked_sub(1)?)?.parse::<u64>().ok()?;
     Some(kib * 1024)
 }
@@ -399,7 +422,10 @@ Filesystem     1024-blocks    Used Available Capacity Mounted on
 
     fn timing_at(epoch: f64, rtt: f64) -> ExecTiming {
         let start = UNIX_EPOCH + Duration::from_secs_f64(epoch - rtt / 2.0);
-        ExecTiming { started: start, finished: start + Duration::from_secs_f64(rtt) }
+        ExecTiming {
+            started: start,
+            finished: start + Duration::from_secs_f64(rtt),
+        }
     }
 
     #[test]
@@ -413,12 +439,19 @@ Filesystem     1024-blocks    Used Available Capacity Mounted on
         assert_eq!(facts.init, "process_api");
         assert_eq!(facts.systemd_state.as_deref(), Some("offline"));
         assert_eq!(facts.hostname, "vm");
-        assert_eq!(facts.addresses, vec!["192.0.2.2".parse::<IpAddr>().unwrap(), "fd00::2".parse().unwrap()]);
+        assert_eq!(
+            facts.addresses,
+            vec!["192.0.2.2".parse::<IpAddr>().unwrap(), "fd00::2".parse().unwrap()]
+        );
         assert_eq!(facts.cpus, 2);
         assert_eq!(facts.memory_bytes, 24684084 * 1024);
         assert_eq!(facts.free_disk_bytes.get("/"), Some(&(79123452 * 1024)));
         assert_eq!(facts.free_disk_bytes.get("/var/lib"), Some(&(79123452 * 1024)));
-        assert!((facts.time_offset_secs - 0.6048).abs() < 0.001, "{}", facts.time_offset_secs);
+        assert!(
+            (facts.time_offset_secs - 0.6048).abs() < 0.001,
+            "{}",
+            facts.time_offset_secs
+        );
     }
 
     #[test]
@@ -436,14 +469,23 @@ Filesystem     1024-blocks    Used Available Capacity Mounted on
     #[test]
     fn truncated_or_broken_output_is_an_error() {
         let truncated = DEBIAN_CONTAINER.replace("@@capstan:end\n", "");
-        assert!(parse_host_facts(&truncated, timing_at(0.0, 0.0)).unwrap_err().contains("truncated"));
+        assert!(parse_host_facts(&truncated, timing_at(0.0, 0.0))
+            .unwrap_err()
+            .contains("truncated"));
         let bad_cpus = DEBIAN_CONTAINER.replace("@@capstan:cpus\n2\n", "@@capstan:cpus\n\n");
-        assert!(parse_host_facts(&bad_cpus, timing_at(0.0, 0.0)).unwrap_err().contains("cpu"));
+        assert!(parse_host_facts(&bad_cpus, timing_at(0.0, 0.0))
+            .unwrap_err()
+            .contains("cpu"));
     }
 
     #[test]
     fn arch_names_normalise() {
-        for (raw, expected) in [("x86_64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64"), ("riscv64", "riscv64")] {
+        for (raw, expected) in [
+            ("x86_64", "amd64"),
+            ("aarch64", "arm64"),
+            ("arm64", "arm64"),
+            ("riscv64", "riscv64"),
+        ] {
             assert_eq!(normalize_arch(raw), expected);
         }
     }
@@ -468,8 +510,15 @@ Filesystem     1024-blocks    Used Available Capacity Mounted on
     fn script_runs_locally_and_parses() {
         // The script is POSIX sh: run it here to make sure it parses on a real system.
         let started = SystemTime::now();
-        let out = std::process::Command::new("sh").arg("-c").arg(host_facts_script()).output().unwrap();
-        let timing = ExecTiming { started, finished: SystemTime::now() };
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(host_facts_script())
+            .output()
+            .unwrap();
+        let timing = ExecTiming {
+            started,
+            finished: SystemTime::now(),
+        };
         let facts = parse_host_facts(&String::from_utf8_lossy(&out.stdout), timing).unwrap();
         assert!(facts.cpus > 0 && facts.memory_bytes > 0);
         assert!(facts.time_offset_secs.abs() < 1.0, "{}", facts.time_offset_secs);

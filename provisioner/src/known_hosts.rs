@@ -45,7 +45,9 @@ impl HostPattern {
             let hash = BASE64.decode(hash.as_bytes()).ok()?;
             return Some(HostPattern::Hashed { salt, hash });
         }
-        Some(HostPattern::List(field.split(',').map(|p| p.to_ascii_lowercase()).collect()))
+        Some(HostPattern::List(
+            field.split(',').map(|p| p.to_ascii_lowercase()).collect(),
+        ))
     }
 
     fn matches(&self, token: &str) -> bool {
@@ -114,9 +116,14 @@ pub enum HostKeyStatus {
     Unknown,
     /// The host is listed, but with other keys. `line` is 1-based, preferring
     /// an entry with the same algorithm as the presented key.
-    Changed { line: usize, old_algorithm: String },
+    Changed {
+        line: usize,
+        old_algorithm: String,
+    },
     /// The key is marked `@revoked` on `line`.
-    Revoked { line: usize },
+    Revoked {
+        line: usize,
+    },
 }
 
 /// A parsed known_hosts file. Malformed lines are skipped, as OpenSSH does.
@@ -139,10 +146,14 @@ impl KnownHosts {
     pub fn load(path: &Path) -> Result<KnownHosts, KnownHostsError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Ok(KnownHosts::parse(path, &text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(KnownHosts { path: path.to_path_buf(), entries: Vec::new() })
-            }
-            Err(source) => Err(KnownHostsError { path: path.to_path_buf(), source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KnownHosts {
+                path: path.to_path_buf(),
+                entries: Vec::new(),
+            }),
+            Err(source) => Err(KnownHostsError {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
@@ -152,7 +163,10 @@ impl KnownHosts {
             .enumerate()
             .filter_map(|(index, line)| parse_line(index + 1, line))
             .collect();
-        KnownHosts { path: path.to_path_buf(), entries }
+        KnownHosts {
+            path: path.to_path_buf(),
+            entries,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -171,7 +185,10 @@ impl KnownHosts {
     pub(crate) fn check(&self, host: &str, port: u16, key: &PublicKey) -> HostKeyStatus {
         let token = host_token(host, port);
         let for_host: Vec<&Entry> = self.entries.iter().filter(|e| e.hosts.matches(&token)).collect();
-        if let Some(revoked) = for_host.iter().find(|e| e.revoked && e.key.key_data() == key.key_data()) {
+        if let Some(revoked) = for_host
+            .iter()
+            .find(|e| e.revoked && e.key.key_data() == key.key_data())
+        {
             return HostKeyStatus::Revoked { line: revoked.line };
         }
         let trusted: Vec<&&Entry> = for_host.iter().filter(|e| !e.revoked).collect();
@@ -181,8 +198,14 @@ impl KnownHosts {
         let Some(first) = trusted.first() else {
             return HostKeyStatus::Unknown;
         };
-        let old = trusted.iter().find(|e| e.key.algorithm() == key.algorithm()).unwrap_or(first);
-        HostKeyStatus::Changed { line: old.line, old_algorithm: old.key.algorithm().to_string() }
+        let old = trusted
+            .iter()
+            .find(|e| e.key.algorithm() == key.algorithm())
+            .unwrap_or(first);
+        HostKeyStatus::Changed {
+            line: old.line,
+            old_algorithm: old.key.algorithm().to_string(),
+        }
     }
 
     /// Key algorithms recorded for the host, so the client can prefer them
@@ -219,7 +242,12 @@ fn parse_line(line_no: usize, line: &str) -> Option<Entry> {
     let (hosts, key_text) = rest.split_once(char::is_whitespace)?;
     let hosts = HostPattern::parse(hosts)?;
     let key = PublicKey::from_openssh(key_text.trim()).ok()?;
-    Some(Entry { line: line_no, revoked, hosts, key })
+    Some(Entry {
+        line: line_no,
+        revoked,
+        hosts,
+        key,
+    })
 }
 
 /// Appends `key` for `host:port`, creating the file (0600) and its directory
@@ -283,13 +311,18 @@ mod tests {
 
     #[test]
     fn plain_entries_known_unknown_changed() {
-        let file = known(&format!("# comment\n\nother.host {ED25519_OTHER}\nweb1,10.0.0.5 {ED25519}\n"));
+        let file = known(&format!(
+            "# comment\n\nother.host {ED25519_OTHER}\nweb1,10.0.0.5 {ED25519}\n"
+        ));
         assert_eq!(file.len(), 2);
         assert_eq!(file.check("10.0.0.5", 22, &key(ED25519)), HostKeyStatus::Known);
         assert_eq!(file.check("10.0.0.6", 22, &key(ED25519)), HostKeyStatus::Unknown);
         assert_eq!(
             file.check("web1", 22, &key(ED25519_OTHER)),
-            HostKeyStatus::Changed { line: 4, old_algorithm: "ssh-ed25519".into() }
+            HostKeyStatus::Changed {
+                line: 4,
+                old_algorithm: "ssh-ed25519".into()
+            }
         );
         // Same host on another port is a different entry.
         assert_eq!(file.check("10.0.0.5", 2222, &key(ED25519)), HostKeyStatus::Unknown);
@@ -313,7 +346,10 @@ mod tests {
         assert_eq!(file.check("10.0.0.5", 22, &key(ED25519)), HostKeyStatus::Known);
         assert_eq!(file.check("10.0.0.5", 2222, &key(ED25519)), HostKeyStatus::Known);
         assert_eq!(file.check("10.0.0.6", 22, &key(ED25519)), HostKeyStatus::Unknown);
-        assert!(matches!(file.check("10.0.0.5", 22, &key(ED25519_OTHER)), HostKeyStatus::Changed { line: 1, .. }));
+        assert!(matches!(
+            file.check("10.0.0.5", 22, &key(ED25519_OTHER)),
+            HostKeyStatus::Changed { line: 1, .. }
+        ));
     }
 
     #[test]
@@ -332,7 +368,9 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_skipped() {
-        let file = known(&format!("garbage\nhost ssh-ed25519 notbase64!!\n|1|bad {ED25519}\nok {ED25519}\n"));
+        let file = known(&format!(
+            "garbage\nhost ssh-ed25519 notbase64!!\n|1|bad {ED25519}\nok {ED25519}\n"
+        ));
         assert_eq!(file.len(), 1);
         assert_eq!(file.check("ok", 22, &key(ED25519)), HostKeyStatus::Known);
     }
@@ -342,7 +380,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/known_hosts");
         append_known_host(&path, "127.0.0.1", 2200, &key(ED25519)).unwrap();
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"# no newline").unwrap();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"# no newline")
+            .unwrap();
         append_known_host(&path, "web1", 22, &key(ED25519_OTHER)).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -354,6 +397,9 @@ mod tests {
     #[test]
     fn fingerprint_is_openssh_sha256() {
         // `ssh-keygen -lf` of the same key.
-        assert_eq!(fingerprint(&key(ED25519)), "SHA256:prmb8W2Lqq6CvmMHrtJvoyu6xf7xAlUDFMpt3GKTWnE");
+        assert_eq!(
+            fingerprint(&key(ED25519)),
+            "SHA256:prmb8W2Lqq6CvmMHrtJvoyu6xf7xAlUDFMpt3GKTWnE"
+        );
     }
 }

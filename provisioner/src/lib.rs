@@ -3,18 +3,19 @@
 //! Every remote change goes through [`transport::Transport`]; the planning code
 //! (facts → operations → commands) is pure and tested without SSH.
 
-pub mod transport;
-pub mod known_hosts;
-pub mod ssh;
-pub mod etcd;
-pub mod pki;
 pub mod artifact;
+pub mod check;
+pub mod etcd;
+pub mod facts;
+pub mod known_hosts;
 pub mod local;
 pub mod ops;
 pub mod phases;
+pub mod pki;
+pub mod pool;
 pub mod report;
 pub mod runner;
+pub mod ssh;
+pub mod targets;
+pub mod transport;
 pub mod upload;
-pub mod pool;
-pub mod facts;
-pub mod check;

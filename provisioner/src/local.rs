@@ -19,7 +19,11 @@ pub struct LocalTransport {
 impl LocalTransport {
     /// `host` is the name used in reports and errors (e.g. "localhost").
     pub fn new(host: &str) -> LocalTransport {
-        LocalTransport { host: host.to_string(), sudo: false, closed: AtomicBool::new(false) }
+        LocalTransport {
+            host: host.to_string(),
+            sudo: false,
+            closed: AtomicBool::new(false),
+        }
     }
 
     /// Run privileged commands through `sudo -n` (never prompts) when not root.
@@ -46,17 +50,26 @@ impl LocalTransport {
     }
 
     fn other(&self, reason: impl Into<String>) -> TransportError {
-        TransportError::Other { host: self.host.clone(), reason: reason.into() }
+        TransportError::Other {
+            host: self.host.clone(),
+            reason: reason.into(),
+        }
     }
 
     fn timeout(&self, command: &str, opts: &ExecOptions) -> TransportError {
-        TransportError::Timeout { host: self.host.clone(), secs: opts.timeout.as_secs(), command: command.to_string() }
+        TransportError::Timeout {
+            host: self.host.clone(),
+            secs: opts.timeout.as_secs(),
+            command: command.to_string(),
+        }
     }
 }
 
 fn running_as_root() -> bool {
     // The effective uid of /proc/self is ours; avoids a libc dependency.
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 fn to_output(output: std::process::Output) -> ExecOutput {
@@ -124,18 +137,30 @@ mod tests {
     #[tokio::test]
     async fn runs_real_commands() {
         let t = LocalTransport::new("localhost");
-        let out = t.exec("echo out; echo err >&2; exit 3", &ExecOptions::default()).await.unwrap();
+        let out = t
+            .exec("echo out; echo err >&2; exit 3", &ExecOptions::default())
+            .await
+            .unwrap();
         assert_eq!(out.stdout_str(), "out\n");
         assert_eq!(out.stderr_str(), "err\n");
         assert_eq!(out.exit_code, Some(3));
 
         let data = vec![b'x'; 3 * 1024 * 1024];
         let mut reader: &[u8] = &data;
-        let out = t.exec_with_stdin("wc -c", &mut reader, &ExecOptions::default()).await.unwrap();
+        let out = t
+            .exec_with_stdin("wc -c", &mut reader, &ExecOptions::default())
+            .await
+            .unwrap();
         assert_eq!(out.stdout_str().trim(), data.len().to_string());
 
-        let short = ExecOptions { timeout: std::time::Duration::from_millis(200), privileged: false };
-        assert!(matches!(t.exec("sleep 5", &short).await, Err(TransportError::Timeout { .. })));
+        let short = ExecOptions {
+            timeout: std::time::Duration::from_millis(200),
+            privileged: false,
+        };
+        assert!(matches!(
+            t.exec("sleep 5", &short).await,
+            Err(TransportError::Timeout { .. })
+        ));
 
         t.close().await;
         assert!(t.exec("true", &ExecOptions::default()).await.is_err());

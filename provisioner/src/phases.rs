@@ -46,7 +46,12 @@ impl<S> PhaseContext<S> {
         PhaseContext::with_output(state, runner, Box::new(std::io::stderr()))
     }
     pub fn with_output(state: S, runner: Runner, out: Box<dyn Write + Send>) -> PhaseContext<S> {
-        PhaseContext { state, runner, reports: Mutex::new(Vec::new()), out: Mutex::new(out) }
+        PhaseContext {
+            state,
+            runner,
+            reports: Mutex::new(Vec::new()),
+            out: Mutex::new(out),
+        }
     }
     pub fn mode(&self) -> Mode {
         self.runner.options().mode
@@ -56,12 +61,18 @@ impl<S> PhaseContext<S> {
     /// the phase when any host failed.
     pub async fn run_ops(&self, phase: &str, hosts: Vec<HostOps>, mode: Mode) -> Result<RunReport, PhaseError> {
         let report = self.runner.run_with_mode(hosts, mode).await;
-        self.reports.lock().unwrap_or_else(|p| p.into_inner()).push((phase.to_string(), report.clone()));
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((phase.to_string(), report.clone()));
         let failed: Vec<String> = report.failed_hosts().into_iter().map(String::from).collect();
         if failed.is_empty() {
             Ok(report)
         } else {
-            Err(PhaseError::HostsFailed { phase: phase.to_string(), hosts: failed })
+            Err(PhaseError::HostsFailed {
+                phase: phase.to_string(),
+                hosts: failed,
+            })
         }
     }
 
@@ -162,7 +173,11 @@ impl<S: Send + Sync + 'static> PhaseRunner<S> {
             let result = match phase.should_run(ctx).await {
                 Ok(false) => {
                     ctx.say("    skipped: nothing to do");
-                    outcomes.push(PhaseOutcome { name, status: PhaseStatus::Skipped, elapsed: started.elapsed() });
+                    outcomes.push(PhaseOutcome {
+                        name,
+                        status: PhaseStatus::Skipped,
+                        elapsed: started.elapsed(),
+                    });
                     continue;
                 }
                 Ok(true) => match ctx.mode() {
@@ -173,15 +188,29 @@ impl<S: Send + Sync + 'static> PhaseRunner<S> {
             };
             let elapsed = started.elapsed();
             match result {
-                Ok(()) => outcomes.push(PhaseOutcome { name, status: PhaseStatus::Done, elapsed }),
+                Ok(()) => outcomes.push(PhaseOutcome {
+                    name,
+                    status: PhaseStatus::Done,
+                    elapsed,
+                }),
                 Err(error) => {
                     ctx.say(&format!("    failed: {error}"));
-                    outcomes.push(PhaseOutcome { name, status: PhaseStatus::Failed, elapsed });
-                    return PhasesResult { phases: outcomes, error: Some(error) };
+                    outcomes.push(PhaseOutcome {
+                        name,
+                        status: PhaseStatus::Failed,
+                        elapsed,
+                    });
+                    return PhasesResult {
+                        phases: outcomes,
+                        error: Some(error),
+                    };
                 }
             }
         }
-        PhasesResult { phases: outcomes, error: None }
+        PhasesResult {
+            phases: outcomes,
+            error: None,
+        }
     }
 }
 
@@ -215,7 +244,9 @@ pub struct RollingBatch {
 
 impl RollingBatch {
     pub fn new(batch_size: usize) -> RollingBatch {
-        RollingBatch { batch_size: batch_size.max(1) }
+        RollingBatch {
+            batch_size: batch_size.max(1),
+        }
     }
 
     pub async fn run<'a, T, E, A, AF, G, GF>(&self, items: &'a [T], action: A, gate: G) -> Result<(), RollingError<E>>
@@ -229,7 +260,11 @@ impl RollingBatch {
             let results = futures::future::join_all(chunk.iter().map(&action)).await;
             for (offset, result) in results.into_iter().enumerate() {
                 if let Err(error) = result {
-                    return Err(RollingError::Action { batch, index: batch * self.batch_size.max(1) + offset, error });
+                    return Err(RollingError::Action {
+                        batch,
+                        index: batch * self.batch_size.max(1) + offset,
+                        error,
+                    });
                 }
             }
             gate(chunk).await.map_err(|error| RollingError::Gate { batch, error })?;
@@ -255,14 +290,21 @@ mod tests {
                 None,
                 Some(3),
                 "a1 a2 g[1,2] a3 a4 g[3,4]",
-                Err(RollingError::Gate { batch: 1, error: "unhealthy".into() }),
+                Err(RollingError::Gate {
+                    batch: 1,
+                    error: "unhealthy".into(),
+                }),
             ),
             (
                 2,
                 Some(4),
                 None,
                 "a1 a2 g[1,2] a3 a4",
-                Err(RollingError::Action { batch: 1, index: 3, error: "boom".into() }),
+                Err(RollingError::Action {
+                    batch: 1,
+                    index: 3,
+                    error: "boom".into(),
+                }),
             ),
             (0, None, None, "a1 g[1] a2 g[2] a3 g[3] a4 g[4] a5 g[5]", Ok(())),
         ];
@@ -275,7 +317,11 @@ mod tests {
                         let events = events.clone();
                         async move {
                             events.lock().unwrap().push(format!("a{item}"));
-                            if Some(*item) == failing_item { Err("boom".to_string()) } else { Ok(()) }
+                            if Some(*item) == failing_item {
+                                Err("boom".to_string())
+                            } else {
+                                Ok(())
+                            }
                         }
                     },
                     |batch| {
@@ -283,7 +329,11 @@ mod tests {
                         async move {
                             let names: Vec<String> = batch.iter().map(u32::to_string).collect();
                             events.lock().unwrap().push(format!("g[{}]", names.join(",")));
-                            if failing_gate.is_some_and(|g| batch.contains(&g)) { Err("unhealthy".to_string()) } else { Ok(()) }
+                            if failing_gate.is_some_and(|g| batch.contains(&g)) {
+                                Err("unhealthy".to_string())
+                            } else {
+                                Ok(())
+                            }
                         }
                     },
                 )

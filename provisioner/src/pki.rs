@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
@@ -65,9 +65,18 @@ pub enum CertKind {
 impl CertKind {
     fn extended_key_usages(self) -> ExtendedKeyUsages {
         match self {
-            CertKind::Server => ExtendedKeyUsages { server_auth: true, client_auth: false },
-            CertKind::Peer => ExtendedKeyUsages { server_auth: true, client_auth: true },
-            CertKind::Client => ExtendedKeyUsages { server_auth: false, client_auth: true },
+            CertKind::Server => ExtendedKeyUsages {
+                server_auth: true,
+                client_auth: false,
+            },
+            CertKind::Peer => ExtendedKeyUsages {
+                server_auth: true,
+                client_auth: true,
+            },
+            CertKind::Client => ExtendedKeyUsages {
+                server_auth: false,
+                client_auth: true,
+            },
         }
     }
 }
@@ -124,12 +133,20 @@ impl CertRequest {
         sans.push(San::Ip(IpAddr::from([127, 0, 0, 1])));
         let mut seen = BTreeSet::new();
         sans.retain(|san| seen.insert(san.normalized()));
-        CertRequest { kind, common_name: member_name.to_string(), sans }
+        CertRequest {
+            kind,
+            common_name: member_name.to_string(),
+            sans,
+        }
     }
 
     /// A client certificate (no SANs; etcd identifies clients by common name).
     pub fn client(common_name: &str) -> CertRequest {
-        CertRequest { kind: CertKind::Client, common_name: common_name.to_string(), sans: Vec::new() }
+        CertRequest {
+            kind: CertKind::Client,
+            common_name: common_name.to_string(),
+            sans: Vec::new(),
+        }
     }
 }
 
@@ -147,7 +164,10 @@ pub struct IssuedCert {
 
 impl fmt::Debug for IssuedCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IssuedCert").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
+        f.debug_struct("IssuedCert")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
     }
 }
 
@@ -180,11 +200,19 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(&common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         set_validity(&mut params, now, CA_VALIDITY);
-        let cert = params.self_signed(&key).map_err(|source| PkiError::Signing { common_name, source })?;
-        Ok(CertificateAuthority { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        let cert = params
+            .self_signed(&key)
+            .map_err(|source| PkiError::Signing { common_name, source })?;
+        Ok(CertificateAuthority {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// Load an existing CA, checking that the certificate is a CA and that the key is its key.
@@ -198,7 +226,10 @@ impl CertificateAuthority {
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(PkiError::CaKeyMismatch);
         }
-        Ok(CertificateAuthority { cert_pem: cert_pem.to_string(), key_pem: key_pem.to_string() })
+        Ok(CertificateAuthority {
+            cert_pem: cert_pem.to_string(),
+            key_pem: key_pem.to_string(),
+        })
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -216,12 +247,7 @@ impl CertificateAuthority {
     }
 
     /// Issue a certificate valid for `validity` from `now`.
-    pub fn issue_at(
-        &self,
-        request: &CertRequest,
-        now: SystemTime,
-        validity: Duration,
-    ) -> Result<IssuedCert, PkiError> {
+    pub fn issue_at(&self, request: &CertRequest, now: SystemTime, validity: Duration) -> Result<IssuedCert, PkiError> {
         if request.common_name.trim().is_empty() {
             return Err(PkiError::EmptyCommonName);
         }
@@ -250,15 +276,22 @@ impl CertificateAuthority {
                     .clone()
                     .try_into()
                     .map(SanType::DnsName)
-                    .map_err(|e: rcgen::Error| PkiError::InvalidDnsName { name: name.clone(), reason: e.to_string() }),
+                    .map_err(|e: rcgen::Error| PkiError::InvalidDnsName {
+                        name: name.clone(),
+                        reason: e.to_string(),
+                    }),
             })
             .collect::<Result<_, _>>()?;
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, now, validity);
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(|source| PkiError::Signing { common_name: request.common_name.clone(), source })?;
-        Ok(IssuedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        let cert = params.signed_by(&key, &issuer).map_err(|source| PkiError::Signing {
+            common_name: request.common_name.clone(),
+            source,
+        })?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -304,7 +337,12 @@ impl fmt::Display for ReissueReason {
             ReissueReason::NotSignedByCa => write!(f, "certificate not signed by this cluster's CA"),
             ReissueReason::SansDiffer { missing, unexpected } => {
                 let list = |sans: &[San]| sans.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                write!(f, "subject alternative names differ (missing: [{}], unexpected: [{}])", list(missing), list(unexpected))
+                write!(
+                    f,
+                    "subject alternative names differ (missing: [{}], unexpected: [{}])",
+                    list(missing),
+                    list(unexpected)
+                )
             }
             ReissueReason::CommonNameDiffers { found } => write!(f, "common name is `{found}`"),
             ReissueReason::UsageDiffers => write!(f, "extended key usage does not match the certificate's role"),
@@ -353,9 +391,16 @@ pub fn needs_reissue(
         return Some(ReissueReason::NotSignedByCa);
     }
 
-    let found_cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default();
+    let found_cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default();
     if found_cn != request.common_name {
-        return Some(ReissueReason::CommonNameDiffers { found: found_cn.to_string() });
+        return Some(ReissueReason::CommonNameDiffers {
+            found: found_cn.to_string(),
+        });
     }
 
     let found_sans = match certificate_sans(&cert) {
@@ -371,8 +416,14 @@ pub fn needs_reissue(
     }
 
     let found_usages = match cert.extended_key_usage() {
-        Ok(Some(eku)) => ExtendedKeyUsages { server_auth: eku.value.server_auth, client_auth: eku.value.client_auth },
-        Ok(None) => ExtendedKeyUsages { server_auth: false, client_auth: false },
+        Ok(Some(eku)) => ExtendedKeyUsages {
+            server_auth: eku.value.server_auth,
+            client_auth: eku.value.client_auth,
+        },
+        Ok(None) => ExtendedKeyUsages {
+            server_auth: false,
+            client_auth: false,
+        },
         Err(e) => return Some(ReissueReason::Unreadable(e.to_string())),
     };
     if found_usages != request.kind.extended_key_usages() {
@@ -455,21 +506,35 @@ mod tests {
     fn member_request_has_name_addresses_and_loopback_without_duplicates() {
         let request = CertRequest::member(CertKind::Server, "demo-1", &["127.0.0.1", "demo-1.example", "DEMO-1"]);
         let sans: Vec<String> = request.sans.iter().map(ToString::to_string).collect();
-        assert_eq!(sans, ["DNS:demo-1", "IP:127.0.0.1", "DNS:demo-1.example", "DNS:localhost"]);
+        assert_eq!(
+            sans,
+            ["DNS:demo-1", "IP:127.0.0.1", "DNS:demo-1.example", "DNS:localhost"]
+        );
     }
 
     #[test]
     fn fresh_certificate_needs_no_reissue() {
         let ca = ca();
-        for request in [peer_request(), CertRequest::member(CertKind::Server, "demo-1", &["10.0.0.11"]), CertRequest::client(ADMIN_CLIENT_CN)] {
+        for request in [
+            peer_request(),
+            CertRequest::member(CertKind::Server, "demo-1", &["10.0.0.11"]),
+            CertRequest::client(ADMIN_CLIENT_CN),
+        ] {
             let cert = ca.issue_at(&request, t0(), LEAF_VALIDITY).unwrap();
-            assert_eq!(needs_reissue(Some(&cert.cert_pem), &ca, &request, t0() + DAY), None, "{request:?}");
+            assert_eq!(
+                needs_reissue(Some(&cert.cert_pem), &ca, &request, t0() + DAY),
+                None,
+                "{request:?}"
+            );
         }
     }
 
     #[test]
     fn missing_certificate() {
-        assert_eq!(needs_reissue(None, &ca(), &peer_request(), t0()), Some(ReissueReason::Missing));
+        assert_eq!(
+            needs_reissue(None, &ca(), &peer_request(), t0()),
+            Some(ReissueReason::Missing)
+        );
     }
 
     #[test]
@@ -482,7 +547,10 @@ mod tests {
     fn signed_by_another_ca() {
         let other = CertificateAuthority::generate_at("demo", t0()).unwrap();
         let cert = other.issue_at(&peer_request(), t0(), LEAF_VALIDITY).unwrap();
-        assert_eq!(needs_reissue(Some(&cert.cert_pem), &ca(), &peer_request(), t0()), Some(ReissueReason::NotSignedByCa));
+        assert_eq!(
+            needs_reissue(Some(&cert.cert_pem), &ca(), &peer_request(), t0()),
+            Some(ReissueReason::NotSignedByCa)
+        );
     }
 
     #[test]
@@ -502,18 +570,28 @@ mod tests {
     #[test]
     fn server_certificate_cannot_serve_as_peer_certificate() {
         let ca = ca();
-        let server = CertRequest { kind: CertKind::Server, ..peer_request() };
+        let server = CertRequest {
+            kind: CertKind::Server,
+            ..peer_request()
+        };
         let cert = ca.issue_at(&server, t0(), LEAF_VALIDITY).unwrap();
-        assert_eq!(needs_reissue(Some(&cert.cert_pem), &ca, &peer_request(), t0()), Some(ReissueReason::UsageDiffers));
+        assert_eq!(
+            needs_reissue(Some(&cert.cert_pem), &ca, &peer_request(), t0()),
+            Some(ReissueReason::UsageDiffers)
+        );
     }
 
     #[test]
     fn common_name_changed() {
         let ca = ca();
-        let cert = ca.issue_at(&CertRequest::client(ADMIN_CLIENT_CN), t0(), LEAF_VALIDITY).unwrap();
+        let cert = ca
+            .issue_at(&CertRequest::client(ADMIN_CLIENT_CN), t0(), LEAF_VALIDITY)
+            .unwrap();
         assert_eq!(
             needs_reissue(Some(&cert.cert_pem), &ca, &CertRequest::client(BACKUP_CLIENT_CN), t0()),
-            Some(ReissueReason::CommonNameDiffers { found: ADMIN_CLIENT_CN.to_string() })
+            Some(ReissueReason::CommonNameDiffers {
+                found: ADMIN_CLIENT_CN.to_string()
+            })
         );
     }
 
@@ -525,9 +603,17 @@ mod tests {
         let check = |at: SystemTime| needs_reissue(Some(&cert.cert_pem), &ca, &request, at);
         // Lifetime is 365 days + 1 hour of skew allowance; a third is ~121.7 days.
         assert_eq!(check(t0() + 240 * DAY), None);
-        assert!(matches!(check(t0() + 245 * DAY), Some(ReissueReason::ExpiresSoon { .. })));
-        assert!(matches!(check(t0() + 400 * DAY), Some(ReissueReason::ExpiresSoon { remaining }) if remaining == Duration::ZERO));
-        assert_eq!(check(t0() - Duration::from_secs(2 * 3600)), Some(ReissueReason::NotYetValid));
+        assert!(matches!(
+            check(t0() + 245 * DAY),
+            Some(ReissueReason::ExpiresSoon { .. })
+        ));
+        assert!(
+            matches!(check(t0() + 400 * DAY), Some(ReissueReason::ExpiresSoon { remaining }) if remaining == Duration::ZERO)
+        );
+        assert_eq!(
+            check(t0() - Duration::from_secs(2 * 3600)),
+            Some(ReissueReason::NotYetValid)
+        );
     }
 
     #[test]
@@ -536,7 +622,10 @@ mod tests {
         let request = CertRequest::client(ADMIN_CLIENT_CN);
         let cert = ca.issue_at(&request, t0(), 60 * DAY).unwrap();
         // 35 days left: above both the 30-day window and a third of the lifetime (~20 days).
-        assert_eq!(needs_reissue(Some(&cert.cert_pem), &ca, &request, t0() + 25 * DAY), None);
+        assert_eq!(
+            needs_reissue(Some(&cert.cert_pem), &ca, &request, t0() + 25 * DAY),
+            None
+        );
         // 29 days left: above a third of the lifetime (20 days) but inside the 30-day window.
         assert!(matches!(
             needs_reissue(Some(&cert.cert_pem), &ca, &request, t0() + 31 * DAY),
@@ -556,22 +645,37 @@ mod tests {
     fn ca_with_foreign_key_is_rejected() {
         let ca = ca();
         let other = CertificateAuthority::generate_at("demo", t0()).unwrap();
-        assert!(matches!(CertificateAuthority::from_pem(ca.cert_pem(), other.key_pem()), Err(PkiError::CaKeyMismatch)));
+        assert!(matches!(
+            CertificateAuthority::from_pem(ca.cert_pem(), other.key_pem()),
+            Err(PkiError::CaKeyMismatch)
+        ));
     }
 
     #[test]
     fn leaf_certificate_is_not_accepted_as_ca() {
         let ca = ca();
         let leaf = ca.issue_at(&peer_request(), t0(), LEAF_VALIDITY).unwrap();
-        assert!(matches!(CertificateAuthority::from_pem(&leaf.cert_pem, &leaf.key_pem), Err(PkiError::NotACa)));
+        assert!(matches!(
+            CertificateAuthority::from_pem(&leaf.cert_pem, &leaf.key_pem),
+            Err(PkiError::NotACa)
+        ));
     }
 
     #[test]
     fn bad_inputs_have_precise_errors() {
         let ca = ca();
-        assert!(matches!(CertificateAuthority::from_pem("x", ca.key_pem()), Err(PkiError::InvalidCaCertificate(_))));
-        assert!(matches!(CertificateAuthority::from_pem(ca.cert_pem(), "x"), Err(PkiError::InvalidCaKey(_))));
-        assert!(matches!(ca.issue(&CertRequest::client(" ")), Err(PkiError::EmptyCommonName)));
+        assert!(matches!(
+            CertificateAuthority::from_pem("x", ca.key_pem()),
+            Err(PkiError::InvalidCaCertificate(_))
+        ));
+        assert!(matches!(
+            CertificateAuthority::from_pem(ca.cert_pem(), "x"),
+            Err(PkiError::InvalidCaKey(_))
+        ));
+        assert!(matches!(
+            ca.issue(&CertRequest::client(" ")),
+            Err(PkiError::EmptyCommonName)
+        ));
     }
 
     #[test]

@@ -23,10 +23,7 @@ impl Connections {
     /// Connects to every target, at most `parallelism` at a time. Returns the
     /// open connections and, separately, the error of each host that failed;
     /// one host failing never stops the others.
-    pub async fn connect(
-        targets: &[SshTarget],
-        parallelism: usize,
-    ) -> (Connections, BTreeMap<String, TransportError>) {
+    pub async fn connect(targets: &[SshTarget], parallelism: usize) -> (Connections, BTreeMap<String, TransportError>) {
         let parallelism = parallelism.max(1);
         let mut failures = BTreeMap::new();
 
@@ -34,7 +31,9 @@ impl Connections {
         let mut bastion_targets: BTreeMap<String, SshTarget> = BTreeMap::new();
         for target in targets {
             if let Some(bastion) = &target.bastion {
-                bastion_targets.entry(bastion.connection_key()).or_insert_with(|| (**bastion).clone());
+                bastion_targets
+                    .entry(bastion.connection_key())
+                    .or_insert_with(|| (**bastion).clone());
             }
         }
         let bastion_results: Vec<(String, Result<SshTransport, TransportError>)> = stream::iter(bastion_targets)

@@ -57,7 +57,15 @@ pub struct HostReport {
 
 impl HostReport {
     pub fn new(host: &str) -> HostReport {
-        HostReport { host: host.to_string(), ok: 0, changed: 0, failed: 0, skipped: 0, elapsed: Duration::ZERO, ops: Vec::new() }
+        HostReport {
+            host: host.to_string(),
+            ok: 0,
+            changed: 0,
+            failed: 0,
+            skipped: 0,
+            elapsed: Duration::ZERO,
+            ops: Vec::new(),
+        }
     }
     pub fn push(&mut self, record: OpRecord) {
         match record.status {
@@ -97,7 +105,11 @@ impl RunReport {
         self.hosts.iter().all(HostReport::success)
     }
     pub fn failed_hosts(&self) -> Vec<&str> {
-        self.hosts.iter().filter(|h| !h.success()).map(|h| h.host.as_str()).collect()
+        self.hosts
+            .iter()
+            .filter(|h| !h.success())
+            .map(|h| h.host.as_str())
+            .collect()
     }
     pub fn totals(&self) -> Totals {
         self.hosts.iter().fold(Totals::default(), |t, h| Totals {
@@ -131,15 +143,32 @@ pub fn render_summary(report: &RunReport, color: bool) -> String {
     let yellow = style(color, Style::new().yellow());
     let red = style(color, Style::new().red().bold());
     let mut out = String::new();
-    let _ = writeln!(out, "{:<width$}  {:>4}  {:>9}  {:>6}  {:>7}  {:>7}", "HOST", "OK", changed_label, "FAILED", "SKIPPED", "TIME");
-    let row = |out: &mut String, name: &str, ok: usize, changed: usize, failed: usize, skipped: usize, time: Duration| {
-        // Pad before styling so escape codes do not break the alignment.
-        let changed = format!("{changed:>9}");
-        let failed = format!("{failed:>6}");
-        let changed = if changed.trim() != "0" { yellow.apply_to(changed).to_string() } else { changed };
-        let failed = if failed.trim() != "0" { red.apply_to(failed).to_string() } else { failed };
-        let _ = writeln!(out, "{name:<width$}  {ok:>4}  {changed}  {failed}  {skipped:>7}  {:>7}", format_duration(time));
-    };
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>4}  {:>9}  {:>6}  {:>7}  {:>7}",
+        "HOST", "OK", changed_label, "FAILED", "SKIPPED", "TIME"
+    );
+    let row =
+        |out: &mut String, name: &str, ok: usize, changed: usize, failed: usize, skipped: usize, time: Duration| {
+            // Pad before styling so escape codes do not break the alignment.
+            let changed = format!("{changed:>9}");
+            let failed = format!("{failed:>6}");
+            let changed = if changed.trim() != "0" {
+                yellow.apply_to(changed).to_string()
+            } else {
+                changed
+            };
+            let failed = if failed.trim() != "0" {
+                red.apply_to(failed).to_string()
+            } else {
+                failed
+            };
+            let _ = writeln!(
+                out,
+                "{name:<width$}  {ok:>4}  {changed}  {failed}  {skipped:>7}  {:>7}",
+                format_duration(time)
+            );
+        };
     for h in &report.hosts {
         row(&mut out, &h.host, h.ok, h.changed, h.failed, h.skipped, h.elapsed);
     }
@@ -206,7 +235,13 @@ mod tests {
 
     fn report() -> RunReport {
         let mut a = HostReport::new("node-1");
-        a.push(OpRecord { op: "file /a".into(), status: OpStatus::Ok, changes: vec![], error: None, elapsed: Duration::ZERO });
+        a.push(OpRecord {
+            op: "file /a".into(),
+            status: OpStatus::Ok,
+            changes: vec![],
+            error: None,
+            elapsed: Duration::ZERO,
+        });
         a.push(OpRecord {
             op: "file /b".into(),
             status: OpStatus::Changed,
@@ -227,8 +262,18 @@ mod tests {
             error: Some("permission denied".into()),
             elapsed: Duration::ZERO,
         });
-        b.push(OpRecord { op: "file /b".into(), status: OpStatus::Skipped, changes: vec![], error: None, elapsed: Duration::ZERO });
-        RunReport { mode: Mode::DryRun, hosts: vec![a, b], elapsed: Duration::from_secs(2) }
+        b.push(OpRecord {
+            op: "file /b".into(),
+            status: OpStatus::Skipped,
+            changes: vec![],
+            error: None,
+            elapsed: Duration::ZERO,
+        });
+        RunReport {
+            mode: Mode::DryRun,
+            hosts: vec![a, b],
+            elapsed: Duration::from_secs(2),
+        }
     }
 
     #[test]

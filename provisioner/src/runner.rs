@@ -34,7 +34,10 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { mode: Mode::Apply, concurrency: DEFAULT_CONCURRENCY }
+        RunOptions {
+            mode: Mode::Apply,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
     }
 }
 
@@ -46,7 +49,10 @@ pub struct HostOps {
 
 impl HostOps {
     pub fn new(transport: Arc<dyn Transport>) -> HostOps {
-        HostOps { transport, ops: Vec::new() }
+        HostOps {
+            transport,
+            ops: Vec::new(),
+        }
     }
     pub fn push(&mut self, op: impl Operation + 'static) {
         self.ops.push(Arc::new(op));
@@ -120,7 +126,10 @@ impl PlainProgress {
         PlainProgress::to_writer(Box::new(std::io::stderr()), color)
     }
     pub fn to_writer(out: Box<dyn Write + Send>, color: bool) -> PlainProgress {
-        PlainProgress { out: Mutex::new(out), color }
+        PlainProgress {
+            out: Mutex::new(out),
+            color,
+        }
     }
     fn line(&self, text: &str) {
         let mut out = self.out.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -142,9 +151,17 @@ fn status_style(color: bool, status: OpStatus) -> Style {
 fn record_lines(host: &str, mode: Mode, record: &OpRecord, color: bool) -> Vec<String> {
     let label = status_style(color, record.status).apply_to(format!("[{}]", status_label(mode, record.status)));
     match record.status {
-        OpStatus::Changed => record.changes.iter().map(|c| format!("{host}: {label} {}", c.summary)).collect(),
+        OpStatus::Changed => record
+            .changes
+            .iter()
+            .map(|c| format!("{host}: {label} {}", c.summary))
+            .collect(),
         OpStatus::Failed => {
-            vec![format!("{host}: {label} {}: {}", record.op, record.error.as_deref().unwrap_or("failed"))]
+            vec![format!(
+                "{host}: {label} {}: {}",
+                record.op,
+                record.error.as_deref().unwrap_or("failed")
+            )]
         }
         OpStatus::Ok | OpStatus::Skipped => Vec::new(),
     }
@@ -172,7 +189,11 @@ pub struct BarProgress {
 
 impl BarProgress {
     pub fn new(color: bool) -> BarProgress {
-        BarProgress { multi: MultiProgress::new(), bars: Mutex::new(Default::default()), color }
+        BarProgress {
+            multi: MultiProgress::new(),
+            bars: Mutex::new(Default::default()),
+            color,
+        }
     }
     fn bar(&self, host: &str) -> Option<ProgressBar> {
         self.bars.lock().unwrap_or_else(|p| p.into_inner()).get(host).cloned()
@@ -188,7 +209,10 @@ impl Progress for BarProgress {
         bar.set_style(style);
         bar.set_prefix(host.to_string());
         bar.enable_steady_tick(Duration::from_millis(120));
-        self.bars.lock().unwrap_or_else(|p| p.into_inner()).insert(host.to_string(), bar);
+        self.bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_string(), bar);
     }
     fn op_started(&self, host: &str, op: &str) {
         if let Some(bar) = self.bar(host) {
@@ -273,7 +297,11 @@ impl Runner {
                 })
             })
             .collect();
-        RunReport { mode, hosts, elapsed: started.elapsed() }
+        RunReport {
+            mode,
+            hosts,
+            elapsed: started.elapsed(),
+        }
     }
 }
 
@@ -302,11 +330,23 @@ async fn run_op(t: &dyn Transport, op: &dyn Operation, mode: Mode) -> OpRecord {
         Ok(changes) => (OpStatus::Changed, changes, None),
         Err(e) => (OpStatus::Failed, Vec::new(), Some(e.to_string())),
     };
-    OpRecord { op: op.describe(), status, changes, error, elapsed: started.elapsed() }
+    OpRecord {
+        op: op.describe(),
+        status,
+        changes,
+        error,
+        elapsed: started.elapsed(),
+    }
 }
 
 fn skipped(op: &dyn Operation) -> OpRecord {
-    OpRecord { op: op.describe(), status: OpStatus::Skipped, changes: Vec::new(), error: None, elapsed: Duration::ZERO }
+    OpRecord {
+        op: op.describe(),
+        status: OpStatus::Skipped,
+        changes: Vec::new(),
+        error: None,
+        elapsed: Duration::ZERO,
+    }
 }
 
 /// Run one host's list in order, with handlers; stops at the first failure.

@@ -74,7 +74,9 @@ impl SshTarget {
     /// A target with the inventory defaults: port 22, root, strict host keys
     /// in `~/.ssh/known_hosts`, 10s connect timeout, 15s keepalive.
     pub fn new(name: impl Into<String>, address: impl Into<String>) -> SshTarget {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
         SshTarget {
             name: name.into(),
             address: address.into(),
@@ -108,7 +110,8 @@ impl SshTarget {
 /// Quotes `s` as one word for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
     let safe = !s.is_empty()
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b));
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,".contains(&b));
     if safe {
         return s.to_string();
     }
@@ -181,9 +184,8 @@ impl HostKeyVerifier {
                     self.file.display()
                 )),
                 KnownHostsPolicy::AcceptNew => {
-                    append_known_host(&self.file, &self.address, self.port, key).map_err(|e| {
-                        format!("cannot record new host key in {}: {e}", self.file.display())
-                    })?;
+                    append_known_host(&self.file, &self.address, self.port, key)
+                        .map_err(|e| format!("cannot record new host key in {}: {e}", self.file.display()))?;
                     tracing::info!(
                         host = %self.host,
                         "recorded new host key {} {} in {}",
@@ -241,7 +243,10 @@ pub struct SshTransport {
 
 impl std::fmt::Debug for SshTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SshTransport").field("name", &self.name).field("user", &self.user).finish()
+        f.debug_struct("SshTransport")
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .finish()
     }
 }
 
@@ -292,7 +297,10 @@ impl SshTransport {
     }
 
     fn other(&self, reason: impl Into<String>) -> TransportError {
-        TransportError::Other { host: self.name.clone(), reason: reason.into() }
+        TransportError::Other {
+            host: self.name.clone(),
+            reason: reason.into(),
+        }
     }
 
     async fn open_channel(&self) -> Result<russh::Channel<Msg>, TransportError> {
@@ -312,11 +320,14 @@ impl SshTransport {
         opts: &ExecOptions,
     ) -> Result<ExecOutput, TransportError> {
         let wrapped = wrap_command(command, opts.privileged, &self.user, self.sudo);
-        let _permit = self.channels.acquire().await.map_err(|_| self.other("the SSH connection is closed"))?;
+        let _permit = self
+            .channels
+            .acquire()
+            .await
+            .map_err(|_| self.other("the SSH connection is closed"))?;
         let channel = self.open_channel().await?;
         let (mut reader, writer) = channel.split();
-        let outcome =
-            tokio::time::timeout(opts.timeout, self.exchange(&wrapped, stdin, &mut reader, &writer)).await;
+        let outcome = tokio::time::timeout(opts.timeout, self.exchange(&wrapped, stdin, &mut reader, &writer)).await;
         // Always close: a finished channel is closed by the server already, a
         // timed-out one must be torn down so the remote command gets SIGHUP.
         let _ = writer.close().await;
@@ -337,7 +348,10 @@ impl SshTransport {
         reader: &mut ChannelReadHalf,
         writer: &ChannelWriteHalf<Msg>,
     ) -> Result<ExecOutput, TransportError> {
-        writer.exec(true, wrapped).await.map_err(|e| self.other(format!("cannot start command: {e}")))?;
+        writer
+            .exec(true, wrapped)
+            .await
+            .map_err(|e| self.other(format!("cannot start command: {e}")))?;
         let send = async {
             if let Some(stdin) = stdin {
                 let mut buf = vec![0u8; STDIN_CHUNK];
@@ -456,9 +470,14 @@ async fn connect_and_authenticate(
         addr: target.endpoint(),
         reason,
     };
-    let known = KnownHosts::load(&target.known_hosts_file)
-        .map_err(|e| TransportError::HostKey { host: target.name.clone(), reason: e.to_string() })?;
-    let config = Arc::new(client_config(target, known.algorithms_for(&target.address, target.port)));
+    let known = KnownHosts::load(&target.known_hosts_file).map_err(|e| TransportError::HostKey {
+        host: target.name.clone(),
+        reason: e.to_string(),
+    })?;
+    let config = Arc::new(client_config(
+        target,
+        known.algorithms_for(&target.address, target.port),
+    ));
     let refusal = Arc::new(Mutex::new(None));
     let verifier = HostKeyVerifier {
         host: target.name.clone(),
@@ -490,7 +509,10 @@ async fn connect_and_authenticate(
         Err(e) => {
             let refused = refusal.lock().ok().and_then(|mut slot| slot.take());
             return Err(match refused {
-                Some(reason) => TransportError::HostKey { host: target.name.clone(), reason },
+                Some(reason) => TransportError::HostKey {
+                    host: target.name.clone(),
+                    reason,
+                },
                 None => connect_error(format!("SSH handshake failed: {e}")),
             });
         }
@@ -537,7 +559,10 @@ async fn authenticate(handle: &mut Handle<HostKeyVerifier>, target: &SshTarget) 
             };
             let fp = fingerprint(&key);
             let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
-            match handle.authenticate_publickey_with(target.user.clone(), key, hash, &mut agent).await {
+            match handle
+                .authenticate_publickey_with(target.user.clone(), key, hash, &mut agent)
+                .await
+            {
                 Ok(result) if result.success() => return Ok(()),
                 Ok(_) => tried.push(format!("agent key {fp}")),
                 Err(e) => tried.push(format!("agent key {fp} (signing failed: {e})")),
@@ -606,10 +631,23 @@ mod tests {
     /// Round trip through a real /bin/sh: the quoted word must come back byte for byte.
     #[test]
     fn shell_quote_round_trips_through_sh() {
-        let inputs = ["", "plain", "two words", "it's", "'''", "$HOME `id` $(id) \\ \" ; | & > < * ? ~ # !", "tab\there\nnewline", "ünïcødé"];
+        let inputs = [
+            "",
+            "plain",
+            "two words",
+            "it's",
+            "'''",
+            "$HOME `id` $(id) \\ \" ; | & > < * ? ~ # !",
+            "tab\there\nnewline",
+            "ünïcødé",
+        ];
         for input in inputs {
             let script = format!("printf %s {}", shell_quote(input));
-            let out = std::process::Command::new("sh").arg("-c").arg(&script).output().expect("sh runs");
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .expect("sh runs");
             assert_eq!(String::from_utf8_lossy(&out.stdout), input, "script {script}");
         }
     }
@@ -617,10 +655,16 @@ mod tests {
     #[test]
     fn wrap_command_uses_sudo_only_when_needed() {
         assert_eq!(wrap_command("id -u", true, "root", SudoMode::Auto), "sh -c 'id -u'");
-        assert_eq!(wrap_command("id -u", true, "admin", SudoMode::Auto), "sudo -n -- sh -c 'id -u'");
+        assert_eq!(
+            wrap_command("id -u", true, "admin", SudoMode::Auto),
+            "sudo -n -- sh -c 'id -u'"
+        );
         assert_eq!(wrap_command("id -u", false, "admin", SudoMode::Auto), "sh -c 'id -u'");
         assert_eq!(wrap_command("id -u", true, "admin", SudoMode::Never), "sh -c 'id -u'");
-        assert_eq!(wrap_command("id -u", true, "root", SudoMode::Always), "sudo -n -- sh -c 'id -u'");
+        assert_eq!(
+            wrap_command("id -u", true, "root", SudoMode::Always),
+            "sudo -n -- sh -c 'id -u'"
+        );
     }
 
     #[test]

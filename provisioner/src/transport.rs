@@ -38,7 +38,10 @@ pub struct ExecOptions {
 
 impl Default for ExecOptions {
     fn default() -> Self {
-        ExecOptions { timeout: Duration::from_secs(120), privileged: true }
+        ExecOptions {
+            timeout: Duration::from_secs(120),
+            privileged: true,
+        }
     }
 }
 
@@ -76,7 +79,9 @@ impl TransportError {
                 "if the host was legitimately reinstalled, remove its old line from the known_hosts file; \
                  use known_hosts: accept-new only to record keys of hosts never seen before",
             ),
-            TransportError::Timeout { .. } => Some("the host may be overloaded or the command stuck; raise the timeout or investigate on the host"),
+            TransportError::Timeout { .. } => {
+                Some("the host may be overloaded or the command stuck; raise the timeout or investigate on the host")
+            }
             TransportError::Other { .. } => None,
         }
     }

@@ -38,11 +38,27 @@ pub enum UploadError {
     #[error("invalid upload of {path}: {reason}")]
     InvalidRequest { path: String, reason: String },
     #[error("{host}: {step} for {path} failed (exit {exit}): {stderr}")]
-    Remote { host: String, step: &'static str, path: String, exit: String, stderr: String },
+    Remote {
+        host: String,
+        step: &'static str,
+        path: String,
+        exit: String,
+        stderr: String,
+    },
     #[error("{host}: the local content for {path} has sha256 {actual}, but {expected} was expected")]
-    SourceMismatch { host: String, path: String, expected: String, actual: String },
+    SourceMismatch {
+        host: String,
+        path: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{host}: {path} has sha256 {actual} after upload, expected {expected}; left unchanged")]
-    RemoteMismatch { host: String, path: String, expected: String, actual: String },
+    RemoteMismatch {
+        host: String,
+        path: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 /// What the host currently has at the destination path.
@@ -104,7 +120,9 @@ fn attribute_commands(path: &str, dest: &RemoteFile) -> String {
     let p = shell_quote(path);
     let mut commands = vec![format!("chmod {:04o} -- {p}", dest.mode & 0o7777)];
     match (&dest.owner, &dest.group) {
-        (Some(owner), Some(group)) => commands.push(format!("chown -- {} {p}", shell_quote(&format!("{owner}:{group}")))),
+        (Some(owner), Some(group)) => {
+            commands.push(format!("chown -- {} {p}", shell_quote(&format!("{owner}:{group}"))))
+        }
         (Some(owner), None) => commands.push(format!("chown -- {} {p}", shell_quote(owner))),
         (None, Some(group)) => commands.push(format!("chgrp -- {} {p}", shell_quote(group))),
         (None, None) => {}
@@ -118,13 +136,19 @@ fn temp_path(dest: &str) -> String {
         Some((dir, base)) => (dir, base),
         None => (".", dest),
     };
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{dir}/.{base}.capstan-{}-{nanos:x}-{n}.tmp", std::process::id())
 }
 
 fn validate(dest: &RemoteFile, expected_sha256: &str) -> Result<String, UploadError> {
-    let invalid = |reason: &str| UploadError::InvalidRequest { path: dest.path.clone(), reason: reason.into() };
+    let invalid = |reason: &str| UploadError::InvalidRequest {
+        path: dest.path.clone(),
+        reason: reason.into(),
+    };
     if !dest.path.starts_with('/') || dest.path.ends_with('/') {
         return Err(invalid("the destination must be an absolute file path"));
     }
@@ -140,7 +164,10 @@ fn validate(dest: &RemoteFile, expected_sha256: &str) -> Result<String, UploadEr
 
 /// Reads the remote file's hash, mode and owner (privileged).
 pub async fn remote_file_state(t: &dyn Transport, path: &str) -> Result<Option<RemoteFileState>, UploadError> {
-    let opts = ExecOptions { timeout: PROBE_TIMEOUT, privileged: true };
+    let opts = ExecOptions {
+        timeout: PROBE_TIMEOUT,
+        privileged: true,
+    };
     let out = t.exec(&probe_command(path), &opts).await?;
     if !out.success() {
         return Err(remote_error(t, "inspecting the existing file", path, &out));
@@ -174,7 +201,10 @@ pub async fn upload_file(
 ) -> Result<UploadOutcome, UploadError> {
     let expected = validate(dest, expected_sha256)?;
     let current = remote_file_state(t, &dest.path).await?;
-    let opts = ExecOptions { timeout: PROBE_TIMEOUT, privileged: true };
+    let opts = ExecOptions {
+        timeout: PROBE_TIMEOUT,
+        privileged: true,
+    };
     if let Some(state) = &current {
         if state.sha256 == expected {
             if attributes_match(state, dest) {
@@ -190,11 +220,22 @@ pub async fn upload_file(
 
     let temp = temp_path(&dest.path);
     let q_temp = shell_quote(&temp);
-    let parent = dest.path.rsplit_once('/').map(|(d, _)| d).filter(|d| !d.is_empty()).unwrap_or("/");
+    let parent = dest
+        .path
+        .rsplit_once('/')
+        .map(|(d, _)| d)
+        .filter(|d| !d.is_empty())
+        .unwrap_or("/");
     // umask 077: the content is private until chmod gives it its final mode.
     let write = format!("mkdir -p -- {} && umask 077 && cat > {q_temp}", shell_quote(parent));
-    let mut hashing = HashingReader { inner: src, hasher: Sha256::new() };
-    let upload_opts = ExecOptions { timeout: UPLOAD_TIMEOUT, privileged: true };
+    let mut hashing = HashingReader {
+        inner: src,
+        hasher: Sha256::new(),
+    };
+    let upload_opts = ExecOptions {
+        timeout: UPLOAD_TIMEOUT,
+        privileged: true,
+    };
     let out = t.exec_with_stdin(&write, &mut hashing, &upload_opts).await;
     let cleanup = format!("rm -f -- {q_temp}");
     let out = match out {
@@ -228,8 +269,17 @@ pub async fn upload_file(
     );
     let out = t.exec(&finish, &opts).await?;
     if out.exit_code == Some(3) {
-        let actual = out.stdout_str().trim().trim_start_matches("sha256-mismatch ").to_string();
-        return Err(UploadError::RemoteMismatch { host: t.host().to_string(), path: dest.path.clone(), expected, actual });
+        let actual = out
+            .stdout_str()
+            .trim()
+            .trim_start_matches("sha256-mismatch ")
+            .to_string();
+        return Err(UploadError::RemoteMismatch {
+            host: t.host().to_string(),
+            path: dest.path.clone(),
+            expected,
+            actual,
+        });
     }
     if !out.success() {
         let _ = t.exec(&cleanup, &opts).await;
@@ -261,7 +311,12 @@ mod tests {
     use super::*;
 
     fn dest(mode: u32, owner: Option<&str>, group: Option<&str>) -> RemoteFile {
-        RemoteFile { path: "/etc/x y/conf".into(), mode, owner: owner.map(Into::into), group: group.map(Into::into) }
+        RemoteFile {
+            path: "/etc/x y/conf".into(),
+            mode,
+            owner: owner.map(Into::into),
+            group: group.map(Into::into),
+        }
     }
 
     #[test]
@@ -270,9 +325,17 @@ mod tests {
         assert_eq!(parse_probe("absent\n"), Ok(None));
         assert_eq!(
             parse_probe(&format!("{sha}\n644 root root\n")),
-            Ok(Some(RemoteFileState { sha256: sha.into(), mode: 0o644, owner: "root".into(), group: "root".into() }))
+            Ok(Some(RemoteFileState {
+                sha256: sha.into(),
+                mode: 0o644,
+                owner: "root".into(),
+                group: "root".into()
+            }))
         );
-        assert_eq!(parse_probe(&format!("{sha}\n4755 etcd etcd\n")).unwrap().unwrap().mode, 0o4755);
+        assert_eq!(
+            parse_probe(&format!("{sha}\n4755 etcd etcd\n")).unwrap().unwrap().mode,
+            0o4755
+        );
         assert!(parse_probe("").is_err());
         assert!(parse_probe("nothex\n644 a b").is_err());
         assert!(parse_probe(&format!("{sha}\n644 root")).is_err());
@@ -280,7 +343,12 @@ mod tests {
 
     #[test]
     fn attributes_compare_only_what_is_specified() {
-        let state = RemoteFileState { sha256: String::new(), mode: 0o644, owner: "root".into(), group: "adm".into() };
+        let state = RemoteFileState {
+            sha256: String::new(),
+            mode: 0o644,
+            owner: "root".into(),
+            group: "adm".into(),
+        };
         assert!(attributes_match(&state, &dest(0o644, None, None)));
         assert!(attributes_match(&state, &dest(0o644, Some("root"), Some("adm"))));
         assert!(!attributes_match(&state, &dest(0o600, None, None)));
@@ -290,12 +358,18 @@ mod tests {
 
     #[test]
     fn attribute_commands_quote_paths() {
-        assert_eq!(attribute_commands("/etc/x y/conf", &dest(0o640, None, None)), "chmod 0640 -- '/etc/x y/conf'");
+        assert_eq!(
+            attribute_commands("/etc/x y/conf", &dest(0o640, None, None)),
+            "chmod 0640 -- '/etc/x y/conf'"
+        );
         assert_eq!(
             attribute_commands("/a", &dest(0o600, Some("etcd"), Some("etcd"))),
             "chmod 0600 -- /a && chown -- etcd:etcd /a"
         );
-        assert_eq!(attribute_commands("/a", &dest(0o600, None, Some("adm"))), "chmod 0600 -- /a && chgrp -- adm /a");
+        assert_eq!(
+            attribute_commands("/a", &dest(0o600, None, Some("adm"))),
+            "chmod 0600 -- /a && chgrp -- adm /a"
+        );
     }
 
     #[test]
@@ -310,7 +384,10 @@ mod tests {
         let sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
         assert!(validate(&dest(0o644, None, None), sha).is_ok());
         assert!(validate(&dest(0o644, None, None), "abc").is_err());
-        let relative = RemoteFile { path: "etc/x".into(), ..dest(0o644, None, None) };
+        let relative = RemoteFile {
+            path: "etc/x".into(),
+            ..dest(0o644, None, None)
+        };
         assert!(validate(&relative, sha).is_err());
         assert!(validate(&dest(0o17777, None, None), sha).is_err());
     }

@@ -20,7 +20,10 @@ async fn start(binary: &EtcdBinary) -> LocalCluster {
         Ok(cluster) => cluster,
         Err(e) => panic!("starting etcd {} cluster: {e}", binary.version),
     };
-    eprintln!("etcd {}: 3-member mTLS cluster healthy after {:?}", binary.version, cluster.startup);
+    eprintln!(
+        "etcd {}: 3-member mTLS cluster healthy after {:?}",
+        binary.version, cluster.startup
+    );
     cluster
 }
 
@@ -37,8 +40,15 @@ async fn forms_and_serves_over_mtls(binary: EtcdBinary) {
     client.put("capstan/test", value.as_bytes()).await.unwrap();
     // Read back through each member individually: the write was replicated, not just accepted.
     for member in &cluster.members {
-        let pinned = EtcdClient::connect(&[member.endpoint()], &cluster.admin_tls).await.unwrap();
-        assert_eq!(pinned.get("capstan/test").await.unwrap().as_deref(), Some(value.as_bytes()), "{}", member.spec.name);
+        let pinned = EtcdClient::connect(&[member.endpoint()], &cluster.admin_tls)
+            .await
+            .unwrap();
+        assert_eq!(
+            pinned.get("capstan/test").await.unwrap().as_deref(),
+            Some(value.as_bytes()),
+            "{}",
+            member.spec.name
+        );
     }
     assert_eq!(client.get("capstan/absent").await.unwrap(), None);
 }
@@ -56,7 +66,10 @@ async fn refuses_clients_without_a_trusted_certificate(binary: EtcdBinary) {
 
     // No client certificate: the server rejects the handshake.
     let without_cert = raw_https_get(port, &cluster.admin_tls, false);
-    assert!(without_cert.is_err(), "etcd answered a client without certificate: {without_cert:?}");
+    assert!(
+        without_cert.is_err(),
+        "etcd answered a client without certificate: {without_cert:?}"
+    );
     eprintln!("no client certificate -> {}", without_cert.unwrap_err());
 
     // A client certificate from another CA is refused as well.
@@ -70,7 +83,10 @@ async fn refuses_clients_without_a_trusted_certificate(binary: EtcdBinary) {
     assert_refused(&endpoint, &foreign_tls).await;
 
     // A certificate from the right CA but without clientAuth (a server certificate) is refused.
-    let server = cluster.ca.issue(&CertRequest::member(CertKind::Server, "intruder", &["127.0.0.1"])).unwrap();
+    let server = cluster
+        .ca
+        .issue(&CertRequest::member(CertKind::Server, "intruder", &["127.0.0.1"]))
+        .unwrap();
     let server_as_client = EtcdTls {
         ca_cert_pem: cluster.ca.cert_pem().to_string(),
         client_cert_pem: server.cert_pem,
@@ -91,7 +107,9 @@ async fn assert_refused(endpoint: &EtcdEndpoint, tls: &EtcdTls) {
 fn raw_https_get(port: u16, tls: &EtcdTls, present_certificate: bool) -> Result<String, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(tls.ca_cert_pem.as_bytes()).unwrap()).unwrap();
+    roots
+        .add(CertificateDer::from_pem_slice(tls.ca_cert_pem.as_bytes()).unwrap())
+        .unwrap();
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -133,7 +151,11 @@ async fn status_shows_one_leader(binary: EtcdBinary) {
     assert_eq!(status.endpoints.len(), 3);
     assert!(status.healthy, "{status:#?}");
     assert_eq!(status.leaders.len(), 1, "{status:#?}");
-    let statuses: Vec<_> = status.endpoints.iter().map(|e| e.status.as_ref().expect("status of every member")).collect();
+    let statuses: Vec<_> = status
+        .endpoints
+        .iter()
+        .map(|e| e.status.as_ref().expect("status of every member"))
+        .collect();
     assert_eq!(statuses.iter().filter(|s| s.leader).count(), 1);
     for s in &statuses {
         assert_eq!(s.version, binary.version);
@@ -149,15 +171,26 @@ async fn member_add_and_remove(binary: EtcdBinary) {
     let mut cluster = start(&binary).await;
     let started = Instant::now();
     let (id, initial_cluster) = cluster.add_member("m4").await.unwrap();
-    eprintln!("etcd {}: member add + start + healthy in {:?}", binary.version, started.elapsed());
+    eprintln!(
+        "etcd {}: member add + start + healthy in {:?}",
+        binary.version,
+        started.elapsed()
+    );
 
     // The initial-cluster string etcd's answer produced matches what capstan's config model wrote.
     let m4 = cluster.member("m4").unwrap();
-    let rendered_line = m4.config_yaml.lines().find(|l| l.starts_with("initial-cluster:")).unwrap();
+    let rendered_line = m4
+        .config_yaml
+        .lines()
+        .find(|l| l.starts_with("initial-cluster:"))
+        .unwrap();
     let mut from_etcd: Vec<&str> = initial_cluster.split(',').collect();
     from_etcd.sort_unstable();
-    let mut from_config: Vec<&str> =
-        rendered_line.trim_start_matches("initial-cluster: ").trim_matches('"').split(',').collect();
+    let mut from_config: Vec<&str> = rendered_line
+        .trim_start_matches("initial-cluster: ")
+        .trim_matches('"')
+        .split(',')
+        .collect();
     from_config.sort_unstable();
     assert_eq!(from_etcd, from_config);
     assert!(m4.config_yaml.contains("initial-cluster-state: \"existing\""));
@@ -165,7 +198,10 @@ async fn member_add_and_remove(binary: EtcdBinary) {
     let client = cluster.client().await.unwrap();
     let members = client.member_list().await.unwrap();
     assert_eq!(members.len(), 4);
-    assert!(members.iter().any(|m| m.id == id && m.name == "m4" && !m.is_learner), "{members:?}");
+    assert!(
+        members.iter().any(|m| m.id == id && m.name == "m4" && !m.is_learner),
+        "{members:?}"
+    );
     let new_member_status = client.status(&m4.endpoint()).await.unwrap();
     assert_eq!((new_member_status.id, new_member_status.name.as_str()), (id, "m4"));
 

@@ -56,19 +56,36 @@ async fn extracted_binaries_are_installed_once() {
             .cache(cache.clone())
     };
     // Four "hosts" share one cache: the archive is fetched and extracted once.
-    let hosts = |n: usize| (0..n).map(|i| HostOps::new(Arc::new(LocalTransport::new(&format!("h{i}")))).with(op())).collect();
+    let hosts = |n: usize| {
+        (0..n)
+            .map(|i| HostOps::new(Arc::new(LocalTransport::new(&format!("h{i}")))).with(op()))
+            .collect()
+    };
 
     let dry = runner(Mode::DryRun).run(hosts(1)).await;
     assert!(dry.success(), "{dry:#?}");
-    let diffs: Vec<String> = dry.hosts[0].ops[0].changes.iter().filter_map(|c| c.diff.clone()).collect();
-    assert_eq!(diffs, vec![format!("new binary file (sha256 {})", &sha256(&etcd)[..12]), format!("new binary file (sha256 {})", &sha256(b"\x7fELFctl\0")[..12])]);
+    let diffs: Vec<String> = dry.hosts[0].ops[0]
+        .changes
+        .iter()
+        .filter_map(|c| c.diff.clone())
+        .collect();
+    assert_eq!(
+        diffs,
+        vec![
+            format!("new binary file (sha256 {})", &sha256(&etcd)[..12]),
+            format!("new binary file (sha256 {})", &sha256(b"\x7fELFctl\0")[..12])
+        ]
+    );
     assert!(!bin.exists(), "dry run installed something");
 
     let first = runner(Mode::Apply).run(hosts(4)).await;
     assert!(first.success(), "{first:#?}");
     assert_eq!(fs::read(bin.join("etcd")).unwrap(), etcd);
     assert_eq!(fs::read(bin.join("etcdctl")).unwrap(), b"\x7fELFctl\0");
-    assert_eq!(fs::metadata(bin.join("etcd")).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(
+        fs::metadata(bin.join("etcd")).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
     assert!(!bin.join("README.md").exists());
 
     let second = runner(Mode::Apply).run(hosts(2)).await;
@@ -77,10 +94,23 @@ async fn extracted_binaries_are_installed_once() {
     // A binary replaced on the host is detected by checksum and restored.
     fs::write(bin.join("etcd"), b"tampered").unwrap();
     let third = runner(Mode::Apply).run(hosts(1)).await;
-    let summaries: Vec<&str> = third.hosts[0].ops[0].changes.iter().map(|c| c.summary.as_str()).collect();
-    assert_eq!(summaries, vec![format!("update {}", bin.join("etcd").display()).as_str()]);
+    let summaries: Vec<&str> = third.hosts[0].ops[0]
+        .changes
+        .iter()
+        .map(|c| c.summary.as_str())
+        .collect();
+    assert_eq!(
+        summaries,
+        vec![format!("update {}", bin.join("etcd").display()).as_str()]
+    );
     let diff = third.hosts[0].ops[0].changes[0].diff.clone().unwrap();
-    assert!(diff.starts_with(&format!("binary file changed (sha256 {} → ", &sha256(b"tampered")[..12])), "{diff}");
+    assert!(
+        diff.starts_with(&format!(
+            "binary file changed (sha256 {} → ",
+            &sha256(b"tampered")[..12]
+        )),
+        "{diff}"
+    );
     assert_eq!(fs::read(bin.join("etcd")).unwrap(), etcd);
 }
 
@@ -91,15 +121,24 @@ async fn single_file_artifact() {
     fs::write(&source, b"#!/bin/sh\necho tool\n").unwrap();
     let sha = sha256(&fs::read(&source).unwrap());
     let dest = work.path().join("opt/tool");
-    let op = Artifact::new(&format!("file://{}", source.display()), &sha.to_uppercase(), dest.to_str().unwrap())
-        .unwrap()
-        .mode(0o750)
-        .cache(ArtifactCache::at(work.path().join("cache")));
-    let report = runner(Mode::Apply).run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)]).await;
+    let op = Artifact::new(
+        &format!("file://{}", source.display()),
+        &sha.to_uppercase(),
+        dest.to_str().unwrap(),
+    )
+    .unwrap()
+    .mode(0o750)
+    .cache(ArtifactCache::at(work.path().join("cache")));
+    let report = runner(Mode::Apply)
+        .run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)])
+        .await;
     assert!(report.success(), "{report:#?}");
     assert_eq!(fs::read(&dest).unwrap(), fs::read(&source).unwrap());
     assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o7777, 0o750);
-    assert!(work.path().join("cache").join(&sha).is_file(), "cached under its checksum");
+    assert!(
+        work.path().join("cache").join(&sha).is_file(),
+        "cached under its checksum"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +153,9 @@ async fn wrong_checksum_is_refused_and_discarded() {
         .extract(["etcd-v3.5.1-linux-amd64/etcd"])
         .unwrap()
         .cache(ArtifactCache::at(&cache_dir));
-    let report = runner(Mode::Apply).run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)]).await;
+    let report = runner(Mode::Apply)
+        .run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)])
+        .await;
     assert!(!report.success());
     let error = report.hosts[0].ops[0].error.clone().unwrap();
     assert_eq!(
@@ -129,9 +170,13 @@ async fn wrong_checksum_is_refused_and_discarded() {
 #[tokio::test]
 async fn bad_artifact_inputs_get_precise_errors() {
     let work = tempfile::tempdir().unwrap();
-    let err = Artifact::new("file:///x", "1234", "/usr/local/bin/x").unwrap_err().to_string();
+    let err = Artifact::new("file:///x", "1234", "/usr/local/bin/x")
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "\"1234\" is not a sha256 (64 hex digits)");
-    let err = Artifact::new("file:///x", &"a".repeat(64), "usr/bin/x").unwrap_err().to_string();
+    let err = Artifact::new("file:///x", &"a".repeat(64), "usr/bin/x")
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "invalid operation: remote path \"usr/bin/x\" is not absolute");
 
     let (url, sha) = make_release(work.path(), b"etcd", b"etcdctl");
@@ -140,22 +185,41 @@ async fn bad_artifact_inputs_get_precise_errors() {
         .extract(["etcd-v3.5.1-linux-amd64/etcdutl"])
         .unwrap()
         .cache(ArtifactCache::at(work.path().join("cache")));
-    let report = runner(Mode::DryRun).run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)]).await;
+    let report = runner(Mode::DryRun)
+        .run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)])
+        .await;
     assert_eq!(
         report.hosts[0].ops[0].error.as_deref(),
         Some(format!("{url}: archive has no regular file \"etcd-v3.5.1-linux-amd64/etcdutl\"").as_str())
     );
 
+    // The cache is content-addressed: a known sha256 is served from it whatever the URL,
+    // so the missing file needs a checksum not cached yet.
     let missing = format!("file://{}/nope.tar.gz", work.path().display());
-    let op = Artifact::new(&missing, &sha, "/usr/local/bin/x").unwrap().cache(ArtifactCache::at(work.path().join("cache")));
-    let report = runner(Mode::DryRun).run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)]).await;
+    let op = Artifact::new(&missing, &"cd".repeat(32), "/usr/local/bin/x")
+        .unwrap()
+        .cache(ArtifactCache::at(work.path().join("cache")));
+    let report = runner(Mode::DryRun)
+        .run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)])
+        .await;
     let error = report.hosts[0].ops[0].error.clone().unwrap();
-    assert!(error.starts_with(&format!("download of {missing} failed: No such file")), "{error}");
+    assert!(
+        error.starts_with(&format!("download of {missing} failed: No such file")),
+        "{error}"
+    );
 
-    let op = Artifact::new("ftp://mirror/x", &sha, "/usr/local/bin/x").unwrap().cache(ArtifactCache::at(work.path().join("cache")));
-    let report = runner(Mode::DryRun).run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)]).await;
+    let err = Artifact::new("ftp://mirror/x", &sha, "/usr/local/bin/x")
+        .unwrap_err()
+        .to_string();
     assert_eq!(
-        report.hosts[0].ops[0].error.as_deref(),
-        Some("unsupported artifact URL \"ftp://mirror/x\": expected file://, http:// or https://")
+        err,
+        "unsupported artifact URL \"ftp://mirror/x\": expected file://, http:// or https://"
+    );
+    let err = Artifact::new("file://relative/x", &sha, "/usr/local/bin/x")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "download of file://relative/x failed: file:// URLs need an absolute path (file:///…)"
     );
 }

@@ -40,9 +40,27 @@ fn config_ops(dir: &Path, setting: &str) -> HostOps {
     let conf_dir = path(dir, "etc/app");
     HostOps::new(local("localhost"))
         .with(Directory::new(&conf_dir).mode(0o750))
-        .with(File::new(&path(dir, "etc/app/app.conf"), format!("listen=127.0.0.1\nsetting={setting}\n")).mode(0o640))
-        .with(File::new(&path(dir, "etc/app/secret.key"), "hunter2\n").mode(0o600).sensitive(true))
-        .with(Template::render(&path(dir, "etc/app/name"), "name.j2", "name={{ name }}\n", serde_json::json!({"name": "demo"})).unwrap())
+        .with(
+            File::new(
+                &path(dir, "etc/app/app.conf"),
+                format!("listen=127.0.0.1\nsetting={setting}\n"),
+            )
+            .mode(0o640),
+        )
+        .with(
+            File::new(&path(dir, "etc/app/secret.key"), "hunter2\n")
+                .mode(0o600)
+                .sensitive(true),
+        )
+        .with(
+            Template::render(
+                &path(dir, "etc/app/name"),
+                "name.j2",
+                "name={{ name }}\n",
+                serde_json::json!({"name": "demo"}),
+            )
+            .unwrap(),
+        )
         .with(Absent::new(&path(dir, "etc/app/old.conf")))
 }
 
@@ -60,7 +78,10 @@ async fn apply_then_rerun_changes_nothing() {
     assert_eq!(mode_of(&conf), 0o640);
     assert_eq!(mode_of(&path(dir.path(), "etc/app")), 0o750);
     assert_eq!(mode_of(&path(dir.path(), "etc/app/secret.key")), 0o600);
-    assert_eq!(fs::read_to_string(path(dir.path(), "etc/app/name")).unwrap(), "name=demo\n");
+    assert_eq!(
+        fs::read_to_string(path(dir.path(), "etc/app/name")).unwrap(),
+        "name=demo\n"
+    );
     assert!(!dir.path().join("etc/app/old.conf").exists());
     // No temp files left beside the targets.
     let leftovers: Vec<_> = fs::read_dir(dir.path().join("etc/app"))
@@ -79,12 +100,19 @@ async fn apply_then_rerun_changes_nothing() {
 #[tokio::test]
 async fn dry_run_changes_nothing_and_shows_a_diff() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(runner(Mode::Apply).run(vec![config_ops(dir.path(), "a")]).await.success());
+    assert!(runner(Mode::Apply)
+        .run(vec![config_ops(dir.path(), "a")])
+        .await
+        .success());
     let conf = path(dir.path(), "etc/app/app.conf");
     let before = fs::read(&conf).unwrap();
 
     let mut ops = config_ops(dir.path(), "b");
-    ops.push(File::new(&path(dir.path(), "etc/app/secret.key"), "hunter3\n").mode(0o600).sensitive(true));
+    ops.push(
+        File::new(&path(dir.path(), "etc/app/secret.key"), "hunter3\n")
+            .mode(0o600)
+            .sensitive(true),
+    );
     let dry = runner(Mode::DryRun).run(vec![ops]).await;
     assert!(dry.success(), "{dry:#?}");
     assert_eq!(changed(&dry), 2, "{dry:#?}");
@@ -101,11 +129,19 @@ async fn dry_run_changes_nothing_and_shows_a_diff() {
 async fn mode_and_owner_drift_is_detected_and_fixed() {
     let dir = tempfile::tempdir().unwrap();
     let conf = path(dir.path(), "etc/app/app.conf");
-    assert!(runner(Mode::Apply).run(vec![config_ops(dir.path(), "a")]).await.success());
+    assert!(runner(Mode::Apply)
+        .run(vec![config_ops(dir.path(), "a")])
+        .await
+        .success());
 
     fs::set_permissions(&conf, fs::Permissions::from_mode(0o666)).unwrap();
     let report = runner(Mode::Apply).run(vec![config_ops(dir.path(), "a")]).await;
-    let summaries: Vec<&str> = report.hosts[0].ops.iter().flat_map(|o| &o.changes).map(|c| c.summary.as_str()).collect();
+    let summaries: Vec<&str> = report.hosts[0]
+        .ops
+        .iter()
+        .flat_map(|o| &o.changes)
+        .map(|c| c.summary.as_str())
+        .collect();
     assert_eq!(summaries, vec![format!("mode of {conf} 0666 → 0640").as_str()]);
     assert_eq!(mode_of(&conf), 0o640);
 
@@ -114,15 +150,27 @@ async fn mode_and_owner_drift_is_detected_and_fixed() {
         return;
     }
     let owned = |owner: &str| {
-        HostOps::new(local("localhost")).with(File::new(&conf, "listen=127.0.0.1\nsetting=a\n").mode(0o640).owner(owner).group("root"))
+        HostOps::new(local("localhost")).with(
+            File::new(&conf, "listen=127.0.0.1\nsetting=a\n")
+                .mode(0o640)
+                .owner(owner)
+                .group("root"),
+        )
     };
-    std::process::Command::new("chown").args(["65534:65534", &conf]).status().unwrap();
+    std::process::Command::new("chown")
+        .args(["65534:65534", &conf])
+        .status()
+        .unwrap();
     let report = runner(Mode::Apply).run(vec![owned("root")]).await;
     assert!(report.success(), "{report:#?}");
     assert_eq!(changed(&report), 1);
     let meta = fs::metadata(&conf).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (0, 0));
-    assert_eq!(changed(&runner(Mode::Apply).run(vec![owned("0")]).await), 0, "numeric owner 0 is root");
+    assert_eq!(
+        changed(&runner(Mode::Apply).run(vec![owned("0")]).await),
+        0,
+        "numeric owner 0 is root"
+    );
 }
 
 #[tokio::test]
@@ -152,7 +200,15 @@ async fn a_failing_host_stops_its_list_but_not_the_others() {
             .with(File::new(&path(dir.path(), "bad.txt"), "x")),
         HostOps::new(local("good")).with(File::new(&path(dir.path(), "good.txt"), "y")),
     ];
-    let report = Runner::new(RunOptions { mode: Mode::Apply, concurrency: 1 }, Arc::new(NoProgress)).run(hosts).await;
+    let report = Runner::new(
+        RunOptions {
+            mode: Mode::Apply,
+            concurrency: 1,
+        },
+        Arc::new(NoProgress),
+    )
+    .run(hosts)
+    .await;
     assert!(!report.success());
     assert_eq!(report.failed_hosts(), vec!["bad"]);
     let bad = &report.hosts[0];
@@ -196,7 +252,9 @@ async fn conflicting_path_types_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let d = path(dir.path(), "thing");
     fs::create_dir(&d).unwrap();
-    let report = runner(Mode::Apply).run(vec![HostOps::new(local("localhost")).with(File::new(&d, "x"))]).await;
+    let report = runner(Mode::Apply)
+        .run(vec![HostOps::new(local("localhost")).with(File::new(&d, "x"))])
+        .await;
     let error = report.hosts[0].ops[0].error.clone().unwrap();
     assert_eq!(error, format!("localhost: {d} is a directory, expected a regular file"));
     assert!(Path::new(&d).is_dir());

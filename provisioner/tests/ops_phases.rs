@@ -42,7 +42,10 @@ impl Phase<State> for WriteConfig {
         "write config".into()
     }
     async fn host_ops(&self, ctx: &PhaseContext<State>) -> Result<Vec<HostOps>, PhaseError> {
-        Ok(vec![host().with(File::new(ctx.state.dir.join("config").to_str().unwrap(), "x=1\n"))])
+        Ok(vec![host().with(File::new(
+            ctx.state.dir.join("config").to_str().unwrap(),
+            "x=1\n",
+        ))])
     }
 }
 
@@ -72,10 +75,16 @@ impl Phase<State> for Last {
         "last".into()
     }
     async fn run(&self, ctx: &PhaseContext<State>) -> Result<(), PhaseError> {
-        std::fs::write(ctx.state.dir.join("last-apply"), "").map_err(|e| PhaseError::Failed { phase: self.name(), reason: e.to_string() })
+        std::fs::write(ctx.state.dir.join("last-apply"), "").map_err(|e| PhaseError::Failed {
+            phase: self.name(),
+            reason: e.to_string(),
+        })
     }
     async fn dry_run(&self, ctx: &PhaseContext<State>) -> Result<(), PhaseError> {
-        std::fs::write(ctx.state.dir.join("last-dry-run"), "").map_err(|e| PhaseError::Failed { phase: self.name(), reason: e.to_string() })
+        std::fs::write(ctx.state.dir.join("last-dry-run"), "").map_err(|e| PhaseError::Failed {
+            phase: self.name(),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -87,17 +96,29 @@ fn context(dir: PathBuf, mode: Mode, out: Captured) -> PhaseContext<State> {
 #[tokio::test]
 async fn phases_run_in_order_and_stop_at_the_first_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let phases = PhaseRunner::new().add(WriteConfig).add(AlreadyDone).add(Break).add(Last);
+    let phases = PhaseRunner::new()
+        .add(WriteConfig)
+        .add(AlreadyDone)
+        .add(Break)
+        .add(Last);
 
     for mode in [Mode::DryRun, Mode::Apply] {
         let out = Captured::default();
         let ctx = context(dir.path().to_path_buf(), mode, out.clone());
         let result = phases.run(&ctx).await;
         let statuses: Vec<(&str, PhaseStatus)> = result.phases.iter().map(|p| (p.name.as_str(), p.status)).collect();
-        let expected_break = if mode == Mode::DryRun { PhaseStatus::Done } else { PhaseStatus::Failed };
+        let expected_break = if mode == Mode::DryRun {
+            PhaseStatus::Done
+        } else {
+            PhaseStatus::Failed
+        };
         assert_eq!(
             statuses[..3],
-            [("write config", PhaseStatus::Done), ("upgrade", PhaseStatus::Skipped), ("break", expected_break)],
+            [
+                ("write config", PhaseStatus::Done),
+                ("upgrade", PhaseStatus::Skipped),
+                ("break", expected_break)
+            ],
             "{mode:?}"
         );
         let written = dir.path().join("config").exists();

@@ -27,7 +27,10 @@ macro_rules! sshd_or_skip {
 }
 
 fn opts(secs: u64) -> ExecOptions {
-    ExecOptions { timeout: Duration::from_secs(secs), privileged: false }
+    ExecOptions {
+        timeout: Duration::from_secs(secs),
+        privileged: false,
+    }
 }
 
 #[tokio::test]
@@ -42,7 +45,10 @@ async fn exec_returns_stdout_stderr_and_exit_code() {
     assert_eq!(out.exit_code, Some(7));
 
     // `sh -c` semantics with quotes that need escaping.
-    let out = t.exec("printf '%s|' \"a b\" 'it'\\''s' $((6*7))", &opts(10)).await.unwrap();
+    let out = t
+        .exec("printf '%s|' \"a b\" 'it'\\''s' $((6*7))", &opts(10))
+        .await
+        .unwrap();
     assert_eq!(out.stdout_str(), "a b|it's|42|");
     assert!(out.success());
 
@@ -66,7 +72,13 @@ async fn timeout_closes_the_channel() {
     let command = format!("sleep 3 && touch {}", marker.display());
     let started = Instant::now();
     let err = t
-        .exec(&command, &ExecOptions { timeout: Duration::from_millis(300), privileged: false })
+        .exec(
+            &command,
+            &ExecOptions {
+                timeout: Duration::from_millis(300),
+                privileged: false,
+            },
+        )
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
@@ -94,7 +106,10 @@ impl AsyncRead for Pattern {
         let n = (buf.remaining() as u64).min(self.remaining).min(64 * 1024) as usize;
         let mut chunk = vec![0u8; n];
         for byte in chunk.iter_mut() {
-            self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.state = self
+                .state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             *byte = (self.state >> 56) as u8;
         }
         self.remaining -= n as u64;
@@ -104,7 +119,10 @@ impl AsyncRead for Pattern {
 }
 
 fn pattern_sha256(len: u64) -> String {
-    let mut reader = Pattern { remaining: len, state: 1 };
+    let mut reader = Pattern {
+        remaining: len,
+        state: 1,
+    };
     let mut hasher = Sha256::new();
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(async {
@@ -124,7 +142,11 @@ fn pattern_sha256(len: u64) -> String {
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -136,22 +158,34 @@ async fn stdin_streams_200_mib() {
     let t = SshTransport::connect(&sshd.target("local")).await.unwrap();
     let rss_before = rss_kib();
     let started = Instant::now();
-    let mut source = Pattern { remaining: LEN, state: 1 };
-    let out = t.exec_with_stdin("sha256sum | cut -d' ' -f1; echo done >&2", &mut source, &opts(300)).await.unwrap();
+    let mut source = Pattern {
+        remaining: LEN,
+        state: 1,
+    };
+    let out = t
+        .exec_with_stdin("sha256sum | cut -d' ' -f1; echo done >&2", &mut source, &opts(300))
+        .await
+        .unwrap();
     let elapsed = started.elapsed();
     let rss_growth_mib = rss_kib().saturating_sub(rss_before) / 1024;
     eprintln!("MEASURED stdin 200MiB in {elapsed:?}, rss growth {rss_growth_mib} MiB");
     assert!(out.success(), "{}", out.stderr_str());
     assert_eq!(out.stdout_str().trim(), expected);
     assert_eq!(out.stderr_str(), "done\n");
-    assert!(rss_growth_mib < 100, "memory grew by {rss_growth_mib} MiB while streaming 200 MiB");
+    assert!(
+        rss_growth_mib < 100,
+        "memory grew by {rss_growth_mib} MiB while streaming 200 MiB"
+    );
 }
 
 #[tokio::test]
 async fn remote_exiting_early_does_not_hang_stdin() {
     let sshd = sshd_or_skip!();
     let t = SshTransport::connect(&sshd.target("local")).await.unwrap();
-    let mut source = Pattern { remaining: 50 << 20, state: 3 };
+    let mut source = Pattern {
+        remaining: 50 << 20,
+        state: 3,
+    };
     let out = t.exec_with_stdin("exit 4", &mut source, &opts(30)).await.unwrap();
     assert_eq!(out.exit_code, Some(4));
 }
@@ -177,9 +211,14 @@ async fn strict_refuses_unknown_host_key() {
     let sshd = sshd_or_skip!();
     let target = sshd.untrusted_target("local");
     let err = SshTransport::connect(&target).await.unwrap_err();
-    let TransportError::HostKey { reason, .. } = &err else { panic!("expected a host key error, got {err:?}") };
+    let TransportError::HostKey { reason, .. } = &err else {
+        panic!("expected a host key error, got {err:?}")
+    };
     assert!(reason.contains("is not in") && reason.contains("SHA256:"), "{reason}");
-    assert!(!target.known_hosts_file.exists(), "strict mode must not write known_hosts");
+    assert!(
+        !target.known_hosts_file.exists(),
+        "strict mode must not write known_hosts"
+    );
     assert!(err.hint().is_some());
 }
 
@@ -193,7 +232,14 @@ async fn accept_new_records_then_refuses_changed_key() {
     let recorded = std::fs::read_to_string(&target.known_hosts_file).unwrap();
     assert_eq!(recorded, sshd.known_hosts_line());
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&target.known_hosts_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&target.known_hosts_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
 
     // Second contact with the same key: accepted, nothing appended.
     SshTransport::connect(&target).await.expect("known key").close().await;
@@ -201,14 +247,31 @@ async fn accept_new_records_then_refuses_changed_key() {
 
     sshd.restart_with_new_host_key();
     let err = SshTransport::connect(&target).await.unwrap_err();
-    let TransportError::HostKey { reason, .. } = &err else { panic!("expected a host key error, got {err:?}") };
+    let TransportError::HostKey { reason, .. } = &err else {
+        panic!("expected a host key error, got {err:?}")
+    };
     let file_line = format!("{}:1", target.known_hosts_file.display());
     assert!(reason.contains("CHANGED") && reason.contains(&file_line), "{reason}");
     let new_key = std::fs::read_to_string(sshd.dir.path().join("host_key.pub")).unwrap();
-    let out = std::process::Command::new("ssh-keygen").arg("-lf").arg(sshd.dir.path().join("host_key.pub")).output().unwrap();
-    let fingerprint = String::from_utf8_lossy(&out.stdout).split_whitespace().nth(1).unwrap().to_string();
-    assert!(reason.contains(&fingerprint), "{reason} should name {fingerprint} ({new_key})");
-    assert_eq!(std::fs::read_to_string(&target.known_hosts_file).unwrap(), recorded, "file untouched");
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(sshd.dir.path().join("host_key.pub"))
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains(&fingerprint),
+        "{reason} should name {fingerprint} ({new_key})"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&target.known_hosts_file).unwrap(),
+        recorded,
+        "file untouched"
+    );
 }
 
 #[tokio::test]
@@ -228,7 +291,9 @@ async fn bastion_tunnels_to_target() {
     let sshd = sshd_or_skip!();
     let mut target = sshd.target("behind-bastion");
     target.bastion = Some(Box::new(sshd.target("bastion")));
-    let t = SshTransport::connect(&target).await.expect("connects through the bastion");
+    let t = SshTransport::connect(&target)
+        .await
+        .expect("connects through the bastion");
     let out = t.exec("echo via $SSH_CONNECTION", &opts(10)).await.unwrap();
     assert!(out.stdout_str().starts_with("via 127.0.0.1"), "{}", out.stdout_str());
     t.close().await;
@@ -251,31 +316,55 @@ async fn upload_is_atomic_idempotent_and_fixes_mode() {
     let path = sshd.dir.path().join("sub dir/conf.txt");
     let content = b"hello 'world'\n".repeat(1000);
     let sha = hex::encode(Sha256::digest(&content));
-    let dest = RemoteFile { path: path.display().to_string(), mode: 0o640, owner: None, group: None };
+    let dest = RemoteFile {
+        path: path.display().to_string(),
+        mode: 0o640,
+        owner: None,
+        group: None,
+    };
 
     let outcome = upload_file(&t, &content[..], &sha, &dest).await.unwrap();
     assert_eq!(outcome, UploadOutcome::Written);
     assert_eq!(std::fs::read(&path).unwrap(), content);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o640);
-    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(leftovers.len(), 1, "temp files left behind: {leftovers:?}");
 
-    assert_eq!(upload_file(&t, &content[..], &sha, &dest).await.unwrap(), UploadOutcome::Skipped);
+    assert_eq!(
+        upload_file(&t, &content[..], &sha, &dest).await.unwrap(),
+        UploadOutcome::Skipped
+    );
 
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
     let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
-    assert_eq!(upload_file(&t, &content[..], &sha, &dest).await.unwrap(), UploadOutcome::AttributesFixed);
+    assert_eq!(
+        upload_file(&t, &content[..], &sha, &dest).await.unwrap(),
+        UploadOutcome::AttributesFixed
+    );
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
-    assert_eq!(std::os::unix::fs::MetadataExt::ino(&meta), inode, "mode fix must not rewrite the file");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&meta),
+        inode,
+        "mode fix must not rewrite the file"
+    );
 
     // New content replaces the file by rename (new inode), never in place.
     let new_content = b"v2\n".to_vec();
     let new_sha = hex::encode(Sha256::digest(&new_content));
-    assert_eq!(upload_file(&t, &new_content[..], &new_sha, &dest).await.unwrap(), UploadOutcome::Written);
+    assert_eq!(
+        upload_file(&t, &new_content[..], &new_sha, &dest).await.unwrap(),
+        UploadOutcome::Written
+    );
     assert_eq!(std::fs::read(&path).unwrap(), new_content);
-    assert_ne!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()), inode);
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()),
+        inode
+    );
 
     // Content that does not match the promised hash is rejected and leaves the file alone.
     let err = upload_file(&t, &b"tampered"[..], &sha, &dest).await.unwrap_err();
@@ -302,7 +391,11 @@ async fn facts_from_localhost_are_sane() {
     assert_eq!(facts.arch, expected_arch);
     assert!(facts.cpus > 0 && facts.memory_bytes > 0);
     assert!(!facts.kernel.is_empty() && !facts.hostname.is_empty());
-    assert!(facts.time_offset_secs.abs() < 1.0, "same machine, offset {}", facts.time_offset_secs);
+    assert!(
+        facts.time_offset_secs.abs() < 1.0,
+        "same machine, offset {}",
+        facts.time_offset_secs
+    );
     assert!(facts.free_disk_bytes.contains_key("/"));
     // Cached: the second read does not run a command (even with the connection closed).
     t.close().await;
@@ -315,16 +408,32 @@ async fn checks_report_unreachable_hosts_without_aborting() {
     let reachable = sshd.target("up");
     let mut closed_port = sshd.target("down");
     // Nothing listens on a freshly released port.
-    closed_port.port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    closed_port.port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut bad_key = sshd.untrusted_target("unknown-key");
     bad_key.name = "unknown-key".into();
     let targets = vec![
-        CheckTarget { target: reachable, roles: vec!["etcd".into()] },
-        CheckTarget { target: closed_port, roles: vec!["etcd".into()] },
-        CheckTarget { target: bad_key, roles: vec![] },
+        CheckTarget {
+            target: reachable,
+            roles: vec!["etcd".into()],
+        },
+        CheckTarget {
+            target: closed_port,
+            roles: vec!["etcd".into()],
+        },
+        CheckTarget {
+            target: bad_key,
+            roles: vec![],
+        },
     ];
     let reports = run_checks(&targets, &CheckConfig::default(), 8).await;
-    assert_eq!(reports.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(), ["up", "down", "unknown-key"]);
+    assert_eq!(
+        reports.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(),
+        ["up", "down", "unknown-key"]
+    );
 
     let up = &reports[0];
     assert!(up.reachable && up.error.is_none(), "{up:?}");
@@ -343,7 +452,10 @@ async fn checks_report_unreachable_hosts_without_aborting() {
     assert!(error.hint.as_deref().unwrap_or("").contains("sshd"));
 
     let unknown = &reports[2];
-    assert!(unknown.error.as_ref().unwrap().message.contains("host key"), "{unknown:?}");
+    assert!(
+        unknown.error.as_ref().unwrap().message.contains("host key"),
+        "{unknown:?}"
+    );
     assert!(unknown.error.as_ref().unwrap().hint.is_some());
     serde_json::to_string(&reports).unwrap();
 }
@@ -352,15 +464,24 @@ async fn checks_report_unreachable_hosts_without_aborting() {
 #[tokio::test]
 async fn privileged_exec_uses_sudo_for_non_root_users() {
     let sshd = sshd_or_skip!();
-    let is_root = std::process::Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let have_tools = ["/usr/sbin/useradd", "/usr/sbin/userdel", "/usr/bin/sudo"].iter().all(|p| std::path::Path::new(p).exists());
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let have_tools = ["/usr/sbin/useradd", "/usr/sbin/userdel", "/usr/bin/sudo"]
+        .iter()
+        .all(|p| std::path::Path::new(p).exists());
     if !is_root || !have_tools {
         eprintln!("SKIP: needs root, useradd and sudo (apt-get install sudo) to create a throwaway sudo user");
         return;
     }
     let user = format!("capst{}", std::process::id() % 100000);
     let sudoers = format!("/etc/sudoers.d/{user}");
-    let created = std::process::Command::new("useradd").args(["-m", "-s", "/bin/sh", "-p", "*", &user]).status().unwrap();
+    let created = std::process::Command::new("useradd")
+        .args(["-m", "-s", "/bin/sh", "-p", "*", &user])
+        .status()
+        .unwrap();
     assert!(created.success(), "useradd failed");
     struct Cleanup(String, String);
     impl Drop for Cleanup {
@@ -378,7 +499,13 @@ async fn privileged_exec_uses_sudo_for_non_root_users() {
     let unprivileged = t.exec("id -un", &opts(10)).await.unwrap();
     assert_eq!(unprivileged.stdout_str().trim(), user);
     let privileged = t
-        .exec("id -un; printf '%s' \"it's $((1+1))\"", &ExecOptions { timeout: Duration::from_secs(10), privileged: true })
+        .exec(
+            "id -un; printf '%s' \"it's $((1+1))\"",
+            &ExecOptions {
+                timeout: Duration::from_secs(10),
+                privileged: true,
+            },
+        )
         .await
         .unwrap();
     assert!(privileged.success(), "{}", privileged.stderr_str());

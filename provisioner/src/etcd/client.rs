@@ -33,9 +33,17 @@ pub enum EtcdError {
         source: BoxError,
     },
     #[error("etcd {operation} via {target} timed out after {after:?}")]
-    Timeout { operation: &'static str, target: String, after: Duration },
+    Timeout {
+        operation: &'static str,
+        target: String,
+        after: Duration,
+    },
     #[error("etcd {operation} via {target}: unexpected response: {detail}")]
-    UnexpectedResponse { operation: &'static str, target: String, detail: String },
+    UnexpectedResponse {
+        operation: &'static str,
+        target: String,
+        detail: String,
+    },
 }
 
 /// A client URL of one member, `https://host:port`.
@@ -46,8 +54,13 @@ pub struct EtcdEndpoint(String);
 impl EtcdEndpoint {
     /// Parse `https://host:port`. capstan only talks to etcd over TLS, so `http://` is refused.
     pub fn parse(url: &str) -> Result<Self, EtcdError> {
-        let invalid = |reason: &str| EtcdError::InvalidEndpoint { endpoint: url.to_string(), reason: reason.to_string() };
-        let rest = url.strip_prefix("https://").ok_or_else(|| invalid("must start with https://"))?;
+        let invalid = |reason: &str| EtcdError::InvalidEndpoint {
+            endpoint: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| invalid("must start with https://"))?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest.rsplit_once(':').ok_or_else(|| invalid("missing :port"))?;
         if host.is_empty() || rest.contains('/') {
@@ -89,7 +102,10 @@ pub struct EtcdTls {
 
 impl fmt::Debug for EtcdTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdTls").field("ca_cert_pem", &self.ca_cert_pem).field("client_key_pem", &"<redacted>").finish()
+        f.debug_struct("EtcdTls")
+            .field("ca_cert_pem", &self.ca_cert_pem)
+            .field("client_key_pem", &"<redacted>")
+            .finish()
     }
 }
 
@@ -104,7 +120,11 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(3), request: Duration::from_secs(10), health: Duration::from_secs(3) }
+        Timeouts {
+            connect: Duration::from_secs(3),
+            request: Duration::from_secs(10),
+            health: Duration::from_secs(3),
+        }
     }
 }
 
@@ -210,7 +230,10 @@ pub struct EtcdClient {
 
 impl fmt::Debug for EtcdClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EtcdClient").field("endpoints", &self.endpoints).field("timeouts", &self.timeouts).finish()
+        f.debug_struct("EtcdClient")
+            .field("endpoints", &self.endpoints)
+            .field("timeouts", &self.timeouts)
+            .finish()
     }
 }
 
@@ -220,12 +243,21 @@ impl EtcdClient {
         Self::connect_with(endpoints, tls, Timeouts::default()).await
     }
 
-    pub async fn connect_with(endpoints: &[EtcdEndpoint], tls: &EtcdTls, timeouts: Timeouts) -> Result<Self, EtcdError> {
+    pub async fn connect_with(
+        endpoints: &[EtcdEndpoint],
+        tls: &EtcdTls,
+        timeouts: Timeouts,
+    ) -> Result<Self, EtcdError> {
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
         }
         let inner = open(endpoints, tls, timeouts).await?;
-        Ok(EtcdClient { endpoints: endpoints.to_vec(), tls: tls.clone(), timeouts, inner })
+        Ok(EtcdClient {
+            endpoints: endpoints.to_vec(),
+            tls: tls.clone(),
+            timeouts,
+            inner,
+        })
     }
 
     pub fn endpoints(&self) -> &[EtcdEndpoint] {
@@ -243,7 +275,13 @@ impl EtcdClient {
 
     pub async fn member_list(&self) -> Result<Vec<Member>, EtcdError> {
         let mut client = self.inner.clone();
-        let response = call("member list", self.target(), self.timeouts.request, client.member_list()).await?;
+        let response = call(
+            "member list",
+            self.target(),
+            self.timeouts.request,
+            client.member_list(),
+        )
+        .await?;
         Ok(response.members().iter().map(Member::from).collect())
     }
 
@@ -252,9 +290,13 @@ impl EtcdClient {
     pub async fn member_add(&self, name: &str, peer_urls: &[String]) -> Result<MemberAdded, EtcdError> {
         let operation = "member add";
         let mut client = self.inner.clone();
-        let response =
-            call(operation, self.target(), self.timeouts.request, client.member_add(peer_urls, Some(MemberAddOptions::new())))
-                .await?;
+        let response = call(
+            operation,
+            self.target(),
+            self.timeouts.request,
+            client.member_add(peer_urls, Some(MemberAddOptions::new())),
+        )
+        .await?;
         let added = response.member().ok_or_else(|| EtcdError::UnexpectedResponse {
             operation,
             target: self.target(),
@@ -271,13 +313,23 @@ impl EtcdClient {
             })
             .collect::<Vec<_>>()
             .join(",");
-        Ok(MemberAdded { id, initial_cluster, members })
+        Ok(MemberAdded {
+            id,
+            initial_cluster,
+            members,
+        })
     }
 
     /// Remove member `id`; returns the remaining members.
     pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, EtcdError> {
         let mut client = self.inner.clone();
-        let response = call("member remove", self.target(), self.timeouts.request, client.member_remove(id)).await?;
+        let response = call(
+            "member remove",
+            self.target(),
+            self.timeouts.request,
+            client.member_remove(id),
+        )
+        .await?;
         Ok(response.members().iter().map(Member::from).collect())
     }
 
@@ -286,13 +338,21 @@ impl EtcdClient {
         let mut client = self.pinned(endpoint, self.timeouts).await?;
         let target = endpoint.to_string();
         let status = call("status", target.clone(), self.timeouts.request, client.status()).await?;
-        let id = status.header().map(|header| header.member_id()).ok_or_else(|| EtcdError::UnexpectedResponse {
-            operation: "status",
-            target: target.clone(),
-            detail: "no response header".to_string(),
-        })?;
+        let id = status
+            .header()
+            .map(|header| header.member_id())
+            .ok_or_else(|| EtcdError::UnexpectedResponse {
+                operation: "status",
+                target: target.clone(),
+                detail: "no response header".to_string(),
+            })?;
         let members = call("member list", target, self.timeouts.request, client.member_list()).await?;
-        let name = members.members().iter().find(|m| m.id() == id).map(|m| m.name().to_string()).unwrap_or_default();
+        let name = members
+            .members()
+            .iter()
+            .find(|m| m.id() == id)
+            .map(|m| m.name().to_string())
+            .unwrap_or_default();
         Ok(MemberStatus {
             endpoint: endpoint.clone(),
             id,
@@ -310,10 +370,19 @@ impl EtcdClient {
     /// unreachable or quorum-less member is reported as unhealthy with the reason.
     pub async fn health(&self, endpoint: &EtcdEndpoint) -> EndpointHealth {
         let started = Instant::now();
-        let timeouts = Timeouts { request: self.timeouts.health, ..self.timeouts };
+        let timeouts = Timeouts {
+            request: self.timeouts.health,
+            ..self.timeouts
+        };
         let result = async {
             let mut client = self.pinned(endpoint, timeouts).await?;
-            call("health probe", endpoint.to_string(), timeouts.health, client.get(HEALTH_PROBE_KEY, None)).await
+            call(
+                "health probe",
+                endpoint.to_string(),
+                timeouts.health,
+                client.get(HEALTH_PROBE_KEY, None),
+            )
+            .await
         }
         .await;
         EndpointHealth {
@@ -334,20 +403,40 @@ impl EtcdClient {
                 Ok(status) => (Some(status), None),
                 Err(e) => (None, Some(error_chain(&e))),
             };
-            EndpointReport { endpoint: endpoint.clone(), health, status, status_error }
+            EndpointReport {
+                endpoint: endpoint.clone(),
+                health,
+                status,
+                status_error,
+            }
         }))
         .await;
-        let mut leaders: Vec<u64> =
-            reports.iter().filter_map(|r| r.status.as_ref()).filter(|s| s.leader).map(|s| s.id).collect();
+        let mut leaders: Vec<u64> = reports
+            .iter()
+            .filter_map(|r| r.status.as_ref())
+            .filter(|s| s.leader)
+            .map(|s| s.id)
+            .collect();
         leaders.sort_unstable();
         leaders.dedup();
         let healthy = leaders.len() == 1 && reports.iter().all(|r| r.health.healthy);
-        Ok(ClusterStatus { members, endpoints: reports, leaders, healthy })
+        Ok(ClusterStatus {
+            members,
+            endpoints: reports,
+            leaders,
+            healthy,
+        })
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<(), EtcdError> {
         let mut client = self.inner.clone();
-        call("put", self.target(), self.timeouts.request, client.put(key, value, None)).await?;
+        call(
+            "put",
+            self.target(),
+            self.timeouts.request,
+            client.put(key, value, None),
+        )
+        .await?;
         Ok(())
     }
 
@@ -369,7 +458,10 @@ async fn open(endpoints: &[EtcdEndpoint], tls: &EtcdTls, timeouts: Timeouts) -> 
     let urls: Vec<&str> = endpoints.iter().map(EtcdEndpoint::as_str).collect();
     Client::connect(urls, Some(options))
         .await
-        .map_err(|source| EtcdError::Connect { endpoints: join_endpoints(endpoints), source: Box::new(source) })
+        .map_err(|source| EtcdError::Connect {
+            endpoints: join_endpoints(endpoints),
+            source: Box::new(source),
+        })
 }
 
 async fn call<T>(
@@ -380,8 +472,16 @@ async fn call<T>(
 ) -> Result<T, EtcdError> {
     match tokio::time::timeout(limit, request).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(source)) => Err(EtcdError::Rpc { operation, target, source: Box::new(source) }),
-        Err(_) => Err(EtcdError::Timeout { operation, target, after: limit }),
+        Ok(Err(source)) => Err(EtcdError::Rpc {
+            operation,
+            target,
+            source: Box::new(source),
+        }),
+        Err(_) => Err(EtcdError::Timeout {
+            operation,
+            target,
+            after: limit,
+        }),
     }
 }
 
@@ -411,11 +511,17 @@ mod tests {
 
     #[test]
     fn endpoints_parse_strictly() {
-        assert_eq!(EtcdEndpoint::parse("https://10.0.0.1:2379").unwrap().as_str(), "https://10.0.0.1:2379");
-        assert_eq!(EtcdEndpoint::parse("https://[fd00::1]:2379/").unwrap().as_str(), "https://[fd00::1]:2379");
+        assert_eq!(
+            EtcdEndpoint::parse("https://10.0.0.1:2379").unwrap().as_str(),
+            "https://10.0.0.1:2379"
+        );
+        assert_eq!(
+            EtcdEndpoint::parse("https://[fd00::1]:2379/").unwrap().as_str(),
+            "https://[fd00::1]:2379"
+        );
         for (bad, reason) in [
             ("http://10.0.0.1:2379", "must start with https://"),
-            ("https://10.0.0.1", "port must be 1-65535"),
+            ("https://10.0.0.1", "missing :port"),
             ("https://10.0.0.1:0", "port must be 1-65535"),
             ("https://:2379", "expected https://host:port"),
             ("https://h:2379/v3", "port must be 1-65535"),

@@ -75,11 +75,16 @@ impl ClusterMember {
             return Err(ConfigError::EmptyMemberName);
         }
         if self.address.is_empty() {
-            return Err(ConfigError::EmptyAddress { name: self.name.clone() });
+            return Err(ConfigError::EmptyAddress {
+                name: self.name.clone(),
+            });
         }
         for (port, what) in [(self.client_port, "the client port"), (self.peer_port, "the peer port")] {
             if port == 0 {
-                return Err(ConfigError::ZeroPort { name: self.name.clone(), what });
+                return Err(ConfigError::ZeroPort {
+                    name: self.name.clone(),
+                    what,
+                });
             }
         }
         Ok(())
@@ -99,7 +104,11 @@ fn https_url(host: &str, port: u16) -> String {
 
 /// `name=peer-url,...` as etcd's `initial-cluster` wants it.
 pub fn initial_cluster(members: &[ClusterMember]) -> String {
-    members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",")
+    members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Where the certificates live on a member.
@@ -285,33 +294,143 @@ mod tests {
 
     #[test]
     fn renders_bootstrap_member_config() {
-        let config =
-            MemberConfig::new("demo-etcd", &three_members(), "demo-1", InitialClusterState::New, &MemberSettings::default())
-                .unwrap();
-        expect![[r#""#]].assert_eq(&render_member_config(&config).unwrap());
+        let config = MemberConfig::new(
+            "demo-etcd",
+            &three_members(),
+            "demo-1",
+            InitialClusterState::New,
+            &MemberSettings::default(),
+        )
+        .unwrap();
+        expect![[r##"
+            # Managed by capstan; changes here are overwritten on the next `capstan apply`.
+            # Only keys understood identically by etcd 3.4 and 3.5 are used.
+            name: "demo-1"
+            data-dir: "/var/lib/etcd"
+
+            listen-peer-urls: "https://192.168.0.11:2380"
+            initial-advertise-peer-urls: "https://192.168.0.11:2380"
+            listen-client-urls: "https://192.168.0.11:2379,https://127.0.0.1:2379"
+            advertise-client-urls: "https://192.168.0.11:2379"
+            listen-metrics-urls: "http://127.0.0.1:2381"
+
+            initial-cluster: "demo-1=https://192.168.0.11:2380,demo-2=https://192.168.0.12:2380,demo-3=https://etcd-3.internal:2380"
+            initial-cluster-state: "new"
+            initial-cluster-token: "demo-etcd"
+            strict-reconfig-check: true
+
+            client-transport-security:
+              cert-file: "/etc/etcd/pki/server.crt"
+              key-file: "/etc/etcd/pki/server.key"
+              trusted-ca-file: "/etc/etcd/pki/ca.crt"
+              client-cert-auth: true
+              auto-tls: false
+            peer-transport-security:
+              cert-file: "/etc/etcd/pki/peer.crt"
+              key-file: "/etc/etcd/pki/peer.key"
+              trusted-ca-file: "/etc/etcd/pki/ca.crt"
+              client-cert-auth: true
+              auto-tls: false
+
+            auto-compaction-mode: periodic
+            auto-compaction-retention: "1"
+            quota-backend-bytes: 8589934592
+            snapshot-count: 10000
+
+            logger: zap
+            log-level: "info"
+            log-outputs: [stderr]
+        "##]].assert_eq(&render_member_config(&config).unwrap());
     }
 
     #[test]
     fn member_known_by_dns_name_listens_on_all_interfaces_and_joins_existing_cluster() {
-        let settings = MemberSettings { metrics_port: None, ..MemberSettings::default() };
-        let config =
-            MemberConfig::new("demo-etcd", &three_members(), "demo-3", InitialClusterState::Existing, &settings).unwrap();
-        expect![[r#""#]].assert_eq(&render_member_config(&config).unwrap());
+        let settings = MemberSettings {
+            metrics_port: None,
+            ..MemberSettings::default()
+        };
+        let config = MemberConfig::new(
+            "demo-etcd",
+            &three_members(),
+            "demo-3",
+            InitialClusterState::Existing,
+            &settings,
+        )
+        .unwrap();
+        expect![[r##"
+            # Managed by capstan; changes here are overwritten on the next `capstan apply`.
+            # Only keys understood identically by etcd 3.4 and 3.5 are used.
+            name: "demo-3"
+            data-dir: "/var/lib/etcd"
+
+            listen-peer-urls: "https://0.0.0.0:2380"
+            initial-advertise-peer-urls: "https://etcd-3.internal:2380"
+            listen-client-urls: "https://0.0.0.0:2379"
+            advertise-client-urls: "https://etcd-3.internal:2379"
+
+            initial-cluster: "demo-1=https://192.168.0.11:2380,demo-2=https://192.168.0.12:2380,demo-3=https://etcd-3.internal:2380"
+            initial-cluster-state: "existing"
+            initial-cluster-token: "demo-etcd"
+            strict-reconfig-check: true
+
+            client-transport-security:
+              cert-file: "/etc/etcd/pki/server.crt"
+              key-file: "/etc/etcd/pki/server.key"
+              trusted-ca-file: "/etc/etcd/pki/ca.crt"
+              client-cert-auth: true
+              auto-tls: false
+            peer-transport-security:
+              cert-file: "/etc/etcd/pki/peer.crt"
+              key-file: "/etc/etcd/pki/peer.key"
+              trusted-ca-file: "/etc/etcd/pki/ca.crt"
+              client-cert-auth: true
+              auto-tls: false
+
+            auto-compaction-mode: periodic
+            auto-compaction-retention: "1"
+            quota-backend-bytes: 8589934592
+            snapshot-count: 10000
+
+            logger: zap
+            log-level: "info"
+            log-outputs: [stderr]
+        "##]].assert_eq(&render_member_config(&config).unwrap());
     }
 
     #[test]
     fn loopback_member_binds_127_0_0_1_once() {
-        let members = vec![ClusterMember { client_port: 32379, peer_port: 32380, ..ClusterMember::new("local", "127.0.0.1") }];
-        let config = MemberConfig::new("t", &members, "local", InitialClusterState::New, &MemberSettings::default()).unwrap();
+        let members = vec![ClusterMember {
+            client_port: 32379,
+            peer_port: 32380,
+            ..ClusterMember::new("local", "127.0.0.1")
+        }];
+        let config = MemberConfig::new(
+            "t",
+            &members,
+            "local",
+            InitialClusterState::New,
+            &MemberSettings::default(),
+        )
+        .unwrap();
         assert_eq!(config.listen_client_urls, ["https://127.0.0.1:32379"]);
     }
 
     #[test]
     fn ipv6_addresses_are_bracketed() {
         let members = vec![ClusterMember::new("v6", "fd00::11")];
-        let config = MemberConfig::new("t", &members, "v6", InitialClusterState::New, &MemberSettings::default()).unwrap();
+        let config = MemberConfig::new(
+            "t",
+            &members,
+            "v6",
+            InitialClusterState::New,
+            &MemberSettings::default(),
+        )
+        .unwrap();
         assert_eq!(config.initial_cluster, "v6=https://[fd00::11]:2380");
-        assert_eq!(config.listen_client_urls, ["https://[fd00::11]:2379", "https://127.0.0.1:2379"]);
+        assert_eq!(
+            config.listen_client_urls,
+            ["https://[fd00::11]:2379", "https://127.0.0.1:2379"]
+        );
     }
 
     #[test]
@@ -319,14 +438,23 @@ mod tests {
         let settings = MemberSettings::default();
         let state = InitialClusterState::New;
         let err = MemberConfig::new("t", &three_members(), "demo-9", state, &settings).unwrap_err();
-        assert!(matches!(err, ConfigError::UnknownMember(ref n) if n == "demo-9"), "{err}");
+        assert!(
+            matches!(err, ConfigError::UnknownMember(ref n) if n == "demo-9"),
+            "{err}"
+        );
 
         let mut duplicated = three_members();
         duplicated.push(ClusterMember::new("demo-1", "192.168.0.99"));
         let err = MemberConfig::new("t", &duplicated, "demo-1", state, &settings).unwrap_err();
-        assert!(matches!(err, ConfigError::DuplicateMember(ref n) if n == "demo-1"), "{err}");
+        assert!(
+            matches!(err, ConfigError::DuplicateMember(ref n) if n == "demo-1"),
+            "{err}"
+        );
 
-        let zero_port = vec![ClusterMember { peer_port: 0, ..ClusterMember::new("a", "10.0.0.1") }];
+        let zero_port = vec![ClusterMember {
+            peer_port: 0,
+            ..ClusterMember::new("a", "10.0.0.1")
+        }];
         let err = MemberConfig::new("t", &zero_port, "a", state, &settings).unwrap_err();
         assert_eq!(err.to_string(), "etcd member `a` uses port 0 for the peer port");
 
@@ -336,6 +464,24 @@ mod tests {
 
     #[test]
     fn renders_unit() {
-        expect![[r#""#]].assert_eq(&render_unit(&UnitConfig::new("demo")).unwrap());
+        expect![[r#"
+            # Managed by capstan; changes here are overwritten on the next `capstan apply`.
+            [Unit]
+            Description=etcd key-value store (demo)
+            Documentation=https://etcd.io/docs/
+            After=network-online.target
+            Wants=network-online.target
+
+            [Service]
+            Type=notify
+            ExecStart=/usr/local/bin/etcd --config-file=/etc/etcd/etcd.conf.yml
+            Restart=on-failure
+            RestartSec=5s
+            LimitNOFILE=65536
+            TimeoutStartSec=120s
+
+            [Install]
+            WantedBy=multi-user.target
+        "#]].assert_eq(&render_unit(&UnitConfig::new("demo")).unwrap());
     }
 }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::file::{plan_desired_file, DesiredFile};
 use super::{validate_remote_path, Content, OpError, Operation, Plan};
-use crate::artifact::{normalize_sha256, sha256_file, ArtifactCache, ArtifactError};
+use crate::artifact::{normalize_sha256, sha256_file, validate_url, ArtifactCache, ArtifactError};
 use crate::transport::{RemoteFile, Transport};
 
 /// `url` is fetched once into the local cache and verified against `sha256`.
@@ -27,6 +27,7 @@ impl Artifact {
     /// Mode defaults to 0755 (artifacts are mostly binaries).
     pub fn new(url: &str, sha256: &str, dest_path: &str) -> Result<Artifact, OpError> {
         let sha256 = normalize_sha256(sha256)?;
+        validate_url(url)?;
         validate_remote_path(dest_path)?;
         Ok(Artifact {
             url: url.to_string(),
@@ -65,11 +66,16 @@ impl Artifact {
                 return Err(OpError::Invalid(format!("archive member {member:?} has no file name")));
             }
             if !names.insert(name) {
-                return Err(OpError::Invalid(format!("two archive members would install as {name:?}")));
+                return Err(OpError::Invalid(format!(
+                    "two archive members would install as {name:?}"
+                )));
             }
         }
         if members.is_empty() {
-            return Err(OpError::Invalid(format!("{}: extract needs at least one archive member", self.url)));
+            return Err(OpError::Invalid(format!(
+                "{}: extract needs at least one archive member",
+                self.url
+            )));
         }
         self.extract = Some(members);
         Ok(self)
@@ -81,7 +87,12 @@ impl Artifact {
     }
 
     fn remote_file(&self, path: String) -> RemoteFile {
-        RemoteFile { path, mode: self.mode, owner: self.owner.clone(), group: self.group.clone() }
+        RemoteFile {
+            path,
+            mode: self.mode,
+            owner: self.owner.clone(),
+            group: self.group.clone(),
+        }
     }
 
     /// Fetch (and extract) locally; returns what to install where.
@@ -103,7 +114,12 @@ impl Artifact {
             match &this.extract {
                 None => {
                     let (_, size) = sha256_file(&archive)?;
-                    Ok(vec![desired(this.dest_path.clone(), archive, this.sha256.clone(), size)])
+                    Ok(vec![desired(
+                        this.dest_path.clone(),
+                        archive,
+                        this.sha256.clone(),
+                        size,
+                    )])
                 }
                 Some(members) => Ok(cache
                     .extract(&this.url, &archive, &this.sha256, members)?

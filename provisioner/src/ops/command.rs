@@ -16,7 +16,11 @@ pub struct Command {
 
 impl Command {
     pub fn new(description: &str, run: &str) -> Command {
-        Command { description: description.to_string(), check: None, run: run.to_string() }
+        Command {
+            description: description.to_string(),
+            check: None,
+            run: run.to_string(),
+        }
     }
     /// Skip the command when `check` succeeds (exit 0).
     pub fn unless(mut self, check: &str) -> Command {

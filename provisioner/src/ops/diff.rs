@@ -28,7 +28,11 @@ pub fn render_file_diff(
     };
     match (old_text, new.and_then(as_text)) {
         (Some(old_text), Some(new_text)) => {
-            let old_header = if old_sha.is_none() { "/dev/null".to_string() } else { format!("{path} (remote)") };
+            let old_header = if old_sha.is_none() {
+                "/dev/null".to_string()
+            } else {
+                format!("{path} (remote)")
+            };
             TextDiff::from_lines(old_text, new_text)
                 .unified_diff()
                 .context_radius(3)
@@ -36,7 +40,11 @@ pub fn render_file_diff(
                 .to_string()
         }
         _ => match old_sha {
-            Some(old_sha) => format!("binary file changed (sha256 {} → {})", super::short_sha(old_sha), super::short_sha(new_sha)),
+            Some(old_sha) => format!(
+                "binary file changed (sha256 {} → {})",
+                super::short_sha(old_sha),
+                super::short_sha(new_sha)
+            ),
             None => format!("new binary file (sha256 {})", super::short_sha(new_sha)),
         },
     }
@@ -52,11 +60,36 @@ mod tests {
         let b = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
         let big = vec![b'x'; DIFF_LIMIT_BYTES + 1];
         let cases: Vec<(Option<&[u8]>, Option<&str>, Option<&[u8]>, &str)> = vec![
-            (Some(b"one\ntwo\n"), Some(a), Some(b"one\nthree\n"), "--- /f (remote)\n+++ /f (desired)\n@@ -1,2 +1,2 @@\n one\n-two\n+three\n"),
-            (None, None, Some(b"new\n"), "--- /dev/null\n+++ /f (desired)\n@@ -0,0 +1 @@\n+new\n"),
-            (Some(b"\0\x01"), Some(a), Some(b"text\n"), "binary file changed (sha256 aaaaaaaaaaaa → bbbbbbbbbbbb)"),
-            (Some(b"text\n"), Some(a), Some(&big), "binary file changed (sha256 aaaaaaaaaaaa → bbbbbbbbbbbb)"),
-            (None, Some(a), None, "binary file changed (sha256 aaaaaaaaaaaa → bbbbbbbbbbbb)"),
+            (
+                Some(b"one\ntwo\n"),
+                Some(a),
+                Some(b"one\nthree\n"),
+                "--- /f (remote)\n+++ /f (desired)\n@@ -1,2 +1,2 @@\n one\n-two\n+three\n",
+            ),
+            (
+                None,
+                None,
+                Some(b"new\n"),
+                "--- /dev/null\n+++ /f (desired)\n@@ -0,0 +1 @@\n+new\n",
+            ),
+            (
+                Some(b"\0\x01"),
+                Some(a),
+                Some(b"text\n"),
+                "binary file changed (sha256 aaaaaaaaaaaa → bbbbbbbbbbbb)",
+            ),
+            (
+                Some(b"text\n"),
+                Some(a),
+                Some(&big),
+                "binary file changed (sha256 aaaaaaaaaaaa → bbbbbbbbbbbb)",
+            ),
+            (
+                None,
+                Some(a),
+                None,
+                "binary file changed (sha256 aaaaaaaaaaaa → bbbbbbbbbbbb)",
+            ),
             (None, None, None, "new binary file (sha256 bbbbbbbbbbbb)"),
         ];
         for (old, old_sha, new, expected) in cases {

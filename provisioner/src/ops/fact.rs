@@ -88,7 +88,16 @@ pub fn parse_path_state(stdout: &str) -> Result<PathState, String> {
     } else {
         None
     };
-    Ok(PathState::Present { kind, mode, uid, user: user.to_string(), gid, group: group.to_string(), size, sha256 })
+    Ok(PathState::Present {
+        kind,
+        mode,
+        uid,
+        user: user.to_string(),
+        gid,
+        group: group.to_string(),
+        size,
+        sha256,
+    })
 }
 
 /// Does the remote principal (name and numeric id) match the desired one?

@@ -9,8 +9,7 @@ use super::diff::{render_file_diff, DIFF_LIMIT_BYTES};
 use super::fact::{parse_path_state, path_state_command, principal_matches, PathKind, PathState};
 use super::shell::quote;
 use super::{
-    chown_spec, run_checked, sha256_hex, validate_remote_path, Change, Content, OpError, Operation,
-    Plan, Step,
+    chown_spec, run_checked, sha256_hex, validate_remote_path, Change, Content, OpError, Operation, Plan, Step,
 };
 use crate::transport::{RemoteFile, Transport};
 
@@ -37,14 +36,24 @@ pub(crate) async fn probe_path(t: &dyn Transport, path: &str) -> Result<PathStat
 
 fn validate_mode(path: &str, mode: u32) -> Result<(), OpError> {
     if mode > 0o7777 {
-        return Err(OpError::Invalid(format!("{path}: mode {mode:o} is not a permission mode (max 7777)")));
+        return Err(OpError::Invalid(format!(
+            "{path}: mode {mode:o} is not a permission mode (max 7777)"
+        )));
     }
     Ok(())
 }
 
 /// chmod/chown changes needed to bring an existing path's attributes in line.
 pub fn plan_path_attributes(desired: &RemoteFile, state: &PathState) -> Vec<Change> {
-    let PathState::Present { mode, uid, user, gid, group, .. } = state else {
+    let PathState::Present {
+        mode,
+        uid,
+        user,
+        gid,
+        group,
+        ..
+    } = state
+    else {
         return Vec::new();
     };
     let mut changes = Vec::new();
@@ -60,7 +69,11 @@ pub fn plan_path_attributes(desired: &RemoteFile, state: &PathState) -> Vec<Chan
     let new_group = desired.group.as_deref().filter(|g| !principal_matches(g, *gid, group));
     if let Some(spec) = chown_spec(owner, new_group) {
         changes.push(Change {
-            summary: format!("owner of {} {user}:{group} → {}", desired.path, spec.trim_start_matches(':')),
+            summary: format!(
+                "owner of {} {user}:{group} → {}",
+                desired.path,
+                spec.trim_start_matches(':')
+            ),
             diff: None,
             steps: vec![Step::Run(format!("chown -h {} -- {path}", quote(&spec)))],
         });
@@ -98,12 +111,19 @@ pub fn plan_file(
             diff: Some(diff(None)),
             steps: vec![write],
         })),
-        PathState::Present { kind: PathKind::Symlink, .. } => Ok(Plan::single(Change {
+        PathState::Present {
+            kind: PathKind::Symlink,
+            ..
+        } => Ok(Plan::single(Change {
             summary: format!("replace symlink {path} with a file"),
             diff: Some(diff(None)),
             steps: vec![write],
         })),
-        PathState::Present { kind: PathKind::File, sha256: Some(remote_sha), .. } => {
+        PathState::Present {
+            kind: PathKind::File,
+            sha256: Some(remote_sha),
+            ..
+        } => {
             if *remote_sha != desired.sha256 {
                 return Ok(Plan::single(Change {
                     summary: format!("update {path}"),
@@ -111,7 +131,9 @@ pub fn plan_file(
                     steps: vec![write],
                 }));
             }
-            Ok(Plan { changes: plan_path_attributes(&desired.file, state) })
+            Ok(Plan {
+                changes: plan_path_attributes(&desired.file, state),
+            })
         }
         PathState::Present { kind, .. } => Err(OpError::Conflict {
             host: host.to_string(),
@@ -134,11 +156,16 @@ pub(crate) async fn plan_desired_file(
     let wants_text_diff = !desired.sensitive
         && new_bytes.is_some_and(|b| b.len() <= DIFF_LIMIT_BYTES && !b.contains(&0) && std::str::from_utf8(b).is_ok());
     let remote_content = match &state {
-        PathState::Present { kind: PathKind::File, sha256: Some(sha), size, .. }
-            if wants_text_diff && *sha != desired.sha256 && *size <= DIFF_LIMIT_BYTES as u64 =>
-        {
-            Some(run_checked(t, &format!("cat -- {}", quote(&desired.file.path))).await?.stdout)
-        }
+        PathState::Present {
+            kind: PathKind::File,
+            sha256: Some(sha),
+            size,
+            ..
+        } if wants_text_diff && *sha != desired.sha256 && *size <= DIFF_LIMIT_BYTES as u64 => Some(
+            run_checked(t, &format!("cat -- {}", quote(&desired.file.path)))
+                .await?
+                .stdout,
+        ),
         _ => None,
     };
     plan_file(t.host(), desired, new_bytes, &state, remote_content.as_deref())
@@ -157,7 +184,12 @@ impl File {
         let bytes: Arc<[u8]> = content.into().into();
         File {
             desired: DesiredFile {
-                file: RemoteFile { path: path.to_string(), mode: 0o644, owner: None, group: None },
+                file: RemoteFile {
+                    path: path.to_string(),
+                    mode: 0o644,
+                    owner: None,
+                    group: None,
+                },
                 content: Content::Bytes(bytes.clone()),
                 sha256: sha256_hex(&bytes),
                 size: bytes.len() as u64,
@@ -208,14 +240,24 @@ impl Template {
     /// Render `source` (named `name` in error messages) with `context`.
     /// Undefined variables are errors, and a trailing newline is kept.
     pub fn render(path: &str, name: &str, source: &str, context: impl Serialize) -> Result<File, OpError> {
-        let template_error = |e: minijinja::Error| OpError::Template { name: name.to_string(), reason: e.to_string() };
+        let template_error = |e: minijinja::Error| OpError::Template {
+            name: name.to_string(),
+            reason: e.to_string(),
+        };
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_syntax(
-            minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build().map_err(template_error)?,
+            minijinja::syntax::SyntaxConfig::builder()
+                .keep_trailing_newline(true)
+                .build()
+                .map_err(template_error)?,
         );
         env.add_template(name, source).map_err(template_error)?;
-        let rendered = env.get_template(name).map_err(template_error)?.render(minijinja::Value::from(minijinja::value::Serde(context))).map_err(template_error)?;
+        let rendered = env
+            .get_template(name)
+            .map_err(template_error)?
+            .render(minijinja::Value::from(minijinja::value::Serde(context)))
+            .map_err(template_error)?;
         Ok(File::new(path, rendered))
     }
 
@@ -234,7 +276,14 @@ pub struct Directory {
 impl Directory {
     /// Mode defaults to 0755.
     pub fn new(path: &str) -> Directory {
-        Directory { desired: RemoteFile { path: path.to_string(), mode: 0o755, owner: None, group: None } }
+        Directory {
+            desired: RemoteFile {
+                path: path.to_string(),
+                mode: 0o755,
+                owner: None,
+                group: None,
+            },
+        }
     }
     pub fn mode(mut self, mode: u32) -> Directory {
         self.desired.mode = mode;
@@ -265,9 +314,12 @@ impl Directory {
                     steps: vec![Step::Run(command)],
                 }))
             }
-            PathState::Present { kind: PathKind::Directory, .. } => {
-                Ok(Plan { changes: plan_path_attributes(d, state) })
-            }
+            PathState::Present {
+                kind: PathKind::Directory,
+                ..
+            } => Ok(Plan {
+                changes: plan_path_attributes(d, state),
+            }),
             PathState::Present { kind, .. } => Err(OpError::Conflict {
                 host: host.to_string(),
                 path: d.path.clone(),
@@ -360,20 +412,38 @@ mod tests {
 
     #[test]
     fn file_planning() {
-        let file = File::new("/etc/x.conf", "a=1\n").mode(0o640).owner("root").group("etcd");
+        let file = File::new("/etc/x.conf", "a=1\n")
+            .mode(0o640)
+            .owner("root")
+            .group("etcd");
         let sha = file.desired.sha256.clone();
         let other = "0".repeat(64);
         let cases: Vec<(PathState, Vec<&str>)> = vec![
             (PathState::Absent, vec!["create /etc/x.conf"]),
             (present(PathKind::File, 0o640, "root", "etcd", Some(&sha)), vec![]),
-            (present(PathKind::File, 0o644, "root", "etcd", Some(&sha)), vec!["mode of /etc/x.conf 0644 → 0640"]),
-            (present(PathKind::File, 0o640, "root", "root", Some(&sha)), vec!["owner of /etc/x.conf root:root → etcd"]),
+            (
+                present(PathKind::File, 0o644, "root", "etcd", Some(&sha)),
+                vec!["mode of /etc/x.conf 0644 → 0640"],
+            ),
+            (
+                present(PathKind::File, 0o640, "root", "root", Some(&sha)),
+                vec!["owner of /etc/x.conf root:root → etcd"],
+            ),
             (
                 present(PathKind::File, 0o600, "etcd", "root", Some(&sha)),
-                vec!["mode of /etc/x.conf 0600 → 0640", "owner of /etc/x.conf etcd:root → root:etcd"],
+                vec![
+                    "mode of /etc/x.conf 0600 → 0640",
+                    "owner of /etc/x.conf etcd:root → root:etcd",
+                ],
             ),
-            (present(PathKind::File, 0o600, "etcd", "root", Some(&other)), vec!["update /etc/x.conf"]),
-            (present(PathKind::Symlink, 0o777, "root", "root", None), vec!["replace symlink /etc/x.conf with a file"]),
+            (
+                present(PathKind::File, 0o600, "etcd", "root", Some(&other)),
+                vec!["update /etc/x.conf"],
+            ),
+            (
+                present(PathKind::Symlink, 0o777, "root", "root", None),
+                vec!["replace symlink /etc/x.conf with a file"],
+            ),
         ];
         for (state, expected) in cases {
             let plan = plan_file("h", &file.desired, Some(file.content()), &state, None).unwrap();
@@ -409,11 +479,21 @@ mod tests {
         let cases: Vec<(PathState, Vec<&str>)> = vec![
             (PathState::Absent, vec!["create directory /var/lib/etcd"]),
             (present(PathKind::Directory, 0o700, "etcd", "root", None), vec![]),
-            (present(PathKind::Directory, 0o755, "etcd", "root", None), vec!["mode of /var/lib/etcd 0755 → 0700"]),
-            (present(PathKind::Directory, 0o700, "root", "root", None), vec!["owner of /var/lib/etcd root:root → etcd"]),
+            (
+                present(PathKind::Directory, 0o755, "etcd", "root", None),
+                vec!["mode of /var/lib/etcd 0755 → 0700"],
+            ),
+            (
+                present(PathKind::Directory, 0o700, "root", "root", None),
+                vec!["owner of /var/lib/etcd root:root → etcd"],
+            ),
         ];
         for (state, expected) in cases {
-            assert_eq!(summaries(&dir.plan_from_state("h", &state).unwrap()), expected, "{state:?}");
+            assert_eq!(
+                summaries(&dir.plan_from_state("h", &state).unwrap()),
+                expected,
+                "{state:?}"
+            );
         }
         let file = present(PathKind::File, 0o644, "root", "root", Some(&"0".repeat(64)));
         let err = dir.plan_from_state("h", &file).unwrap_err().to_string();
@@ -422,10 +502,19 @@ mod tests {
 
     #[test]
     fn templates_render_strictly() {
-        let file = Template::render("/etc/t", "t.conf", "name={{ name }}\n", serde_json::json!({"name": "etcd"})).unwrap();
+        let file = Template::render(
+            "/etc/t",
+            "t.conf",
+            "name={{ name }}\n",
+            serde_json::json!({"name": "etcd"}),
+        )
+        .unwrap();
         assert_eq!(file.content(), b"name=etcd\n");
         let err = Template::render("/etc/t", "t.conf", "x={{ missing }}", serde_json::json!({})).unwrap_err();
-        assert!(matches!(err, OpError::Template { ref name, .. } if name == "t.conf"), "{err}");
+        assert!(
+            matches!(err, OpError::Template { ref name, .. } if name == "t.conf"),
+            "{err}"
+        );
         let err = Template::render("/etc/t", "t.conf", "{% if %}", serde_json::json!({})).unwrap_err();
         assert!(err.to_string().starts_with("template t.conf: "), "{err}");
     }

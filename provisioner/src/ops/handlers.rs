@@ -72,13 +72,22 @@ mod tests {
         let none: Vec<Trigger> = vec![];
         let cases: Vec<(Vec<(&Vec<Trigger>, bool)>, Vec<&str>)> = vec![
             (vec![(&none, true), (&none, false)], vec![]),
-            (vec![(&unit, true), (&unit, true), (&none, false)], vec!["systemd daemon-reload"]),
-            (vec![(&unit, true), (&none, true), (&unit, true)], vec!["systemd daemon-reload", "systemd daemon-reload"]),
+            (
+                vec![(&unit, true), (&unit, true), (&none, false)],
+                vec!["systemd daemon-reload"],
+            ),
+            (
+                vec![(&unit, true), (&none, true), (&unit, true)],
+                vec!["systemd daemon-reload", "systemd daemon-reload"],
+            ),
             (vec![(&unit, false), (&none, true)], vec![]),
             (vec![(&unit, true)], vec!["systemd daemon-reload"]),
             (vec![(&etcd, true), (&etcd, true)], vec!["restart etcd (notified)"]),
             (vec![(&etcd, false), (&none, true)], vec![]),
-            (vec![(&both, true), (&none, false)], vec!["systemd daemon-reload", "restart etcd (notified)"]),
+            (
+                vec![(&both, true), (&none, false)],
+                vec!["systemd daemon-reload", "restart etcd (notified)"],
+            ),
         ];
         for (steps, expected) in cases {
             let mut queue = HandlerQueue::default();

@@ -6,12 +6,12 @@
 //! Applying runs the steps; a dry run shows them. Because both come from the
 //! same plan, re-running after an apply yields an empty plan by construction.
 
+mod artifact_op;
 mod command;
 mod diff;
 mod fact;
 mod file;
 pub mod handlers;
-mod artifact_op;
 pub mod shell;
 mod systemd;
 
@@ -30,8 +30,8 @@ pub use diff::{render_file_diff, DIFF_LIMIT_BYTES};
 pub use fact::{parse_path_state, path_state_command, PathKind, PathState};
 pub use file::{plan_file, plan_path_attributes, Absent, DesiredFile, Directory, File, Template};
 pub use systemd::{
-    parse_service_state, plan_service, ActiveState, DaemonReload, EnablementState, Restart, Service,
-    ServiceState, SystemdUnit, SYSTEMD_UNIT_DIR,
+    parse_service_state, plan_service, ActiveState, DaemonReload, EnablementState, Restart, Service, ServiceState,
+    SystemdUnit, SYSTEMD_UNIT_DIR,
 };
 
 /// Bytes to write to a remote file, held in memory or streamed from a local file.
@@ -48,7 +48,12 @@ pub enum Step {
     Run(String),
     /// Stream `content` into a temp file beside `file.path`, verify its
     /// sha256, set mode/owner, then rename it over the target (atomic).
-    WriteFile { file: RemoteFile, content: Content, sha256: String, size: u64 },
+    WriteFile {
+        file: RemoteFile,
+        content: Content,
+        sha256: String,
+        size: u64,
+    },
 }
 
 impl Step {
@@ -57,7 +62,12 @@ impl Step {
         match self {
             Step::Run(command) => command.clone(),
             Step::WriteFile { file, sha256, size, .. } => {
-                format!("write {} ({size} bytes, sha256 {}, mode {:04o})", file.path, short_sha(sha256), file.mode)
+                format!(
+                    "write {} ({size} bytes, sha256 {}, mode {:04o})",
+                    file.path,
+                    short_sha(sha256),
+                    file.mode
+                )
             }
         }
     }
@@ -151,7 +161,10 @@ pub trait OperationExt: Operation + Sized {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Notifying { inner: self, services: services.into_iter().map(Into::into).collect() }
+        Notifying {
+            inner: self,
+            services: services.into_iter().map(Into::into).collect(),
+        }
     }
 }
 
@@ -162,11 +175,21 @@ pub enum OpError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("{host}: `{command}` failed ({status}): {stderr}")]
-    CommandFailed { host: String, command: String, status: String, stderr: String },
+    CommandFailed {
+        host: String,
+        command: String,
+        status: String,
+        stderr: String,
+    },
     #[error("{host}: cannot understand the probe output for {what}: {reason}")]
     Probe { host: String, what: String, reason: String },
     #[error("{host}: {path} is {found}, expected {expected}")]
-    Conflict { host: String, path: String, found: String, expected: String },
+    Conflict {
+        host: String,
+        path: String,
+        found: String,
+        expected: String,
+    },
     #[error("{host}: {reason}")]
     Refused { host: String, reason: String },
     #[error("invalid operation: {0}")]
@@ -205,25 +228,36 @@ fn ensure_success(host: &str, command: &str, output: ExecOutput) -> Result<ExecO
         stderr.truncate(cut);
         stderr.push('…');
     }
-    Err(OpError::CommandFailed { host: host.to_string(), command: command.to_string(), status, stderr })
+    Err(OpError::CommandFailed {
+        host: host.to_string(),
+        command: command.to_string(),
+        status,
+        stderr,
+    })
 }
 
 async fn execute_step(t: &dyn Transport, step: &Step) -> Result<(), OpError> {
     match step {
         Step::Run(command) => run_checked(t, command).await.map(|_| ()),
-        Step::WriteFile { file, content, sha256, .. } => {
+        Step::WriteFile {
+            file, content, sha256, ..
+        } => {
             let command = write_file_command(file, sha256);
             // Large uploads over slow links need more than the default budget.
-            let opts = ExecOptions { timeout: std::time::Duration::from_secs(1800), ..ExecOptions::default() };
+            let opts = ExecOptions {
+                timeout: std::time::Duration::from_secs(1800),
+                ..ExecOptions::default()
+            };
             let output = match content {
                 Content::Bytes(bytes) => {
                     let mut reader: &[u8] = bytes;
                     t.exec_with_stdin(&command, &mut reader, &opts).await?
                 }
                 Content::LocalFile(path) => {
-                    let mut reader = tokio::fs::File::open(path)
-                        .await
-                        .map_err(|source| OpError::LocalRead { path: path.display().to_string(), source })?;
+                    let mut reader = tokio::fs::File::open(path).await.map_err(|source| OpError::LocalRead {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
                     t.exec_with_stdin(&command, &mut reader, &opts).await?
                 }
             };
@@ -289,7 +323,11 @@ pub(crate) fn validate_remote_path(path: &str) -> Result<(), OpError> {
     if path.contains('\0') || path.contains('\n') {
         return invalid("contains a NUL or newline");
     }
-    if path.split('/').skip(1).any(|part| part.is_empty() || part == "." || part == "..") {
+    if path
+        .split('/')
+        .skip(1)
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
         return invalid("is not normalised (empty, '.' or '..' component)");
     }
     Ok(())

@@ -3,7 +3,9 @@
 /// Quote `value` for `sh`. Plain words stay unquoted so dry-run output reads naturally.
 pub fn quote(value: &str) -> String {
     let plain = !value.is_empty()
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_./:@%+=,-".contains(&b));
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:@%+=,-".contains(&b));
     if plain {
         value.to_string()
     } else {

@@ -10,19 +10,32 @@ use crate::transport::Transport;
 
 pub const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
 
-const UNIT_SUFFIXES: &[&str] =
-    &["service", "socket", "timer", "target", "path", "mount", "automount", "swap", "slice"];
+const UNIT_SUFFIXES: &[&str] = &[
+    "service",
+    "socket",
+    "timer",
+    "target",
+    "path",
+    "mount",
+    "automount",
+    "swap",
+    "slice",
+];
 
 fn validate_unit_name(name: &str, require_suffix: bool) -> Result<(), OpError> {
     let valid_chars = !name.is_empty()
         && name.len() <= 255
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b":_.@-\\".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":_.@-\\".contains(&b))
         && !name.starts_with('.')
         && !name.starts_with('-');
     if !valid_chars {
         return Err(OpError::Invalid(format!("{name:?} is not a valid systemd unit name")));
     }
-    let has_suffix = name.rsplit_once('.').is_some_and(|(_, suffix)| UNIT_SUFFIXES.contains(&suffix));
+    let has_suffix = name
+        .rsplit_once('.')
+        .is_some_and(|(_, suffix)| UNIT_SUFFIXES.contains(&suffix));
     if require_suffix && !has_suffix {
         return Err(OpError::Invalid(format!(
             "systemd unit {name:?} needs a type suffix, one of: .{}",
@@ -43,8 +56,14 @@ impl SystemdUnit {
     /// `name` includes the type suffix, e.g. "etcd.service".
     pub fn new(name: &str, content: impl Into<Vec<u8>>) -> Result<SystemdUnit, OpError> {
         validate_unit_name(name, true)?;
-        let file = File::new(&format!("{SYSTEMD_UNIT_DIR}/{name}"), content).mode(0o644).owner("root").group("root");
-        Ok(SystemdUnit { name: name.to_string(), file })
+        let file = File::new(&format!("{SYSTEMD_UNIT_DIR}/{name}"), content)
+            .mode(0o644)
+            .owner("root")
+            .group("root");
+        Ok(SystemdUnit {
+            name: name.to_string(),
+            file,
+        })
     }
 }
 
@@ -155,7 +174,10 @@ pub fn plan_service(
         Some(false) if state.enabled == EnablementState::Enabled => changes.push(change("disable")),
         _ => {}
     }
-    let running = matches!(state.active, ActiveState::Active | ActiveState::Reloading | ActiveState::Activating);
+    let running = matches!(
+        state.active,
+        ActiveState::Active | ActiveState::Reloading | ActiveState::Activating
+    );
     match want_running {
         Some(true) if !running => changes.push(change("start")),
         Some(false) if running => changes.push(change("stop")),
@@ -175,7 +197,11 @@ pub struct Service {
 impl Service {
     pub fn new(name: &str) -> Result<Service, OpError> {
         validate_unit_name(name, false)?;
-        Ok(Service { name: name.to_string(), enabled: None, running: None })
+        Ok(Service {
+            name: name.to_string(),
+            enabled: None,
+            running: None,
+        })
     }
     pub fn enabled(mut self, enabled: bool) -> Service {
         self.enabled = Some(enabled);
@@ -193,12 +219,18 @@ impl Operation for Service {
         format!("service {}", self.name)
     }
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
-        let probe_error =
-            |reason: String| OpError::Probe { host: t.host().to_string(), what: format!("service {}", self.name), reason };
+        let probe_error = |reason: String| OpError::Probe {
+            host: t.host().to_string(),
+            what: format!("service {}", self.name),
+            reason,
+        };
         let output = run_checked(t, &service_probe_command(&self.name)).await?;
         let state = parse_service_state(&output.stdout_str()).map_err(probe_error)?;
-        let changes = plan_service(&self.name, self.enabled, self.running, &state)
-            .map_err(|reason| OpError::Refused { host: t.host().to_string(), reason })?;
+        let changes =
+            plan_service(&self.name, self.enabled, self.running, &state).map_err(|reason| OpError::Refused {
+                host: t.host().to_string(),
+                reason,
+            })?;
         Ok(Plan { changes })
     }
 }
@@ -212,7 +244,9 @@ pub struct Restart {
 impl Restart {
     pub fn new(service: &str) -> Result<Restart, OpError> {
         validate_unit_name(service, false)?;
-        Ok(Restart { service: service.to_string() })
+        Ok(Restart {
+            service: service.to_string(),
+        })
     }
 }
 
@@ -257,19 +291,31 @@ mod tests {
         let cases: Vec<(&str, Result<ServiceState, ()>)> = vec![
             (
                 "enabled=enabled\nactive=active\n",
-                Ok(ServiceState { enabled: EnablementState::Enabled, active: ActiveState::Active }),
+                Ok(ServiceState {
+                    enabled: EnablementState::Enabled,
+                    active: ActiveState::Active,
+                }),
             ),
             (
                 "enabled=\nactive=inactive\n",
-                Ok(ServiceState { enabled: EnablementState::NotFound, active: ActiveState::Inactive }),
+                Ok(ServiceState {
+                    enabled: EnablementState::NotFound,
+                    active: ActiveState::Inactive,
+                }),
             ),
             (
                 "enabled=static\nactive=failed\n",
-                Ok(ServiceState { enabled: EnablementState::Static, active: ActiveState::Failed }),
+                Ok(ServiceState {
+                    enabled: EnablementState::Static,
+                    active: ActiveState::Failed,
+                }),
             ),
             (
                 "enabled=masked\nactive=inactive\n",
-                Ok(ServiceState { enabled: EnablementState::Masked, active: ActiveState::Inactive }),
+                Ok(ServiceState {
+                    enabled: EnablementState::Masked,
+                    active: ActiveState::Inactive,
+                }),
             ),
             (
                 "enabled=bad-setting\nactive=maintenance\n",
@@ -290,13 +336,37 @@ mod tests {
     fn plans_services() {
         use ActiveState::*;
         use EnablementState::*;
-        let cases: Vec<(EnablementState, ActiveState, Option<bool>, Option<bool>, Result<Vec<&str>, ()>)> = vec![
+        let cases: Vec<(
+            EnablementState,
+            ActiveState,
+            Option<bool>,
+            Option<bool>,
+            Result<Vec<&str>, ()>,
+        )> = vec![
             (Enabled, Active, Some(true), Some(true), Ok(vec![])),
-            (Disabled, Inactive, Some(true), Some(true), Ok(vec!["systemctl enable etcd", "systemctl start etcd"])),
-            (NotFound, Inactive, Some(true), Some(true), Ok(vec!["systemctl enable etcd", "systemctl start etcd"])),
+            (
+                Disabled,
+                Inactive,
+                Some(true),
+                Some(true),
+                Ok(vec!["systemctl enable etcd", "systemctl start etcd"]),
+            ),
+            (
+                NotFound,
+                Inactive,
+                Some(true),
+                Some(true),
+                Ok(vec!["systemctl enable etcd", "systemctl start etcd"]),
+            ),
             (Static, Failed, Some(true), Some(true), Ok(vec!["systemctl start etcd"])),
             (Enabled, Activating, Some(true), Some(true), Ok(vec![])),
-            (Enabled, Active, Some(false), Some(false), Ok(vec!["systemctl disable etcd", "systemctl stop etcd"])),
+            (
+                Enabled,
+                Active,
+                Some(false),
+                Some(false),
+                Ok(vec!["systemctl disable etcd", "systemctl stop etcd"]),
+            ),
             (Disabled, Inactive, Some(false), Some(false), Ok(vec![])),
             (Enabled, Inactive, None, Some(true), Ok(vec!["systemctl start etcd"])),
             (Disabled, Active, Some(true), None, Ok(vec!["systemctl enable etcd"])),
@@ -312,7 +382,11 @@ mod tests {
                     .collect::<Vec<_>>()
             });
             let expected = expected.map(|v| v.into_iter().map(String::from).collect::<Vec<_>>());
-            assert_eq!(got.map_err(|_| ()), expected, "{state:?} {want_enabled:?} {want_running:?}");
+            assert_eq!(
+                got.map_err(|_| ()),
+                expected,
+                "{state:?} {want_enabled:?} {want_running:?}"
+            );
         }
     }
 

@@ -46,7 +46,11 @@ fn candidate_paths() -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("etcd")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("etcd"))
+            })
             .collect();
         dirs.sort();
         paths.extend(dirs.into_iter().map(|d| d.join("etcd")));
@@ -57,7 +61,10 @@ fn candidate_paths() -> Vec<PathBuf> {
 fn binary_version(path: &Path) -> Option<String> {
     let output = Command::new(path).arg("--version").output().ok()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout.lines().find_map(|line| line.strip_prefix("etcd Version: ")).map(|v| v.trim().to_string())
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("etcd Version: "))
+        .map(|v| v.trim().to_string())
 }
 
 /// Every etcd binary found, first occurrence of each version.
@@ -82,7 +89,10 @@ pub fn etcd_binary(minor: &str) -> Option<EtcdBinary> {
     let binaries = etcd_binaries();
     let found = binaries.iter().find(|b| b.version.starts_with(minor)).cloned();
     if found.is_none() {
-        let seen: Vec<String> = binaries.iter().map(|b| format!("{} ({})", b.version, b.path.display())).collect();
+        let seen: Vec<String> = binaries
+            .iter()
+            .map(|b| format!("{} ({})", b.version, b.path.display()))
+            .collect();
         eprintln!(
             "SKIPPED: no etcd {minor}x binary. Set CAPSTAN_ETCD_BIN_DIR to a directory containing `etcd`, \
              or install it as /usr/bin/etcd, /usr/local/bin/etcd or /opt/etcd-<version>/etcd. Found: [{}]",
@@ -95,13 +105,22 @@ pub fn etcd_binary(minor: &str) -> Option<EtcdBinary> {
 /// Reserve `count` distinct free TCP ports on 127.0.0.1. They are released before etcd binds
 /// them, so another process could in principle grab one; startup then fails loudly.
 fn free_ports(count: usize) -> HarnessResult<Vec<u16>> {
-    let listeners: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()?)
 }
 
 fn write_file(path: &Path, contents: &str, mode: u32) -> HarnessResult<()> {
-    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
     file.write_all(contents.as_bytes())?;
     Ok(())
 }
@@ -202,8 +221,12 @@ impl LocalCluster {
         fs::create_dir_all(&pki_dir)?;
         let paths = PkiPaths::under(pki_dir.to_str().ok_or("temp dir path is not UTF-8")?);
         let addresses = [spec.address.as_str()];
-        let server = self.ca.issue(&CertRequest::member(CertKind::Server, &spec.name, &addresses))?;
-        let peer = self.ca.issue(&CertRequest::member(CertKind::Peer, &spec.name, &addresses))?;
+        let server = self
+            .ca
+            .issue(&CertRequest::member(CertKind::Server, &spec.name, &addresses))?;
+        let peer = self
+            .ca
+            .issue(&CertRequest::member(CertKind::Peer, &spec.name, &addresses))?;
         write_file(Path::new(&paths.ca_file), self.ca.cert_pem(), 0o644)?;
         write_file(Path::new(&paths.server_cert_file), &server.cert_pem, 0o644)?;
         write_file(Path::new(&paths.server_key_file), &server.key_pem, 0o600)?;
@@ -211,7 +234,11 @@ impl LocalCluster {
         write_file(Path::new(&paths.peer_key_file), &peer.key_pem, 0o600)?;
 
         let settings = MemberSettings {
-            data_dir: member_dir.join("data").to_str().ok_or("temp dir path is not UTF-8")?.to_string(),
+            data_dir: member_dir
+                .join("data")
+                .to_str()
+                .ok_or("temp dir path is not UTF-8")?
+                .to_string(),
             pki: paths,
             metrics_port: Some(metrics_port),
             // Small quota: the tests write a few keys, and a smaller quota is cheaper to mmap.
@@ -230,7 +257,13 @@ impl LocalCluster {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        Ok(LocalMember { spec, metrics_port, dir: member_dir, config_yaml, child: Some(child) })
+        Ok(LocalMember {
+            spec,
+            metrics_port,
+            dir: member_dir,
+            config_yaml,
+            child: Some(child),
+        })
     }
 
     pub fn endpoints(&self) -> Vec<EtcdEndpoint> {
@@ -274,7 +307,11 @@ impl LocalCluster {
     /// `initial-cluster-state: existing`, and wait until it is healthy. Returns its member id.
     pub async fn add_member(&mut self, name: &str) -> HarnessResult<(u64, String)> {
         let ports = free_ports(3)?;
-        let spec = ClusterMember { client_port: ports[0], peer_port: ports[1], ..ClusterMember::new(name, "127.0.0.1") };
+        let spec = ClusterMember {
+            client_port: ports[0],
+            peer_port: ports[1],
+            ..ClusterMember::new(name, "127.0.0.1")
+        };
         let added = self.client().await?.member_add(name, &[spec.peer_url()]).await?;
         let mut all: Vec<ClusterMember> = self.members.iter().map(|m| m.spec.clone()).collect();
         all.push(spec.clone());

@@ -23,15 +23,24 @@ pub struct Sshd {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn keygen(path: &Path) {
-    run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "capstan-test", "-f"]).arg(path));
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "capstan-test", "-f"])
+        .arg(path));
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Whether a real sshd can run here; prints why not.
@@ -74,7 +83,13 @@ impl Sshd {
         );
         std::fs::write(dir.path().join("sshd_config"), config).expect("sshd_config");
         let child = spawn(dir.path(), port);
-        let sshd = Sshd { dir, port, client_key, user: current_user(), child };
+        let sshd = Sshd {
+            dir,
+            port,
+            client_key,
+            user: current_user(),
+            child,
+        };
         sshd.wait_ready();
         Some(sshd)
     }
@@ -110,7 +125,12 @@ impl Sshd {
     pub fn known_hosts_line(&self) -> String {
         let public = std::fs::read_to_string(self.dir.path().join("host_key.pub")).expect("host key");
         let mut fields = public.split_whitespace();
-        format!("[127.0.0.1]:{} {} {}\n", self.port, fields.next().unwrap(), fields.next().unwrap())
+        format!(
+            "[127.0.0.1]:{} {} {}\n",
+            self.port,
+            fields.next().unwrap(),
+            fields.next().unwrap()
+        )
     }
 
     /// Trusts the current host key.
