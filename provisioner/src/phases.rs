@@ -154,7 +154,7 @@ impl<S: Send + Sync + 'static> PhaseRunner<S> {
     pub fn new() -> PhaseRunner<S> {
         PhaseRunner::default()
     }
-    pub fn add(mut self, phase: impl Phase<S> + 'static) -> PhaseRunner<S> {
+    pub fn phase(mut self, phase: impl Phase<S> + 'static) -> PhaseRunner<S> {
         self.phases.push(Box::new(phase));
         self
     }
@@ -278,6 +278,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    #[allow(clippy::type_complexity)] // data-driven case tables
     #[tokio::test]
     async fn rolling_batches_stop_at_the_gate() {
         let items: Vec<u32> = (1..=5).collect();

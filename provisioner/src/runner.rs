@@ -413,3 +413,71 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
     progress.host_finished(&name, &report);
     report
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn record(status: OpStatus, summaries: &[&str], error: Option<&str>) -> OpRecord {
+        OpRecord {
+            op: "file /etc/x".into(),
+            status,
+            changes: summaries
+                .iter()
+                .map(|s| ChangeRecord {
+                    summary: s.to_string(),
+                    diff: None,
+                    commands: vec![],
+                })
+                .collect(),
+            error: error.map(String::from),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn plain_progress_lines() {
+        let out = Captured::default();
+        let progress = PlainProgress::to_writer(Box::new(out.clone()), false);
+        progress.op_finished("n1", Mode::Apply, &record(OpStatus::Ok, &[], None));
+        progress.op_finished(
+            "n1",
+            Mode::Apply,
+            &record(OpStatus::Changed, &["create /etc/x", "mode of /etc/x"], None),
+        );
+        progress.op_finished("n2", Mode::DryRun, &record(OpStatus::Changed, &["update /etc/x"], None));
+        progress.op_finished("n3", Mode::Apply, &record(OpStatus::Failed, &[], Some("n3: boom")));
+        progress.op_finished("n3", Mode::Apply, &record(OpStatus::Skipped, &[], None));
+        let mut report = HostReport::new("n1");
+        report.push(record(OpStatus::Changed, &["create /etc/x"], None));
+        report.elapsed = Duration::from_millis(1250);
+        progress.host_finished("n1", &report);
+        let expected = "\
+n1: [changed] create /etc/x
+n1: [changed] mode of /etc/x
+n2: [would change] update /etc/x
+n3: [failed] file /etc/x: n3: boom
+n1: done: 0 ok, 1 changed, 0 failed in 1.2s
+";
+        assert_eq!(String::from_utf8(out.0.lock().unwrap().clone()).unwrap(), expected);
+
+        let colored = PlainProgress::to_writer(Box::new(out.clone()), true);
+        colored.op_finished("n1", Mode::Apply, &record(OpStatus::Changed, &["x"], None));
+        assert!(String::from_utf8(out.0.lock().unwrap().clone())
+            .unwrap()
+            .ends_with("\u{1b}[0m x\n"));
+    }
+}

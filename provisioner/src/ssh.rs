@@ -328,8 +328,12 @@ impl SshTransport {
         let channel = self.open_channel().await?;
         let (mut reader, writer) = channel.split();
         let outcome = tokio::time::timeout(opts.timeout, self.exchange(&wrapped, stdin, &mut reader, &writer)).await;
-        // Always close: a finished channel is closed by the server already, a
-        // timed-out one must be torn down so the remote command gets SIGHUP.
+        if outcome.is_err() {
+            // Best effort: sshd delivers this to the command's shell; closing
+            // the channel alone leaves a command that never writes running.
+            let _ = writer.signal(russh::Sig::TERM).await;
+        }
+        // Always close: a finished channel is closed by the server already.
         let _ = writer.close().await;
         match outcome {
             Ok(result) => result,

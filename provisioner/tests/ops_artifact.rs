@@ -223,3 +223,76 @@ async fn bad_artifact_inputs_get_precise_errors() {
         "download of file://relative/x failed: file:// URLs need an absolute path (file:///…)"
     );
 }
+
+/// Serve `body` at /etcd.tar.gz (404 elsewhere) on loopback for `requests` requests.
+fn serve_http(body: Vec<u8>, requests: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let found = request_line.starts_with("GET /etcd.tar.gz ");
+            let (status, payload) = if found {
+                ("200 OK", body.as_slice())
+            } else {
+                ("404 Not Found", b"no".as_slice())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                payload.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(payload).unwrap();
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn http_downloads_are_verified_and_cached() {
+    let work = tempfile::tempdir().unwrap();
+    let body = b"release bytes".to_vec();
+    let sha = sha256(&body);
+    let base = serve_http(body.clone(), 2);
+    let cache = ArtifactCache::at(work.path().join("cache"));
+    let dest = work.path().join("bin/etcd");
+
+    let missing = format!("{base}/missing");
+    let op = Artifact::new(&missing, &sha, dest.to_str().unwrap())
+        .unwrap()
+        .cache(cache.clone());
+    let report = runner(Mode::Apply)
+        .run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)])
+        .await;
+    let error = report.hosts[0].ops[0].error.clone().unwrap();
+    assert!(
+        error.starts_with(&format!("download of {missing} failed: ")) && error.contains("404"),
+        "{error}"
+    );
+
+    let url = format!("{base}/etcd.tar.gz");
+    let op = || {
+        Artifact::new(&url, &sha, dest.to_str().unwrap())
+            .unwrap()
+            .cache(cache.clone())
+    };
+    let report = runner(Mode::Apply)
+        .run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op())])
+        .await;
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(fs::read(&dest).unwrap(), body);
+    // The server is gone after two requests: a second run must come from the cache.
+    let report = runner(Mode::Apply)
+        .run(vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op())])
+        .await;
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.totals().changed, 0);
+}

@@ -97,10 +97,10 @@ fn context(dir: PathBuf, mode: Mode, out: Captured) -> PhaseContext<State> {
 async fn phases_run_in_order_and_stop_at_the_first_failure() {
     let dir = tempfile::tempdir().unwrap();
     let phases = PhaseRunner::new()
-        .add(WriteConfig)
-        .add(AlreadyDone)
-        .add(Break)
-        .add(Last);
+        .phase(WriteConfig)
+        .phase(AlreadyDone)
+        .phase(Break)
+        .phase(Last);
 
     for mode in [Mode::DryRun, Mode::Apply] {
         let out = Captured::default();

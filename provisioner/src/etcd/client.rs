@@ -116,6 +116,8 @@ pub struct Timeouts {
     /// Health probes are short: a member that cannot serve a linearizable read this quickly is
     /// reported unhealthy rather than holding up `capstan status`.
     pub health: Duration,
+    /// How long membership changes are retried while etcd answers "unhealthy cluster".
+    pub reconfig_settle: Duration,
 }
 
 impl Default for Timeouts {
@@ -124,6 +126,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(3),
             request: Duration::from_secs(10),
             health: Duration::from_secs(3),
+            reconfig_settle: Duration::from_secs(20),
         }
     }
 }
@@ -289,14 +292,11 @@ impl EtcdClient {
     /// `initial-cluster-state: existing` and the returned `initial_cluster`.
     pub async fn member_add(&self, name: &str, peer_urls: &[String]) -> Result<MemberAdded, EtcdError> {
         let operation = "member add";
-        let mut client = self.inner.clone();
-        let response = call(
-            operation,
-            self.target(),
-            self.timeouts.request,
-            client.member_add(peer_urls, Some(MemberAddOptions::new())),
-        )
-        .await?;
+        let response = self
+            .reconfigure(operation, |mut client| async move {
+                client.member_add(peer_urls, Some(MemberAddOptions::new())).await
+            })
+            .await?;
         let added = response.member().ok_or_else(|| EtcdError::UnexpectedResponse {
             operation,
             target: self.target(),
@@ -322,15 +322,51 @@ impl EtcdClient {
 
     /// Remove member `id`; returns the remaining members.
     pub async fn member_remove(&self, id: u64) -> Result<Vec<Member>, EtcdError> {
-        let mut client = self.inner.clone();
-        let response = call(
-            "member remove",
-            self.target(),
-            self.timeouts.request,
-            client.member_remove(id),
-        )
-        .await?;
+        let response = self
+            .reconfigure(
+                "member remove",
+                |mut client| async move { client.member_remove(id).await },
+            )
+            .await?;
         Ok(response.members().iter().map(Member::from).collect())
+    }
+
+    /// Run a membership change. With strict reconfiguration checks, etcd refuses membership
+    /// changes until every member has been connected for a few seconds ("unhealthy cluster"); a
+    /// freshly started or just-changed cluster hits this, so that answer (and only that one) is
+    /// retried for up to [`Timeouts::reconfig_settle`].
+    async fn reconfigure<T, F, Fut>(&self, operation: &'static str, request: F) -> Result<T, EtcdError>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.timeouts.reconfig_settle;
+        loop {
+            match tokio::time::timeout(self.timeouts.request, request(self.inner.clone())).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(source)) if is_unhealthy_cluster(&source) && Instant::now() < deadline => {
+                    tracing::debug!(
+                        operation,
+                        "etcd refused the membership change while the cluster settles; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok(Err(source)) => {
+                    return Err(EtcdError::Rpc {
+                        operation,
+                        target: self.target(),
+                        source: Box::new(source),
+                    })
+                }
+                Err(_) => {
+                    return Err(EtcdError::Timeout {
+                        operation,
+                        target: self.target(),
+                        after: self.timeouts.request,
+                    })
+                }
+            }
+        }
     }
 
     /// The Status RPC answered by the member at `endpoint`.
@@ -485,6 +521,11 @@ async fn call<T>(
     }
 }
 
+fn is_unhealthy_cluster(error: &etcd_client::Error) -> bool {
+    // etcd's ErrUnhealthy, sent with gRPC code Unavailable.
+    matches!(error, etcd_client::Error::GRpcStatus(status) if status.message().contains("unhealthy cluster"))
+}
+
 fn join_endpoints(endpoints: &[EtcdEndpoint]) -> String {
     endpoints.iter().map(EtcdEndpoint::as_str).collect::<Vec<_>>().join(",")
 }
@@ -524,7 +565,7 @@ mod tests {
             ("https://10.0.0.1", "missing :port"),
             ("https://10.0.0.1:0", "port must be 1-65535"),
             ("https://:2379", "expected https://host:port"),
-            ("https://h:2379/v3", "port must be 1-65535"),
+            ("https://h:2379/v3", "expected https://host:port"),
         ] {
             let err = EtcdEndpoint::parse(bad).unwrap_err();
             assert!(err.to_string().contains(reason), "{bad}: {err}");

@@ -482,6 +482,7 @@ mod tests {
 
             [Install]
             WantedBy=multi-user.target
-        "#]].assert_eq(&render_unit(&UnitConfig::new("demo")).unwrap());
+        "#]]
+        .assert_eq(&render_unit(&UnitConfig::new("demo")).unwrap());
     }
 }

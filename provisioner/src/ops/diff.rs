@@ -54,6 +54,7 @@ pub fn render_file_diff(
 mod tests {
     use super::*;
 
+    #[allow(clippy::type_complexity)] // data-driven case tables
     #[test]
     fn diffs() {
         let a = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

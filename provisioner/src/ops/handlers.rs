@@ -64,6 +64,7 @@ mod tests {
 
     /// Each step: the triggers of the next op and whether it changed.
     /// Expected: the handler ops interleaved, as the runner would run them.
+    #[allow(clippy::type_complexity)] // data-driven case tables
     #[test]
     fn handler_sequences() {
         let unit = vec![Trigger::DaemonReload];

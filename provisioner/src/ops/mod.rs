@@ -53,6 +53,8 @@ pub enum Step {
         content: Content,
         sha256: String,
         size: u64,
+        /// Shown without size or checksum.
+        sensitive: bool,
     },
 }
 
@@ -61,6 +63,11 @@ impl Step {
     pub fn display(&self) -> String {
         match self {
             Step::Run(command) => command.clone(),
+            Step::WriteFile {
+                file, sensitive: true, ..
+            } => {
+                format!("write {} (sensitive, mode {:04o})", file.path, file.mode)
+            }
             Step::WriteFile { file, sha256, size, .. } => {
                 format!(
                     "write {} ({size} bytes, sha256 {}, mode {:04o})",

@@ -332,6 +332,7 @@ mod tests {
         }
     }
 
+    #[allow(clippy::type_complexity)] // data-driven case tables
     #[test]
     fn plans_services() {
         use ActiveState::*;

@@ -31,9 +31,24 @@ fn run(cmd: &mut Command) {
 }
 
 pub fn keygen(path: &Path) {
+    keygen_type(path, "ed25519");
+}
+
+pub fn keygen_type(path: &Path, key_type: &str) {
     run(Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "capstan-test", "-f"])
+        .args(["-q", "-t", key_type, "-N", "", "-C", "capstan-test", "-f"])
         .arg(path));
+}
+
+/// Lets `public_key_file` log in too.
+pub fn authorize(sshd: &Sshd, public_key_file: &Path) {
+    use std::io::Write;
+    let key = std::fs::read(public_key_file).expect("public key");
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(sshd.dir.path().join("authorized_keys"))
+        .expect("authorized_keys");
+    file.write_all(&key).expect("append authorized key");
 }
 
 fn free_port() -> u16 {
@@ -97,7 +112,10 @@ impl Sshd {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if let Ok(mut probe) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                // Identify as a client so sshd does not log the probe as an error.
+                use std::io::Write;
+                let _ = probe.write_all(b"SSH-2.0-capstan-probe\r\n");
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -141,11 +159,18 @@ impl Sshd {
     /// A target for this server with the host key already trusted (strict).
     pub fn target(&self, name: &str) -> SshTarget {
         self.trust_host_key();
-        self.untrusted_target(name)
+        self.target_with_file(name)
     }
 
-    /// A target with an empty known_hosts file.
+    /// A target with its own, not yet existing known_hosts file.
     pub fn untrusted_target(&self, name: &str) -> SshTarget {
+        SshTarget {
+            known_hosts_file: self.dir.path().join(format!("known_hosts.{name}")),
+            ..self.target_with_file(name)
+        }
+    }
+
+    fn target_with_file(&self, name: &str) -> SshTarget {
         SshTarget {
             name: name.to_string(),
             address: "127.0.0.1".into(),
