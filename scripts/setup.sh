@@ -36,3 +36,12 @@ fi
 
 # The lab's artifact mirror (etcd, prometheus, ... laid out like upstream releases).
 bash lab/mirror/build-mirror.sh "${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
+
+# etcd 3.5.1 for the local etcd tests (3.4.23 comes from Debian's etcd-server): the official binaries from
+# the mirror's release tarball.
+mirror="${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
+if [ ! -x /opt/etcd-3.5.1/etcd ]; then
+  mkdir -p /opt/etcd-3.5.1
+  tar -xzf "$mirror/etcd-io/etcd/releases/download/v3.5.1/etcd-v3.5.1-linux-amd64.tar.gz" \
+      -C /opt/etcd-3.5.1 --strip-components=1
+fi

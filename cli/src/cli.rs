@@ -48,6 +48,15 @@ pub enum Command {
     Inventory(InventoryCommand),
     /// Connect to every host, gather facts and run preflight checks.
     Check(CheckArgs),
+    /// Show what `apply` would change (unified diffs for files); changes nothing.
+    Plan(ApplyArgs),
+    /// Converge the hosts to the inventory: etcd (install, TLS, bootstrap, scale, rolling restarts).
+    Apply(ApplyArgs),
+    /// Health of the cluster: every etcd member, leader, version, db size, raft index/term, cert expiry.
+    Status(StatusArgs),
+    /// etcd operator tools.
+    #[command(subcommand)]
+    Etcd(EtcdCommand),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -154,4 +163,31 @@ pub struct CheckArgs {
     /// How many hosts to work on at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// How many hosts to work on at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Also print the commands each change runs (plan) or ran (apply).
+    #[arg(long)]
+    pub show_commands: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Give up on a member after this many seconds.
+    #[arg(long, default_value_t = 5)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EtcdCommand {
+    /// Write ca.crt, an admin client.crt/client.key (0600) and an `endpoints` file for etcdctl.
+    Credentials {
+        /// Directory to write into (created 0700).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }

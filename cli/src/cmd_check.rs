@@ -48,15 +48,30 @@ pub fn run(args: CheckArgs, inventory: Option<&Path>, out: &Output) -> anyhow::R
         .iter()
         .find_map(|r| r.error.as_ref().and_then(|e| e.hint.clone()))
         .unwrap_or_else(|| "fix the failed checks above, then run `capstan check` again".into());
-    Err(Failure::new(format!("{} of {} hosts failed: {}", failed.len(), reports.len(), names.join(", ")))
-        .hint(hint)
-        .into())
+    Err(Failure::new(format!(
+        "{} of {} hosts failed: {}",
+        failed.len(),
+        reports.len(),
+        names.join(", ")
+    ))
+    .hint(hint)
+    .into())
 }
 
 fn render(reports: &[CheckReport]) -> String {
-    let mut rows = vec![["HOST", "REACHABLE", "OS", "ARCH", "CPUS", "MEMORY", "FREE /var/lib", "CLOCK", "CHECKS"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows = vec![[
+        "HOST",
+        "REACHABLE",
+        "OS",
+        "ARCH",
+        "CPUS",
+        "MEMORY",
+        "FREE /var/lib",
+        "CLOCK",
+        "CHECKS",
+    ]
+    .map(String::from)
+    .to_vec()];
     let mut details = String::new();
     for report in reports {
         let facts = report.facts.as_ref();
@@ -78,19 +93,28 @@ fn render(reports: &[CheckReport]) -> String {
                 .and_then(|f| f.free_disk_bytes.get("/var/lib").copied())
                 .map(human_bytes)
                 .unwrap_or_else(|| "-".into()),
-            facts.map(|f| format!("{:+.3}s", f.time_offset_secs)).unwrap_or_else(|| "-".into()),
+            facts
+                .map(|f| format!("{:+.3}s", f.time_offset_secs))
+                .unwrap_or_else(|| "-".into()),
             checks,
         ]);
         if let Some(error) = &report.error {
             // Transport errors already start with the host name.
-            let message = error.message.strip_prefix(&format!("{}: ", report.host)).unwrap_or(&error.message);
+            let message = error
+                .message
+                .strip_prefix(&format!("{}: ", report.host))
+                .unwrap_or(&error.message);
             details.push_str(&format!("{}: {message}\n", report.host));
             if let Some(hint) = &error.hint {
                 details.push_str(&format!("  hint: {hint}\n"));
             }
         }
         for check in report.checks.iter().filter(|c| c.status != CheckStatus::Pass) {
-            let status = if check.status == CheckStatus::Fail { "FAIL" } else { "warn" };
+            let status = if check.status == CheckStatus::Fail {
+                "FAIL"
+            } else {
+                "warn"
+            };
             details.push_str(&format!("{}: {status} {}: {}\n", report.host, check.name, check.detail));
         }
     }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod cmd_check;
+mod cmd_etcd;
 mod cmd_inventory;
 mod cmd_lab;
 mod output;
@@ -41,6 +42,10 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Lab(args) => cmd_lab::run(args, out),
         Command::Inventory(args) => cmd_inventory::run(args, cli.inventory.as_deref(), out),
         Command::Check(args) => cmd_check::run(args, cli.inventory.as_deref(), out),
+        Command::Plan(args) => cmd_etcd::apply(args, true, cli.inventory.as_deref(), out),
+        Command::Apply(args) => cmd_etcd::apply(args, false, cli.inventory.as_deref(), out),
+        Command::Status(args) => cmd_etcd::status(args, cli.inventory.as_deref(), out),
+        Command::Etcd(cmd) => cmd_etcd::etcd(cmd, cli.inventory.as_deref(), out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "capstan", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -18,6 +18,8 @@ use crate::{image, prereq, Paths, Progress, UpOptions};
 const STATE_FILE: &str = "lab.json";
 const KEY_FILE: &str = "id_ed25519";
 const KNOWN_HOSTS_FILE: &str = "known_hosts";
+/// etcd version written into lab inventories when a mirror is used: the newest one the mirror has.
+pub const LAB_ETCD_VERSION: &str = "3.5.1";
 const INVENTORY_FILE: &str = "inventory.yaml";
 /// How long a machine gets to power off after SIGTERM before it is killed.
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
@@ -631,6 +633,8 @@ pub fn write_inventory(lab: &Lab, path: &Path) -> Result<()> {
             "artifacts:\n  mirror: {}\n",
             q(&format!("file://{}", abs.display()))
         ));
+        // The newest etcd the lab mirror carries (lab/mirror/build-mirror.sh).
+        yaml.push_str(&format!("versions:\n  etcd: \"{LAB_ETCD_VERSION}\"\n"));
     }
     let etcd_members = if lab.roles.iter().any(|r| r == "etcd") { lab.machines.len() } else { 0 };
     if etcd_members % 2 == 0 && etcd_members > 0 {

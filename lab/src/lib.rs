@@ -25,6 +25,7 @@ pub use error::{LabError, Result};
 pub use guard::LabGuard;
 pub use image::{ensure_image, recipe_hash};
 pub use lab::{
+    LAB_ETCD_VERSION,
     down, get, heal, isolate, list, ssh_command, start, stop, up, write_inventory, DownReport, Lab,
     LabSummary, Machine,
 };

@@ -48,6 +48,8 @@ pub struct CheckError {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckReport {
     pub host: String,
+    /// An authenticated SSH session was established (false on connect,
+    /// host key and authentication failures).
     pub reachable: bool,
     pub facts: Option<HostFacts>,
     pub checks: Vec<CheckResult>,
@@ -319,10 +321,9 @@ pub fn evaluate_facts(facts: &HostFacts, config: &CheckConfig) -> Vec<CheckResul
 
 /// The report for a host we could not connect to.
 pub fn unreachable_report(host: &str, error: &TransportError) -> CheckReport {
-    let reachable = matches!(error, TransportError::Timeout { .. } | TransportError::Other { .. });
     CheckReport {
         host: host.to_string(),
-        reachable,
+        reachable: false,
         facts: None,
         checks: Vec::new(),
         error: Some(CheckError {

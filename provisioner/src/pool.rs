@@ -41,9 +41,9 @@ impl Connections {
             .buffer_unordered(parallelism)
             .collect()
             .await;
-        let mut bastions: BTreeMap<String, Result<Arc<SshTransport>, String>> = BTreeMap::new();
+        let mut bastions: BTreeMap<String, Result<Arc<SshTransport>, TransportError>> = BTreeMap::new();
         for (key, result) in bastion_results {
-            bastions.insert(key, result.map(Arc::new).map_err(|e| e.to_string()));
+            bastions.insert(key, result.map(Arc::new));
         }
 
         let bastions_ref = &bastions;
@@ -53,14 +53,7 @@ impl Connections {
                     None => None,
                     Some(bastion) => match bastions_ref.get(&bastion.connection_key()) {
                         Some(Ok(shared)) => Some(shared.clone()),
-                        Some(Err(reason)) => {
-                            let error = TransportError::Connect {
-                                host: target.name.clone(),
-                                addr: format!("{}:{}", target.address, target.port),
-                                reason: format!("via bastion: {reason}"),
-                            };
-                            return (target.name.clone(), Err(error));
-                        }
+                        Some(Err(error)) => return (target.name.clone(), Err(bastion_failure(&target.name, error))),
                         None => None,
                     },
                 };
@@ -110,5 +103,74 @@ impl Connections {
     pub async fn close_all(&self) {
         futures::future::join_all(self.hosts.values().map(|t| t.close())).await;
         futures::future::join_all(self.bastions.iter().map(|b| b.close())).await;
+    }
+}
+
+/// The error of a host whose bastion failed: same kind (so the hint fits),
+/// attributed to the host, naming the bastion.
+fn bastion_failure(host: &str, bastion_error: &TransportError) -> TransportError {
+    let host = host.to_string();
+    match bastion_error {
+        TransportError::Connect {
+            host: bastion,
+            addr,
+            reason,
+        } => TransportError::Connect {
+            host,
+            addr: addr.clone(),
+            reason: format!("bastion {bastion}: {reason}"),
+        },
+        TransportError::Auth {
+            host: bastion,
+            user,
+            reason,
+        } => TransportError::Auth {
+            host,
+            user: user.clone(),
+            reason: format!("on bastion {bastion}: {reason}"),
+        },
+        TransportError::HostKey { host: bastion, reason } => TransportError::HostKey {
+            host,
+            reason: format!("bastion {bastion}: {reason}"),
+        },
+        TransportError::Timeout {
+            host: bastion,
+            secs,
+            command,
+        } => TransportError::Timeout {
+            host,
+            secs: *secs,
+            command: format!("{command} (on bastion {bastion})"),
+        },
+        TransportError::Other { host: bastion, reason } => TransportError::Other {
+            host,
+            reason: format!("bastion {bastion}: {reason}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bastion_failures_keep_their_kind_and_hint() {
+        let error = TransportError::HostKey {
+            host: "jump".into(),
+            reason: "HOST KEY CHANGED".into(),
+        };
+        let mapped = bastion_failure("node-1", &error);
+        assert!(
+            matches!(&mapped, TransportError::HostKey { host, reason } if host == "node-1" && reason.contains("jump"))
+        );
+        assert_eq!(mapped.hint(), error.hint());
+        let error = TransportError::Auth {
+            host: "jump".into(),
+            user: "ops".into(),
+            reason: "rejected".into(),
+        };
+        assert!(bastion_failure("node-1", &error)
+            .to_string()
+            .starts_with("node-1: authentication failed for user ops"));
     }
 }

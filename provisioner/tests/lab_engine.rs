@@ -40,7 +40,11 @@ fn host_ops(transport: Arc<dyn Transport>, cluster: &str, marker: &str, artifact
                 .extract(["tool/capstan-test-tool"])
                 .unwrap(),
         )
-        .with(SystemdUnit::new("capstan-test.service", unit).unwrap().notify(["capstan-test"]))
+        .with(
+            SystemdUnit::new("capstan-test.service", unit)
+                .unwrap()
+                .notify(["capstan-test"]),
+        )
         .with(Service::new("capstan-test").unwrap().enabled(true).running(true))
 }
 
@@ -59,12 +63,16 @@ fn make_artifact(dir: &Path) {
     header.set_size(body.len() as u64);
     header.set_mode(0o755);
     header.set_cksum();
-    tar.append_data(&mut header, "tool/capstan-test-tool", &body[..]).unwrap();
+    tar.append_data(&mut header, "tool/capstan-test-tool", &body[..])
+        .unwrap();
     tar.into_inner().unwrap().finish().unwrap();
 }
 
 async fn run(runner: &Runner, conns: &Connections, cluster: &str, marker: &str, dir: &Path) -> RunReport {
-    let lists = conns.hosts().map(|(_, t)| host_ops(t.clone(), cluster, marker, dir)).collect();
+    let lists = conns
+        .hosts()
+        .map(|(_, t)| host_ops(t.clone(), cluster, marker, dir))
+        .collect();
     runner.run(lists).await
 }
 
@@ -96,13 +104,29 @@ async fn lab_engine_converges_and_is_idempotent() {
         assert_eq!(facts.hostname, machine.name);
         assert_eq!(facts.init, "systemd");
         assert_eq!(facts.os_id, "debian");
-        assert!(facts.addresses.iter().any(|a| a.to_string() == machine.ip), "{:?}", facts.addresses);
+        assert!(
+            facts.addresses.iter().any(|a| a.to_string() == machine.ip),
+            "{:?}",
+            facts.addresses
+        );
     }
 
     let work = tempfile::tempdir().unwrap();
     make_artifact(work.path());
-    let apply = Runner::new(RunOptions { mode: Mode::Apply, concurrency: 32 }, Arc::new(NoProgress));
-    let dry = Runner::new(RunOptions { mode: Mode::DryRun, concurrency: 32 }, Arc::new(NoProgress));
+    let apply = Runner::new(
+        RunOptions {
+            mode: Mode::Apply,
+            concurrency: 32,
+        },
+        Arc::new(NoProgress),
+    );
+    let dry = Runner::new(
+        RunOptions {
+            mode: Mode::DryRun,
+            concurrency: 32,
+        },
+        Arc::new(NoProgress),
+    );
 
     // First run: everything changes, the service runs.
     let first = run(&apply, &conns, &cluster.name, "one", work.path()).await;
@@ -113,7 +137,10 @@ async fn lab_engine_converges_and_is_idempotent() {
     }
     let t1 = conns.get(&lab.machines[0].name).unwrap();
     assert_eq!(sh(t1.as_ref(), "systemctl is-active capstan-test").await, "active");
-    assert_eq!(sh(t1.as_ref(), "/usr/local/bin/capstan-test-tool").await, "capstan-test-tool 1.0");
+    assert_eq!(
+        sh(t1.as_ref(), "/usr/local/bin/capstan-test-tool").await,
+        "capstan-test-tool 1.0"
+    );
     assert_eq!(sh(t1.as_ref(), "stat -c %a /etc/capstan-test").await, "750");
     let pid_before = sh(t1.as_ref(), "systemctl show -p MainPID --value capstan-test").await;
 
@@ -121,25 +148,42 @@ async fn lab_engine_converges_and_is_idempotent() {
     let second = run(&apply, &conns, &cluster.name, "one", work.path()).await;
     assert!(second.success(), "{second:#?}");
     assert_eq!(second.totals().changed, 0, "{second:#?}");
-    assert_eq!(sh(t1.as_ref(), "systemctl show -p MainPID --value capstan-test").await, pid_before);
+    assert_eq!(
+        sh(t1.as_ref(), "systemctl show -p MainPID --value capstan-test").await,
+        pid_before
+    );
 
     // Drift on one host plus a new desired unit: the dry run reports both and changes nothing.
     sh(t1.as_ref(), "echo tampered > /etc/capstan-test/motd").await;
     let planned = run(&dry, &conns, &cluster.name, "two", work.path()).await;
     assert!(planned.success(), "{planned:#?}");
     let host1 = planned.hosts.iter().find(|h| h.host == lab.machines[0].name).unwrap();
-    let diffs: Vec<String> =
-        host1.ops.iter().flat_map(|o| o.changes.iter().filter_map(|c| c.diff.clone())).collect();
+    let diffs: Vec<String> = host1
+        .ops
+        .iter()
+        .flat_map(|o| o.changes.iter().filter_map(|c| c.diff.clone()))
+        .collect();
     assert!(diffs.iter().any(|d| d.contains("-tampered")), "{diffs:#?}");
-    assert!(diffs.iter().any(|d| d.contains("+Environment=CAPSTAN_MARKER=two")), "{diffs:#?}");
+    assert!(
+        diffs.iter().any(|d| d.contains("+Environment=CAPSTAN_MARKER=two")),
+        "{diffs:#?}"
+    );
     assert_eq!(sh(t1.as_ref(), "cat /etc/capstan-test/motd").await, "tampered");
-    assert!(!sh(t1.as_ref(), "cat /etc/systemd/system/capstan-test.service").await.contains("=two"));
-    assert_eq!(sh(t1.as_ref(), "systemctl show -p MainPID --value capstan-test").await, pid_before);
+    assert!(!sh(t1.as_ref(), "cat /etc/systemd/system/capstan-test.service")
+        .await
+        .contains("=two"));
+    assert_eq!(
+        sh(t1.as_ref(), "systemctl show -p MainPID --value capstan-test").await,
+        pid_before
+    );
 
     // Applying it converges: the handler restarts the service because its unit changed.
     let third = run(&apply, &conns, &cluster.name, "two", work.path()).await;
     assert!(third.success(), "{third:#?}");
-    assert_ne!(sh(t1.as_ref(), "systemctl show -p MainPID --value capstan-test").await, pid_before);
+    assert_ne!(
+        sh(t1.as_ref(), "systemctl show -p MainPID --value capstan-test").await,
+        pid_before
+    );
     assert_eq!(sh(t1.as_ref(), "cat /etc/capstan-test/motd").await.lines().count(), 1);
     let fourth = run(&apply, &conns, &cluster.name, "two", work.path()).await;
     assert_eq!(fourth.totals().changed, 0, "{fourth:#?}");
@@ -152,7 +196,10 @@ async fn lab_engine_converges_and_is_idempotent() {
         .unwrap()
         .lines()
         .find(|l| l.starts_with(&format!("{},", lab.machines[1].ip)))
-        .and_then(|l| l.split_once(' ').map(|(_, key)| format!("{},{} {key}", lab.machines[0].ip, lab.machines[0].name)))
+        .and_then(|l| {
+            l.split_once(' ')
+                .map(|(_, key)| format!("{},{} {key}", lab.machines[0].ip, lab.machines[0].name))
+        })
         .expect("known_hosts line of machine 2");
     std::fs::write(&forged, format!("{other_key}\n")).unwrap();
     target.known_hosts_file = forged;
@@ -168,5 +215,8 @@ async fn lab_engine_converges_and_is_idempotent() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(dir.to_str().unwrap()), "mounts left behind");
     let links = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&links.stdout).contains(&format!("{}:", lab.bridge)), "bridge left behind");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&format!("{}:", lab.bridge)),
+        "bridge left behind"
+    );
 }

@@ -450,6 +450,7 @@ async fn checks_report_unreachable_hosts_without_aborting() {
     assert!(error.hint.as_deref().unwrap_or("").contains("sshd"));
 
     let unknown = &reports[2];
+    assert!(!unknown.reachable);
     assert!(
         unknown.error.as_ref().unwrap().message.contains("host key"),
         "{unknown:?}"
@@ -485,7 +486,7 @@ async fn privileged_exec_uses_sudo_for_non_root_users() {
     impl Drop for Cleanup {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.1);
-            let _ = std::process::Command::new("userdel").args(["-r", &self.0]).output();
+            let _ = std::process::Command::new("userdel").args(["-r", "-f", &self.0]).output();
         }
     }
     let _cleanup = Cleanup(user.clone(), sudoers.clone());
@@ -575,4 +576,20 @@ async fn agent_authentication() {
     let t = SshTransport::connect(&target).await.expect("agent key accepted");
     assert!(t.exec("true", &opts(10)).await.unwrap().success());
     t.close().await;
+}
+
+/// A TCP peer that never speaks SSH: the connect timeout bounds the handshake too.
+#[tokio::test]
+async fn connect_timeout_covers_a_silent_server() {
+    let sshd = sshd_or_skip!();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut target = sshd.target("silent");
+    target.port = silent.local_addr().unwrap().port();
+    target.connect_timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let err = SshTransport::connect(&target).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(matches!(err, TransportError::Connect { .. }), "{err:?}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    drop(silent);
 }
