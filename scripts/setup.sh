@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(protobuf-compiler debootstrap systemd-container iproute2 openssh-client openssh-server
-          age etcd-server etcd-client ca-certificates curl python3-pip)
+          age etcd-server etcd-client ca-certificates curl python3-pip sudo)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -57,6 +57,9 @@ pub enum Command {
     /// etcd operator tools.
     #[command(subcommand)]
     Etcd(EtcdCommand),
+    /// Encrypted etcd snapshots to S3 or a directory: create, list, verify, prune.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -189,5 +192,56 @@ pub enum EtcdCommand {
         /// Directory to write into (created 0700).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BackupTargetArgs {
+    /// Where backups live: s3://bucket/prefix or file:///path (default: the inventory's backup.target).
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+    /// Use path-style S3 addressing (MinIO, Ceph and other self-hosted S3 servers).
+    #[arg(long)]
+    pub s3_path_style: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Take a backup now: etcd snapshot + cluster PKI + inventory, age-encrypted; prints the backup id.
+    Create {
+        #[command(flatten)]
+        target: BackupTargetArgs,
+        /// age recipient (age1...); repeatable. Default: the inventory's backup.recipients.
+        #[arg(long = "recipient", short = 'r', value_name = "AGE_RECIPIENT")]
+        recipients: Vec<String>,
+        /// File with one age recipient per line.
+        #[arg(long, value_name = "FILE")]
+        recipients_file: Option<PathBuf>,
+        /// Store the backup unencrypted (the cluster's CA key included). Must be said explicitly.
+        #[arg(long)]
+        no_encryption: bool,
+    },
+    /// List backups (id, age, size, revision, encrypted, complete).
+    List {
+        #[command(flatten)]
+        target: BackupTargetArgs,
+    },
+    /// Download and check a backup: ciphertext hash, decryption, plaintext hash, etcd's snapshot hash.
+    Verify {
+        /// Backup id, or `latest`.
+        id: String,
+        #[command(flatten)]
+        target: BackupTargetArgs,
+        /// age identity file to decrypt with; without it only what is checkable without decrypting is checked.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Delete backups outside the retention policy (and incomplete ones); never the newest complete backup.
+    Prune {
+        #[command(flatten)]
+        target: BackupTargetArgs,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
 }

@@ -4,6 +4,7 @@
 //! `hint:` line when there is something useful to suggest; user errors never print a backtrace.
 
 mod cli;
+mod cmd_backup;
 mod cmd_check;
 mod cmd_etcd;
 mod cmd_inventory;
@@ -46,6 +47,7 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => cmd_etcd::apply(args, false, cli.inventory.as_deref(), out),
         Command::Status(args) => cmd_etcd::status(args, cli.inventory.as_deref(), out),
         Command::Etcd(cmd) => cmd_etcd::etcd(cmd, cli.inventory.as_deref(), out),
+        Command::Backup(cmd) => cmd_backup::run(cmd, cli.inventory.as_deref(), out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "capstan", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

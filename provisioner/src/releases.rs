@@ -1,0 +1,415 @@
+//! Where release artifacts come from: version + architecture → download URL + sha256.
+//!
+//! By default an artifact is the official upstream download, verified against a checksum pinned
+//! in `provisioner/data/upstream-releases.yaml` (embedded at build time). With an inventory
+//! `artifacts.mirror`, the upstream `scheme://host` prefix is replaced by the mirror base and the
+//! checksum comes from the mirror's own `SHA256SUMS` file: mirrors may repackage tarballs, so the
+//! upstream checksums do not apply to them.
+
+use std::collections::BTreeMap;
+
+const UPSTREAM_RELEASES: &str = include_str!("../data/upstream-releases.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("the embedded release table is invalid: {0}")]
+    Table(String),
+    #[error("no release table entry for component `{0}`")]
+    UnknownComponent(String),
+    #[error("{component} {version} for {arch} has no pinned upstream checksum; versions with pinned checksums: {known}")]
+    UnpinnedVersion {
+        component: String,
+        version: String,
+        arch: String,
+        known: String,
+    },
+    #[error("invalid version `{0}`: expected MAJOR.MINOR.PATCH")]
+    InvalidVersion(String),
+    #[error("mirror {mirror}: cannot read {path}: {reason}")]
+    MirrorSums { mirror: String, path: String, reason: String },
+    #[error("mirror {mirror} has no {component} {version} for {arch} (no `{path}` in its SHA256SUMS); it has: {available}")]
+    NotOnMirror {
+        mirror: String,
+        component: String,
+        version: String,
+        arch: String,
+        path: String,
+        available: String,
+    },
+    #[error("unsupported mirror URL `{0}`: expected file:///dir, http:// or https://")]
+    UnsupportedMirror(String),
+}
+
+/// A resolved download: fetch `url`, expect `sha256`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedArtifact {
+    pub url: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone)]
+struct ComponentTable {
+    url: String,
+    /// arch → version → sha256
+    sha256: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn scalar(value: &serde_yaml::Value) -> Option<String> {
+    match value {
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_table(text: &str) -> Result<BTreeMap<String, ComponentTable>, ReleaseError> {
+    let root: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| ReleaseError::Table(e.to_string()))?;
+    let mapping = root
+        .as_mapping()
+        .ok_or_else(|| ReleaseError::Table("top level is not a mapping".into()))?;
+    let mut table = BTreeMap::new();
+    for (name, entry) in mapping {
+        let name = scalar(name).ok_or_else(|| ReleaseError::Table("component name is not a string".into()))?;
+        let url = entry
+            .get("url")
+            .and_then(scalar)
+            .ok_or_else(|| ReleaseError::Table(format!("{name}: no url")))?;
+        let mut sha256 = BTreeMap::new();
+        if let Some(archs) = entry.get("sha256").and_then(|v| v.as_mapping()) {
+            for (arch, versions) in archs {
+                let arch = scalar(arch).ok_or_else(|| ReleaseError::Table(format!("{name}: bad arch key")))?;
+                let mut by_version = BTreeMap::new();
+                if let Some(versions) = versions.as_mapping() {
+                    for (version, sum) in versions {
+                        let (Some(version), Some(sum)) = (scalar(version), scalar(sum)) else {
+                            return Err(ReleaseError::Table(format!("{name}/{arch}: bad entry")));
+                        };
+                        by_version.insert(version, sum);
+                    }
+                }
+                sha256.insert(arch, by_version);
+            }
+        }
+        table.insert(name, ComponentTable { url, sha256 });
+    }
+    Ok(table)
+}
+
+/// `1.2.3` → (1, 2, 3); used to sort versions and to know etcd's tarball layout.
+pub fn parse_version(version: &str) -> Result<(u64, u64, u64), ReleaseError> {
+    let invalid = || ReleaseError::InvalidVersion(version.to_string());
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().map_err(|_| invalid()));
+    let major = parts.next().ok_or_else(invalid)??;
+    let minor = parts.next().ok_or_else(invalid)??;
+    let patch = parts.next().ok_or_else(invalid)??;
+    if parts.next().is_some() {
+        return Err(invalid());
+    }
+    Ok((major, minor, patch))
+}
+
+fn sort_versions<'a>(versions: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut list: Vec<&str> = versions.collect();
+    list.sort_by_key(|v| parse_version(v).unwrap_or((0, 0, 0)));
+    list.reverse();
+    list
+}
+
+fn expand(pattern: &str, version: &str, arch: &str) -> String {
+    pattern.replace("{version}", version).replace("{arch}", arch)
+}
+
+/// The path part of an upstream URL: everything after `scheme://host`.
+fn url_path(url: &str) -> &str {
+    let without_scheme = url.split_once("://").map(|(_, rest)| rest).unwrap_or(url);
+    without_scheme.find('/').map(|i| &without_scheme[i + 1..]).unwrap_or("")
+}
+
+/// The mirror URL of an upstream artifact: the upstream `scheme://host` replaced by `mirror`.
+pub fn mirror_url(upstream_url: &str, mirror: &str) -> String {
+    format!("{}/{}", mirror.trim_end_matches('/'), url_path(upstream_url))
+}
+
+/// `sha256  path` lines (sha256sum format; a leading `*` marks binary mode) → path → sha256.
+pub fn parse_sha256sums(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| {
+            let (sum, path) = line.trim().split_once(char::is_whitespace)?;
+            let path = path.trim_start().trim_start_matches('*').trim_start_matches("./");
+            (sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()) && !path.is_empty())
+                .then(|| (path.to_string(), sum.to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+/// Reads `<mirror>/SHA256SUMS`.
+fn read_mirror_sums(mirror: &str) -> Result<String, ReleaseError> {
+    let url = format!("{}/SHA256SUMS", mirror.trim_end_matches('/'));
+    let failed = |reason: String| ReleaseError::MirrorSums {
+        mirror: mirror.to_string(),
+        path: "SHA256SUMS".into(),
+        reason,
+    };
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(ReleaseError::UnsupportedMirror(mirror.to_string()));
+        }
+        return std::fs::read_to_string(path).map_err(|e| failed(e.to_string()));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ReleaseError::UnsupportedMirror(mirror.to_string()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = ureq::tls::TlsConfig::builder()
+        .unversioned_rustls_crypto_provider(provider)
+        .build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut response = agent.get(&url).call().map_err(|e| failed(e.to_string()))?;
+    response.body_mut().read_to_string().map_err(|e| failed(e.to_string()))
+}
+
+/// The release table embedded in capstan.
+pub struct Releases {
+    table: BTreeMap<String, ComponentTable>,
+}
+
+impl Releases {
+    pub fn embedded() -> Result<Releases, ReleaseError> {
+        Ok(Releases {
+            table: parse_table(UPSTREAM_RELEASES)?,
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Releases, ReleaseError> {
+        Ok(Releases {
+            table: parse_table(text)?,
+        })
+    }
+
+    fn component(&self, component: &str) -> Result<&ComponentTable, ReleaseError> {
+        self.table
+            .get(component)
+            .ok_or_else(|| ReleaseError::UnknownComponent(component.to_string()))
+    }
+
+    /// Versions with a pinned checksum for `arch`, newest first.
+    pub fn pinned_versions(&self, component: &str, arch: &str) -> Result<Vec<String>, ReleaseError> {
+        let entry = self.component(component)?;
+        Ok(entry
+            .sha256
+            .get(arch)
+            .map(|versions| sort_versions(versions.keys().map(String::as_str)))
+            .unwrap_or_default()
+            .into_iter()
+            .map(String::from)
+            .collect())
+    }
+
+    /// The upstream URL and pinned checksum.
+    pub fn upstream(&self, component: &str, version: &str, arch: &str) -> Result<ResolvedArtifact, ReleaseError> {
+        parse_version(version)?;
+        let entry = self.component(component)?;
+        match entry.sha256.get(arch).and_then(|v| v.get(version)) {
+            Some(sha256) => Ok(ResolvedArtifact {
+                url: expand(&entry.url, version, arch),
+                sha256: sha256.clone(),
+            }),
+            None => Err(ReleaseError::UnpinnedVersion {
+                component: component.to_string(),
+                version: version.to_string(),
+                arch: arch.to_string(),
+                known: self.pinned_versions(component, arch)?.join(", "),
+            }),
+        }
+    }
+
+    /// The artifact on `mirror`, checked against the mirror's `sums` (contents of SHA256SUMS).
+    pub fn on_mirror(
+        &self,
+        component: &str,
+        version: &str,
+        arch: &str,
+        mirror: &str,
+        sums: &str,
+    ) -> Result<ResolvedArtifact, ReleaseError> {
+        parse_version(version)?;
+        let entry = self.component(component)?;
+        let upstream = expand(&entry.url, version, arch);
+        let path = url_path(&upstream).to_string();
+        let sums = parse_sha256sums(sums);
+        match sums.get(&path) {
+            Some(sha256) => Ok(ResolvedArtifact {
+                url: mirror_url(&upstream, mirror),
+                sha256: sha256.clone(),
+            }),
+            None => {
+                // Which versions of this component the mirror does have: match its paths
+                // against the URL pattern with the version left open.
+                let pattern = url_path(&expand(&entry.url, "{version}", arch)).to_string();
+                let (prefix, suffix) = pattern.split_once("{version}").unwrap_or((pattern.as_str(), ""));
+                let found: Vec<&str> = sums
+                    .keys()
+                    .filter_map(|p| p.strip_prefix(prefix)?.strip_suffix(suffix))
+                    .filter_map(|rest| rest.split('/').next())
+                    .filter(|candidate| {
+                        parse_version(candidate).is_ok() && expand(&pattern, candidate, arch) == format!("{prefix}{}{suffix}", &expand_rest(&pattern, candidate))
+                    })
+                    .collect();
+                let available = sort_versions(found.into_iter());
+                Err(ReleaseError::NotOnMirror {
+                    mirror: mirror.to_string(),
+                    component: component.to_string(),
+                    version: version.to_string(),
+                    arch: arch.to_string(),
+                    path,
+                    available: if available.is_empty() {
+                        "no versions of it".to_string()
+                    } else {
+                        available.join(", ")
+                    },
+                })
+            }
+        }
+    }
+
+    /// Upstream with a pinned checksum, or the mirror (reading its SHA256SUMS) when one is set.
+    pub fn resolve(
+        &self,
+        component: &str,
+        version: &str,
+        arch: &str,
+        mirror: Option<&str>,
+    ) -> Result<ResolvedArtifact, ReleaseError> {
+        match mirror {
+            None => self.upstream(component, version, arch),
+            Some(mirror) => {
+                let sums = read_mirror_sums(mirror)?;
+                self.on_mirror(component, version, arch, mirror, &sums)
+            }
+        }
+    }
+}
+
+/// The part of `pattern` after its prefix, with `{version}` filled in.
+fn expand_rest(pattern: &str, version: &str) -> String {
+    let (_, suffix) = pattern.split_once("{version}").unwrap_or((pattern, ""));
+    let _ = suffix;
+    pattern
+        .split_once("{version}")
+        .map(|(_, rest)| format!("{version}{}", rest.replace("{version}", version)))
+        .unwrap_or_default()
+}
+
+/// The etcd release tarball for `version`/`arch`, upstream or from the mirror.
+pub fn etcd_artifact(version: &str, arch: &str, mirror: Option<&str>) -> Result<ResolvedArtifact, ReleaseError> {
+    Releases::embedded()?.resolve("etcd", version, arch, mirror)
+}
+
+/// Members of the etcd tarball to install: etcd and etcdctl, plus etcdutl from 3.5 on.
+pub fn etcd_tarball_members(version: &str, arch: &str) -> Result<Vec<String>, ReleaseError> {
+    let (major, minor, _) = parse_version(version)?;
+    let dir = format!("etcd-v{version}-linux-{arch}");
+    let mut members = vec![format!("{dir}/etcd"), format!("{dir}/etcdctl")];
+    if (major, minor) >= (3, 5) {
+        members.push(format!("{dir}/etcdutl"));
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUMS: &str = "\
+3f1283b1a4f7b59ddc36b855030fd6bf7d9936e5399cc2befc3e8b5da986f642  etcd-io/etcd/releases/download/v3.4.23/etcd-v3.4.23-linux-amd64.tar.gz
+7fa4573f20bedd8eb794a142a857e8105e9a5e8530529a94215c6f6120dc0d5e  etcd-io/etcd/releases/download/v3.5.1/etcd-v3.5.1-linux-amd64.tar.gz
+d1cc2e7e6f26ff9495261c7c90f0c93a96dba293180b46c1da260aac91c24ab0  prometheus/alertmanager/releases/download/v0.25.0/alertmanager-0.25.0.linux-amd64.tar.gz
+";
+
+    #[test]
+    fn upstream_urls_use_pinned_checksums() {
+        let releases = Releases::embedded().unwrap();
+        let resolved = releases.upstream("etcd", "3.5.21", "amd64").unwrap();
+        assert_eq!(
+            resolved.url,
+            "https://github.com/etcd-io/etcd/releases/download/v3.5.21/etcd-v3.5.21-linux-amd64.tar.gz"
+        );
+        assert_eq!(
+            resolved.sha256,
+            "adddda4b06718e68671ffabff2f8cee48488ba61ad82900e639d108f2148501c"
+        );
+    }
+
+    #[test]
+    fn unpinned_version_lists_known_ones() {
+        let releases = Releases::embedded().unwrap();
+        let err = releases.upstream("etcd", "3.5.1", "amd64").unwrap_err().to_string();
+        assert!(err.starts_with("etcd 3.5.1 for amd64 has no pinned upstream checksum"), "{err}");
+        assert!(err.contains("3.6.14, 3.6.13"), "{err}");
+        assert!(err.contains("3.5.33"), "{err}");
+        assert!(matches!(
+            releases.upstream("etcd", "3.5", "amd64"),
+            Err(ReleaseError::InvalidVersion(_))
+        ));
+    }
+
+    #[test]
+    fn the_default_etcd_version_is_pinned() {
+        let releases = Releases::embedded().unwrap();
+        releases
+            .upstream("etcd", capstan_inventory::DEFAULT_ETCD_VERSION, "amd64")
+            .unwrap();
+    }
+
+    #[test]
+    fn mirror_replaces_scheme_and_host_and_uses_its_checksums() {
+        let releases = Releases::embedded().unwrap();
+        let resolved = releases
+            .on_mirror("etcd", "3.5.1", "amd64", "file:///var/cache/capstan/mirror/", SUMS)
+            .unwrap();
+        assert_eq!(
+            resolved.url,
+            "file:///var/cache/capstan/mirror/etcd-io/etcd/releases/download/v3.5.1/etcd-v3.5.1-linux-amd64.tar.gz"
+        );
+        assert_eq!(
+            resolved.sha256,
+            "7fa4573f20bedd8eb794a142a857e8105e9a5e8530529a94215c6f6120dc0d5e"
+        );
+    }
+
+    #[test]
+    fn version_missing_on_the_mirror_lists_what_it_has() {
+        let releases = Releases::embedded().unwrap();
+        let err = releases
+            .on_mirror("etcd", "3.5.21", "amd64", "https://mirror.example/m", SUMS)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no etcd 3.5.21 for amd64"), "{err}");
+        assert!(err.ends_with("it has: 3.5.1, 3.4.23"), "{err}");
+        let err = releases
+            .on_mirror("etcd", "3.5.1", "arm64", "https://mirror.example/m", SUMS)
+            .unwrap_err()
+            .to_string();
+        assert!(err.ends_with("it has: no versions of it"), "{err}");
+    }
+
+    #[test]
+    fn sha256sums_lines() {
+        let sums = parse_sha256sums(&format!("{}\n\ngarbage line\n{} *./bin/x\n", SUMS, "a".repeat(64)));
+        assert_eq!(sums.len(), 4);
+        assert_eq!(sums["bin/x"], "a".repeat(64));
+    }
+
+    #[test]
+    fn tarball_members_by_version() {
+        assert_eq!(
+            etcd_tarball_members("3.4.23", "amd64").unwrap(),
+            ["etcd-v3.4.23-linux-amd64/etcd", "etcd-v3.4.23-linux-amd64/etcdctl"]
+        );
+        assert_eq!(etcd_tarball_members("3.5.1", "amd64").unwrap().len(), 3);
+    }
+}
