@@ -46,6 +46,15 @@ pub enum Command {
     /// Validate, show or import inventories.
     #[command(subcommand)]
     Inventory(InventoryCommand),
+    /// Write a commented starter inventory (asks nothing).
+    Init {
+        /// Where to write it.
+        #[arg(long, value_name = "FILE", default_value = "inventory.yaml")]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
     /// Connect to every host, gather facts and run preflight checks.
     Check(CheckArgs),
     /// Show what `apply` would change (unified diffs for files); changes nothing.

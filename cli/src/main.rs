@@ -42,6 +42,7 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab(args) => cmd_lab::run(args, out),
         Command::Inventory(args) => cmd_inventory::run(args, cli.inventory.as_deref(), out),
+        Command::Init { out: path, force } => init(&path, force, out),
         Command::Check(args) => cmd_check::run(args, cli.inventory.as_deref(), out),
         Command::Plan(args) => cmd_etcd::apply(args, true, cli.inventory.as_deref(), out),
         Command::Apply(args) => cmd_etcd::apply(args, false, cli.inventory.as_deref(), out),
@@ -65,4 +66,26 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The starter inventory is the documented example, so the two never drift apart.
+const STARTER_INVENTORY: &str = include_str!("../../examples/inventory.yaml");
+
+fn init(path: &std::path::Path, force: bool, out: &Output) -> anyhow::Result<ExitCode> {
+    if path.exists() && !force {
+        return Err(
+            Failure::new(format!("{} already exists; nothing written", path.display()))
+                .hint("pass --force to overwrite it, or --out FILE to write elsewhere")
+                .into(),
+        );
+    }
+    std::fs::write(path, STARTER_INVENTORY)
+        .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))?;
+    out.status(format!(
+        "wrote {}: edit the hosts, then run `capstan -i {} inventory check`",
+        path.display(),
+        path.display()
+    ));
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
 }

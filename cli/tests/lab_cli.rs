@@ -156,3 +156,19 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     assert!(man.status.success());
     assert!(stdout(&man).contains(".TH capstan"));
 }
+
+#[test]
+fn init_writes_a_valid_starter_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("inventory.yaml");
+    let path_str = path.to_str().unwrap();
+    let init = capstan(&["init", "--out", path_str]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let check = capstan(&["-i", path_str, "inventory", "check"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    std::fs::write(&path, "mine").unwrap();
+    let again = capstan(&["init", "--out", path_str]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("hint:"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "mine");
+}

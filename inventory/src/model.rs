@@ -10,7 +10,7 @@ use serde::{Serialize, Serializer};
 use crate::values::format_duration;
 
 /// Pinned etcd version used when `versions.etcd` is omitted.
-pub const DEFAULT_ETCD_VERSION: &str = "3.5.1";
+pub const DEFAULT_ETCD_VERSION: &str = "3.5.33";
 pub const DEFAULT_ETCD_DATA_DIR: &str = "/var/lib/etcd";
 pub const DEFAULT_SSH_USER: &str = "root";
 pub const DEFAULT_SSH_PORT: u16 = 22;

@@ -54,7 +54,7 @@ hosts:
                 keepalive: 15s
                 bastion: null
             versions:
-              etcd: 3.5.1
+              etcd: 3.5.33
             artifacts:
               mirror: null
             etcd:
@@ -318,7 +318,7 @@ hosts:
                 keepalive: 15s
                 bastion: null
             versions:
-              etcd: 3.5.1
+              etcd: 3.5.33
             artifacts:
               mirror: null
             etcd:

@@ -19,3 +19,4 @@ pub mod ssh;
 pub mod targets;
 pub mod transport;
 pub mod upload;
+pub mod releases;

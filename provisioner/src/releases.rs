@@ -250,13 +250,13 @@ impl Releases {
                 // Which versions of this component the mirror does have: match its paths
                 // against the URL pattern with the version left open.
                 let pattern = url_path(&expand(&entry.url, "{version}", arch)).to_string();
-                let (prefix, suffix) = pattern.split_once("{version}").unwrap_or((pattern.as_str(), ""));
+                let prefix = pattern.split_once("{version}").map(|(p, _)| p).unwrap_or(&pattern);
                 let found: Vec<&str> = sums
                     .keys()
-                    .filter_map(|p| p.strip_prefix(prefix)?.strip_suffix(suffix))
-                    .filter_map(|rest| rest.split('/').next())
-                    .filter(|candidate| {
-                        parse_version(candidate).is_ok() && expand(&pattern, candidate, arch) == format!("{prefix}{}{suffix}", &expand_rest(&pattern, candidate))
+                    .filter_map(|p| {
+                        let candidate = p.strip_prefix(prefix)?.split('/').next()?;
+                        (parse_version(candidate).is_ok() && *p == pattern.replace("{version}", candidate))
+                            .then_some(candidate)
                     })
                     .collect();
                 let available = sort_versions(found.into_iter());
@@ -292,16 +292,6 @@ impl Releases {
             }
         }
     }
-}
-
-/// The part of `pattern` after its prefix, with `{version}` filled in.
-fn expand_rest(pattern: &str, version: &str) -> String {
-    let (_, suffix) = pattern.split_once("{version}").unwrap_or((pattern, ""));
-    let _ = suffix;
-    pattern
-        .split_once("{version}")
-        .map(|(_, rest)| format!("{version}{}", rest.replace("{version}", version)))
-        .unwrap_or_default()
 }
 
 /// The etcd release tarball for `version`/`arch`, upstream or from the mirror.

@@ -1,0 +1,185 @@
+//! What an etcd host looks like before a run, in one round trip: whether it has etcd data, which
+//! PKI files exist, its current certificates (public), its current config file and whether etcd
+//! runs. The CA key is deliberately not part of the probe; it is read separately and only from the
+//! one member it is taken from.
+//!
+//! The parser is pure and tested from captured output.
+
+use crate::facts::{normalize_arch, split_sections};
+use crate::ops::run_checked;
+use crate::ops::shell::quote;
+use crate::ops::OpError;
+use crate::transport::Transport;
+
+use super::config::{InitialClusterState, PkiPaths, DEFAULT_CONFIG_FILE};
+
+/// Marker understood by [`split_sections`].
+const MARK: &str = "@@capstan:";
+
+/// The probed state of one etcd host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberProbe {
+    /// `uname -m`, normalised (amd64, arm64).
+    pub arch: String,
+    /// The data dir holds a member (`member/` exists): etcd has run here.
+    pub has_data: bool,
+    pub ca_cert: Option<String>,
+    pub has_ca_key: bool,
+    pub server_cert: Option<String>,
+    pub peer_cert: Option<String>,
+    /// The current `etcd.conf.yml`.
+    pub config: Option<String>,
+    pub active: bool,
+    pub main_pid: Option<u32>,
+}
+
+/// The probe script for `data_dir` and the PKI files in `pki`.
+pub fn probe_script(data_dir: &str, pki: &PkiPaths) -> String {
+    let mut script = String::new();
+    let mut section = |name: &str, body: &str| script.push_str(&format!("echo '{MARK}{name}'; {body}\n"));
+    section("arch", "uname -m");
+    section(
+        "data",
+        &format!("[ -d {}/member ] && echo yes || echo no", quote(data_dir)),
+    );
+    let ca_key = pki.ca_file.trim_end_matches(".crt").to_string() + ".key";
+    section(
+        "ca-key",
+        &format!("[ -s {} ] && echo yes || echo no", quote(&ca_key)),
+    );
+    for (name, path) in [
+        ("ca-cert", &pki.ca_file),
+        ("server-cert", &pki.server_cert_file),
+        ("peer-cert", &pki.peer_cert_file),
+        ("config", &DEFAULT_CONFIG_FILE.to_string()),
+    ] {
+        section(name, &format!("cat {} 2>/dev/null", quote(path)));
+    }
+    section("active", "systemctl is-active etcd 2>/dev/null");
+    section("pid", "systemctl show -p MainPID --value etcd 2>/dev/null");
+    section("end", "true");
+    script
+}
+
+/// Where the CA key lives next to the CA certificate.
+pub fn ca_key_path(pki: &PkiPaths) -> String {
+    pki.ca_file.trim_end_matches(".crt").to_string() + ".key"
+}
+
+pub fn parse_probe(text: &str) -> Result<MemberProbe, String> {
+    let sections = split_sections(text);
+    if !sections.contains_key("end") {
+        return Err("output is truncated (no end marker)".into());
+    }
+    let get = |name: &str| sections.get(name).map(|s| s.trim()).unwrap_or("");
+    let content = |name: &str| sections.get(name).filter(|s| !s.trim().is_empty()).cloned();
+    let yes = |name: &str| get(name) == "yes";
+    Ok(MemberProbe {
+        arch: normalize_arch(get("arch")),
+        has_data: yes("data"),
+        ca_cert: content("ca-cert"),
+        has_ca_key: yes("ca-key"),
+        server_cert: content("server-cert"),
+        peer_cert: content("peer-cert"),
+        config: content("config"),
+        active: get("active") == "active",
+        main_pid: get("pid").parse().ok().filter(|pid| *pid != 0),
+    })
+}
+
+pub async fn probe_member(t: &dyn Transport, data_dir: &str, pki: &PkiPaths) -> Result<MemberProbe, OpError> {
+    let output = run_checked(t, &probe_script(data_dir, pki)).await?;
+    parse_probe(&output.stdout_str()).map_err(|reason| OpError::Probe {
+        host: t.host().to_string(),
+        what: "etcd member state".into(),
+        reason,
+    })
+}
+
+/// The values of an existing config that only matter for a member's first start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapValues {
+    pub initial_cluster: String,
+    pub initial_cluster_state: InitialClusterState,
+    pub initial_cluster_token: String,
+}
+
+/// Reads `initial-cluster`, `initial-cluster-state` and `initial-cluster-token` from a config
+/// file capstan wrote (one `key: "json string"` per line). `None` when any is missing.
+pub fn parse_bootstrap_values(config: &str) -> Option<BootstrapValues> {
+    let value = |key: &str| -> Option<String> {
+        config.lines().find_map(|line| {
+            let rest = line.strip_prefix(key)?.strip_prefix(':')?.trim();
+            match serde_json::from_str::<String>(rest) {
+                Ok(s) => Some(s),
+                Err(_) => Some(rest.to_string()),
+            }
+        })
+    };
+    let state = match value("initial-cluster-state")?.as_str() {
+        "new" => InitialClusterState::New,
+        "existing" => InitialClusterState::Existing,
+        _ => return None,
+    };
+    Some(BootstrapValues {
+        initial_cluster: value("initial-cluster")?,
+        initial_cluster_state: state,
+        initial_cluster_token: value("initial-cluster-token")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_running_member() {
+        let out = "@@capstan:arch\nx86_64\n@@capstan:data\nyes\n@@capstan:ca-key\nyes\n\
+                   @@capstan:ca-cert\n-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n\
+                   @@capstan:server-cert\n@@capstan:peer-cert\n\
+                   @@capstan:config\nname: \"a\"\ninitial-cluster: \"a=https://10.0.0.1:2380\"\n\
+                   initial-cluster-state: \"new\"\ninitial-cluster-token: \"demo-1a2b\"\n\
+                   @@capstan:active\nactive\n@@capstan:pid\n4242\n@@capstan:end\n";
+        let probe = parse_probe(out).unwrap();
+        assert_eq!(probe.arch, "amd64");
+        assert!(probe.has_data && probe.has_ca_key && probe.active);
+        assert_eq!(probe.main_pid, Some(4242));
+        assert!(probe.ca_cert.unwrap().contains("BEGIN CERTIFICATE"));
+        assert_eq!(probe.server_cert, None);
+        let values = parse_bootstrap_values(&probe.config.unwrap()).unwrap();
+        assert_eq!(
+            values,
+            BootstrapValues {
+                initial_cluster: "a=https://10.0.0.1:2380".into(),
+                initial_cluster_state: InitialClusterState::New,
+                initial_cluster_token: "demo-1a2b".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn parses_a_fresh_host_and_rejects_truncated_output() {
+        let out = "@@capstan:arch\naarch64\n@@capstan:data\nno\n@@capstan:ca-key\nno\n@@capstan:config\n\
+                   @@capstan:active\ninactive\n@@capstan:pid\n0\n@@capstan:end\n";
+        let probe = parse_probe(out).unwrap();
+        assert_eq!(
+            probe,
+            MemberProbe {
+                arch: "arm64".into(),
+                ..MemberProbe::default()
+            }
+        );
+        assert!(parse_probe("@@capstan:arch\nx86_64\n").is_err());
+    }
+
+    #[test]
+    fn bootstrap_values_need_every_key() {
+        assert_eq!(parse_bootstrap_values("initial-cluster: \"a=x\"\n"), None);
+        assert_eq!(
+            parse_bootstrap_values(
+                "initial-cluster: \"a=x\"\ninitial-cluster-state: \"bogus\"\ninitial-cluster-token: \"t\"\n"
+            ),
+            None
+        );
+    }
+}
