@@ -34,6 +34,13 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# A real S3 server for the backup tests (moto >= 5.2.5: older versions answer multipart uploads in a way
+# the AWS SDK rejects).
+if ! python3 -c 'import sys, moto, flask; v = tuple(int(x) for x in moto.__version__.split(".")[:3]); sys.exit(v < (5, 2, 5))' 2>/dev/null; then
+  echo "setup: installing moto[server] (S3 server for tests)" >&2
+  python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5.2.5'
+fi
+
 # The lab's artifact mirror (etcd, prometheus, ... laid out like upstream releases).
 bash lab/mirror/build-mirror.sh "${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
 

@@ -1,19 +1,232 @@
-//! `capstan plan|apply|status|etcd ...` (being built; see the etcd issue).
+//! `capstan plan|apply|status|etcd credentials`: etcd on the inventory's `etcd` hosts.
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use capstan_provisioner::etcd::apply::{apply as apply_etcd, ApplyOptions};
+use capstan_provisioner::etcd::status::{status as etcd_status, write_credentials, StatusReport};
+use capstan_provisioner::report::{render_changes, render_summary};
+use capstan_provisioner::runner::{stderr_progress, Mode, NoProgress};
 
 use crate::cli::{ApplyArgs, EtcdCommand, StatusArgs};
-use crate::output::{Failure, Output};
+use crate::cmd_inventory::load;
+use crate::output::{table, Failure, Output};
 
-pub fn apply(_args: ApplyArgs, _dry_run: bool, _inventory: Option<&Path>, _out: &Output) -> anyhow::Result<ExitCode> {
-    Err(Failure::new("apply is not available yet").into())
+pub fn apply(args: ApplyArgs, dry_run: bool, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
+    let cluster = load(inventory)?;
+    let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
+    let mut options = ApplyOptions::new(mode);
+    options.concurrency = args.concurrency.max(1);
+    if out.quiet {
+        options.progress = std::sync::Arc::new(NoProgress);
+        options.out = Box::new(std::io::sink());
+    } else {
+        options.progress = stderr_progress();
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(apply_etcd(&cluster, options)).map_err(|e| {
+        let failure = Failure::new(e.to_string());
+        match e.hint() {
+            Some(hint) => failure.hint(hint),
+            None => failure,
+        }
+    })?;
+
+    if out.json() {
+        out.print_json(&outcome)?;
+    } else {
+        if mode == Mode::DryRun || args.show_commands {
+            let changes = render_changes(&outcome.summary, out.color, args.show_commands);
+            if changes.is_empty() {
+                println!("no changes");
+            } else {
+                print!("{changes}");
+            }
+            println!();
+        }
+        print!("{}", render_summary(&outcome.summary, out.color));
+    }
+    let totals = outcome.summary.totals();
+    let verb = if dry_run { "to change" } else { "changed" };
+    out.status(format!(
+        "{} in {:.1}s: {} ok, {} {verb}, {} failed",
+        if dry_run { "plan" } else { "apply" },
+        outcome.summary.elapsed.as_secs_f64(),
+        totals.ok,
+        totals.changed,
+        totals.failed
+    ));
+    if outcome.success() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let message = outcome
+        .error
+        .clone()
+        .unwrap_or_else(|| format!("failed on {}", outcome.summary.failed_hosts().join(", ")));
+    Err(Failure::new(message)
+        .hint(outcome.hint.clone().unwrap_or_else(|| {
+            "see the errors above; fix them and run `capstan apply` again (it picks up where it stopped)".into()
+        }))
+        .into())
 }
 
-pub fn status(_args: StatusArgs, _inventory: Option<&Path>, _out: &Output) -> anyhow::Result<ExitCode> {
-    Err(Failure::new("status is not available yet").into())
+pub fn status(args: StatusArgs, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
+    let cluster = load(inventory)?;
+    let limit = Duration::from_secs(args.timeout.max(1));
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(etcd_status(&cluster, limit)).map_err(|e| {
+        Failure::new(e.to_string())
+            .hint("check that the etcd hosts are reachable (`capstan check`) and that `capstan apply` ran")
+    })?;
+    if out.json() {
+        out.print_json(&report)?;
+    } else {
+        print!("{}", render_status(&report));
+    }
+    if report.healthy {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let down: Vec<&str> = report
+        .members
+        .iter()
+        .filter(|m| !m.healthy || !m.reachable)
+        .map(|m| m.name.as_str())
+        .collect();
+    let message = if down.is_empty() {
+        "the cluster has no single leader".to_string()
+    } else {
+        format!("unhealthy or unreachable member(s): {}", down.join(", "))
+    };
+    Err(Failure::new(message)
+        .hint("start the members that are down; if a host is gone for good, remove it from the inventory and run `capstan apply`")
+        .into())
 }
 
-pub fn etcd(_cmd: EtcdCommand, _inventory: Option<&Path>, _out: &Output) -> anyhow::Result<ExitCode> {
-    Err(Failure::new("etcd commands are not available yet").into())
+fn yes_no(value: bool) -> String {
+    if value { "yes" } else { "no" }.to_string()
+}
+
+fn human_bytes(bytes: i64) -> String {
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn render_status(report: &StatusReport) -> String {
+    let dash = || "-".to_string();
+    let mut rows = vec![[
+        "MEMBER",
+        "REACHABLE",
+        "HEALTHY",
+        "LEADER",
+        "VERSION",
+        "DB SIZE",
+        "RAFT INDEX",
+        "RAFT TERM",
+        "CERT EXPIRES",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let mut details = String::new();
+    for m in &report.members {
+        rows.push(vec![
+            m.name.clone(),
+            yes_no(m.reachable),
+            yes_no(m.healthy),
+            if m.leader { "*".into() } else { dash() },
+            m.version.clone().unwrap_or_else(dash),
+            m.db_size_bytes.map(human_bytes).unwrap_or_else(dash),
+            m.raft_index.map(|i| i.to_string()).unwrap_or_else(dash),
+            m.raft_term.map(|i| i.to_string()).unwrap_or_else(dash),
+            m.cert_days_left.map(|d| format!("in {d}d")).unwrap_or_else(dash),
+        ]);
+        if let Some(error) = &m.error {
+            let error = error.strip_prefix(&format!("{}: ", m.name)).unwrap_or(error);
+            details.push_str(&format!("{}: {error}\n", m.name));
+        }
+    }
+    let mut text = table(&rows);
+    for unknown in &report.unknown_members {
+        details.push_str(&format!("member {unknown} is not in the inventory\n"));
+    }
+    if !details.is_empty() {
+        text.push('\n');
+        text.push_str(&details);
+    }
+    text
+}
+
+pub fn etcd(cmd: EtcdCommand, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
+    match cmd {
+        EtcdCommand::Credentials { out: dir } => {
+            let cluster = load(inventory)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let written = runtime.block_on(write_credentials(&cluster, &dir)).map_err(|e| {
+                Failure::new(e.to_string())
+                    .hint("the CA is read from the etcd members over SSH; run `capstan apply` first")
+            })?;
+            if out.json() {
+                out.print_json(&written)?;
+            } else {
+                println!("wrote {}", written.dir.display());
+                println!(
+                    "etcdctl --cacert {} --cert {} --key {} --endpoints $(cat {}) endpoint health",
+                    written.ca_file.display(),
+                    written.cert_file.display(),
+                    written.key_file.display(),
+                    written.endpoints_file.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_provisioner::etcd::status::MemberRow;
+
+    #[test]
+    fn status_table() {
+        let row = |name: &str, healthy: bool| MemberRow {
+            name: name.into(),
+            endpoint: format!("https://{name}:2379"),
+            reachable: healthy,
+            healthy,
+            leader: name == "a",
+            version: healthy.then(|| "3.5.1".into()),
+            db_size_bytes: healthy.then_some(20480),
+            raft_index: healthy.then_some(42),
+            raft_term: healthy.then_some(2),
+            cert_not_after: None,
+            cert_days_left: healthy.then_some(364),
+            error: (!healthy).then(|| "cannot connect".into()),
+        };
+        let report = StatusReport {
+            cluster: "demo".into(),
+            members: vec![row("a", true), row("b", false)],
+            unknown_members: vec!["old".into()],
+            healthy: false,
+        };
+        let expected = "\
+MEMBER  REACHABLE  HEALTHY  LEADER  VERSION  DB SIZE   RAFT INDEX  RAFT TERM  CERT EXPIRES
+a       yes        yes      *       3.5.1    20.0 KiB  42          2          in 364d
+b       no         no       -       -        -         -           -          -
+
+b: cannot connect
+member old is not in the inventory
+";
+        assert_eq!(render_status(&report), expected);
+    }
 }

@@ -6,6 +6,9 @@
 //! checksum comes from the mirror's own `SHA256SUMS` file: mirrors may repackage tarballs, so the
 //! upstream checksums do not apply to them.
 
+// Errors carry whole messages (names, versions, what is available); a run produces a handful.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 
 const UPSTREAM_RELEASES: &str = include_str!("../data/upstream-releases.yaml");
@@ -16,7 +19,9 @@ pub enum ReleaseError {
     Table(String),
     #[error("no release table entry for component `{0}`")]
     UnknownComponent(String),
-    #[error("{component} {version} for {arch} has no pinned upstream checksum; versions with pinned checksums: {known}")]
+    #[error(
+        "{component} {version} for {arch} has no pinned upstream checksum; versions with pinned checksums: {known}"
+    )]
     UnpinnedVersion {
         component: String,
         version: String,
@@ -26,8 +31,14 @@ pub enum ReleaseError {
     #[error("invalid version `{0}`: expected MAJOR.MINOR.PATCH")]
     InvalidVersion(String),
     #[error("mirror {mirror}: cannot read {path}: {reason}")]
-    MirrorSums { mirror: String, path: String, reason: String },
-    #[error("mirror {mirror} has no {component} {version} for {arch} (no `{path}` in its SHA256SUMS); it has: {available}")]
+    MirrorSums {
+        mirror: String,
+        path: String,
+        reason: String,
+    },
+    #[error(
+        "mirror {mirror} has no {component} {version} for {arch} (no `{path}` in its SHA256SUMS); it has: {available}"
+    )]
     NotOnMirror {
         mirror: String,
         component: String,
@@ -338,7 +349,10 @@ d1cc2e7e6f26ff9495261c7c90f0c93a96dba293180b46c1da260aac91c24ab0  prometheus/ale
     fn unpinned_version_lists_known_ones() {
         let releases = Releases::embedded().unwrap();
         let err = releases.upstream("etcd", "3.5.1", "amd64").unwrap_err().to_string();
-        assert!(err.starts_with("etcd 3.5.1 for amd64 has no pinned upstream checksum"), "{err}");
+        assert!(
+            err.starts_with("etcd 3.5.1 for amd64 has no pinned upstream checksum"),
+            "{err}"
+        );
         assert!(err.contains("3.6.14, 3.6.13"), "{err}");
         assert!(err.contains("3.5.33"), "{err}");
         assert!(matches!(

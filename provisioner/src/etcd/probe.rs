@@ -26,7 +26,9 @@ pub struct MemberProbe {
     pub ca_cert: Option<String>,
     pub has_ca_key: bool,
     pub server_cert: Option<String>,
+    pub has_server_key: bool,
     pub peer_cert: Option<String>,
+    pub has_peer_key: bool,
     /// The current `etcd.conf.yml`.
     pub config: Option<String>,
     pub active: bool,
@@ -42,18 +44,21 @@ pub fn probe_script(data_dir: &str, pki: &PkiPaths) -> String {
         "data",
         &format!("[ -d {}/member ] && echo yes || echo no", quote(data_dir)),
     );
-    let ca_key = pki.ca_file.trim_end_matches(".crt").to_string() + ".key";
-    section(
-        "ca-key",
-        &format!("[ -s {} ] && echo yes || echo no", quote(&ca_key)),
-    );
+    for (name, path) in [
+        ("ca-key", ca_key_path(pki)),
+        ("server-key", pki.server_key_file.clone()),
+        ("peer-key", pki.peer_key_file.clone()),
+    ] {
+        section(name, &format!("[ -s {} ] && echo yes || echo no", quote(&path)));
+    }
+    // base64 keeps the bytes exact (line endings included), so unchanged files compare equal.
     for (name, path) in [
         ("ca-cert", &pki.ca_file),
         ("server-cert", &pki.server_cert_file),
         ("peer-cert", &pki.peer_cert_file),
         ("config", &DEFAULT_CONFIG_FILE.to_string()),
     ] {
-        section(name, &format!("cat {} 2>/dev/null", quote(path)));
+        section(name, &format!("base64 -w0 {} 2>/dev/null; echo", quote(path)));
     }
     section("active", "systemctl is-active etcd 2>/dev/null");
     section("pid", "systemctl show -p MainPID --value etcd 2>/dev/null");
@@ -72,16 +77,29 @@ pub fn parse_probe(text: &str) -> Result<MemberProbe, String> {
         return Err("output is truncated (no end marker)".into());
     }
     let get = |name: &str| sections.get(name).map(|s| s.trim()).unwrap_or("");
-    let content = |name: &str| sections.get(name).filter(|s| !s.trim().is_empty()).cloned();
+    let content = |name: &str| -> Result<Option<String>, String> {
+        let encoded = get(name);
+        if encoded.is_empty() {
+            return Ok(None);
+        }
+        let bytes = data_encoding::BASE64
+            .decode(encoded.as_bytes())
+            .map_err(|e| format!("{name}: invalid base64: {e}"))?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| format!("{name}: not UTF-8 text"))
+    };
     let yes = |name: &str| get(name) == "yes";
     Ok(MemberProbe {
         arch: normalize_arch(get("arch")),
         has_data: yes("data"),
-        ca_cert: content("ca-cert"),
+        ca_cert: content("ca-cert")?,
         has_ca_key: yes("ca-key"),
-        server_cert: content("server-cert"),
-        peer_cert: content("peer-cert"),
-        config: content("config"),
+        server_cert: content("server-cert")?,
+        has_server_key: yes("server-key"),
+        peer_cert: content("peer-cert")?,
+        has_peer_key: yes("peer-key"),
+        config: content("config")?,
         active: get("active") == "active",
         main_pid: get("pid").parse().ok().filter(|pid| *pid != 0),
     })
@@ -134,17 +152,24 @@ mod tests {
 
     #[test]
     fn parses_a_running_member() {
-        let out = "@@capstan:arch\nx86_64\n@@capstan:data\nyes\n@@capstan:ca-key\nyes\n\
-                   @@capstan:ca-cert\n-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n\
-                   @@capstan:server-cert\n@@capstan:peer-cert\n\
-                   @@capstan:config\nname: \"a\"\ninitial-cluster: \"a=https://10.0.0.1:2380\"\n\
-                   initial-cluster-state: \"new\"\ninitial-cluster-token: \"demo-1a2b\"\n\
-                   @@capstan:active\nactive\n@@capstan:pid\n4242\n@@capstan:end\n";
+        let b64 = |s: &str| data_encoding::BASE64.encode(s.as_bytes());
+        let cert = "-----BEGIN CERTIFICATE-----\r\nAA\r\n-----END CERTIFICATE-----\r\n";
+        let config = "name: \"a\"\ninitial-cluster: \"a=https://10.0.0.1:2380\"\n\
+                      initial-cluster-state: \"new\"\ninitial-cluster-token: \"demo-1a2b\"\n";
+        let out = format!(
+            "@@capstan:arch\nx86_64\n@@capstan:data\nyes\n@@capstan:ca-key\nyes\n@@capstan:server-key\nno\n\
+             @@capstan:ca-cert\n{}\n@@capstan:server-cert\n\n@@capstan:peer-cert\n\n\
+             @@capstan:config\n{}\n@@capstan:active\nactive\n@@capstan:pid\n4242\n@@capstan:end\n",
+            b64(cert),
+            b64(config)
+        );
+        let out = out.as_str();
         let probe = parse_probe(out).unwrap();
         assert_eq!(probe.arch, "amd64");
         assert!(probe.has_data && probe.has_ca_key && probe.active);
         assert_eq!(probe.main_pid, Some(4242));
-        assert!(probe.ca_cert.unwrap().contains("BEGIN CERTIFICATE"));
+        assert_eq!(probe.ca_cert.as_deref(), Some(cert), "exact bytes, CRLF kept");
+        assert!(!probe.has_server_key);
         assert_eq!(probe.server_cert, None);
         let values = parse_bootstrap_values(&probe.config.unwrap()).unwrap();
         assert_eq!(
@@ -159,7 +184,7 @@ mod tests {
 
     #[test]
     fn parses_a_fresh_host_and_rejects_truncated_output() {
-        let out = "@@capstan:arch\naarch64\n@@capstan:data\nno\n@@capstan:ca-key\nno\n@@capstan:config\n\
+        let out = "@@capstan:arch\naarch64\n@@capstan:data\nno\n@@capstan:ca-key\nno\n@@capstan:config\n\n\
                    @@capstan:active\ninactive\n@@capstan:pid\n0\n@@capstan:end\n";
         let probe = parse_probe(out).unwrap();
         assert_eq!(
@@ -170,6 +195,7 @@ mod tests {
             }
         );
         assert!(parse_probe("@@capstan:arch\nx86_64\n").is_err());
+        assert!(parse_probe("@@capstan:config\n!!\n@@capstan:end\n").is_err());
     }
 
     #[test]

@@ -1,0 +1,42 @@
+//! The errors of backup operations. Each says which backup / object / member it concerns.
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("invalid backup id `{id}`: expected YYYYMMDDTHHMMSSZ-xxxx (e.g. 20261128T041500Z-3f9a)")]
+    InvalidId { id: String },
+    #[error("invalid age recipient `{recipient}`: {reason}")]
+    InvalidRecipient { recipient: String, reason: String },
+    #[error("no age recipients given: backups contain the cluster's CA key and are encrypted by default")]
+    NoRecipients,
+    #[error("both recipients and --no-encryption were given; choose one")]
+    RecipientsAndNoEncryption,
+    #[error("reading age identity file {path}: {reason}")]
+    Identity { path: String, reason: String },
+    #[error("no identity in {path} can decrypt {object} of backup {id} (it is encrypted to {recipients})")]
+    WrongIdentity {
+        path: String,
+        id: String,
+        object: String,
+        recipients: String,
+    },
+    #[error("no backup `{id}` in {store}")]
+    NotFound { id: String, store: String },
+    #[error("no complete backup in {store}")]
+    NoCompleteBackup { store: String },
+    #[error("backup {id} is incomplete (no manifest.json): it was interrupted or is still being written")]
+    Incomplete { id: String },
+    #[error("manifest of backup {id} is invalid: {reason}")]
+    InvalidManifest { id: String, reason: String },
+    #[error("etcd snapshot failed on every member: {attempts}")]
+    Snapshot { attempts: String },
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("encrypting {object}: {reason}")]
+    Encrypt { object: String, reason: String },
+    #[error("building the PKI archive: {0}")]
+    PkiArchive(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

@@ -1,0 +1,195 @@
+//! Shared by `apply`, `status` and `credentials`: the inventory's etcd hosts, SSH connections to
+//! them, their probed state, and the cluster CA read from the members (the PKI lives there, not
+//! on the operator machine).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_inventory::{Cluster, Host, Role};
+
+use super::client::{EtcdEndpoint, EtcdTls};
+use super::config::{ClusterMember, MemberSettings, PkiPaths, DEFAULT_CLIENT_PORT, DEFAULT_PKI_DIR};
+use super::probe::{ca_key_path, probe_member, MemberProbe};
+use crate::ops::shell::quote;
+use crate::ops::OpError;
+use crate::pki::{CertRequest, CertificateAuthority, PkiError, ADMIN_CLIENT_CN};
+use crate::pool::Connections;
+use crate::targets::ssh_target;
+use crate::transport::{ExecOptions, Transport, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("the inventory has no host with role `etcd`")]
+    NoEtcdHosts,
+    #[error("{0}")]
+    Op(#[from] OpError),
+    #[error("{host}: the CA on this member is unusable: {source}")]
+    BadCa { host: String, source: PkiError },
+    #[error("no reachable etcd member has the cluster CA ({pki_dir}/ca.crt and ca.key)")]
+    NoCa { pki_dir: String },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+/// An inventory etcd host: where it is, how it is reached, and (when reachable) its state.
+#[derive(Clone)]
+pub struct EtcdHost {
+    pub host: Host,
+    pub transport: Option<Arc<dyn Transport>>,
+    pub connect_error: Option<String>,
+    pub connect_hint: Option<&'static str>,
+    pub probe: Option<MemberProbe>,
+    pub probe_error: Option<String>,
+}
+
+impl EtcdHost {
+    pub fn name(&self) -> &str {
+        &self.host.name
+    }
+
+    /// How the other members see it.
+    pub fn member(&self) -> ClusterMember {
+        ClusterMember::new(self.host.name.clone(), self.host.private_address.clone())
+    }
+
+    /// What the operator (this machine) connects to: the inventory `address`.
+    pub fn operator_endpoint(&self) -> EtcdEndpoint {
+        EtcdEndpoint::https(&self.host.address, DEFAULT_CLIENT_PORT)
+    }
+}
+
+/// Per-member settings from the inventory (data dir) with capstan's defaults.
+pub fn member_settings(cluster: &Cluster) -> MemberSettings {
+    MemberSettings {
+        data_dir: cluster.etcd.data_dir.display().to_string(),
+        ..MemberSettings::default()
+    }
+}
+
+pub fn pki_paths() -> PkiPaths {
+    PkiPaths::under(DEFAULT_PKI_DIR)
+}
+
+/// Connects to every etcd host (and probes it), at most `parallelism` at a time. With
+/// `connect_timeout`, the inventory's SSH connect timeout is capped (status must not hang).
+pub async fn inspect_hosts(
+    cluster: &Cluster,
+    parallelism: usize,
+    connect_timeout: Option<Duration>,
+) -> Result<(Vec<EtcdHost>, Connections), InspectError> {
+    let hosts: Vec<Host> = cluster.hosts_with_role(Role::Etcd).cloned().collect();
+    if hosts.is_empty() {
+        return Err(InspectError::NoEtcdHosts);
+    }
+    let targets: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let mut target = ssh_target(h);
+            if let Some(cap) = connect_timeout {
+                target.connect_timeout = target.connect_timeout.min(cap);
+            }
+            target
+        })
+        .collect();
+    let (conns, mut failures) = Connections::connect(&targets, parallelism).await;
+    let settings = member_settings(cluster);
+    let pki = pki_paths();
+    let probes = futures::future::join_all(hosts.iter().map(|h| {
+        let transport = conns.get(&h.name);
+        let settings = &settings;
+        let pki = &pki;
+        async move {
+            match transport {
+                Some(t) => Some(probe_member(t.as_ref(), &settings.data_dir, pki).await),
+                None => None,
+            }
+        }
+    }))
+    .await;
+    let etcd_hosts = hosts
+        .into_iter()
+        .zip(probes)
+        .map(|(host, probe)| {
+            let (probe, probe_error) = match probe {
+                Some(Ok(p)) => (Some(p), None),
+                Some(Err(e)) => (None, Some(e.to_string())),
+                None => (None, None),
+            };
+            let failure = failures.remove(&host.name);
+            EtcdHost {
+                transport: conns.get(&host.name),
+                connect_hint: failure.as_ref().and_then(TransportError::hint),
+                connect_error: failure.map(|e| e.to_string()),
+                probe,
+                probe_error,
+                host,
+            }
+        })
+        .collect();
+    Ok((etcd_hosts, conns))
+}
+
+/// Reads the CA key from `host` (never logged; kept in memory only) and loads the CA.
+pub async fn read_ca(host: &EtcdHost) -> Result<CertificateAuthority, InspectError> {
+    let (Some(t), Some(probe)) = (&host.transport, &host.probe) else {
+        return Err(InspectError::NoCa {
+            pki_dir: DEFAULT_PKI_DIR.into(),
+        });
+    };
+    let cert = probe.ca_cert.clone().unwrap_or_default();
+    let command = format!("cat -- {}", quote(&ca_key_path(&pki_paths())));
+    let output = t.exec(&command, &ExecOptions::default()).await.map_err(OpError::from)?;
+    if !output.success() {
+        // stderr only; stdout (the key) is never part of an error.
+        return Err(InspectError::Op(OpError::CommandFailed {
+            host: host.name().to_string(),
+            command,
+            status: format!("{:?}", output.exit_code),
+            stderr: output.stderr_str().trim().to_string(),
+        }));
+    }
+    let key = String::from_utf8(output.stdout).map_err(|_| InspectError::BadCa {
+        host: host.name().to_string(),
+        source: PkiError::InvalidCaCertificate("the CA key is not text".into()),
+    })?;
+    CertificateAuthority::from_pem(&cert, &key).map_err(|source| InspectError::BadCa {
+        host: host.name().to_string(),
+        source,
+    })
+}
+
+/// The first member (inventory order) that has both CA files.
+pub fn ca_holder(hosts: &[EtcdHost]) -> Option<&EtcdHost> {
+    hosts
+        .iter()
+        .find(|h| h.probe.as_ref().is_some_and(|p| p.ca_cert.is_some() && p.has_ca_key))
+}
+
+/// The CA from the first member that has it.
+pub async fn fetch_ca(hosts: &[EtcdHost]) -> Result<CertificateAuthority, InspectError> {
+    match ca_holder(hosts) {
+        Some(holder) => read_ca(holder).await,
+        None => Err(InspectError::NoCa {
+            pki_dir: DEFAULT_PKI_DIR.into(),
+        }),
+    }
+}
+
+/// A fresh in-memory admin client identity for talking to the cluster.
+pub fn admin_tls(ca: &CertificateAuthority) -> Result<EtcdTls, PkiError> {
+    let issued = ca.issue(&CertRequest::client(ADMIN_CLIENT_CN))?;
+    Ok(EtcdTls {
+        ca_cert_pem: ca.cert_pem().to_string(),
+        client_cert_pem: issued.cert_pem,
+        client_key_pem: issued.key_pem,
+    })
+}
+
+/// Operator endpoints by member name.
+pub fn operator_endpoints(hosts: &[EtcdHost]) -> BTreeMap<String, EtcdEndpoint> {
+    hosts
+        .iter()
+        .map(|h| (h.name().to_string(), h.operator_endpoint()))
+        .collect()
+}
