@@ -66,9 +66,13 @@ pub enum Command {
     /// etcd operator tools.
     #[command(subcommand)]
     Etcd(EtcdCommand),
-    /// Encrypted etcd snapshots to S3 or a directory: create, list, verify, prune.
+    /// Encrypted etcd snapshots to S3 or a directory: create, list, verify, prune, schedule.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Bring up etcd on the inventory's hosts from a backup (new addresses, same CA).
+    Restore(RestoreArgs),
+    /// Disaster-recovery drill: restore a backup into a throwaway cluster, verify it, report RTO/RPO.
+    Drill(DrillArgs),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -245,6 +249,17 @@ pub enum BackupCommand {
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
     },
+    /// Install (or remove) a systemd timer on the etcd members that takes backups on a calendar.
+    Schedule {
+        #[command(flatten)]
+        target: BackupTargetArgs,
+        /// systemd OnCalendar expression (default: the inventory's backup.schedule).
+        #[arg(long, value_name = "CALENDAR")]
+        on_calendar: Option<String>,
+        /// Uninstall the timer, service, binary and credentials.
+        #[arg(long)]
+        remove: bool,
+    },
     /// Delete backups outside the retention policy (and incomplete ones); never the newest complete backup.
     Prune {
         #[command(flatten)]
@@ -253,4 +268,49 @@ pub enum BackupCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup id, or `latest`.
+    #[arg(long, value_name = "ID")]
+    pub from: String,
+    #[command(flatten)]
+    pub target: BackupTargetArgs,
+    /// age identity file to decrypt the backup with.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Restore even onto hosts that already run etcd with data (a safety snapshot is taken first).
+    #[arg(long)]
+    pub force: bool,
+    /// Add this much to the restored revision (Kubernetes watch caches); needs etcdutl from etcd 3.5.
+    #[arg(long, value_name = "N")]
+    pub bump_revision: Option<u64>,
+    /// Mark the bumped revisions compacted (with --bump-revision).
+    #[arg(long)]
+    pub mark_compacted: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Backup id, or `latest`.
+    #[arg(long, value_name = "ID", default_value = "latest")]
+    pub from: String,
+    #[command(flatten)]
+    pub target: BackupTargetArgs,
+    /// age identity file to decrypt the backup with.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Where to restore: `lab` (a fresh local lab, the default) or an inventory file.
+    #[arg(long = "drill-target", value_name = "lab|INVENTORY", default_value = "lab")]
+    pub drill_target: String,
+    /// Write the report here (FILE.json and FILE.md).
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// A key or prefix (ending in `*`) that must exist after the restore; repeatable.
+    #[arg(long = "expect-key", value_name = "KEY")]
+    pub expect_keys: Vec<String>,
+    /// Keep the drill target running afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }

@@ -81,7 +81,18 @@ pub fn run(cmd: BackupCommand, inventory: Option<&Path>, out: &Output) -> anyhow
             };
             runtime.block_on(prune(&url, &target, &options, out))
         }
+        BackupCommand::Schedule { target, on_calendar, remove } => schedule(target, on_calendar, remove, inventory, out),
     }
+}
+
+fn schedule(
+    _target: BackupTargetArgs,
+    _on_calendar: Option<String>,
+    _remove: bool,
+    _inventory: Option<&Path>,
+    _out: &Output,
+) -> anyhow::Result<ExitCode> {
+    Err(Failure::new("backup schedule is not available yet").into())
 }
 
 /// list and verify need the inventory only for the target.
