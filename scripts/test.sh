@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# The full test suite: unit tests and integration tests on real lab machines, real sshd and real etcd.
+# The full test suite: unit tests and integration tests on real lab machines, real sshd, real etcd and a real
+# S3 server. Run as root on Debian 12 / Ubuntu; installs what it needs first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CAPSTAN_MIRROR_DIR="${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
+
+cargo build -q -p capstan-cli
+capstan="${CARGO_TARGET_DIR:-$PWD/target}/debug/capstan"
+labs() { "$capstan" lab list --output json | python3 -c 'import json,sys; print("\n".join(sorted(l["name"] for l in json.load(sys.stdin))))'; }
+before=$(labs)
+
 status=0
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --profile ci || status=$?
 else
   cargo test --workspace || status=$?
 fi
-# Tests clean up after themselves (also on failure); this catches anything a killed test left.
-cargo run -q -p capstan-cli -- lab list --output json | grep -q '"name"' && {
-  echo "test: labs left behind; removing them" >&2
-  for lab in $(cargo run -q -p capstan-cli -- lab list --output json | python3 -c 'import json,sys; print(" ".join(l["name"] for l in json.load(sys.stdin)))'); do
-    cargo run -q -p capstan-cli -- lab down --name "$lab" || true
-  done
+
+# Tests clean up after themselves, also on failure. A lab that appeared during the run and is still
+# there means a test leaked it: remove it and fail.
+leaked=$(comm -13 <(echo "$before") <(labs) | grep . || true)
+if [ -n "$leaked" ]; then
+  echo "test: labs left behind by the tests: $leaked" >&2
+  for lab in $leaked; do "$capstan" lab down --name "$lab" || true; done
   status=1
-}
+fi
 exit $status
