@@ -260,6 +260,13 @@ pub enum BackupCommand {
         #[arg(long)]
         remove: bool,
     },
+    /// One scheduled backup on an etcd member (what the installed timer runs).
+    #[command(hide = true)]
+    Run {
+        /// The member's schedule config, written by `capstan backup schedule`.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Delete backups outside the retention policy (and incomplete ones); never the newest complete backup.
     Prune {
         #[command(flatten)]

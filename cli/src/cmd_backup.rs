@@ -7,25 +7,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use capstan_backup::metrics::DEFAULT_METRICS_FILE;
+use capstan_backup::schedule::{
+    check_calendar, environment_file, run_scheduled, InstalledBinary, RemovedUnit, RetentionConfig, RunOutcome,
+    ScheduleConfig, BINARY_PATH, CONFIG_DIR, CONFIG_PATH, ENVIRONMENT_PATH, INVENTORY_PATH, LOCAL_ENDPOINT, PKI_DIR,
+    SERVICE_UNIT, TIMER_UNIT,
+};
 use capstan_backup::{
     parse_recipients_file, BackupError, BackupSummary, CreateRequest, Decision, Encryption, EtcdSource, Progress,
     ProgressFn, PruneOptions, Retention, S3Options, Store, StoreError, StoreUrl, VerifyReport, VerifyTarget,
     DEFAULT_INCOMPLETE_GRACE,
 };
-use capstan_inventory::{Cluster, Role};
-use capstan_provisioner::etcd::client::{EtcdEndpoint, EtcdTls};
-use capstan_provisioner::etcd::config::DEFAULT_CLIENT_PORT;
-use capstan_provisioner::pki::{CertRequest, CertificateAuthority, BACKUP_CLIENT_CN};
-use capstan_provisioner::pool::Connections;
-use capstan_provisioner::targets::ssh_target;
+use capstan_inventory::Cluster;
+use capstan_provisioner::etcd::client::EtcdTls;
+use capstan_provisioner::etcd::inspect::{fetch_ca, inspect_hosts, operator_endpoints, EtcdHost};
+use capstan_provisioner::ops::shell::quote;
+use capstan_provisioner::ops::{Absent, Command, Directory, File, OperationExt, Service, SystemdUnit};
+use capstan_provisioner::pki::{CertRequest, BACKUP_CLIENT_CN};
+use capstan_provisioner::report::{render_changes, render_summary};
+use capstan_provisioner::runner::{self, HostOps, Mode, NoProgress, RunOptions, Runner};
 use capstan_provisioner::transport::ExecOptions;
 
 use crate::cli::{BackupCommand, BackupTargetArgs};
 use crate::cmd_inventory::load;
 use crate::output::{table, Failure, Output};
-
-/// The CA files on etcd members, backed up as the cluster's PKI.
-const CA_FILES: [(&str, &str); 2] = [("ca.crt", "/etc/etcd/pki/ca.crt"), ("ca.key", "/etc/etcd/pki/ca.key")];
 
 /// Progress lines on stderr every this many snapshot bytes.
 const PROGRESS_STEP: u64 = 64 * 1024 * 1024;
@@ -81,18 +86,16 @@ pub fn run(cmd: BackupCommand, inventory: Option<&Path>, out: &Output) -> anyhow
             };
             runtime.block_on(prune(&url, &target, &options, out))
         }
-        BackupCommand::Schedule { target, on_calendar, remove } => schedule(target, on_calendar, remove, inventory, out),
+        BackupCommand::Schedule {
+            target,
+            on_calendar,
+            remove,
+        } => {
+            let cluster = load(inventory)?;
+            runtime.block_on(schedule(&cluster, &target, on_calendar, remove, out))
+        }
+        BackupCommand::Run { config } => runtime.block_on(run_member(&config, out)),
     }
-}
-
-fn schedule(
-    _target: BackupTargetArgs,
-    _on_calendar: Option<String>,
-    _remove: bool,
-    _inventory: Option<&Path>,
-    _out: &Output,
-) -> anyhow::Result<ExitCode> {
-    Err(Failure::new("backup schedule is not available yet").into())
 }
 
 /// list and verify need the inventory only for the target.
@@ -166,64 +169,54 @@ fn backup_failure(error: BackupError) -> Failure {
     }
 }
 
-/// How to reach etcd and what PKI to back up: the CA is read over SSH from the first etcd
-/// member (inventory order) and a short-lived `capstan-backup` client certificate is issued
-/// in memory; endpoints are the members' inventory addresses.
+/// How to reach etcd and what PKI to back up: the CA is read over SSH from the first
+/// reachable member that holds it and a short-lived `capstan-backup` client certificate is
+/// issued in memory; the snapshot sources are the members reachable over SSH (inventory
+/// addresses), so a backup works while any CA holder is up.
 async fn etcd_access(cluster: &Cluster) -> anyhow::Result<(EtcdSource, Vec<(String, Vec<u8>)>)> {
-    let members: Vec<_> = cluster.hosts_with_role(Role::Etcd).collect();
-    let Some(first) = members.first() else {
-        return Err(Failure::new("the inventory has no etcd hosts")
-            .hint("give at least one host the etcd role")
-            .code(2)
-            .into());
-    };
-    let (connections, failures) = Connections::connect(&[ssh_target(first)], 1).await;
-    if let Some(error) = failures.into_values().next() {
-        let failure = Failure::new(format!("reading the etcd CA: {error}"));
-        return Err(match error.hint() {
-            Some(hint) => failure.hint(hint),
-            None => failure,
-        }
-        .into());
-    }
-    let transport = connections.get(&first.name).expect("connected above");
-    let mut pki_files = Vec::new();
-    for (name, path) in CA_FILES {
-        let output = transport
-            .exec(&format!("cat {path}"), &ExecOptions::default())
-            .await
-            .map_err(|e| Failure::new(format!("reading {path} on {}: {e}", first.name)))?;
-        if !output.success() {
-            connections.close_all().await;
-            return Err(Failure::new(format!(
-                "reading {path} on {}: {}",
-                first.name,
-                output.stderr_str().trim()
-            ))
-            .hint("run `capstan apply` first: backups need the cluster's etcd CA")
-            .into());
-        }
-        pki_files.push((name.to_string(), output.stdout));
-    }
+    let (hosts, connections) = inspect_hosts(cluster, 8, None).await.map_err(inspect_failure)?;
+    let ca = fetch_ca(&hosts).await;
     connections.close_all().await;
-    let text = |index: usize| String::from_utf8_lossy(&pki_files[index].1).into_owned();
-    let ca = CertificateAuthority::from_pem(&text(0), &text(1))
-        .map_err(|e| Failure::new(format!("the etcd CA on {}: {e}", first.name)))?;
+    let ca = ca.map_err(|e| {
+        let unreachable = unreachable_hosts(&hosts);
+        let mut message = e.to_string();
+        if !unreachable.is_empty() {
+            message.push_str(&format!(" (unreachable: {})", unreachable.join(", ")));
+        }
+        Failure::new(message).hint("run `capstan apply` first, or bring a member holding the CA back")
+    })?;
     let client = ca
         .issue(&CertRequest::client(BACKUP_CLIENT_CN))
         .map_err(|e| Failure::new(format!("issuing the backup client certificate: {e}")))?;
+    let reachable: Vec<EtcdHost> = hosts.iter().filter(|h| h.transport.is_some()).cloned().collect();
     let source = EtcdSource {
-        endpoints: members
-            .iter()
-            .map(|h| EtcdEndpoint::https(&h.address, DEFAULT_CLIENT_PORT))
-            .collect(),
+        endpoints: operator_endpoints(&reachable).into_values().collect(),
         tls: EtcdTls {
             ca_cert_pem: ca.cert_pem().to_string(),
             client_cert_pem: client.cert_pem,
             client_key_pem: client.key_pem,
         },
     };
+    let pki_files = vec![
+        ("ca.crt".to_string(), ca.cert_pem().as_bytes().to_vec()),
+        ("ca.key".to_string(), ca.key_pem().as_bytes().to_vec()),
+    ];
     Ok((source, pki_files))
+}
+
+fn inspect_failure(e: capstan_provisioner::etcd::inspect::InspectError) -> Failure {
+    Failure::new(e.to_string()).hint("give at least one host the etcd role and run `capstan apply`")
+}
+
+fn unreachable_hosts(hosts: &[EtcdHost]) -> Vec<String> {
+    hosts
+        .iter()
+        .filter(|h| h.transport.is_none())
+        .map(|h| match &h.connect_error {
+            Some(e) => format!("{} ({e})", h.name()),
+            None => h.name().to_string(),
+        })
+        .collect()
 }
 
 fn stderr_progress(out: &Output) -> Option<ProgressFn> {
@@ -418,6 +411,322 @@ async fn prune(
         }
     ));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `capstan backup schedule [--remove]`: converge every etcd member to "timer installed"
+/// (or "nothing installed") through the ops engine, so a re-run changes nothing.
+async fn schedule(
+    cluster: &Cluster,
+    target: &BackupTargetArgs,
+    on_calendar: Option<String>,
+    remove: bool,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
+    let inputs = if remove {
+        None
+    } else {
+        Some(install_inputs(cluster, target, on_calendar)?)
+    };
+    let (hosts, connections) = inspect_hosts(cluster, 8, None).await.map_err(inspect_failure)?;
+    let unreachable = unreachable_hosts(&hosts);
+    if !unreachable.is_empty() {
+        connections.close_all().await;
+        return Err(
+            Failure::new(format!("etcd members unreachable over SSH: {}", unreachable.join(", ")))
+                .hint("every etcd member gets the timer; run `capstan check` and try again when all are up")
+                .into(),
+        );
+    }
+    let plans = match inputs {
+        None => removal_ops(&hosts),
+        Some(inputs) => match install_ops(cluster, target, inputs, &hosts).await {
+            Ok(plans) => plans,
+            Err(e) => {
+                connections.close_all().await;
+                return Err(e);
+            }
+        },
+    };
+    let progress = if out.quiet {
+        Arc::new(NoProgress) as Arc<dyn runner::Progress>
+    } else {
+        runner::stderr_progress()
+    };
+    let runner = Runner::new(
+        RunOptions {
+            mode: Mode::Apply,
+            ..RunOptions::default()
+        },
+        progress,
+    );
+    let report = runner.run(plans).await;
+    connections.close_all().await;
+    if out.json() {
+        out.print_json(&serde_json::json!({ "summary": &report }))?;
+    } else {
+        if out.verbose > 0 {
+            print!("{}", render_changes(&report, out.color, false));
+        }
+        print!("{}", render_summary(&report, out.color));
+    }
+    let totals = report.totals();
+    out.status(format!(
+        "backup schedule {} in {:.1}s: {} ok, {} changed, {} failed",
+        if remove { "removed" } else { "installed" },
+        report.elapsed.as_secs_f64(),
+        totals.ok,
+        totals.changed,
+        totals.failed
+    ));
+    if report.success() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    Err(Failure::new(format!("failed on {}", report.failed_hosts().join(", ")))
+        .hint("see the errors above; fix them and run `capstan backup schedule` again")
+        .into())
+}
+
+/// The calendar: `--on-calendar`, else the inventory's `backup.schedule`.
+fn calendar(cluster: &Cluster, flag: Option<String>) -> anyhow::Result<String> {
+    let calendar = flag
+        .or_else(|| cluster.backup.as_ref().and_then(|b| b.schedule.clone()))
+        .ok_or_else(|| {
+            Failure::new("no backup schedule")
+                .hint("pass --on-calendar '*-*-* 02:00:00' (systemd OnCalendar syntax) or set backup.schedule")
+                .code(2)
+        })?;
+    check_calendar(&calendar).map_err(|e| Failure::new(e.to_string()).code(2))?;
+    Ok(calendar)
+}
+
+/// Let one member's systemd judge the calendar expression before it goes into a unit.
+async fn validate_calendar_on(host: &EtcdHost, calendar: &str) -> anyhow::Result<()> {
+    let Some(transport) = &host.transport else {
+        return Ok(());
+    };
+    let command = format!("systemd-analyze calendar -- {}", quote(calendar));
+    let output = transport
+        .exec(&command, &ExecOptions::default())
+        .await
+        .map_err(|e| Failure::new(format!("{}: checking the calendar: {e}", host.name())))?;
+    if output.success() {
+        return Ok(());
+    }
+    let detail = output.stderr_str().trim().to_string();
+    Err(
+        Failure::new(format!("invalid OnCalendar expression {calendar:?}: {detail}"))
+            .hint("see `man systemd.time` (CALENDAR EVENTS), e.g. '*-*-* 02:00:00' or 'hourly'")
+            .code(2)
+            .into(),
+    )
+}
+
+/// What install needs from the inventory and flags, checked before connecting anywhere.
+struct InstallInputs {
+    on_calendar: String,
+    url: StoreUrl,
+    recipients: Vec<String>,
+}
+
+fn install_inputs(
+    cluster: &Cluster,
+    target: &BackupTargetArgs,
+    on_calendar: Option<String>,
+) -> anyhow::Result<InstallInputs> {
+    let on_calendar = calendar(cluster, on_calendar)?;
+    let url = target_url(target, Some(cluster))?;
+    // Scheduled backups are always encrypted: the timer has nobody to say --no-encryption.
+    let recipients = cluster
+        .backup
+        .as_ref()
+        .map(|b| b.recipients.clone())
+        .unwrap_or_default();
+    Encryption::from_args(&recipients, false).map_err(|e| {
+        Failure::new(format!("scheduled backups: {e}"))
+            .hint("set backup.recipients in the inventory (age-keygen prints a recipient; keep the identity offline)")
+    })?;
+    Ok(InstallInputs {
+        on_calendar,
+        url,
+        recipients,
+    })
+}
+
+async fn install_ops(
+    cluster: &Cluster,
+    target: &BackupTargetArgs,
+    inputs: InstallInputs,
+    hosts: &[EtcdHost],
+) -> anyhow::Result<Vec<HostOps>> {
+    let InstallInputs {
+        on_calendar,
+        url,
+        recipients,
+    } = inputs;
+    if let Some(first) = hosts.first() {
+        validate_calendar_on(first, &on_calendar).await?;
+    }
+    let environment = environment_file(|name| std::env::var(name).ok()).map_err(|e| Failure::new(e.to_string()))?;
+    let executable =
+        std::env::current_exe().map_err(|e| Failure::new(format!("finding the running capstan executable: {e}")))?;
+    let inventory = std::fs::read(&cluster.source_path)
+        .map_err(|e| Failure::new(format!("reading {}: {e}", cluster.source_path.display())))?;
+    let retention = cluster.backup.as_ref().map(|b| b.retention).unwrap_or_default();
+    let context = serde_json::json!({
+        "cluster_name": cluster.name,
+        "binary": BINARY_PATH,
+        "config_file": CONFIG_PATH,
+        "environment_file": ENVIRONMENT_PATH,
+        "on_calendar": on_calendar,
+        "service": SERVICE_UNIT,
+    });
+    let render = |name: &str| capstan_templates::render(name, &context).map_err(|e| Failure::new(e.to_string()));
+    let service_unit = render("backup/capstan-backup.service")?;
+    let timer_unit = render("backup/capstan-backup.timer")?;
+    let op_failure = |e: capstan_provisioner::ops::OpError| Failure::new(e.to_string());
+
+    let mut plans = Vec::new();
+    for host in hosts {
+        let Some(transport) = host.transport.clone() else {
+            continue;
+        };
+        let config = ScheduleConfig {
+            cluster: cluster.name.clone(),
+            member: host.name().to_string(),
+            target: url.to_string(),
+            s3_path_style: target.s3_path_style,
+            recipients: recipients.clone(),
+            retention: RetentionConfig {
+                keep_last: retention.keep_last,
+                daily: retention.daily,
+                weekly: retention.weekly,
+                monthly: retention.monthly,
+            },
+            inventory: INVENTORY_PATH.into(),
+            pki_dir: PKI_DIR.into(),
+            local_endpoint: LOCAL_ENDPOINT.into(),
+            metrics_file: DEFAULT_METRICS_FILE.into(),
+        };
+        let config_yaml = format!(
+            "# Managed by capstan (`capstan backup schedule`); changes here are overwritten.\n{}",
+            serde_yaml::to_string(&config).map_err(|e| Failure::new(format!("rendering {CONFIG_PATH}: {e}")))?
+        );
+        let mut ops = HostOps::new(transport);
+        ops.push(Directory::new(CONFIG_DIR).mode(0o700).owner("root").group("root"));
+        ops.push(InstalledBinary::new(&executable, BINARY_PATH).map_err(op_failure)?);
+        ops.push(
+            File::new(CONFIG_PATH, config_yaml)
+                .mode(0o600)
+                .owner("root")
+                .group("root"),
+        );
+        ops.push(
+            File::new(ENVIRONMENT_PATH, environment.clone())
+                .mode(0o600)
+                .owner("root")
+                .group("root")
+                .sensitive(true),
+        );
+        ops.push(
+            File::new(INVENTORY_PATH, inventory.clone())
+                .mode(0o600)
+                .owner("root")
+                .group("root")
+                .sensitive(true),
+        );
+        ops.push(SystemdUnit::new(SERVICE_UNIT, service_unit.clone()).map_err(op_failure)?);
+        ops.push(
+            SystemdUnit::new(TIMER_UNIT, timer_unit.clone())
+                .map_err(op_failure)?
+                .notify([TIMER_UNIT]),
+        );
+        ops.push(
+            Service::new(TIMER_UNIT)
+                .map_err(op_failure)?
+                .enabled(true)
+                .running(true),
+        );
+        plans.push(ops);
+    }
+    Ok(plans)
+}
+
+fn removal_ops(hosts: &[EtcdHost]) -> Vec<HostOps> {
+    let mut plans = Vec::new();
+    for host in hosts {
+        let Some(transport) = host.transport.clone() else {
+            continue;
+        };
+        let mut ops = HostOps::new(transport);
+        // Unit names are constants that pass validation; a failure here is a bug.
+        if let Ok(timer) = Service::new(TIMER_UNIT) {
+            ops.push(timer.enabled(false).running(false));
+        }
+        if let Ok(service) = Service::new(SERVICE_UNIT) {
+            ops.push(service.running(false));
+        }
+        ops.push(RemovedUnit::new(TIMER_UNIT));
+        ops.push(RemovedUnit::new(SERVICE_UNIT));
+        for path in [
+            CONFIG_PATH,
+            ENVIRONMENT_PATH,
+            INVENTORY_PATH,
+            BINARY_PATH,
+            DEFAULT_METRICS_FILE,
+        ] {
+            ops.push(Absent::new(path));
+        }
+        // The directory only when nothing else lives there.
+        let dir = quote(CONFIG_DIR);
+        ops.push(
+            Command::new(
+                &format!("remove empty directory {CONFIG_DIR}"),
+                &format!("rmdir -- {dir}"),
+            )
+            .unless(&format!("[ ! -d {dir} ] || [ -n \"$(ls -A -- {dir})\" ]")),
+        );
+        plans.push(ops);
+    }
+    plans
+}
+
+/// `capstan backup run --config FILE` on a member (the timer's service). Exit 0 when this
+/// member is not the leader or the backup succeeded; non-zero (a failed unit) otherwise.
+async fn run_member(config_path: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(config_path)
+        .map_err(|e| Failure::new(format!("reading {}: {e}", config_path.display())))?;
+    let config: ScheduleConfig = serde_yaml::from_str(&text).map_err(|e| {
+        Failure::new(format!("{}: {e}", config_path.display())).hint("run `capstan backup schedule` again")
+    })?;
+    match run_scheduled(&config).await {
+        Ok(RunOutcome::NotLeader) => {
+            out.status(format!(
+                "{}: not the etcd leader; the leader takes this backup",
+                config.member
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(RunOutcome::BackedUp {
+            manifest,
+            prune,
+            elapsed_secs,
+        }) => {
+            println!("{}", manifest.id);
+            out.status(format!(
+                "{}: backup {} complete: {} at revision {} from {} in {elapsed_secs:.1}s; prune deleted {} of {}",
+                config.member,
+                manifest.id,
+                human_bytes(manifest.stored_size()),
+                manifest.revision,
+                manifest.source_member,
+                prune.deleted().count(),
+                prune.backups.len()
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(capstan_backup::schedule::ScheduleError::Backup(e)) => Err(backup_failure(e).into()),
+        Err(e) => Err(Failure::new(format!("{}: {e}", config.member)).into()),
+    }
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -18,6 +18,14 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("lab/motd", include_str!("../files/lab/motd.j2")),
     ("etcd/etcd.conf.yml", include_str!("../files/etcd/etcd.conf.yml.j2")),
     ("etcd/etcd.service", include_str!("../files/etcd/etcd.service.j2")),
+    (
+        "backup/capstan-backup.service",
+        include_str!("../files/backup/capstan-backup.service.j2"),
+    ),
+    (
+        "backup/capstan-backup.timer",
+        include_str!("../files/backup/capstan-backup.timer.j2"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

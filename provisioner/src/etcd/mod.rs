@@ -10,3 +10,4 @@ pub mod config;
 pub mod inspect;
 pub mod probe;
 pub mod status;
+pub mod restore;

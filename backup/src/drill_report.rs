@@ -1,0 +1,290 @@
+//! The report of a disaster-recovery drill: what was restored where, every check, RTO and RPO;
+//! rendered as JSON (serde), Markdown and Prometheus textfile metrics.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// The textfile collector file drills write (node-exporter's `--collector.textfile.directory`).
+pub const DRILL_METRICS_FILE: &str = "capstan_drill.prom";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrillCheck {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrillStep {
+    pub step: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DrillReport {
+    pub backup_id: String,
+    pub cluster: String,
+    /// When the backup was taken (RFC 3339).
+    pub backup_created: String,
+    pub backup_revision: i64,
+    pub etcd_version: String,
+    pub member_count: usize,
+    /// Where it was restored: `lab <name>` or an inventory path.
+    pub target: String,
+    /// When the drill started (RFC 3339).
+    pub started: String,
+    /// Restore start → cluster healthy and verified; `None` when it never got there.
+    pub rto_seconds: Option<f64>,
+    /// Backup creation → drill start: the data a disaster now would lose.
+    pub rpo_seconds: Option<f64>,
+    /// The store revision of the restored cluster (lowest member).
+    pub restored_revision: Option<i64>,
+    pub total_seconds: f64,
+    pub steps: Vec<DrillStep>,
+    pub checks: Vec<DrillCheck>,
+    /// Why the drill stopped early, when it did.
+    pub failure: Option<String>,
+    pub notes: Vec<String>,
+    pub kept: bool,
+    pub success: bool,
+}
+
+impl DrillReport {
+    /// Success: no early failure and every check passed (and there was at least one).
+    pub fn settle(&mut self) {
+        self.success = self.failure.is_none() && !self.checks.is_empty() && self.checks.iter().all(|c| c.ok);
+    }
+}
+
+pub fn now_utc() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+pub fn unix_now() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+pub fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_else(|_| at.to_string())
+}
+
+/// Seconds from `created` (RFC 3339) to `at`; `None` when `created` doesn't parse.
+pub fn rpo_seconds(created: &str, at: OffsetDateTime) -> Option<f64> {
+    let created = OffsetDateTime::parse(created, &Rfc3339).ok()?;
+    Some((at - created).as_seconds_f64().max(0.0))
+}
+
+fn seconds(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_string(), |s| format!("{s:.1} s"))
+}
+
+pub fn render_markdown(report: &DrillReport) -> String {
+    let mut md = String::new();
+    let verdict = if report.success { "PASSED" } else { "FAILED" };
+    md.push_str(&format!("# capstan DR drill: {verdict}\n\n"));
+    md.push_str("| | |\n|---|---|\n");
+    let rows = [
+        ("backup", report.backup_id.clone()),
+        ("cluster", report.cluster.clone()),
+        ("backup taken", report.backup_created.clone()),
+        ("backup revision", report.backup_revision.to_string()),
+        ("etcd version", report.etcd_version.clone()),
+        ("members", report.member_count.to_string()),
+        ("restored into", report.target.clone()),
+        ("drill started", report.started.clone()),
+        ("RTO (restore → healthy and verified)", seconds(report.rto_seconds)),
+        ("RPO (backup age at drill time)", seconds(report.rpo_seconds)),
+        (
+            "restored revision",
+            report
+                .restored_revision
+                .map_or_else(|| "n/a".to_string(), |r| r.to_string()),
+        ),
+        ("total drill time", seconds(Some(report.total_seconds))),
+        ("target kept", if report.kept { "yes" } else { "no" }.to_string()),
+    ];
+    for (key, value) in rows {
+        md.push_str(&format!("| {key} | {} |\n", value.replace('|', "\\|")));
+    }
+    if let Some(failure) = &report.failure {
+        md.push_str(&format!("\n**Failure:** {failure}\n"));
+    }
+    md.push_str("\n## Checks\n\n| check | result | detail |\n|---|---|---|\n");
+    for check in &report.checks {
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            check.name.replace('|', "\\|"),
+            if check.ok { "ok" } else { "FAILED" },
+            check.detail.replace('|', "\\|")
+        ));
+    }
+    if !report.steps.is_empty() {
+        md.push_str("\n## Steps\n\n| step | seconds |\n|---|---|\n");
+        for step in &report.steps {
+            md.push_str(&format!("| {} | {:.1} |\n", step.step, step.seconds));
+        }
+    }
+    if !report.notes.is_empty() {
+        md.push_str("\n## Notes\n\n");
+        for note in &report.notes {
+            md.push_str(&format!("- {note}\n"));
+        }
+    }
+    md
+}
+
+/// Prometheus text exposition of the drill's outcome.
+pub fn prometheus_text(report: &DrillReport, finished_unix: i64) -> String {
+    let cluster = report.cluster.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut text = String::new();
+    text.push_str("# HELP capstan_drill_last_run_timestamp_seconds When the last DR drill finished.\n");
+    text.push_str("# TYPE capstan_drill_last_run_timestamp_seconds gauge\n");
+    text.push_str(&format!(
+        "capstan_drill_last_run_timestamp_seconds{{cluster=\"{cluster}\"}} {finished_unix}\n"
+    ));
+    text.push_str("# HELP capstan_drill_success Whether the last DR drill passed every check (1) or not (0).\n");
+    text.push_str("# TYPE capstan_drill_success gauge\n");
+    text.push_str(&format!(
+        "capstan_drill_success{{cluster=\"{cluster}\"}} {}\n",
+        u8::from(report.success)
+    ));
+    if let Some(rto) = report.rto_seconds {
+        text.push_str("# HELP capstan_drill_rto_seconds Restore start to healthy and verified, in the last drill.\n");
+        text.push_str("# TYPE capstan_drill_rto_seconds gauge\n");
+        text.push_str(&format!(
+            "capstan_drill_rto_seconds{{cluster=\"{cluster}\"}} {rto:.3}\n"
+        ));
+    }
+    if let Some(rpo) = report.rpo_seconds {
+        text.push_str("# HELP capstan_drill_rpo_seconds Age of the restored backup at drill time.\n");
+        text.push_str("# TYPE capstan_drill_rpo_seconds gauge\n");
+        text.push_str(&format!(
+            "capstan_drill_rpo_seconds{{cluster=\"{cluster}\"}} {rpo:.3}\n"
+        ));
+    }
+    text
+}
+
+/// Writes `contents` to `dir/name` atomically (temp file, fsync, rename), so the collector
+/// never reads a half-written file.
+pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], mode: u32) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(name);
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map(|_| path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DrillReport {
+        DrillReport {
+            backup_id: "20261128T041500Z-3f9a".into(),
+            cluster: "demo".into(),
+            backup_created: "2026-11-28T04:15:00Z".into(),
+            backup_revision: 10_042,
+            etcd_version: "3.5.1".into(),
+            member_count: 3,
+            target: "lab drill-3f9a".into(),
+            started: "2026-11-28T05:15:00Z".into(),
+            rto_seconds: Some(42.5),
+            rpo_seconds: rpo_seconds("2026-11-28T04:15:00Z", time::macros::datetime!(2026-11-28 05:15:00 UTC)),
+            restored_revision: Some(10_042),
+            total_seconds: 80.0,
+            steps: vec![DrillStep {
+                step: "restore".into(),
+                seconds: 40.0,
+            }],
+            checks: vec![
+                DrillCheck {
+                    name: "same hash-kv on every member".into(),
+                    ok: true,
+                    detail: "a, a, a".into(),
+                },
+                DrillCheck {
+                    name: "key app/config exists".into(),
+                    ok: false,
+                    detail: "0 keys".into(),
+                },
+            ],
+            failure: None,
+            notes: vec![],
+            kept: false,
+            success: true,
+        }
+    }
+
+    #[test]
+    fn one_failed_check_fails_the_drill() {
+        let mut report = sample();
+        report.settle();
+        assert!(!report.success);
+        report.checks.pop();
+        report.settle();
+        assert!(report.success);
+        report.failure = Some("lab up failed".into());
+        report.settle();
+        assert!(!report.success);
+        report.failure = None;
+        report.checks.clear();
+        report.settle();
+        assert!(!report.success, "a drill that checked nothing did not pass");
+    }
+
+    #[test]
+    fn rpo_is_the_backup_age() {
+        assert_eq!(sample().rpo_seconds, Some(3600.0));
+        assert_eq!(rpo_seconds("yesterday", OffsetDateTime::UNIX_EPOCH), None);
+    }
+
+    #[test]
+    fn markdown_and_metrics_show_the_outcome() {
+        let mut report = sample();
+        report.settle();
+        let md = render_markdown(&report);
+        assert!(md.starts_with("# capstan DR drill: FAILED\n"), "{md}");
+        assert!(md.contains("| RTO (restore → healthy and verified) | 42.5 s |"), "{md}");
+        assert!(md.contains("| RPO (backup age at drill time) | 3600.0 s |"), "{md}");
+        assert!(md.contains("| key app/config exists | FAILED | 0 keys |"), "{md}");
+        let metrics = prometheus_text(&report, 1_800_000_000);
+        assert!(
+            metrics.contains("capstan_drill_success{cluster=\"demo\"} 0\n"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("capstan_drill_rto_seconds{cluster=\"demo\"} 42.500\n"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("capstan_drill_last_run_timestamp_seconds{cluster=\"demo\"} 1800000000\n"));
+    }
+
+    #[test]
+    fn textfile_is_replaced_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_atomic(dir.path(), DRILL_METRICS_FILE, b"a 1\n", 0o644).unwrap();
+        write_atomic(dir.path(), DRILL_METRICS_FILE, b"a 2\n", 0o644).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "no temp file left behind");
+    }
+}

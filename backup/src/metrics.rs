@@ -1,0 +1,175 @@
+//! Prometheus textfile metrics for scheduled backups, read by node-exporter's textfile
+//! collector. Rendering and parsing are pure; [`write_atomic`] is the only IO.
+
+use std::io::Write;
+use std::path::Path;
+
+/// Where node-exporter's textfile collector looks (Debian's prometheus-node-exporter default).
+pub const DEFAULT_METRICS_FILE: &str = "/var/lib/prometheus/node-exporter/capstan_backup.prom";
+
+/// The outcome of one scheduled backup attempt, as exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupMetrics {
+    pub cluster: String,
+    /// Unix seconds of the last successful backup (carried over from the previous file on failure).
+    pub last_success: Option<f64>,
+    pub last_attempt: f64,
+    pub last_duration_secs: f64,
+    /// Stored bytes of the last successful backup.
+    pub last_size_bytes: Option<u64>,
+    pub last_result_ok: bool,
+}
+
+const LAST_SUCCESS: &str = "capstan_backup_last_success_timestamp_seconds";
+const LAST_SIZE: &str = "capstan_backup_last_size_bytes";
+
+/// The textfile: HELP/TYPE lines and one sample per metric, labelled with the cluster.
+pub fn render(metrics: &BackupMetrics) -> String {
+    let label = format!("{{cluster=\"{}\"}}", escape_label(&metrics.cluster));
+    let mut text = String::new();
+    let mut gauge = |name: &str, help: &str, value: String| {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{label} {value}\n"
+        ));
+    };
+    if let Some(at) = metrics.last_success {
+        gauge(
+            LAST_SUCCESS,
+            "Unix time of the last successful capstan backup.",
+            number(at),
+        );
+    }
+    gauge(
+        "capstan_backup_last_attempt_timestamp_seconds",
+        "Unix time of the last capstan backup attempt on this member.",
+        number(metrics.last_attempt),
+    );
+    gauge(
+        "capstan_backup_last_duration_seconds",
+        "Duration of the last capstan backup attempt.",
+        number(metrics.last_duration_secs),
+    );
+    if let Some(size) = metrics.last_size_bytes {
+        gauge(
+            LAST_SIZE,
+            "Stored size of the last successful capstan backup.",
+            size.to_string(),
+        );
+    }
+    gauge(
+        "capstan_backup_last_result",
+        "1 if the last capstan backup attempt succeeded, 0 if it failed.",
+        u8::from(metrics.last_result_ok).to_string(),
+    );
+    text
+}
+
+/// What a failed attempt carries over from the previous file: (last success time, last size).
+pub fn previous_success(text: &str) -> (Option<f64>, Option<u64>) {
+    let sample = |name: &str| {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find(|line| line.split(['{', ' ']).next() == Some(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .map(str::to_string)
+    };
+    (
+        sample(LAST_SUCCESS).and_then(|v| v.parse().ok()),
+        sample(LAST_SIZE).and_then(|v| v.parse().ok()),
+    )
+}
+
+fn number(value: f64) -> String {
+    if value.fract() == 0.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.3}")
+    }
+}
+
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Write `text` to `path` so the collector never reads a half-written file: a temp file in
+/// the same directory, fsynced, then renamed over the target. Mode 0644 (node-exporter runs
+/// as its own user).
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(text.as_bytes())?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics(ok: bool) -> BackupMetrics {
+        BackupMetrics {
+            cluster: "demo".into(),
+            last_success: Some(1_700_000_000.0),
+            last_attempt: 1_700_000_100.0,
+            last_duration_secs: 2.5,
+            last_size_bytes: Some(4096),
+            last_result_ok: ok,
+        }
+    }
+
+    #[test]
+    fn renders_textfile_format() {
+        let text = render(&metrics(true));
+        assert!(text.contains("capstan_backup_last_success_timestamp_seconds{cluster=\"demo\"} 1700000000\n"));
+        assert!(text.contains("capstan_backup_last_attempt_timestamp_seconds{cluster=\"demo\"} 1700000100\n"));
+        assert!(text.contains("capstan_backup_last_duration_seconds{cluster=\"demo\"} 2.500\n"));
+        assert!(text.contains("capstan_backup_last_size_bytes{cluster=\"demo\"} 4096\n"));
+        assert!(text.contains("capstan_backup_last_result{cluster=\"demo\"} 1\n"));
+        assert!(text.contains("# TYPE capstan_backup_last_result gauge\n"));
+        assert!(render(&metrics(false)).contains("capstan_backup_last_result{cluster=\"demo\"} 0\n"));
+    }
+
+    #[test]
+    fn never_succeeded_has_no_success_sample() {
+        let mut m = metrics(false);
+        m.last_success = None;
+        m.last_size_bytes = None;
+        let text = render(&m);
+        assert!(!text.contains("last_success"), "{text}");
+        assert!(!text.contains("last_size"), "{text}");
+    }
+
+    #[test]
+    fn failed_attempts_carry_the_last_success_over() {
+        let text = render(&metrics(true));
+        assert_eq!(previous_success(&text), (Some(1_700_000_000.0), Some(4096)));
+        assert_eq!(previous_success(""), (None, None));
+        assert_eq!(previous_success("garbage\n"), (None, None));
+    }
+
+    #[test]
+    fn writes_atomically_with_mode_0644() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/capstan_backup.prom");
+        write_atomic(&path, "a 1\n").unwrap();
+        write_atomic(&path, "a 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+}

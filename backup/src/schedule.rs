@@ -1,0 +1,412 @@
+//! Scheduled backups on the etcd members (`capstan backup schedule` installs them; the
+//! timer's service runs `capstan backup run --config FILE`).
+//!
+//! Every member's timer fires; each run asks its local etcd whether this member is the
+//! leader and only the leader takes the backup, so N members produce one backup per interval
+//! without a lock. The trade-off: with an unhealthy leader (or none), nobody backs up, which
+//! the exported `capstan_backup_last_success_timestamp_seconds` shows as staleness.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use capstan_provisioner::artifact::sha256_file;
+use capstan_provisioner::etcd::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdTls};
+use capstan_provisioner::ops::{
+    parse_path_state, path_state_command, plan_file, run_checked, Absent, Content, DesiredFile, OpError, Operation,
+    Plan, Trigger, SYSTEMD_UNIT_DIR,
+};
+use capstan_provisioner::pki::{CertRequest, CertificateAuthority, BACKUP_CLIENT_CN};
+use capstan_provisioner::transport::{RemoteFile, Transport};
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{previous_success, render, write_atomic, BackupMetrics};
+use crate::{
+    create, open_store, prune, BackupError, Encryption, EtcdSource, Manifest, PruneOptions, PruneReport, Retention,
+    S3Options, StoreUrl, DEFAULT_INCOMPLETE_GRACE,
+};
+
+/// Where `capstan backup schedule` installs things on each member.
+pub const BINARY_PATH: &str = "/usr/local/bin/capstan";
+pub const CONFIG_DIR: &str = "/etc/capstan";
+pub const CONFIG_PATH: &str = "/etc/capstan/backup.yaml";
+pub const ENVIRONMENT_PATH: &str = "/etc/capstan/backup.env";
+pub const INVENTORY_PATH: &str = "/etc/capstan/inventory.yaml";
+pub const SERVICE_UNIT: &str = "capstan-backup.service";
+pub const TIMER_UNIT: &str = "capstan-backup.timer";
+pub const LOCAL_ENDPOINT: &str = "https://127.0.0.1:2379";
+pub const PKI_DIR: &str = "/etc/etcd/pki";
+
+/// The operator's environment variables that are copied into the members' root-only
+/// environment file (S3 credentials and endpoint).
+pub const S3_ENVIRONMENT: [&str; 5] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+];
+
+/// `/etc/capstan/backup.yaml`: everything one scheduled run needs, except secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    pub cluster: String,
+    /// This member's inventory name (logs and metrics).
+    pub member: String,
+    /// `s3://bucket/prefix` or `file:///path`.
+    pub target: String,
+    #[serde(default)]
+    pub s3_path_style: bool,
+    /// age recipients; scheduled backups are always encrypted.
+    pub recipients: Vec<String>,
+    pub retention: RetentionConfig,
+    /// The inventory stored into each backup.
+    pub inventory: PathBuf,
+    pub pki_dir: PathBuf,
+    pub local_endpoint: String,
+    pub metrics_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub keep_last: u32,
+    #[serde(default)]
+    pub daily: u32,
+    #[serde(default)]
+    pub weekly: u32,
+    #[serde(default)]
+    pub monthly: u32,
+}
+
+impl From<RetentionConfig> for Retention {
+    fn from(r: RetentionConfig) -> Retention {
+        Retention {
+            keep_last: r.keep_last,
+            daily: r.daily,
+            weekly: r.weekly,
+            monthly: r.monthly,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("invalid value for {name} in the environment file: control characters are not allowed")]
+    EnvironmentValue { name: String },
+    #[error("invalid OnCalendar expression {calendar:?}: {reason}")]
+    Calendar { calendar: String, reason: String },
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("the etcd CA in {dir}: {reason}")]
+    Ca { dir: String, reason: String },
+    #[error("asking the local etcd member ({endpoint}) whether it leads: {reason}")]
+    Leader { endpoint: String, reason: String },
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+}
+
+/// The environment file (systemd `EnvironmentFile=` syntax): each variable of
+/// [`S3_ENVIRONMENT`] that `lookup` has, double-quoted.
+pub fn environment_file(lookup: impl Fn(&str) -> Option<String>) -> Result<String, ScheduleError> {
+    let mut text = String::from("# Managed by capstan: S3 settings for capstan-backup.service (root only).\n");
+    for name in S3_ENVIRONMENT {
+        let Some(value) = lookup(name).filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        if value.chars().any(char::is_control) {
+            return Err(ScheduleError::EnvironmentValue { name: name.into() });
+        }
+        let quoted = value.replace('\\', "\\\\").replace('"', "\\\"");
+        text.push_str(&format!("{name}=\"{quoted}\"\n"));
+    }
+    Ok(text)
+}
+
+/// Cheap syntax check of an `OnCalendar` value before it goes into a unit file (systemd
+/// itself validates the expression; the installer also runs `systemd-analyze calendar`).
+pub fn check_calendar(calendar: &str) -> Result<(), ScheduleError> {
+    let invalid = |reason: &str| ScheduleError::Calendar {
+        calendar: calendar.to_string(),
+        reason: reason.to_string(),
+    };
+    if calendar.trim().is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if calendar.chars().any(char::is_control) {
+        return Err(invalid("it contains control characters"));
+    }
+    Ok(())
+}
+
+/// What one scheduled run did.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// Another member leads; it takes the backup.
+    NotLeader,
+    BackedUp {
+        manifest: Box<Manifest>,
+        prune: PruneReport,
+        elapsed_secs: f64,
+    },
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ScheduleError> {
+    std::fs::read(path).map_err(|source| ScheduleError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The member's CA (from its own PKI dir) and a fresh in-memory `capstan-backup` identity.
+/// Files backed up as the cluster's PKI, by name.
+type PkiFiles = Vec<(String, Vec<u8>)>;
+
+fn local_access(config: &ScheduleConfig) -> Result<(EtcdTls, PkiFiles), ScheduleError> {
+    let dir = config.pki_dir.display().to_string();
+    let cert = read(&config.pki_dir.join("ca.crt"))?;
+    let key = read(&config.pki_dir.join("ca.key"))?;
+    let ca_error = |reason: String| ScheduleError::Ca {
+        dir: dir.clone(),
+        reason,
+    };
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| ca_error("not PEM text".into()));
+    let ca = CertificateAuthority::from_pem(&text(&cert)?, &text(&key)?).map_err(|e| ca_error(e.to_string()))?;
+    let client = ca
+        .issue(&CertRequest::client(BACKUP_CLIENT_CN))
+        .map_err(|e| ca_error(e.to_string()))?;
+    let tls = EtcdTls {
+        ca_cert_pem: ca.cert_pem().to_string(),
+        client_cert_pem: client.cert_pem,
+        client_key_pem: client.key_pem,
+    };
+    Ok((tls, vec![("ca.crt".into(), cert), ("ca.key".into(), key)]))
+}
+
+/// Whether the local member leads, and every member's client URLs (snapshot sources).
+async fn leadership(config: &ScheduleConfig, tls: &EtcdTls) -> Result<(bool, Vec<EtcdEndpoint>), ScheduleError> {
+    let leader_error = |reason: String| ScheduleError::Leader {
+        endpoint: config.local_endpoint.clone(),
+        reason,
+    };
+    let local = EtcdEndpoint::parse(&config.local_endpoint).map_err(|e| leader_error(e.to_string()))?;
+    let client = EtcdClient::connect(std::slice::from_ref(&local), tls)
+        .await
+        .map_err(|e| leader_error(error_chain(&e)))?;
+    let status = client.status(&local).await.map_err(|e| leader_error(error_chain(&e)))?;
+    if !status.leader {
+        return Ok((false, Vec::new()));
+    }
+    let members = client.member_list().await.map_err(|e| leader_error(error_chain(&e)))?;
+    let mut endpoints = Vec::new();
+    for url in members.iter().filter(|m| !m.is_learner).flat_map(|m| &m.client_urls) {
+        endpoints.push(EtcdEndpoint::parse(url).map_err(|e| leader_error(e.to_string()))?);
+    }
+    if endpoints.is_empty() {
+        endpoints.push(local);
+    }
+    Ok((true, endpoints))
+}
+
+/// One scheduled run on a member: leader check, backup, prune. Writes metrics on the leader
+/// (success or failure); followers write nothing.
+pub async fn run_scheduled(config: &ScheduleConfig) -> Result<RunOutcome, ScheduleError> {
+    let started = Instant::now();
+    let attempt = unix_now();
+    let (tls, pki_files) = local_access(config)?;
+    let (leader, endpoints) = leadership(config, &tls).await?;
+    if !leader {
+        return Ok(RunOutcome::NotLeader);
+    }
+    let result = backup_and_prune(config, tls, pki_files, endpoints).await;
+    let elapsed_secs = started.elapsed().as_secs_f64();
+    let previous = std::fs::read_to_string(&config.metrics_file).unwrap_or_default();
+    let (previous_at, previous_size) = previous_success(&previous);
+    let metrics = match &result {
+        Ok((manifest, _)) => BackupMetrics {
+            cluster: config.cluster.clone(),
+            last_success: Some(attempt),
+            last_attempt: attempt,
+            last_duration_secs: elapsed_secs,
+            last_size_bytes: Some(manifest.stored_size()),
+            last_result_ok: true,
+        },
+        Err(_) => BackupMetrics {
+            cluster: config.cluster.clone(),
+            last_success: previous_at,
+            last_attempt: attempt,
+            last_duration_secs: elapsed_secs,
+            last_size_bytes: previous_size,
+            last_result_ok: false,
+        },
+    };
+    if let Err(e) = write_atomic(&config.metrics_file, &render(&metrics)) {
+        // Metrics are secondary: a full disk must not turn a good backup into a failed run.
+        tracing::warn!("writing metrics to {}: {e}", config.metrics_file.display());
+        eprintln!("warning: writing metrics to {}: {e}", config.metrics_file.display());
+    }
+    let (manifest, prune) = result?;
+    Ok(RunOutcome::BackedUp {
+        manifest: Box::new(manifest),
+        prune,
+        elapsed_secs,
+    })
+}
+
+async fn backup_and_prune(
+    config: &ScheduleConfig,
+    tls: EtcdTls,
+    pki_files: PkiFiles,
+    endpoints: Vec<EtcdEndpoint>,
+) -> Result<(Manifest, PruneReport), ScheduleError> {
+    let encryption = Encryption::from_args(&config.recipients, false)?;
+    let inventory = read(&config.inventory)?;
+    let url = StoreUrl::parse(&config.target).map_err(BackupError::Store)?;
+    let options = S3Options {
+        path_style: config.s3_path_style,
+        ..S3Options::default()
+    };
+    let store = open_store(&url, &options).await.map_err(BackupError::Store)?;
+    let request = crate::CreateRequest {
+        cluster_name: config.cluster.clone(),
+        source: EtcdSource { endpoints, tls },
+        encryption,
+        pki_files,
+        inventory,
+        progress: None,
+    };
+    let manifest = create(&store, request).await?;
+    let report = prune(
+        &Arc::clone(&store),
+        &PruneOptions {
+            retention: config.retention.into(),
+            dry_run: false,
+            incomplete_grace: DEFAULT_INCOMPLETE_GRACE,
+        },
+    )
+    .await?;
+    Ok((manifest, report))
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as f64)
+        .unwrap_or(0.0)
+}
+
+/// The running capstan executable installed on a member, streamed from the local file (not
+/// held in memory) and skipped when the member's copy has the same sha256.
+pub struct InstalledBinary {
+    desired: DesiredFile,
+}
+
+impl InstalledBinary {
+    pub fn new(local: &Path, remote_path: &str) -> Result<InstalledBinary, OpError> {
+        let (sha256, size) = sha256_file(local)?;
+        Ok(InstalledBinary {
+            desired: DesiredFile {
+                file: RemoteFile {
+                    path: remote_path.to_string(),
+                    mode: 0o755,
+                    owner: Some("root".into()),
+                    group: Some("root".into()),
+                },
+                content: Content::LocalFile(local.to_path_buf()),
+                sha256,
+                size,
+                sensitive: false,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl Operation for InstalledBinary {
+    fn describe(&self) -> String {
+        format!("binary {}", self.desired.file.path)
+    }
+    async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
+        let output = run_checked(t, &path_state_command(&self.desired.file.path)).await?;
+        let state = parse_path_state(&output.stdout_str()).map_err(|reason| OpError::Probe {
+            host: t.host().to_string(),
+            what: self.desired.file.path.clone(),
+            reason,
+        })?;
+        plan_file(t.host(), &self.desired, None, &state, None)
+    }
+}
+
+/// A removed unit file: like [`Absent`], plus `systemctl daemon-reload` when it was there.
+pub struct RemovedUnit {
+    inner: Absent,
+}
+
+impl RemovedUnit {
+    pub fn new(unit: &str) -> RemovedUnit {
+        RemovedUnit {
+            inner: Absent::new(&format!("{SYSTEMD_UNIT_DIR}/{unit}")),
+        }
+    }
+}
+
+#[async_trait]
+impl Operation for RemovedUnit {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
+        self.inner.plan(t).await
+    }
+    fn triggers(&self) -> Vec<Trigger> {
+        vec![Trigger::DaemonReload]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_file_quotes_and_skips_unset() {
+        let vars = |name: &str| match name {
+            "AWS_ACCESS_KEY_ID" => Some("AKIA\"x\\y".to_string()),
+            "AWS_ENDPOINT_URL" => Some("http://10.0.0.1:9000".to_string()),
+            "AWS_REGION" => Some(String::new()),
+            _ => None,
+        };
+        let text = environment_file(vars).unwrap();
+        assert_eq!(
+            text.lines().skip(1).collect::<Vec<_>>(),
+            vec![
+                "AWS_ACCESS_KEY_ID=\"AKIA\\\"x\\\\y\"",
+                "AWS_ENDPOINT_URL=\"http://10.0.0.1:9000\""
+            ]
+        );
+        let bad = environment_file(|_| Some("a\nb".to_string())).unwrap_err();
+        assert!(bad.to_string().contains("AWS_ACCESS_KEY_ID"), "{bad}");
+        assert!(!bad.to_string().contains("a\nb"), "the value must not be echoed");
+    }
+
+    #[test]
+    fn calendars_are_checked() {
+        assert!(check_calendar("*-*-* 02:00:00").is_ok());
+        assert!(check_calendar("*:*:0/20").is_ok());
+        assert!(check_calendar(" ").is_err());
+        assert!(check_calendar("daily\nExecStart=/bin/sh").is_err());
+    }
+
+    #[test]
+    fn retention_converts() {
+        let r: Retention = RetentionConfig {
+            keep_last: 3,
+            daily: 1,
+            weekly: 2,
+            monthly: 4,
+        }
+        .into();
+        assert_eq!((r.keep_last, r.daily, r.weekly, r.monthly), (3, 1, 2, 4));
+    }
+}

@@ -1,0 +1,428 @@
+//! `capstan backup schedule` on three real lab machines running real etcd, backing up to a real
+//! S3 server (moto) listening on the lab bridge's gateway address. Needs root, the lab
+//! prerequisites, the artifact mirror, moto (`pip install 'moto[server]>=5.2.5'`) and age-keygen;
+//! skips with a message naming what is missing. Test names contain `lab` so nextest's lab
+//! group bounds concurrency.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use capstan_lab::{Lab, LabGuard, UpOptions};
+use serde_json::Value;
+
+const MIRROR: &str = "/var/cache/capstan/mirror";
+const BUCKET: &str = "capstan-lab";
+const METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup.prom";
+/// Seconds between scheduled backups in the test (`*:*:0/20`).
+const INTERVAL: u64 = 20;
+
+fn lab_missing() -> Option<String> {
+    if let Err(e) = capstan_lab::check_prerequisites() {
+        return Some(format!("lab prerequisites missing: {e}"));
+    }
+    if !Path::new(MIRROR).join("SHA256SUMS").is_file() {
+        return Some(format!(
+            "artifact mirror missing: {MIRROR}/SHA256SUMS (run scripts/setup.sh)"
+        ));
+    }
+    if Command::new("age-keygen").arg("--version").output().is_err() {
+        return Some("age-keygen not found (apt-get install age)".into());
+    }
+    None
+}
+
+/// moto's S3 server as a child process, bound to one address.
+struct Moto {
+    child: Child,
+    endpoint: String,
+}
+
+impl Moto {
+    fn start(host: &str) -> Result<Moto, String> {
+        let works = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let command: Vec<&str> = if works("moto_server", &["--help"]) {
+            vec!["moto_server"]
+        } else if works("python3", &["-c", "import moto.server, flask, werkzeug"]) {
+            vec!["python3", "-m", "moto.server"]
+        } else {
+            return Err("moto not found; install it with `pip install 'moto[server]>=5.2.5'`".into());
+        };
+        let port = TcpListener::bind((host, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port on {host}: {e}"))?
+            .port();
+        let child = Command::new(command[0])
+            .args(&command[1..])
+            .args(["-H", host, "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting moto: {e}"))?;
+        let mut moto = Moto {
+            child,
+            endpoint: format!("http://{host}:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect((host, port)).is_err() {
+            if Instant::now() > deadline || moto.child.try_wait().ok().flatten().is_some() {
+                return Err(format!("moto did not listen on {host}:{port}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let created = Command::new("curl")
+            .args(["-sf", "-X", "PUT", &format!("{}/{BUCKET}", moto.endpoint)])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !created {
+            moto.stop();
+            return Err("creating the bucket with curl failed".into());
+        }
+        Ok(moto)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn capstan(inventory: &Path, moto: &Moto, args: &[&str]) -> Run {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .arg("-i")
+        .arg(inventory)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("AWS_ENDPOINT_URL", &moto.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "capstan-lab")
+        .env("AWS_SECRET_ACCESS_KEY", "capstan-lab-secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("run capstan");
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    eprintln!(
+        "capstan {} -> {} in {:.1}s",
+        args.join(" "),
+        run.code,
+        started.elapsed().as_secs_f64()
+    );
+    run
+}
+
+fn capstan_ok(inventory: &Path, moto: &Moto, args: &[&str]) -> Run {
+    let run = capstan(inventory, moto, args);
+    assert_eq!(
+        run.code, 0,
+        "capstan {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    run
+}
+
+fn json(run: &Run) -> Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", run.stdout))
+}
+
+fn changed(outcome: &Value) -> u64 {
+    outcome["summary"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["changed"].as_u64().unwrap())
+        .sum()
+}
+
+fn remote(lab: &Lab, host: &str, command: &str) -> String {
+    let output = capstan_lab::ssh_command(&lab.name, host, Some(command))
+        .unwrap()
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{host}: {command}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Unix seconds of a backup id's start time (`YYYYMMDDTHHMMSSZ-xxxx`).
+fn id_time(id: &str) -> u64 {
+    let n = |range: std::ops::Range<usize>| id[range].parse::<i64>().unwrap();
+    let (year, month, day) = (n(0..4), n(4..6), n(6..8));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (days * 86_400 + n(9..11) * 3600 + n(11..13) * 60 + n(13..15)) as u64
+}
+
+fn write_inventory(lab: &Lab, path: &Path, recipient: &str) {
+    let mut yaml = format!(
+        "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
+        lab.name,
+        lab.key_path.display().to_string(),
+        lab.known_hosts_path.display().to_string()
+    );
+    for m in &lab.machines {
+        yaml.push_str(&format!(
+            "  - name: {}\n    address: {}\n    roles: [etcd]\n",
+            m.name, m.ip
+        ));
+    }
+    yaml.push_str(&format!(
+        "artifacts:\n  mirror: \"file://{MIRROR}\"\nversions:\n  etcd: \"3.5.1\"\nbackup:\n  target: s3://{BUCKET}/scheduled\n  recipients: [{recipient}]\n  retention: {{keep_last: 20}}\n  schedule: \"*:*:0/{INTERVAL}\"\n"
+    ));
+    std::fs::write(path, yaml).unwrap();
+}
+
+fn complete_backups(inventory: &Path, moto: &Moto) -> Vec<String> {
+    let list = capstan_ok(
+        inventory,
+        moto,
+        &["backup", "list", "--s3-path-style", "--output", "json"],
+    );
+    json(&list)
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["complete"].as_bool() == Some(true))
+        .map(|b| b["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
+    if let Some(why) = lab_missing() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let guard = LabGuard::up(UpOptions::new(format!("bs{}", std::process::id() % 10000), 3)).expect("lab up");
+    let lab = guard.lab().clone();
+    let moto = match Moto::start(&lab.gateway) {
+        Ok(moto) => moto,
+        Err(why) => {
+            eprintln!("SKIPPED: no S3 server: {why}");
+            return;
+        }
+    };
+    let work = tempfile::tempdir().unwrap();
+    let identity = work.path().join("identity.txt");
+    let keygen = Command::new("age-keygen").arg("-o").arg(&identity).output().unwrap();
+    assert!(keygen.status.success());
+    let recipient = String::from_utf8_lossy(&keygen.stderr)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    let inventory = work.path().join("inventory.yaml");
+    write_inventory(&lab, &inventory, &recipient);
+    let hosts: Vec<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();
+
+    capstan_ok(&inventory, &moto, &["apply"]);
+
+    // Install: binary, config, credentials, units on every member; the timer runs.
+    // The timer may fire while `schedule` is still running: count intervals from its start.
+    let installed_at = unix_now();
+    let first = capstan_ok(
+        &inventory,
+        &moto,
+        &["backup", "schedule", "--s3-path-style", "--output", "json"],
+    );
+    assert!(changed(&json(&first)) >= 8 * 3, "{}", first.stdout);
+    assert!(
+        !first.stderr.contains("capstan-lab-secret"),
+        "a secret leaked: {}",
+        first.stderr
+    );
+    for host in &hosts {
+        assert_eq!(
+            remote(
+                &lab,
+                host,
+                "stat -c '%a %U' /etc/capstan/backup.env /etc/capstan/backup.yaml /etc/capstan"
+            ),
+            "600 root\n600 root\n700 root"
+        );
+        assert_eq!(remote(&lab, host, "systemctl is-active capstan-backup.timer"), "active");
+        assert_eq!(
+            remote(&lab, host, "systemctl is-enabled capstan-backup.timer"),
+            "enabled"
+        );
+    }
+    // Re-running changes nothing.
+    let again = capstan_ok(
+        &inventory,
+        &moto,
+        &["backup", "schedule", "--s3-path-style", "--output", "json"],
+    );
+    assert_eq!(changed(&json(&again)), 0, "{}", again.stdout);
+
+    // Let the timer fire two or three times.
+    std::thread::sleep(Duration::from_secs(50));
+    let backups = complete_backups(&inventory, &moto);
+    // A run that started at the last boundary may still be uploading (allowed for below).
+    let ended_at = unix_now();
+    eprintln!("scheduled backups: {backups:?}");
+    let fired: Vec<u64> = (installed_at / INTERVAL + 1..=ended_at / INTERVAL).collect();
+    let mut slots: Vec<u64> = backups.iter().map(|id| id_time(id) / INTERVAL).collect();
+    slots.sort_unstable();
+    let distinct = {
+        let mut d = slots.clone();
+        d.dedup();
+        d
+    };
+    assert_eq!(
+        distinct.len(),
+        slots.len(),
+        "more than one backup in an interval: {backups:?}"
+    );
+    assert!(
+        slots.iter().all(|slot| fired.contains(slot)),
+        "backup outside the fired intervals {fired:?}: {backups:?}"
+    );
+    assert!(
+        slots.len() >= fired.len().saturating_sub(1) && slots.len() >= 2,
+        "expected one backup for each of the {} fired intervals, got {backups:?}",
+        fired.len()
+    );
+
+    // Every member's timer fired; followers stood back.
+    let journals: Vec<String> = hosts
+        .iter()
+        .map(|h| remote(&lab, h, "journalctl -u capstan-backup.service --no-pager -o cat"))
+        .collect();
+    let skipped = journals.iter().filter(|j| j.contains("not the etcd leader")).count();
+    assert!(skipped >= 2, "followers did not run or did not skip: {journals:#?}");
+
+    // Metrics on the leader(s) that backed up, result 1, recent success.
+    let metrics: Vec<String> = hosts
+        .iter()
+        .map(|h| remote(&lab, h, &format!("cat {METRICS} 2>/dev/null || true")))
+        .collect();
+    let written: Vec<&String> = metrics.iter().filter(|m| !m.is_empty()).collect();
+    assert!(!written.is_empty(), "no member wrote {METRICS}");
+    let cluster = format!("{{cluster=\"{}\"}}", lab.name);
+    let newest = written
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find(|l| l.starts_with(&format!("capstan_backup_last_success_timestamp_seconds{cluster}")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(newest >= installed_at, "stale success timestamp in {written:#?}");
+    assert!(
+        written
+            .iter()
+            .any(|m| m.contains(&format!("capstan_backup_last_result{cluster} 1"))),
+        "{written:#?}"
+    );
+
+    // The scheduled backups are real, complete and decryptable.
+    let verify = capstan_ok(
+        &inventory,
+        &moto,
+        &[
+            "backup",
+            "verify",
+            "latest",
+            "--s3-path-style",
+            "--identity",
+            identity.to_str().unwrap(),
+        ],
+    );
+    assert!(verify.stdout.contains("verified"), "{}", verify.stdout);
+
+    // Remove everything; removing again changes nothing.
+    let removed = capstan_ok(
+        &inventory,
+        &moto,
+        &["backup", "schedule", "--remove", "--output", "json"],
+    );
+    assert!(changed(&json(&removed)) >= 3 * 5, "{}", removed.stdout);
+    for host in &hosts {
+        assert_eq!(
+            remote(
+                &lab,
+                host,
+                "ls /etc/systemd/system/capstan-backup.timer /etc/capstan /usr/local/bin/capstan 2>/dev/null | wc -l"
+            ),
+            "0"
+        );
+        assert_ne!(
+            remote(&lab, host, "systemctl is-active capstan-backup.timer || true"),
+            "active"
+        );
+    }
+    let removed_again = capstan_ok(
+        &inventory,
+        &moto,
+        &["backup", "schedule", "--remove", "--output", "json"],
+    );
+    assert_eq!(changed(&json(&removed_again)), 0, "{}", removed_again.stdout);
+
+    // An operator backup still works with the first member (the first CA holder) powered off:
+    // the CA comes from another member and only reachable members are snapshot sources.
+    capstan_lab::stop(&lab.name, hosts[0]).expect("stop the first member");
+    let manual = capstan_ok(&inventory, &moto, &["backup", "create", "--s3-path-style"]);
+    let id = manual.stdout.trim();
+    assert!(
+        complete_backups(&inventory, &moto).iter().any(|b| b == id),
+        "{id} not listed"
+    );
+    assert!(
+        !manual.stderr.contains(&lab.machines[0].ip),
+        "snapshot from the stopped member: {}",
+        manual.stderr
+    );
+}
+
+#[test]
+fn backup_id_times_parse() {
+    // 2026-11-28T04:15:00Z
+    assert_eq!(id_time("20261128T041500Z-3f9a"), 1_795_839_300);
+    assert_eq!(id_time("19700101T000020Z-0000"), 20);
+}
