@@ -32,7 +32,7 @@ pub use store::{open_store, S3Options, Store, StoreError, StoreUrl};
 
 /// The version of capstan that wrote a backup, recorded in its manifest.
 pub const CAPSTAN_VERSION: &str = env!("CARGO_PKG_VERSION");
-pub mod metrics;
-pub mod schedule;
-pub mod restore;
 pub mod drill_report;
+pub mod metrics;
+pub mod restore;
+pub mod schedule;

@@ -6,10 +6,10 @@
 mod cli;
 mod cmd_backup;
 mod cmd_check;
-mod cmd_restore;
 mod cmd_etcd;
 mod cmd_inventory;
 mod cmd_lab;
+mod cmd_restore;
 mod output;
 
 use std::process::ExitCode;

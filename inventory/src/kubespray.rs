@@ -76,13 +76,8 @@ pub fn import_kubespray(text: &str, file_name: &str) -> Result<String, Diagnosti
         .and_then(|entries| entries.iter().find(|(key, _)| key.as_str() == Some("all")))
         .map(|(_, value)| value)
     else {
-        let pos = root
-            .as_ref()
-            .map_or(Pos { line: 1, column: 1 }, |root| root.pos);
-        sink.error(
-            pos,
-            "expected a Kubespray inventory: a mapping with an `all` group",
-        );
+        let pos = root.as_ref().map_or(Pos { line: 1, column: 1 }, |root| root.pos);
+        sink.error(pos, "expected a Kubespray inventory: a mapping with an `all` group");
         return sink.finish(None);
     };
 
@@ -121,9 +116,7 @@ fn walk_group(sink: &mut Sink, inventory: &mut Inventory, group: &str, node: &No
     for (key, value) in entries {
         match key.as_str() {
             Some("hosts") => walk_hosts(sink, inventory, group, value),
-            Some("vars") if group == "all" => {
-                inventory.global_vars = scalar_map(sink, value, "vars")
-            }
+            Some("vars") if group == "all" => inventory.global_vars = scalar_map(sink, value, "vars"),
             Some("vars") => {
                 inventory.ignored_vars.insert(format!("{group}.vars"));
             }
@@ -142,10 +135,7 @@ fn walk_group(sink: &mut Sink, inventory: &mut Inventory, group: &str, node: &No
                 };
                 for (child, child_node) in children {
                     let Some(child) = child.as_str() else {
-                        sink.error(
-                            child.pos,
-                            format!("expected a group name, found {}", child.describe()),
-                        );
+                        sink.error(child.pos, format!("expected a group name, found {}", child.describe()));
                         continue;
                     };
                     inventory
@@ -183,10 +173,7 @@ fn walk_hosts(sink: &mut Sink, inventory: &mut Inventory, group: &str, node: &No
     };
     for (key, vars) in entries {
         let Some(name) = key.as_str() else {
-            sink.error(
-                key.pos,
-                format!("expected a host name, found {}", key.describe()),
-            );
+            sink.error(key.pos, format!("expected a host name, found {}", key.describe()));
             continue;
         };
         if !inventory.vars.contains_key(name) {
@@ -196,11 +183,7 @@ fn walk_hosts(sink: &mut Sink, inventory: &mut Inventory, group: &str, node: &No
         for var in vars.keys().filter(|var| !USED_VARS.contains(&var.as_str())) {
             inventory.ignored_vars.insert(var.clone());
         }
-        inventory
-            .vars
-            .entry(name.to_string())
-            .or_default()
-            .extend(vars);
+        inventory.vars.entry(name.to_string()).or_default().extend(vars);
         inventory
             .group_hosts
             .entry(group.to_string())
@@ -218,10 +201,7 @@ fn scalar_map(sink: &mut Sink, node: &Node, owner: &str) -> BTreeMap<String, Str
     let Some(entries) = node.as_map() else {
         sink.error(
             node.pos,
-            format!(
-                "variables of `{owner}`: expected a mapping, found {}",
-                node.describe()
-            ),
+            format!("variables of `{owner}`: expected a mapping, found {}", node.describe()),
         );
         return vars;
     };
@@ -235,11 +215,7 @@ fn scalar_map(sink: &mut Sink, node: &Node, owner: &str) -> BTreeMap<String, Str
 
 /// Hosts of `group` and of all groups nested under it.
 fn members(inventory: &Inventory, group: &str, seen: &mut BTreeSet<String>) -> BTreeSet<String> {
-    let mut found = inventory
-        .group_hosts
-        .get(group)
-        .cloned()
-        .unwrap_or_default();
+    let mut found = inventory.group_hosts.get(group).cloned().unwrap_or_default();
     if seen.insert(group.to_string()) {
         for child in inventory.group_children.get(group).into_iter().flatten() {
             found.extend(members(inventory, child, seen));
@@ -265,8 +241,7 @@ fn hosts(sink: &mut Sink, inventory: &Inventory) -> Vec<ImportedHost> {
         if let Err(message) = values::check_host_name(name) {
             sink.error(*pos, format!("host `{name}` cannot be imported: {message}"));
         }
-        let address = var(&["ansible_host", "ansible_ssh_host", "access_ip", "ip"])
-            .unwrap_or_else(|| name.clone());
+        let address = var(&["ansible_host", "ansible_ssh_host", "access_ip", "ip"]).unwrap_or_else(|| name.clone());
         let private_address = vars.get("ip").filter(|ip| **ip != address).cloned();
         for candidate in std::iter::once(&address).chain(private_address.as_ref()) {
             if let Err(message) = values::check_address(candidate) {
@@ -283,10 +258,7 @@ fn hosts(sink: &mut Sink, inventory: &Inventory) -> Vec<ImportedHost> {
             identity_file: var(&["ansible_ssh_private_key_file"]),
         });
     }
-    let etcd_members = imported
-        .iter()
-        .filter(|host| host.roles.contains(&Role::Etcd))
-        .count();
+    let etcd_members = imported.iter().filter(|host| host.roles.contains(&Role::Etcd)).count();
     if etcd_members == 0 {
         let pos = inventory
             .hosts
@@ -319,10 +291,7 @@ fn render(inventory: &Inventory, imported: &[ImportedHost], file_name: &str) -> 
     let user = shared(&kept, |host| &host.user);
     let port = shared(&kept, |host| &host.port);
     let identity_file = shared(&kept, |host| &host.identity_file);
-    let etcd_members = kept
-        .iter()
-        .filter(|host| host.roles.contains(&Role::Etcd))
-        .count();
+    let etcd_members = kept.iter().filter(|host| host.roles.contains(&Role::Etcd)).count();
 
     let mut out = String::new();
     let _ = writeln!(
@@ -344,11 +313,7 @@ fn render(inventory: &Inventory, imported: &[ImportedHost], file_name: &str) -> 
         let ignored: Vec<&str> = inventory.ignored_vars.iter().map(String::as_str).collect();
         let _ = writeln!(out, "# Not imported: {}.", ignored.join(", "));
     }
-    let _ = writeln!(
-        out,
-        "\ncluster:\n  name: {}",
-        quote(&cluster_name(file_name))
-    );
+    let _ = writeln!(out, "\ncluster:\n  name: {}", quote(&cluster_name(file_name)));
     out.push_str("ssh:\n");
     if let Some(user) = &user {
         let _ = writeln!(out, "  user: {}", quote(user));
@@ -369,9 +334,7 @@ fn render(inventory: &Inventory, imported: &[ImportedHost], file_name: &str) -> 
             );
         }
         None if kept.iter().any(|host| host.identity_file.is_none()) => {
-            out.push_str(
-                "  agent: true  # Kubespray named no key; capstan uses keys from ssh-agent\n",
-            );
+            out.push_str("  agent: true  # Kubespray named no key; capstan uses keys from ssh-agent\n");
         }
         None => {}
     }
@@ -399,11 +362,7 @@ fn render(inventory: &Inventory, imported: &[ImportedHost], file_name: &str) -> 
         let _ = writeln!(out, "    roles: [{}]", roles.join(", "));
         let mut overrides = Vec::new();
         if user.is_none() {
-            overrides.extend(
-                host.user
-                    .as_ref()
-                    .map(|user| format!("user: {}", quote(user))),
-            );
+            overrides.extend(host.user.as_ref().map(|user| format!("user: {}", quote(user))));
         }
         if port.is_none() {
             overrides.extend(host.port.as_ref().map(|port| format!("port: {port}")));
@@ -457,9 +416,7 @@ fn cluster_name(file_name: &str) -> String {
 /// A YAML scalar that reads back as the same string.
 fn quote(text: &str) -> String {
     let plain_safe = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._/-~".contains(c))
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || "._/-~".contains(c))
         && !text.starts_with(['-', '~', '.'])
         && !yaml::is_null_literal(text)
         && text.parse::<f64>().is_err()

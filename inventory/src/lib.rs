@@ -42,12 +42,7 @@ pub fn parse_str(text: &str, file_name: &str, base_dir: &Path) -> Result<Cluster
     check(text, file_name, base_dir, source_path)
 }
 
-fn check(
-    text: &str,
-    file_name: &str,
-    base_dir: PathBuf,
-    source_path: PathBuf,
-) -> Result<Cluster, Diagnostics> {
+fn check(text: &str, file_name: &str, base_dir: PathBuf, source_path: PathBuf) -> Result<Cluster, Diagnostics> {
     let mut sink = diagnostic::Sink::new(file_name);
     let root = match yaml::parse(text) {
         Ok(root) => root,

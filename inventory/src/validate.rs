@@ -27,15 +27,7 @@ pub(crate) fn cluster(
     };
     let root = root.unwrap_or(&empty);
     let mut cx = Checker { sink, paths };
-    const TOP: &[&str] = &[
-        "cluster",
-        "ssh",
-        "hosts",
-        "versions",
-        "artifacts",
-        "etcd",
-        "backup",
-    ];
+    const TOP: &[&str] = &["cluster", "ssh", "hosts", "versions", "artifacts", "etcd", "backup"];
     let top = cx.section(root, "the inventory", TOP)?;
 
     let name = top
@@ -61,13 +53,10 @@ pub(crate) fn cluster(
             .unwrap_or_else(|| DEFAULT_ETCD_VERSION.to_string()),
     };
     let artifacts = top.get("artifacts").map(|node| cx.artifacts(node));
-    let etcd = top
-        .get("etcd")
-        .map(|node| cx.etcd(node))
-        .unwrap_or(EtcdSettings {
-            allow_even_members: false,
-            data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
-        });
+    let etcd = top.get("etcd").map(|node| cx.etcd(node)).unwrap_or(EtcdSettings {
+        allow_even_members: false,
+        data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
+    });
     let backup = top.get("backup").and_then(|node| cx.backup(node));
     let hosts = top
         .require(&mut cx, "hosts", "a list of hosts")
@@ -115,10 +104,7 @@ impl<'n> Section<'n> {
         if found.is_none() {
             cx.sink.error(
                 self.pos,
-                format!(
-                    "missing required key `{key}` in {}: expected {expected}",
-                    self.what
-                ),
+                format!("missing required key `{key}` in {}: expected {expected}", self.what),
             );
         }
         found
@@ -175,12 +161,7 @@ impl Checker<'_, '_> {
     }
 
     /// Checks that `node` is a mapping whose keys are all in `known` and appear once.
-    fn section<'n>(
-        &mut self,
-        node: &'n Node,
-        what: &str,
-        known: &[&'static str],
-    ) -> Option<Section<'n>> {
+    fn section<'n>(&mut self, node: &'n Node, what: &str, known: &[&'static str]) -> Option<Section<'n>> {
         let mut section = Section {
             pos: node.pos,
             what: what.to_string(),
@@ -212,10 +193,7 @@ impl Checker<'_, '_> {
             if let Some(first) = first_seen.get(name) {
                 self.error(
                     key.pos,
-                    format!(
-                        "duplicate key `{name}` in {what} (first set at line {})",
-                        first.line
-                    ),
+                    format!("duplicate key `{name}` in {what} (first set at line {})", first.line),
                 );
                 continue;
             }
@@ -248,12 +226,7 @@ impl Checker<'_, '_> {
     }
 
     /// A string that must also pass `check`, whose error text becomes the message.
-    fn checked(
-        &mut self,
-        node: &Node,
-        key: &str,
-        check: fn(&str) -> Result<(), String>,
-    ) -> Option<String> {
+    fn checked(&mut self, node: &Node, key: &str, check: fn(&str) -> Result<(), String>) -> Option<String> {
         let text = self.string(node, key)?;
         match check(&text) {
             Ok(()) => Some(text),
@@ -285,13 +258,11 @@ impl Checker<'_, '_> {
     }
 
     fn port(&mut self, node: &Node, key: &str) -> Option<u16> {
-        self.unsigned(node, key, 1, u16::MAX.into())
-            .map(|port| port as u16)
+        self.unsigned(node, key, 1, u16::MAX.into()).map(|port| port as u16)
     }
 
     fn count(&mut self, node: &Node, key: &str) -> Option<u32> {
-        self.unsigned(node, key, 0, u32::MAX.into())
-            .map(|count| count as u32)
+        self.unsigned(node, key, 0, u32::MAX.into()).map(|count| count as u32)
     }
 
     fn boolean(&mut self, node: &Node, key: &str) -> Option<bool> {
@@ -304,10 +275,7 @@ impl Checker<'_, '_> {
         }
         self.error(
             node.pos,
-            format!(
-                "`{key}`: expected `true` or `false`, found {}",
-                node.describe()
-            ),
+            format!("`{key}`: expected `true` or `false`, found {}", node.describe()),
         );
         None
     }
@@ -328,19 +296,13 @@ impl Checker<'_, '_> {
         if let Some((_, value)) = options.iter().find(|(name, _)| *name == text) {
             return Some(*value);
         }
-        let names: Vec<String> = options
-            .iter()
-            .map(|(name, _)| format!("`{name}`"))
-            .collect();
+        let names: Vec<String> = options.iter().map(|(name, _)| format!("`{name}`")).collect();
         let hint = values::closest(&text, options.iter().map(|(name, _)| *name))
             .map(|suggestion| format!("; did you mean `{suggestion}`?"))
             .unwrap_or_default();
         self.error(
             node.pos,
-            format!(
-                "`{key}`: expected one of {}, found `{text}`{hint}",
-                names.join(", ")
-            ),
+            format!("`{key}`: expected one of {}, found `{text}`{hint}", names.join(", ")),
         );
         None
     }
@@ -365,10 +327,7 @@ impl Checker<'_, '_> {
         if items.is_none() {
             self.error(
                 node.pos,
-                format!(
-                    "`{key}`: expected a list of {expected}, found {}",
-                    node.describe()
-                ),
+                format!("`{key}`: expected a list of {expected}, found {}", node.describe()),
             );
         }
         items
@@ -407,10 +366,7 @@ impl Checker<'_, '_> {
                     ssh.connect_timeout = self.duration(value, key).filter(|timeout| {
                         let positive = !timeout.is_zero();
                         if !positive {
-                            self.error(
-                                value.pos,
-                                "`connect_timeout`: expected a duration greater than zero",
-                            );
+                            self.error(value.pos, "`connect_timeout`: expected a duration greater than zero");
                         }
                         positive
                     });
@@ -425,11 +381,7 @@ impl Checker<'_, '_> {
     }
 
     fn bastion(&mut self, node: &Node) -> Option<BastionPartial> {
-        let section = self.section(
-            node,
-            "`bastion`",
-            &["address", "port", "user", "identity_file"],
-        )?;
+        let section = self.section(node, "`bastion`", &["address", "port", "user", "identity_file"])?;
         let address = section
             .require(self, "address", "the jump host's IP address or DNS name")
             .and_then(|node| self.checked(node, "address", values::check_address));
@@ -483,9 +435,7 @@ impl Checker<'_, '_> {
                     Some(dir) if dir.starts_with('/') => etcd.data_dir = PathBuf::from(dir),
                     Some(dir) => self.error(
                         node.pos,
-                        format!(
-                            "`data_dir`: expected an absolute path on the hosts, found `{dir}`"
-                        ),
+                        format!("`data_dir`: expected an absolute path on the hosts, found `{dir}`"),
                     ),
                     None => {}
                 }
@@ -495,11 +445,7 @@ impl Checker<'_, '_> {
     }
 
     fn backup(&mut self, node: &Node) -> Option<BackupSettings> {
-        let section = self.section(
-            node,
-            "`backup`",
-            &["target", "recipients", "retention", "schedule"],
-        )?;
+        let section = self.section(node, "`backup`", &["target", "recipients", "retention", "schedule"])?;
         let target = section
             .require(self, "target", "a file:///path or s3://bucket/prefix URL")
             .and_then(|node| self.backup_target(node));
@@ -586,11 +532,7 @@ impl Checker<'_, '_> {
 
     fn retention(&mut self, node: &Node) -> Retention {
         let mut retention = Retention::default();
-        if let Some(section) = self.section(
-            node,
-            "`retention`",
-            &["keep_last", "daily", "weekly", "monthly"],
-        ) {
+        if let Some(section) = self.section(node, "`retention`", &["keep_last", "daily", "weekly", "monthly"]) {
             for (key, value) in &section.entries {
                 let Some(count) = self.count(value, key) else {
                     continue;
@@ -607,12 +549,7 @@ impl Checker<'_, '_> {
         retention
     }
 
-    fn hosts(
-        &mut self,
-        node: &Node,
-        defaults: &SshPartial,
-        allow_even_members: bool,
-    ) -> Option<Vec<Host>> {
+    fn hosts(&mut self, node: &Node, defaults: &SshPartial, allow_even_members: bool) -> Option<Vec<Host>> {
         let items = self.list(node, "hosts", "hosts")?;
         let mut hosts = Vec::new();
         let mut names: HashMap<String, Pos> = HashMap::new();
@@ -620,10 +557,7 @@ impl Checker<'_, '_> {
         for item in items {
             // Uniqueness is checked even for hosts with other errors, so each problem shows up.
             let (host, name, address) = self.host(item, defaults);
-            let unique = [
-                (name, &mut names, "host name"),
-                (address, &mut addresses, "address"),
-            ];
+            let unique = [(name, &mut names, "host name"), (address, &mut addresses, "address")];
             for (seen, table, what) in unique {
                 let Some(seen) = seen else { continue };
                 match table.get(&seen.value) {
@@ -642,12 +576,12 @@ impl Checker<'_, '_> {
             hosts.extend(host);
         }
         if hosts.len() == items.len() {
-            let etcd_members = hosts
-                .iter()
-                .filter(|host| host.has_role(Role::Etcd))
-                .count();
+            let etcd_members = hosts.iter().filter(|host| host.has_role(Role::Etcd)).count();
             if etcd_members == 0 {
-                self.error(node.pos, "no host has the `etcd` role: expected at least one etcd member (3 for high availability)");
+                self.error(
+                    node.pos,
+                    "no host has the `etcd` role: expected at least one etcd member (3 for high availability)",
+                );
             } else if etcd_members % 2 == 0 && !allow_even_members {
                 self.error(
                     node.pos,
@@ -661,26 +595,14 @@ impl Checker<'_, '_> {
         (hosts.len() == items.len()).then_some(hosts)
     }
 
-    fn host(
-        &mut self,
-        node: &Node,
-        defaults: &SshPartial,
-    ) -> (Option<Host>, Option<Seen>, Option<Seen>) {
-        const HOST_KEYS: &[&str] = &[
-            "name",
-            "address",
-            "private_address",
-            "roles",
-            "labels",
-            "ssh",
-        ];
+    fn host(&mut self, node: &Node, defaults: &SshPartial) -> (Option<Host>, Option<Seen>, Option<Seen>) {
+        const HOST_KEYS: &[&str] = &["name", "address", "private_address", "roles", "labels", "ssh"];
         let Some(section) = self.section(node, "a host", HOST_KEYS) else {
             return (None, None, None);
         };
         let name_node = section.require(self, "name", "a unique host name");
         let name = name_node.and_then(|n| self.checked(n, "name", values::check_host_name));
-        let address_node =
-            section.require(self, "address", "an IP address or DNS name to connect to");
+        let address_node = section.require(self, "address", "an IP address or DNS name to connect to");
         let address = address_node.and_then(|n| self.checked(n, "address", values::check_address));
         let private_address = section
             .get("private_address")
@@ -696,8 +618,7 @@ impl Checker<'_, '_> {
             Some(n) => self.ssh(n, "the host's `ssh`"),
             None => Some(SshPartial::default()),
         };
-        let ssh =
-            overrides.and_then(|overrides| self.effective_ssh(section.pos, defaults, &overrides));
+        let ssh = overrides.and_then(|overrides| self.effective_ssh(section.pos, defaults, &overrides));
 
         let host = (|| {
             let address = address.clone()?;
@@ -721,10 +642,7 @@ impl Checker<'_, '_> {
 
     fn roles(&mut self, node: &Node) -> Option<BTreeSet<Role>> {
         let items = self.list(node, "roles", "roles")?;
-        let options: Vec<(&str, Role)> = Role::ALL
-            .iter()
-            .map(|role| (role.as_str(), *role))
-            .collect();
+        let options: Vec<(&str, Role)> = Role::ALL.iter().map(|role| (role.as_str(), *role)).collect();
         if items.is_empty() {
             let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
             self.error(
@@ -776,21 +694,13 @@ impl Checker<'_, '_> {
     }
 
     /// Host overrides win over the `ssh` defaults, which win over built-in defaults.
-    fn effective_ssh(
-        &mut self,
-        host_pos: Pos,
-        defaults: &SshPartial,
-        host: &SshPartial,
-    ) -> Option<SshSettings> {
+    fn effective_ssh(&mut self, host_pos: Pos, defaults: &SshPartial, host: &SshPartial) -> Option<SshSettings> {
         let user = host
             .user
             .clone()
             .or_else(|| defaults.user.clone())
             .unwrap_or_else(|| DEFAULT_SSH_USER.into());
-        let identity_file = host
-            .identity_file
-            .clone()
-            .or_else(|| defaults.identity_file.clone());
+        let identity_file = host.identity_file.clone().or_else(|| defaults.identity_file.clone());
         let agent = host.agent.or(defaults.agent).unwrap_or(false);
         if identity_file.is_none() && !agent && !host.had_errors && !defaults.had_errors {
             self.error(
@@ -843,10 +753,7 @@ impl Checker<'_, '_> {
                 .connect_timeout
                 .or(defaults.connect_timeout)
                 .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            keepalive: host
-                .keepalive
-                .or(defaults.keepalive)
-                .unwrap_or(DEFAULT_KEEPALIVE),
+            keepalive: host.keepalive.or(defaults.keepalive).unwrap_or(DEFAULT_KEEPALIVE),
             bastion,
             identity_file,
             user,
@@ -860,9 +767,7 @@ fn resolve_path(text: &str, paths: &PathContext) -> Result<PathBuf, String> {
         return Err("expected a path, found an empty string".into());
     } else if text == "~" || text.starts_with("~/") {
         let home = paths.home.as_ref().ok_or_else(|| {
-            format!(
-                "cannot expand `~` in `{text}` because HOME is not set; expected an absolute path"
-            )
+            format!("cannot expand `~` in `{text}` because HOME is not set; expected an absolute path")
         })?;
         home.join(text.trim_start_matches('~').trim_start_matches('/'))
     } else if text.starts_with('~') {
@@ -874,10 +779,7 @@ fn resolve_path(text: &str, paths: &PathContext) -> Result<PathBuf, String> {
     };
     // Drop `.` components so resolved paths read cleanly; `..` is kept because symlinks make
     // collapsing it unsound without touching the filesystem.
-    Ok(joined
-        .components()
-        .filter(|c| *c != Component::CurDir)
-        .collect())
+    Ok(joined.components().filter(|c| *c != Component::CurDir).collect())
 }
 
 pub(crate) fn absolute(dir: &Path) -> PathBuf {

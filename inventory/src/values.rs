@@ -13,9 +13,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!("{EXPECTED}, found `{text}`"));
         }
@@ -23,9 +21,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("{EXPECTED}; `{text}` is too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
             "ms" => Duration::from_millis(1),
             "s" => Duration::from_secs(1),
@@ -130,9 +126,7 @@ pub fn check_address(address: &str) -> Result<(), String> {
     let labels_ok = labels.iter().all(|label| {
         !label.is_empty()
             && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     });
@@ -199,9 +193,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            d[i][j] = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
             }
@@ -237,36 +229,17 @@ mod tests {
 
     #[test]
     fn addresses() {
-        for good in [
-            "10.0.0.1",
-            "::1",
-            "fe80::1",
-            "node-1.example.com",
-            "localhost",
-        ] {
+        for good in ["10.0.0.1", "::1", "fe80::1", "node-1.example.com", "localhost"] {
             assert!(check_address(good).is_ok(), "{good}");
         }
-        for bad in [
-            "10.0.0.300",
-            "10.0.0",
-            "no_underscores",
-            "-a.b",
-            "1:2:3",
-            "",
-        ] {
+        for bad in ["10.0.0.300", "10.0.0", "no_underscores", "-a.b", "1:2:3", ""] {
             assert!(check_address(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn suggestions() {
-        let keys = [
-            "identity_file",
-            "user",
-            "port",
-            "known_hosts",
-            "known_hosts_file",
-        ];
+        let keys = ["identity_file", "user", "port", "known_hosts", "known_hosts_file"];
         assert_eq!(closest("identiy_file", keys), Some("identity_file"));
         assert_eq!(closest("prot", keys), Some("port"));
         assert_eq!(closest("known_host", keys), Some("known_hosts"));

@@ -472,7 +472,10 @@ fn example_inventory_parses() {
 #[test]
 fn unreadable_file_is_a_diagnostic() {
     let error = load(Path::new("/nonexistent/capstan/inventory.yaml")).unwrap_err();
-    expect!["/nonexistent/capstan/inventory.yaml: error: cannot read inventory: No such file or directory (os error 2)"].assert_eq(&error.to_string());
+    expect![
+        "/nonexistent/capstan/inventory.yaml: error: cannot read inventory: No such file or directory (os error 2)"
+    ]
+    .assert_eq(&error.to_string());
 }
 
 /// Imports `input` as `inventory/prod/hosts.yaml`; the output must itself be a valid inventory.

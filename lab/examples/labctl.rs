@@ -6,12 +6,7 @@ use std::time::Instant;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let started = Instant::now();
-    let result = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["up", name, hosts] => match hosts.parse() {
             Ok(n) => capstan_lab::up(capstan_lab::UpOptions::new(*name, n)).map(|lab| {
                 println!("{}", lab.inventory_path.display());

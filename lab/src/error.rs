@@ -6,10 +6,7 @@ pub enum LabError {
     #[error("the lab needs root (it mounts overlays, creates bridges and runs systemd-nspawn); run it as root")]
     NotRoot,
     #[error("'{tool}' not found in PATH; install it with: apt-get install -y {package}")]
-    MissingTool {
-        tool: &'static str,
-        package: &'static str,
-    },
+    MissingTool { tool: &'static str, package: &'static str },
     #[error("overlayfs is not supported by this kernel ({reason}); try: modprobe overlay")]
     OverlayUnsupported { reason: String },
     #[error("invalid lab name {name:?}: {reason}")]
@@ -21,11 +18,7 @@ pub enum LabError {
     #[error("a lab named {0:?} already exists; remove it first with `capstan lab down --name {0}`")]
     AlreadyExists(String),
     #[error("lab {lab:?} has no machine {host:?} (machines: {known})")]
-    NoSuchHost {
-        lab: String,
-        host: String,
-        known: String,
-    },
+    NoSuchHost { lab: String, host: String, known: String },
     #[error("all 256 lab subnets 10.231.0.0/24..10.231.255.0/24 are in use; remove a lab first")]
     NoFreeSubnet,
     #[error("`{command}` failed ({status}): {stderr}")]
@@ -48,18 +41,14 @@ pub enum LabError {
     },
     #[error("building the base image failed: {reason}; see the log {log}")]
     ImageBuild { reason: String, log: PathBuf },
-    #[error(
-        "machine {machine} ({ip}) did not accept SSH within {seconds} s; see its nspawn log {log}"
-    )]
+    #[error("machine {machine} ({ip}) did not accept SSH within {seconds} s; see its nspawn log {log}")]
     SshTimeout {
         machine: String,
         ip: String,
         seconds: u64,
         log: PathBuf,
     },
-    #[error(
-        "machine {machine} exited during boot (systemd-nspawn is gone); see its nspawn log {log}"
-    )]
+    #[error("machine {machine} exited during boot (systemd-nspawn is gone); see its nspawn log {log}")]
     MachineExited { machine: String, log: PathBuf },
     #[error("machine {machine} is already running (pid {pid})")]
     AlreadyRunning { machine: String, pid: u32 },

@@ -107,17 +107,14 @@ fn remove_stale(images: &Path, hash: &str, rootfs: &Path) -> Result<()> {
         }
     }
     if rootfs.exists() {
-        std::fs::remove_dir_all(rootfs)
-            .ctx(|| format!("removing incomplete image {}", rootfs.display()))?;
+        std::fs::remove_dir_all(rootfs).ctx(|| format!("removing incomplete image {}", rootfs.display()))?;
     }
     Ok(())
 }
 
 fn build_into(tmp: &Path, mirror: &str, log_path: &Path) -> Result<()> {
     let log = std::fs::File::create(log_path).ctx(|| format!("creating {}", log_path.display()))?;
-    let log_err = log
-        .try_clone()
-        .ctx(|| format!("opening {}", log_path.display()))?;
+    let log_err = log.try_clone().ctx(|| format!("opening {}", log_path.display()))?;
     let include = format!("--include={}", PACKAGES.join(","));
     let status = Command::new("debootstrap")
         .args(["--variant=minbase", &include, SUITE])
@@ -148,8 +145,7 @@ fn customise(root: &Path) -> Result<()> {
         .flatten()
     {
         if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
-            std::fs::remove_file(entry.path())
-                .ctx(|| format!("removing {}", entry.path().display()))?;
+            std::fs::remove_file(entry.path()).ctx(|| format!("removing {}", entry.path().display()))?;
         }
     }
     for id in ["etc/machine-id", "var/lib/dbus/machine-id"] {

@@ -98,9 +98,7 @@ impl Lab {
         self.machines
             .iter()
             .enumerate()
-            .find(|(i, m)| {
-                m.name == host || m.nspawn_name == host || m.ip == host || index == Some(i + 1)
-            })
+            .find(|(i, m)| m.name == host || m.nspawn_name == host || m.ip == host || index == Some(i + 1))
             .map(|(_, m)| m)
             .ok_or_else(|| LabError::NoSuchHost {
                 lab: self.name.clone(),
@@ -145,9 +143,8 @@ impl Lab {
 /// Whether `pid` is still the systemd-nspawn of machine `nspawn_name` (guards against pid reuse).
 fn nspawn_alive(pid: u32, nspawn_name: &str) -> bool {
     let flag = format!("--machine={nspawn_name}");
-    sys::cmdline(pid).is_some_and(|args| {
-        args.first().is_some_and(|a| a.ends_with("systemd-nspawn")) && args.contains(&flag)
-    })
+    sys::cmdline(pid)
+        .is_some_and(|args| args.first().is_some_and(|a| a.ends_with("systemd-nspawn")) && args.contains(&flag))
 }
 
 fn load(paths: &Paths, name: &str) -> Result<Option<Lab>> {
@@ -269,11 +266,7 @@ pub fn up(opts: UpOptions) -> Result<Lab> {
         lab.machines[i].pid = Some(pid);
         lab.save()?;
     }
-    wait_for_ssh(
-        &lab,
-        &lab.machines.iter().collect::<Vec<_>>(),
-        opts.ssh_timeout,
-    )?;
+    wait_for_ssh(&lab, &lab.machines.iter().collect::<Vec<_>>(), opts.ssh_timeout)?;
     lab.refresh_running();
     progress(&format!(
         "lab {} is up ({} machines, {:.1} s); inventory: {}",
@@ -289,8 +282,7 @@ pub fn up(opts: UpOptions) -> Result<Lab> {
 /// `up`s never share a subnet or a name.
 fn allocate(opts: &UpOptions, image: PathBuf) -> Result<Lab> {
     let paths = &opts.paths;
-    std::fs::create_dir_all(&paths.state_root)
-        .ctx(|| format!("creating {}", paths.state_root.display()))?;
+    std::fs::create_dir_all(&paths.state_root).ctx(|| format!("creating {}", paths.state_root.display()))?;
     let _lock = FileLock::acquire(&paths.state_root.join(".lock"))?;
     let dir = paths.lab_dir(&opts.name);
     if dir.exists() {
@@ -372,10 +364,7 @@ fn lab_from_plan(
 
 fn ensure_bridge(lab: &Lab) -> Result<()> {
     if !sys::link_exists(&lab.bridge) {
-        sys::run(
-            "ip",
-            &["link", "add", "name", &lab.bridge, "type", "bridge"],
-        )?;
+        sys::run("ip", &["link", "add", "name", &lab.bridge, "type", "bridge"])?;
     }
     let addrs = sys::run("ip", &["-o", "-4", "addr", "show", "dev", &lab.bridge])?;
     let cidr = format!("{}/24", lab.gateway);
@@ -410,14 +399,7 @@ fn mount_overlay(lab: &Lab, m: &Machine) -> Result<()> {
     );
     sys::run(
         "mount",
-        &[
-            "-t",
-            "overlay",
-            "overlay",
-            "-o",
-            &options,
-            &m.root.to_string_lossy(),
-        ],
+        &["-t", "overlay", "overlay", "-o", &options, &m.root.to_string_lossy()],
     )
     .map(|_| ())
 }
@@ -469,11 +451,7 @@ fn prepare_machine(lab: &Lab, m: &Machine, user_key: &str, hosts: &str) -> Resul
     }
     let public = read_trimmed(&host_key.with_extension("pub"))?;
     // known_hosts wants "type key"; drop the comment.
-    Ok(public
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" "))
+    Ok(public.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
 }
 
 fn read_trimmed(path: &Path) -> Result<String> {
@@ -489,9 +467,7 @@ fn spawn_machine(lab: &Lab, m: &Machine) -> Result<u32> {
         .append(true)
         .open(&m.log)
         .ctx(|| format!("opening {}", m.log.display()))?;
-    let log_err = log
-        .try_clone()
-        .ctx(|| format!("opening {}", m.log.display()))?;
+    let log_err = log.try_clone().ctx(|| format!("opening {}", m.log.display()))?;
     let mut cmd = Command::new("systemd-nspawn");
     cmd.arg("--boot")
         .arg("--register=no")
@@ -517,9 +493,7 @@ fn spawn_machine(lab: &Lab, m: &Machine) -> Result<u32> {
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .ctx(|| format!("starting systemd-nspawn for {}", m.name))?;
+    let child = cmd.spawn().ctx(|| format!("starting systemd-nspawn for {}", m.name))?;
     Ok(child.id())
 }
 
@@ -548,13 +522,11 @@ fn wait_for_ssh(lab: &Lab, machines: &[&Machine], timeout: Duration) -> Result<(
 }
 
 fn wait_one(m: &Machine, deadline: Instant, timeout: Duration) -> Result<()> {
-    let addr: SocketAddr = format!("{}:22", m.ip)
-        .parse()
-        .map_err(|_| LabError::NoSuchHost {
-            lab: String::new(),
-            host: m.ip.clone(),
-            known: String::new(),
-        })?;
+    let addr: SocketAddr = format!("{}:22", m.ip).parse().map_err(|_| LabError::NoSuchHost {
+        lab: String::new(),
+        host: m.ip.clone(),
+        known: String::new(),
+    })?;
     loop {
         if ssh_banner(&addr) {
             return Ok(());
@@ -605,12 +577,7 @@ pub fn write_inventory(lab: &Lab, path: &Path) -> Result<()> {
         }
     };
     let q = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""));
-    let roles = lab
-        .roles
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let roles = lab.roles.iter().map(String::as_str).collect::<Vec<_>>().join(", ");
     let mut yaml = format!(
         "# Written by `capstan lab up` for lab {name}; state in {dir}.\n\
          cluster:\n  name: {name}\n\
@@ -636,7 +603,11 @@ pub fn write_inventory(lab: &Lab, path: &Path) -> Result<()> {
         // The newest etcd the lab mirror carries (lab/mirror/build-mirror.sh).
         yaml.push_str(&format!("versions:\n  etcd: \"{LAB_ETCD_VERSION}\"\n"));
     }
-    let etcd_members = if lab.roles.iter().any(|r| r == "etcd") { lab.machines.len() } else { 0 };
+    let etcd_members = if lab.roles.iter().any(|r| r == "etcd") {
+        lab.machines.len()
+    } else {
+        0
+    };
     if etcd_members % 2 == 0 && etcd_members > 0 {
         // Labs are test beds: an even member count is allowed there so 2- and 4-machine labs work.
         yaml.push_str("etcd:\n  allow_even_members: true\n");
@@ -768,28 +739,15 @@ pub fn stop(name: &str, host: &str) -> Result<()> {
 
 /// Boots a stopped machine again on its existing overlay and waits for its sshd.
 pub fn start(name: &str, host: &str) -> Result<()> {
-    start_with(
-        name,
-        host,
-        Duration::from_secs(120),
-        &crate::stderr_progress(),
-    )
+    start_with(name, host, Duration::from_secs(120), &crate::stderr_progress())
 }
 
-pub(crate) fn start_with(
-    name: &str,
-    host: &str,
-    timeout: Duration,
-    progress: &Progress,
-) -> Result<()> {
+pub(crate) fn start_with(name: &str, host: &str, timeout: Duration, progress: &Progress) -> Result<()> {
     let paths = Paths::from_env();
     let mut lab = get_in(&paths, name)?;
     let m = lab.machine(host)?.clone();
     if let Some(pid) = m.pid.filter(|_| m.running) {
-        return Err(LabError::AlreadyRunning {
-            machine: m.name,
-            pid,
-        });
+        return Err(LabError::AlreadyRunning { machine: m.name, pid });
     }
     // A machine whose nspawn was killed may still be running headless; never boot it twice.
     sys::kill_orphan_containers(&m.root, std::slice::from_ref(&m.machine_id));
@@ -837,10 +795,7 @@ pub fn ssh_command(name: &str, host: &str, remote_command: Option<&str>) -> Resu
     cmd.arg("-i")
         .arg(&lab.key_path)
         .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            lab.known_hosts_path.display()
-        ))
+        .arg(format!("UserKnownHostsFile={}", lab.known_hosts_path.display()))
         .args([
             "-o",
             "GlobalKnownHostsFile=/dev/null",
@@ -896,9 +851,7 @@ mod tests {
         assert!(text.contains("identity_file: \"./id_ed25519\""));
         assert!(text.contains("known_hosts_file: \"./known_hosts\""));
         assert!(text.contains("known_hosts: strict"));
-        assert!(
-            text.contains("  - name: demo-2\n    address: 10.231.4.12\n    roles: [etcd, node]\n")
-        );
+        assert!(text.contains("  - name: demo-2\n    address: 10.231.4.12\n    roles: [etcd, node]\n"));
         assert!(text.contains("mirror: \"file:///srv/mirror\""));
         // Two machines, both etcd: the lab allows the even member count explicitly.
         assert!(text.contains("etcd:\n  allow_even_members: true\n"), "{text}");

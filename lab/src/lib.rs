@@ -25,9 +25,8 @@ pub use error::{LabError, Result};
 pub use guard::LabGuard;
 pub use image::{ensure_image, recipe_hash};
 pub use lab::{
-    LAB_ETCD_VERSION,
-    down, get, heal, isolate, list, ssh_command, start, stop, up, write_inventory, DownReport, Lab,
-    LabSummary, Machine,
+    down, get, heal, isolate, list, ssh_command, start, stop, up, write_inventory, DownReport, Lab, LabSummary,
+    Machine, LAB_ETCD_VERSION,
 };
 pub use prereq::check_prerequisites;
 

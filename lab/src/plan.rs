@@ -37,10 +37,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 
 pub fn validate_hosts(hosts: usize) -> Result<()> {
     if hosts == 0 || hosts > MAX_HOSTS {
-        return Err(LabError::InvalidHostCount {
-            hosts,
-            max: MAX_HOSTS,
-        });
+        return Err(LabError::InvalidHostCount { hosts, max: MAX_HOSTS });
     }
     Ok(())
 }
@@ -160,17 +157,10 @@ mod tests {
             (&[], &[0], 1),
         ];
         for (labs, host, want) in cases {
-            assert_eq!(
-                allocate_subnet(labs, host).unwrap(),
-                *want,
-                "{labs:?} {host:?}"
-            );
+            assert_eq!(allocate_subnet(labs, host).unwrap(), *want, "{labs:?} {host:?}");
         }
         let all: Vec<u8> = (0..=255).collect();
-        assert!(matches!(
-            allocate_subnet(&all, &[]),
-            Err(LabError::NoFreeSubnet)
-        ));
+        assert!(matches!(allocate_subnet(&all, &[]), Err(LabError::NoFreeSubnet)));
     }
 
     #[test]

@@ -27,10 +27,7 @@ pub fn check_prerequisites() -> Result<()> {
 }
 
 fn check_overlay() -> Result<()> {
-    let listed = |fs: &str| {
-        fs.lines()
-            .any(|l| l.split_whitespace().last() == Some("overlay"))
-    };
+    let listed = |fs: &str| fs.lines().any(|l| l.split_whitespace().last() == Some("overlay"));
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     if listed(&filesystems) {
         return Ok(());

@@ -33,9 +33,7 @@ pub(crate) fn in_path(program: &str) -> bool {
     };
     std::env::split_paths(&path).any(|dir| {
         let candidate = dir.join(program);
-        std::fs::metadata(&candidate)
-            .map(|m| m.is_file())
-            .unwrap_or(false)
+        std::fs::metadata(&candidate).map(|m| m.is_file()).unwrap_or(false)
     })
 }
 
@@ -115,9 +113,8 @@ pub(crate) fn nspawn_pids(matches: impl Fn(&[String]) -> bool) -> Vec<u32> {
     let mut pids: Vec<u32> = entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            cmdline(*pid).is_some_and(|args| {
-                args.first().is_some_and(|a| a.ends_with("systemd-nspawn")) && matches(&args)
-            })
+            cmdline(*pid)
+                .is_some_and(|args| args.first().is_some_and(|a| a.ends_with("systemd-nspawn")) && matches(&args))
         })
         .collect();
     pids.sort_unstable();
@@ -302,8 +299,7 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()
         .mode(mode)
         .open(&tmp)
         .ctx(|| format!("writing {}", tmp.display()))?;
-    file.write_all(contents)
-        .ctx(|| format!("writing {}", tmp.display()))?;
+    file.write_all(contents).ctx(|| format!("writing {}", tmp.display()))?;
     drop(file);
     std::fs::rename(&tmp, path).ctx(|| format!("renaming {} into place", path.display()))
 }

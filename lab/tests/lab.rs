@@ -86,16 +86,10 @@ fn assert_gone(lab: &capstan_lab::Lab) {
         .map(|m| m.veth.as_str())
         .chain([lab.bridge.as_str()])
     {
-        assert!(
-            !Path::new("/sys/class/net").join(link).exists(),
-            "link {link} left"
-        );
+        assert!(!Path::new("/sys/class/net").join(link).exists(), "link {link} left");
     }
     assert!(!lab.dir.exists(), "state dir {} left", lab.dir.display());
-    assert!(matches!(
-        capstan_lab::get(&lab.name),
-        Err(LabError::NotFound(_))
-    ));
+    assert!(matches!(capstan_lab::get(&lab.name), Err(LabError::NotFound(_))));
 }
 
 #[test]
@@ -113,11 +107,7 @@ fn two_machine_lab_lifecycle() {
         assert_eq!(hostname, m.name);
         // The machine may still be finishing boot: wait for a settled state.
         let (_, state) = ssh(&name, &m.name, "systemctl is-system-running --wait");
-        assert!(
-            state == "running" || state == "degraded",
-            "{}: {state}",
-            m.name
-        );
+        assert!(state == "running" || state == "degraded", "{}: {state}", m.name);
         let (_, id) = ssh(&name, &m.name, "cat /etc/machine-id");
         assert_eq!(id, m.machine_id);
     }
@@ -150,12 +140,7 @@ fn two_machine_lab_lifecycle() {
 
     let ping = |from: &str, to: &str| ssh(&name, from, &format!("ping -c1 -W2 {to}")).0;
     assert!(ping(&m1.name, &m2.ip), "{} cannot reach {}", m1.name, m2.ip);
-    assert!(
-        ping(&m2.name, &m1.name),
-        "{} cannot reach {} by name",
-        m2.name,
-        m1.name
-    );
+    assert!(ping(&m2.name, &m1.name), "{} cannot reach {} by name", m2.name, m1.name);
 
     assert!(ssh(&name, &m2.name, "echo kept > /root/marker && sync").0);
     capstan_lab::stop(&name, &m2.name).expect("stop");
@@ -252,10 +237,7 @@ fn input_errors_need_no_root() {
         capstan_lab::get("no-such-lab-here"),
         Err(LabError::NotFound(_))
     ));
-    assert!(matches!(
-        capstan_lab::down("../etc"),
-        Err(LabError::InvalidName { .. })
-    ));
+    assert!(matches!(capstan_lab::down("../etc"), Err(LabError::InvalidName { .. })));
 }
 
 /// Live processes whose environment carries `container_uuid=<machine-id>`.

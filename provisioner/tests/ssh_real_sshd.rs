@@ -486,7 +486,9 @@ async fn privileged_exec_uses_sudo_for_non_root_users() {
     impl Drop for Cleanup {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.1);
-            let _ = std::process::Command::new("userdel").args(["-r", "-f", &self.0]).output();
+            let _ = std::process::Command::new("userdel")
+                .args(["-r", "-f", &self.0])
+                .output();
         }
     }
     let _cleanup = Cleanup(user.clone(), sudoers.clone());

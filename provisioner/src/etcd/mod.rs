@@ -9,5 +9,5 @@ pub mod client;
 pub mod config;
 pub mod inspect;
 pub mod probe;
-pub mod status;
 pub mod restore;
+pub mod status;
