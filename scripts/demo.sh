@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: a local lab of 3 real machines → HA etcd with mutual TLS → an encrypted backup to a local
-# directory → verify it. Re-runnable: it replaces its own lab and keeps earlier backups.
+# directory → verify it → a restore drill into a fresh lab with its report. Re-runnable: it replaces its own
+# lab and keeps earlier backups.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -39,6 +40,15 @@ $capstan -i "$inventory" status
 step "Operator credentials for etcdctl"
 $capstan -i "$inventory" etcd credentials --out "$demo_dir/etcd-credentials"
 
+step "Writing a few keys over mutual TLS with etcdctl and the operator credentials"
+creds="$demo_dir/etcd-credentials"
+etcdctl_tls() {
+  ETCDCTL_API=3 etcdctl --cacert "$creds/ca.crt" --cert "$creds/client.crt" --key "$creds/client.key" \
+    --endpoints "$(cat "$creds/endpoints")" "$@"
+}
+for i in 1 2 3; do etcdctl_tls put "demo/key-$i" "value-$i" >/dev/null; done
+etcdctl_tls get --prefix demo/ --keys-only | grep .
+
 key="$demo_dir/backup-identity.txt"
 if [ ! -f "$key" ]; then
   step "Generating an age key for the demo's backups: $key (keep such keys offline)"
@@ -54,6 +64,11 @@ step "Verifying backup $id with the identity (hashes, decryption, etcd's own sna
 $capstan backup verify "$id" --target "$target" --identity "$key"
 $capstan backup list --target "$target"
 
+step "Disaster-recovery drill: restore backup $id into a fresh lab, verify, measure RTO/RPO, tear it down"
+$capstan drill --from "$id" --target "$target" --identity "$key" --report "$demo_dir/drill-report" \
+  --expect-key 'demo/*' --expect-key demo/key-2
+echo "drill report: $demo_dir/drill-report.md and $demo_dir/drill-report.json" >&2
+
 cat >&2 <<NEXT
 
 Done. The lab is still running. Try next:
@@ -62,5 +77,7 @@ Done. The lab is still running. Try next:
   $capstan lab start --name $lab $lab-2 && $capstan -i $inventory apply
   ETCDCTL_API=3 etcdctl --cacert $demo_dir/etcd-credentials/ca.crt --cert $demo_dir/etcd-credentials/client.crt \\
       --key $demo_dir/etcd-credentials/client.key --endpoints \$(cat $demo_dir/etcd-credentials/endpoints) put hello world
+  $capstan backup list --target $target
+  $capstan -i $inventory restore --from latest --target $target --identity $key   # refused: the cluster is live
   $capstan lab down --name $lab                                             # remove everything
 NEXT
