@@ -5,11 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build -q -p capstan-cli
-capstan="${CARGO_TARGET_DIR:-$PWD/target}/debug/capstan"
+if [ -n "${CAPSTAN_BIN:-}" ]; then
+  capstan="$CAPSTAN_BIN"   # a capstan binary that is already built (the demo's own test uses this)
+else
+  cargo build -q -p capstan-cli
+  capstan="${CARGO_TARGET_DIR:-$PWD/target}/debug/capstan"
+fi
 export CAPSTAN_MIRROR_DIR="${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
-lab=demo
-demo_dir=/var/lib/capstan/demo
+lab="${CAPSTAN_DEMO_LAB:-demo}"
+demo_dir="${CAPSTAN_DEMO_DIR:-/var/lib/capstan/demo}"
 mkdir -p "$demo_dir"
 chmod 700 "$demo_dir"
 

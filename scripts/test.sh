@@ -6,9 +6,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CAPSTAN_MIRROR_DIR="${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
 
-cargo build -q -p capstan-cli
-capstan="${CARGO_TARGET_DIR:-$PWD/target}/debug/capstan"
-labs() { "$capstan" lab list --output json | python3 -c 'import json,sys; print("\n".join(sorted(l["name"] for l in json.load(sys.stdin))))'; }
+# Labs are directories under the lab state root (see docs/lab.md).
+lab_root="${CAPSTAN_LAB_ROOT:-/var/lib/capstan/lab}"
+labs() { ls -1 "$lab_root" 2>/dev/null | sort; }
 before=$(labs)
 
 status=0
@@ -23,6 +23,8 @@ fi
 leaked=$(comm -13 <(echo "$before") <(labs) | grep . || true)
 if [ -n "$leaked" ]; then
   echo "test: labs left behind by the tests: $leaked" >&2
+  # The test build made the binary; building it separately would rebuild dependencies with other features.
+  capstan="${CARGO_TARGET_DIR:-$PWD/target}/debug/capstan"
   for lab in $leaked; do "$capstan" lab down --name "$lab" || true; done
   status=1
 fi
