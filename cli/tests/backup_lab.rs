@@ -12,6 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 use capstan_lab::{Lab, LabGuard, UpOptions};
 use serde_json::Value;
 
+mod support;
+use support::{run_capstan, Run};
+
 const MIRROR: &str = "/var/cache/capstan/mirror";
 const BUCKET: &str = "capstan-lab";
 const METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup.prom";
@@ -102,40 +105,20 @@ impl Drop for Moto {
     }
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn capstan(inventory: &Path, moto: &Moto, args: &[&str]) -> Run {
-    let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .arg("-i")
-        .arg(inventory)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("AWS_ENDPOINT_URL", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "capstan-lab")
-        .env("AWS_SECRET_ACCESS_KEY", "capstan-lab-secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .expect("run capstan");
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!(
-        "capstan {} -> {} in {:.1}s",
-        args.join(" "),
-        run.code,
-        started.elapsed().as_secs_f64()
-    );
-    run
+    run_capstan(
+        Some(inventory),
+        args,
+        &[
+            ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "capstan-lab"),
+            ("AWS_SECRET_ACCESS_KEY", "capstan-lab-secret"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    )
 }
 
 fn capstan_ok(inventory: &Path, moto: &Moto, args: &[&str]) -> Run {

@@ -12,6 +12,9 @@ use capstan_lab::{Lab, LabGuard, UpOptions};
 use capstan_provisioner::etcd::client::{EtcdClient, EtcdEndpoint, EtcdTls, Timeouts};
 use serde_json::Value;
 
+mod support;
+use support::{run_capstan, Run};
+
 const MIRROR: &str = "/var/cache/capstan/mirror";
 
 fn lab_missing() -> Option<String> {
@@ -26,33 +29,8 @@ fn lab_missing() -> Option<String> {
     None
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn capstan(inventory: &Path, args: &[&str]) -> Run {
-    let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .arg("-i")
-        .arg(inventory)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run capstan");
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!(
-        "capstan {} -> {} in {:.1}s",
-        args.join(" "),
-        run.code,
-        started.elapsed().as_secs_f64()
-    );
-    run
+    run_capstan(Some(inventory), args, &[])
 }
 
 fn capstan_ok(inventory: &Path, args: &[&str]) -> Run {

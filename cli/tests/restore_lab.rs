@@ -13,6 +13,9 @@ use capstan_lab::{Lab, LabGuard, UpOptions};
 use capstan_provisioner::etcd::client::{EtcdClient, EtcdEndpoint, EtcdTls, Timeouts};
 use serde_json::Value;
 
+mod support;
+use support::{run_capstan, Run};
+
 const MIRROR: &str = "/var/cache/capstan/mirror";
 const KEYS: usize = 10_000;
 
@@ -34,36 +37,8 @@ fn missing() -> Option<String> {
     None
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn capstan(inventory: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let started = Instant::now();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_capstan"));
-    if let Some(inventory) = inventory {
-        command.arg("-i").arg(inventory);
-    }
-    let output = command
-        .args(args)
-        .env("NO_COLOR", "1")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run capstan");
-    let run = Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    eprintln!(
-        "capstan {} -> {} in {:.1}s",
-        args.join(" "),
-        run.code,
-        started.elapsed().as_secs_f64()
-    );
-    run
+    run_capstan(inventory, args, env)
 }
 
 fn capstan_ok(inventory: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Run {
