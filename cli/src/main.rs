@@ -6,6 +6,7 @@
 mod cli;
 mod cmd_backup;
 mod cmd_check;
+mod cmd_drill;
 mod cmd_etcd;
 mod cmd_inventory;
 mod cmd_lab;
@@ -51,7 +52,7 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Etcd(cmd) => cmd_etcd::etcd(cmd, cli.inventory.as_deref(), out),
         Command::Backup(cmd) => cmd_backup::run(cmd, cli.inventory.as_deref(), out),
         Command::Restore(args) => cmd_restore::restore(args, cli.inventory.as_deref(), out),
-        Command::Drill(args) => cmd_restore::drill(args, cli.inventory.as_deref(), out),
+        Command::Drill(args) => cmd_drill::drill(args, cli.inventory.as_deref(), out),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "capstan", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
