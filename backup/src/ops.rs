@@ -338,6 +338,23 @@ fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, BackupErr
     Ok(identities)
 }
 
+/// The public keys (age1...) of the X25519 identities in an identity file: what a backup's
+/// manifest must list among its recipients for this file to decrypt it.
+pub fn identity_recipients(path: &Path) -> Result<Vec<String>, BackupError> {
+    load_identities(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| BackupError::Identity {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("AGE-SECRET-KEY-1"))
+        .filter_map(|line| line.parse::<age::x25519::Identity>().ok())
+        .map(|identity| identity.to_public().to_string())
+        .collect())
+}
+
 /// Download and check a backup. With `identity`, every object is decrypted and its plaintext
 /// checked (and the snapshot's own hash); without, only stored sizes and hashes are checked.
 pub async fn verify(

@@ -38,6 +38,23 @@ pub const TIMER_UNIT: &str = "capstan-backup.timer";
 pub const LOCAL_ENDPOINT: &str = "https://127.0.0.1:2379";
 pub const PKI_DIR: &str = "/etc/etcd/pki";
 
+/// Where `capstan drill schedule` installs things on each member (next to the backup schedule;
+/// both share the binary, which goes only when neither config is left).
+pub const DRILL_CONFIG_PATH: &str = "/etc/capstan/drill.yaml";
+pub const DRILL_ENVIRONMENT_PATH: &str = "/etc/capstan/drill.env";
+pub const DRILL_IDENTITY_PATH: &str = "/etc/capstan/drill-identity.txt";
+/// The drill hosts' inventory, SSH key and known_hosts.
+pub const DRILL_DIR: &str = "/etc/capstan/drill";
+pub const DRILL_INVENTORY_PATH: &str = "/etc/capstan/drill/inventory.yaml";
+pub const DRILL_SSH_KEY_PATH: &str = "/etc/capstan/drill/id";
+pub const DRILL_KNOWN_HOSTS_PATH: &str = "/etc/capstan/drill/known_hosts";
+/// Reports of scheduled drills: `latest.json` and `latest.md`.
+pub const DRILL_REPORT_DIR: &str = "/var/lib/capstan/drills";
+pub const DRILL_SERVICE_UNIT: &str = "capstan-drill.service";
+pub const DRILL_TIMER_UNIT: &str = "capstan-drill.timer";
+/// The artifact cache of scheduled drills (a service has no HOME).
+pub const DRILL_CACHE_DIR: &str = "/var/cache/capstan/artifacts";
+
 /// The operator's environment variables that are copied into the members' root-only
 /// environment file (S3 credentials and endpoint).
 pub const S3_ENVIRONMENT: [&str; 5] = [
@@ -67,6 +84,29 @@ pub struct ScheduleConfig {
     pub pki_dir: PathBuf,
     pub local_endpoint: String,
     pub metrics_file: PathBuf,
+}
+
+/// `/etc/capstan/drill.yaml`: everything one scheduled drill needs, except secrets (the age
+/// identity and the drill hosts' SSH key are separate root-only files).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillScheduleConfig {
+    pub cluster: String,
+    /// This member's inventory name (logs).
+    pub member: String,
+    /// Where the backups are: `s3://bucket/prefix` or `file:///path`.
+    pub target: String,
+    #[serde(default)]
+    pub s3_path_style: bool,
+    pub identity: PathBuf,
+    /// The inventory of the hosts each drill restores into.
+    pub drill_inventory: PathBuf,
+    #[serde(default)]
+    pub expect_keys: Vec<String>,
+    /// Report base path (`.json` and `.md` are added).
+    pub report: PathBuf,
+    pub pki_dir: PathBuf,
+    pub local_endpoint: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,10 +204,10 @@ fn read(path: &Path) -> Result<Vec<u8>, ScheduleError> {
 /// Files backed up as the cluster's PKI, by name.
 type PkiFiles = Vec<(String, Vec<u8>)>;
 
-fn local_access(config: &ScheduleConfig) -> Result<(EtcdTls, PkiFiles), ScheduleError> {
-    let dir = config.pki_dir.display().to_string();
-    let cert = read(&config.pki_dir.join("ca.crt"))?;
-    let key = read(&config.pki_dir.join("ca.key"))?;
+fn local_access(pki_dir: &Path) -> Result<(EtcdTls, PkiFiles), ScheduleError> {
+    let dir = pki_dir.display().to_string();
+    let cert = read(&pki_dir.join("ca.crt"))?;
+    let key = read(&pki_dir.join("ca.key"))?;
     let ca_error = |reason: String| ScheduleError::Ca {
         dir: dir.clone(),
         reason,
@@ -186,12 +226,12 @@ fn local_access(config: &ScheduleConfig) -> Result<(EtcdTls, PkiFiles), Schedule
 }
 
 /// Whether the local member leads, and every member's client URLs (snapshot sources).
-async fn leadership(config: &ScheduleConfig, tls: &EtcdTls) -> Result<(bool, Vec<EtcdEndpoint>), ScheduleError> {
+async fn leadership(local_endpoint: &str, tls: &EtcdTls) -> Result<(bool, Vec<EtcdEndpoint>), ScheduleError> {
     let leader_error = |reason: String| ScheduleError::Leader {
-        endpoint: config.local_endpoint.clone(),
+        endpoint: local_endpoint.to_string(),
         reason,
     };
-    let local = EtcdEndpoint::parse(&config.local_endpoint).map_err(|e| leader_error(e.to_string()))?;
+    let local = EtcdEndpoint::parse(local_endpoint).map_err(|e| leader_error(e.to_string()))?;
     let client = EtcdClient::connect(std::slice::from_ref(&local), tls)
         .await
         .map_err(|e| leader_error(error_chain(&e)))?;
@@ -215,8 +255,8 @@ async fn leadership(config: &ScheduleConfig, tls: &EtcdTls) -> Result<(bool, Vec
 pub async fn run_scheduled(config: &ScheduleConfig) -> Result<RunOutcome, ScheduleError> {
     let started = Instant::now();
     let attempt = unix_now();
-    let (tls, pki_files) = local_access(config)?;
-    let (leader, endpoints) = leadership(config, &tls).await?;
+    let (tls, pki_files) = local_access(&config.pki_dir)?;
+    let (leader, endpoints) = leadership(&config.local_endpoint, &tls).await?;
     if !leader {
         return Ok(RunOutcome::NotLeader);
     }
@@ -253,6 +293,13 @@ pub async fn run_scheduled(config: &ScheduleConfig) -> Result<RunOutcome, Schedu
         prune,
         elapsed_secs,
     })
+}
+
+/// Whether the etcd member at `local_endpoint` (reached with a client certificate from the CA in
+/// `pki_dir`) is the leader: how scheduled drills pick the one member that runs each drill.
+pub async fn local_member_leads(pki_dir: &Path, local_endpoint: &str) -> Result<bool, ScheduleError> {
+    let (tls, _) = local_access(pki_dir)?;
+    Ok(leadership(local_endpoint, &tls).await?.0)
 }
 
 async fn backup_and_prune(

@@ -259,6 +259,9 @@ pub enum BackupCommand {
         /// Uninstall the timer, service, binary and credentials.
         #[arg(long)]
         remove: bool,
+        /// Show what would change on each member (with diffs) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// One scheduled backup on an etcd member (what the installed timer runs).
     #[command(hide = true)]
@@ -299,7 +302,10 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DrillArgs {
+    #[command(subcommand)]
+    pub command: Option<DrillCommand>,
     /// Backup id, or `latest`.
     #[arg(long, value_name = "ID", default_value = "latest")]
     pub from: String,
@@ -317,7 +323,45 @@ pub struct DrillArgs {
     /// A key or prefix (ending in `*`) that must exist after the restore; repeatable.
     #[arg(long = "expect-key", value_name = "KEY")]
     pub expect_keys: Vec<String>,
-    /// Keep the drill target running afterwards.
+    /// Keep the drill target running afterwards (a lab, or etcd with its data on the inventory's hosts).
     #[arg(long)]
     pub keep: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DrillCommand {
+    /// Install (or remove) a systemd timer on the etcd members that drills the latest backup into
+    /// dedicated drill hosts on a calendar, writing a report and Prometheus textfile metrics.
+    Schedule(DrillScheduleArgs),
+    /// One scheduled drill on an etcd member (what the installed timer runs).
+    #[command(hide = true)]
+    Run {
+        /// The member's drill config, written by `capstan drill schedule`.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DrillScheduleArgs {
+    #[command(flatten)]
+    pub target: BackupTargetArgs,
+    /// age identity file the scheduled drills decrypt with (copied to the members, root-only).
+    #[arg(long, value_name = "FILE", required_unless_present = "remove")]
+    pub identity: Option<PathBuf>,
+    /// Inventory of the dedicated hosts each drill restores into (their etcd is wiped after each drill).
+    #[arg(long = "drill-target", value_name = "INVENTORY", required_unless_present = "remove")]
+    pub drill_target: Option<PathBuf>,
+    /// systemd OnCalendar expression, e.g. 'Sun *-*-* 04:00:00' or 'weekly'.
+    #[arg(long, value_name = "CALENDAR", required_unless_present = "remove")]
+    pub on_calendar: Option<String>,
+    /// A key or prefix (ending in `*`) that must exist after each restore; repeatable.
+    #[arg(long = "expect-key", value_name = "KEY")]
+    pub expect_keys: Vec<String>,
+    /// Uninstall the timer, service, drill config and credentials.
+    #[arg(long)]
+    pub remove: bool,
+    /// Show what would change on each member (with diffs) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

@@ -10,8 +10,8 @@ use std::time::{Instant, SystemTime};
 use capstan_backup::metrics::DEFAULT_METRICS_FILE;
 use capstan_backup::schedule::{
     check_calendar, environment_file, run_scheduled, InstalledBinary, RemovedUnit, RetentionConfig, RunOutcome,
-    ScheduleConfig, BINARY_PATH, CONFIG_DIR, CONFIG_PATH, ENVIRONMENT_PATH, INVENTORY_PATH, LOCAL_ENDPOINT, PKI_DIR,
-    SERVICE_UNIT, TIMER_UNIT,
+    ScheduleConfig, BINARY_PATH, CONFIG_DIR, CONFIG_PATH, DRILL_CONFIG_PATH, ENVIRONMENT_PATH, INVENTORY_PATH,
+    LOCAL_ENDPOINT, PKI_DIR, SERVICE_UNIT, TIMER_UNIT,
 };
 use capstan_backup::{
     parse_recipients_file, BackupError, BackupSummary, CreateRequest, Decision, Encryption, EtcdSource, Progress,
@@ -90,9 +90,10 @@ pub fn run(cmd: BackupCommand, inventory: Option<&Path>, out: &Output) -> anyhow
             target,
             on_calendar,
             remove,
+            dry_run,
         } => {
             let cluster = load(inventory)?;
-            runtime.block_on(schedule(&cluster, &target, on_calendar, remove, out))
+            runtime.block_on(schedule(&cluster, &target, on_calendar, remove, dry_run, out))
         }
         BackupCommand::Run { config } => runtime.block_on(run_member(&config, out)),
     }
@@ -204,7 +205,7 @@ async fn etcd_access(cluster: &Cluster) -> anyhow::Result<(EtcdSource, Vec<(Stri
     Ok((source, pki_files))
 }
 
-fn inspect_failure(e: capstan_provisioner::etcd::inspect::InspectError) -> Failure {
+pub(crate) fn inspect_failure(e: capstan_provisioner::etcd::inspect::InspectError) -> Failure {
     Failure::new(e.to_string()).hint("give at least one host the etcd role and run `capstan apply`")
 }
 
@@ -413,13 +414,14 @@ async fn prune(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `capstan backup schedule [--remove]`: converge every etcd member to "timer installed"
-/// (or "nothing installed") through the ops engine, so a re-run changes nothing.
+/// `capstan backup schedule [--remove] [--dry-run]`: converge every etcd member to "timer
+/// installed" (or "nothing installed") through the ops engine, so a re-run changes nothing.
 async fn schedule(
     cluster: &Cluster,
     target: &BackupTargetArgs,
     on_calendar: Option<String>,
     remove: bool,
+    dry_run: bool,
     out: &Output,
 ) -> anyhow::Result<ExitCode> {
     let inputs = if remove {
@@ -427,26 +429,58 @@ async fn schedule(
     } else {
         Some(install_inputs(cluster, target, on_calendar)?)
     };
+    let (hosts, connections) = reachable_members(cluster, "the timer").await?;
+    let plans = match inputs {
+        None => Ok(removal_ops(&hosts)),
+        Some(inputs) => install_ops(cluster, target, inputs, &hosts).await,
+    };
+    let plans = match plans {
+        Ok(plans) => plans,
+        Err(e) => {
+            connections.close_all().await;
+            return Err(e);
+        }
+    };
+    let what = if remove {
+        "backup schedule removal"
+    } else {
+        "backup schedule"
+    };
+    let rerun = "capstan backup schedule";
+    let code = converge_members(plans, dry_run, what, rerun, out).await;
+    connections.close_all().await;
+    code
+}
+
+/// Every etcd member, connected; an error naming the unreachable ones (`what` gets installed
+/// on every member, so a partial install is refused).
+pub(crate) async fn reachable_members(
+    cluster: &Cluster,
+    what: &str,
+) -> anyhow::Result<(Vec<EtcdHost>, capstan_provisioner::pool::Connections)> {
     let (hosts, connections) = inspect_hosts(cluster, 8, None).await.map_err(inspect_failure)?;
     let unreachable = unreachable_hosts(&hosts);
     if !unreachable.is_empty() {
         connections.close_all().await;
         return Err(
             Failure::new(format!("etcd members unreachable over SSH: {}", unreachable.join(", ")))
-                .hint("every etcd member gets the timer; run `capstan check` and try again when all are up")
+                .hint(format!(
+                    "every etcd member gets {what}; run `capstan check` and try again when all are up"
+                ))
                 .into(),
         );
     }
-    let plans = match inputs {
-        None => removal_ops(&hosts),
-        Some(inputs) => match install_ops(cluster, target, inputs, &hosts).await {
-            Ok(plans) => plans,
-            Err(e) => {
-                connections.close_all().await;
-                return Err(e);
-            }
-        },
-    };
+    Ok((hosts, connections))
+}
+
+/// Run member plans (apply, or dry run with diffs), print the summary, exit status.
+pub(crate) async fn converge_members(
+    plans: Vec<HostOps>,
+    dry_run: bool,
+    what: &str,
+    rerun: &str,
+    out: &Output,
+) -> anyhow::Result<ExitCode> {
     let progress = if out.quiet {
         Arc::new(NoProgress) as Arc<dyn runner::Progress>
     } else {
@@ -454,35 +488,35 @@ async fn schedule(
     };
     let runner = Runner::new(
         RunOptions {
-            mode: Mode::Apply,
+            mode: if dry_run { Mode::DryRun } else { Mode::Apply },
             ..RunOptions::default()
         },
         progress,
     );
     let report = runner.run(plans).await;
-    connections.close_all().await;
     if out.json() {
-        out.print_json(&serde_json::json!({ "summary": &report }))?;
+        out.print_json(&serde_json::json!({ "dry_run": dry_run, "summary": &report }))?;
     } else {
-        if out.verbose > 0 {
+        if dry_run || out.verbose > 0 {
             print!("{}", render_changes(&report, out.color, false));
         }
         print!("{}", render_summary(&report, out.color));
     }
     let totals = report.totals();
     out.status(format!(
-        "backup schedule {} in {:.1}s: {} ok, {} changed, {} failed",
-        if remove { "removed" } else { "installed" },
+        "{what}{} in {:.1}s: {} ok, {} {}, {} failed",
+        if dry_run { " (dry run, nothing changed)" } else { "" },
         report.elapsed.as_secs_f64(),
         totals.ok,
         totals.changed,
+        if dry_run { "would change" } else { "changed" },
         totals.failed
     ));
     if report.success() {
         return Ok(ExitCode::SUCCESS);
     }
     Err(Failure::new(format!("failed on {}", report.failed_hosts().join(", ")))
-        .hint("see the errors above; fix them and run `capstan backup schedule` again")
+        .hint(format!("see the errors above; fix them and run `{rerun}` again"))
         .into())
 }
 
@@ -500,7 +534,7 @@ fn calendar(cluster: &Cluster, flag: Option<String>) -> anyhow::Result<String> {
 }
 
 /// Let one member's systemd judge the calendar expression before it goes into a unit.
-async fn validate_calendar_on(host: &EtcdHost, calendar: &str) -> anyhow::Result<()> {
+pub(crate) async fn validate_calendar_on(host: &EtcdHost, calendar: &str) -> anyhow::Result<()> {
     let Some(transport) = &host.transport else {
         return Ok(());
     };
@@ -667,27 +701,31 @@ fn removal_ops(hosts: &[EtcdHost]) -> Vec<HostOps> {
         }
         ops.push(RemovedUnit::new(TIMER_UNIT));
         ops.push(RemovedUnit::new(SERVICE_UNIT));
-        for path in [
-            CONFIG_PATH,
-            ENVIRONMENT_PATH,
-            INVENTORY_PATH,
-            BINARY_PATH,
-            DEFAULT_METRICS_FILE,
-        ] {
+        for path in [CONFIG_PATH, ENVIRONMENT_PATH, INVENTORY_PATH, DEFAULT_METRICS_FILE] {
             ops.push(Absent::new(path));
         }
-        // The directory only when nothing else lives there.
-        let dir = quote(CONFIG_DIR);
-        ops.push(
-            Command::new(
-                &format!("remove empty directory {CONFIG_DIR}"),
-                &format!("rmdir -- {dir}"),
-            )
-            .unless(&format!("[ ! -d {dir} ] || [ -n \"$(ls -A -- {dir})\" ]")),
-        );
+        push_shared_removal(&mut ops, DRILL_CONFIG_PATH);
         plans.push(ops);
     }
     plans
+}
+
+/// The binary and /etc/capstan are shared by the backup and drill schedules: the binary goes
+/// when the other schedule's config (`other_config`) is absent too, the directory when empty.
+pub(crate) fn push_shared_removal(ops: &mut HostOps, other_config: &str) {
+    let binary = quote(BINARY_PATH);
+    ops.push(
+        Command::new(&format!("remove {BINARY_PATH}"), &format!("rm -f -- {binary}"))
+            .unless(&format!("[ ! -e {binary} ] || [ -e {} ]", quote(other_config))),
+    );
+    let dir = quote(CONFIG_DIR);
+    ops.push(
+        Command::new(
+            &format!("remove empty directory {CONFIG_DIR}"),
+            &format!("rmdir -- {dir}"),
+        )
+        .unless(&format!("[ ! -d {dir} ] || [ -n \"$(ls -A -- {dir})\" ]")),
+    );
 }
 
 /// `capstan backup run --config FILE` on a member (the timer's service). Exit 0 when this

@@ -16,10 +16,15 @@ use capstan_lab::UpOptions;
 use capstan_provisioner::etcd::client::EtcdEndpoint;
 use capstan_provisioner::etcd::config::DEFAULT_CLIENT_PORT;
 use capstan_provisioner::etcd::inspect::admin_tls;
+use capstan_provisioner::etcd::inspect::inspect_hosts;
 use capstan_provisioner::etcd::restore::{check_keys, RestoreOptions};
+use capstan_provisioner::ops::shell::quote;
+use capstan_provisioner::ops::{Absent, Command, Service};
 use capstan_provisioner::pki::CertificateAuthority;
+use capstan_provisioner::runner::{HostOps, Mode, NoProgress, RunOptions, Runner};
 
 use crate::cli::{BackupTargetArgs, DrillArgs, RestoreArgs};
+use crate::cmd_backup::inspect_failure;
 use crate::cmd_inventory::load;
 use crate::cmd_restore::{
     backup_failure, fetch, open, parse_which, private_tempdir, restore_options, run_restore, target_url, PrivateDir,
@@ -27,6 +32,8 @@ use crate::cmd_restore::{
 use crate::output::{Failure, Output};
 
 const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
+/// The etcd unit `capstan apply` installs.
+const ETCD_SERVICE: &str = "etcd";
 
 /// Where a drill restores to.
 enum DrillTarget {
@@ -163,9 +170,81 @@ pub fn drill(args: DrillArgs, inventory: Option<&Path>, out: &Output) -> anyhow:
             });
         }
     }
+    if let Some(DrillTarget::Inventory(path)) = &target {
+        if args.keep {
+            report.notes.push(format!(
+                "etcd kept running with the restored data on the hosts of {}",
+                path.display()
+            ));
+        } else {
+            let since = Instant::now();
+            out.status(format!("==> drill: wiping etcd on the hosts of {}", path.display()));
+            if let Err(e) = runtime.block_on(wipe_inventory_target(path)) {
+                report
+                    .notes
+                    .push(format!("wiping the drill hosts failed: {}", failure_text(&e)));
+            }
+            report.steps.push(DrillStep {
+                step: "wipe drill hosts".into(),
+                seconds: since.elapsed().as_secs_f64(),
+            });
+        }
+    }
     report.total_seconds = started.elapsed().as_secs_f64();
     report.settle();
     finish_drill(&args, &report, out)
+}
+
+/// Stop etcd and remove its data on the hosts of an inventory drill target: they hold a copy of
+/// the cluster's data, and the next drill should find empty hosts (no `--force` safety copies).
+async fn wipe_inventory_target(path: &Path) -> anyhow::Result<()> {
+    let cluster = load(Some(path))?;
+    let (hosts, connections) = inspect_hosts(&cluster, 8, None).await.map_err(inspect_failure)?;
+    let data_dir = cluster
+        .etcd
+        .data_dir
+        .display()
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
+    let moved_aside = format!("{}.before-restore-*", quote(&data_dir));
+    let mut plans = Vec::new();
+    let mut unreachable = Vec::new();
+    for host in &hosts {
+        let Some(transport) = host.transport.clone() else {
+            unreachable.push(host.name().to_string());
+            continue;
+        };
+        let mut ops = HostOps::new(transport);
+        ops.push(Service::new(ETCD_SERVICE)?.enabled(false).running(false));
+        ops.push(Absent::new(&data_dir));
+        ops.push(Absent::new(&format!("{data_dir}.capstan-restore")));
+        ops.push(
+            Command::new(
+                "remove data dirs moved aside by restores",
+                &format!("rm -rf -- {moved_aside}"),
+            )
+            .unless(&format!("! ls -d -- {moved_aside} >/dev/null 2>&1")),
+        );
+        plans.push(ops);
+    }
+    let report = Runner::new(
+        RunOptions {
+            mode: Mode::Apply,
+            ..RunOptions::default()
+        },
+        Arc::new(NoProgress),
+    )
+    .run(plans)
+    .await;
+    connections.close_all().await;
+    let mut failed: Vec<String> = report.failed_hosts().into_iter().map(str::to_string).collect();
+    failed.extend(unreachable);
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::new(format!("could not wipe {}", failed.join(", "))).into())
+    }
 }
 
 fn prepare_target(

@@ -7,6 +7,7 @@ mod cli;
 mod cmd_backup;
 mod cmd_check;
 mod cmd_drill;
+mod cmd_drill_schedule;
 mod cmd_etcd;
 mod cmd_inventory;
 mod cmd_lab;
@@ -52,7 +53,10 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Etcd(cmd) => cmd_etcd::etcd(cmd, cli.inventory.as_deref(), out),
         Command::Backup(cmd) => cmd_backup::run(cmd, cli.inventory.as_deref(), out),
         Command::Restore(args) => cmd_restore::restore(args, cli.inventory.as_deref(), out),
-        Command::Drill(args) => cmd_drill::drill(args, cli.inventory.as_deref(), out),
+        Command::Drill(mut args) => match args.command.take() {
+            Some(command) => cmd_drill_schedule::run(command, cli.inventory.as_deref(), out),
+            None => cmd_drill::drill(args, cli.inventory.as_deref(), out),
+        },
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "capstan", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

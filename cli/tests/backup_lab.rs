@@ -1,5 +1,5 @@
-//! `capstan backup schedule` on three real lab machines running real etcd, backing up to a real
-//! S3 server (moto) listening on the lab bridge's gateway address. Needs root, the lab
+//! `capstan backup schedule` and `capstan drill schedule` on real lab machines running real
+//! etcd, with backups on a real S3 server (moto) listening on the lab bridge's gateway address. Needs root, the lab
 //! prerequisites, the artifact mirror, moto (`pip install 'moto[server]>=5.2.5'`) and age-keygen;
 //! skips with a message naming what is missing. Test names contain `lab` so nextest's lab
 //! group bounds concurrency.
@@ -401,6 +401,304 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
         "snapshot from the stopped member: {}",
         manual.stderr
     );
+}
+
+/// The artifact mirror served over HTTP on one address (what scheduled drills on the members
+/// download etcd from): python3's http.server as a child process.
+struct HttpMirror {
+    child: Child,
+    url: String,
+}
+
+impl HttpMirror {
+    fn start(host: &str) -> Result<HttpMirror, String> {
+        let port = TcpListener::bind((host, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port on {host}: {e}"))?
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                host,
+                "--directory",
+                MIRROR,
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting python3 -m http.server: {e}"))?;
+        let mut mirror = HttpMirror {
+            child,
+            url: format!("http://{host}:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect((host, port)).is_err() {
+            if Instant::now() > deadline || mirror.child.try_wait().ok().flatten().is_some() {
+                let _ = mirror.child.kill();
+                return Err(format!("http.server did not listen on {host}:{port}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(mirror)
+    }
+}
+
+impl Drop for HttpMirror {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn age_keygen(path: &Path) -> String {
+    let keygen = Command::new("age-keygen").arg("-o").arg(path).output().unwrap();
+    assert!(keygen.status.success());
+    let recipient = String::from_utf8_lossy(&keygen.stderr)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    recipient
+}
+
+/// An inventory of some of the lab's machines (roles [etcd]).
+fn machines_inventory(lab: &Lab, name: &str, machines: &[&capstan_lab::Machine], extra: &str) -> String {
+    let mut yaml = format!(
+        "cluster:\n  name: {name}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
+        lab.key_path.display().to_string(),
+        lab.known_hosts_path.display().to_string()
+    );
+    for m in machines {
+        yaml.push_str(&format!(
+            "  - name: {}\n    address: {}\n    roles: [etcd]\n",
+            m.name, m.ip
+        ));
+    }
+    yaml.push_str(extra);
+    yaml
+}
+
+#[test]
+fn lab_drill_schedule_runs_once_on_the_leader_into_drill_hosts() {
+    if let Some(why) = lab_missing() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    if Command::new("etcdctl").arg("version").output().is_err() {
+        eprintln!("SKIPPED: etcdctl not found (apt-get install etcd-client)");
+        return;
+    }
+    let guard = LabGuard::up(UpOptions::new(format!("ds{}", std::process::id() % 10000), 4)).expect("lab up");
+    let lab = guard.lab().clone();
+    let moto = match Moto::start(&lab.gateway) {
+        Ok(moto) => moto,
+        Err(why) => {
+            eprintln!("SKIPPED: no S3 server: {why}");
+            return;
+        }
+    };
+    let mirror = HttpMirror::start(&lab.gateway).expect("http mirror");
+    let work = tempfile::tempdir().unwrap();
+    let identity = work.path().join("identity.txt");
+    let recipient = age_keygen(&identity);
+    let other_identity = work.path().join("other.txt");
+    age_keygen(&other_identity);
+
+    // Three members; the fourth machine is the dedicated drill host.
+    let members: Vec<&capstan_lab::Machine> = lab.machines[..3].iter().collect();
+    let drill_host = &lab.machines[3];
+    let hosts: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    let inventory = work.path().join("inventory.yaml");
+    std::fs::write(
+        &inventory,
+        machines_inventory(
+            &lab,
+            &lab.name,
+            &members,
+            &format!(
+                "artifacts:\n  mirror: \"file://{MIRROR}\"\nversions:\n  etcd: \"3.5.1\"\nbackup:\n  target: s3://{BUCKET}/drilled\n  recipients: [{recipient}]\n"
+            ),
+        ),
+    )
+    .unwrap();
+    let drill_yaml = |mirror_url: &str, machines: &[&capstan_lab::Machine]| {
+        machines_inventory(
+            &lab,
+            "drill",
+            machines,
+            &format!("artifacts:\n  mirror: \"{mirror_url}\"\nversions:\n  etcd: \"3.5.1\"\n"),
+        )
+    };
+    let drill_inventory = work.path().join("drill.yaml");
+    std::fs::write(&drill_inventory, drill_yaml(&mirror.url, &[drill_host])).unwrap();
+
+    capstan_ok(&inventory, &moto, &["apply"]);
+    let creds = work.path().join("creds");
+    capstan_ok(
+        &inventory,
+        &moto,
+        &["etcd", "credentials", "--out", creds.to_str().unwrap()],
+    );
+    let endpoints = std::fs::read_to_string(creds.join("endpoints")).unwrap();
+    let put = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--cacert={}", creds.join("ca.crt").display()))
+        .arg(format!("--cert={}", creds.join("client.crt").display()))
+        .arg(format!("--key={}", creds.join("client.key").display()))
+        .arg(format!("--endpoints={}", endpoints.trim()))
+        .args(["put", "drill/marker", "present"])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    capstan_ok(&inventory, &moto, &["backup", "create", "--s3-path-style"]);
+
+    let schedule = |drill: &Path, identity: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "drill",
+            "schedule",
+            "--s3-path-style",
+            "--identity",
+            identity.to_str().unwrap(),
+            "--drill-target",
+            drill.to_str().unwrap(),
+            "--on-calendar",
+            "*:*:0/30",
+            "--expect-key",
+            "drill/marker",
+            "--output",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        capstan(&inventory, &moto, &args)
+    };
+
+    // Refused before anything changes: a drill host that is a cluster member, a mirror that is
+    // a directory on this machine, an identity that cannot open the backups.
+    let bad = work.path().join("bad.yaml");
+    std::fs::write(&bad, drill_yaml(&mirror.url, &[members[0]])).unwrap();
+    let run = schedule(&bad, &identity, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("each drill wipes its drill hosts"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(&bad, drill_yaml(&format!("file://{MIRROR}"), &[drill_host])).unwrap();
+    let run = schedule(&bad, &identity, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("scheduled drills run on the etcd members"),
+        "{}",
+        run.stderr
+    );
+    let run = schedule(&drill_inventory, &other_identity, &[]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("cannot decrypt the latest backup"),
+        "{}",
+        run.stderr
+    );
+    // A dry run shows the changes and makes none.
+    let dry = schedule(&drill_inventory, &identity, &["--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    assert!(changed(&json(&dry)) >= 12 * 3, "{}", dry.stdout);
+    for host in &hosts {
+        assert_eq!(remote(&lab, host, "ls /etc/capstan 2>/dev/null | wc -l"), "0");
+    }
+
+    let installed = schedule(&drill_inventory, &identity, &[]);
+    assert_eq!(installed.code, 0, "{}", installed.stderr);
+    assert!(changed(&json(&installed)) >= 12 * 3, "{}", installed.stdout);
+    assert!(
+        !installed.stderr.contains("AGE-SECRET-KEY"),
+        "a secret leaked: {}",
+        installed.stderr
+    );
+    for host in &hosts {
+        assert_eq!(
+            remote(
+                &lab,
+                host,
+                "stat -c '%a %U' /etc/capstan/drill-identity.txt /etc/capstan/drill/id /etc/capstan/drill.env"
+            ),
+            "600 root\n600 root\n600 root"
+        );
+        assert_eq!(remote(&lab, host, "systemctl is-active capstan-drill.timer"), "active");
+    }
+    let again = schedule(&drill_inventory, &identity, &[]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(changed(&json(&again)), 0, "{}", again.stdout);
+
+    // Wait for a drill: the leader writes a passing report and metrics; the others stand back.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let drilled = loop {
+        let reports: Vec<(&str, String)> = hosts
+            .iter()
+            .map(|h| {
+                (
+                    *h,
+                    remote(&lab, h, "cat /var/lib/capstan/drills/latest.json 2>/dev/null || true"),
+                )
+            })
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
+        if !reports.is_empty() {
+            break reports;
+        }
+        assert!(Instant::now() < deadline, "no scheduled drill finished within 180 s");
+        std::thread::sleep(Duration::from_secs(3));
+    };
+    assert_eq!(drilled.len(), 1, "more than one member drilled: {drilled:#?}");
+    let (leader, report) = &drilled[0];
+    let report: Value = serde_json::from_str(report).unwrap();
+    assert_eq!(report["success"], Value::Bool(true), "{report:#}");
+    assert!(
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"].as_str().unwrap().contains("drill/marker") && c["ok"] == Value::Bool(true)),
+        "{report:#}"
+    );
+    let metrics = remote(&lab, leader, "cat /var/lib/prometheus/node-exporter/capstan_drill.prom");
+    assert!(
+        metrics.contains("capstan_drill_success{") && metrics.contains("} 1"),
+        "{metrics}"
+    );
+    let followers: Vec<&&str> = hosts.iter().filter(|h| *h != leader).collect();
+    for host in &followers {
+        let journal = remote(&lab, host, "journalctl -u capstan-drill.service --no-pager -o cat");
+        assert!(journal.contains("not the etcd leader"), "{host}: {journal}");
+    }
+    // The drill host was wiped afterwards.
+    assert_eq!(
+        remote(
+            &lab,
+            &drill_host.name,
+            "systemctl is-active etcd || true; ls -d /var/lib/etcd 2>/dev/null | wc -l"
+        ),
+        "inactive\n0"
+    );
+
+    // Remove; removing again changes nothing.
+    let removed = schedule(&drill_inventory, &identity, &["--remove"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    for host in &hosts {
+        assert_eq!(
+            remote(
+                &lab,
+                host,
+                "ls /etc/systemd/system/capstan-drill.timer /etc/capstan /usr/local/bin/capstan /var/lib/capstan/drills 2>/dev/null | wc -l"
+            ),
+            "0"
+        );
+    }
+    let removed_again = schedule(&drill_inventory, &identity, &["--remove"]);
+    assert_eq!(changed(&json(&removed_again)), 0, "{}", removed_again.stdout);
 }
 
 #[test]

@@ -26,6 +26,14 @@ const TEMPLATES: &[(&str, &str)] = &[
         "backup/capstan-backup.timer",
         include_str!("../files/backup/capstan-backup.timer.j2"),
     ),
+    (
+        "drill/capstan-drill.service",
+        include_str!("../files/drill/capstan-drill.service.j2"),
+    ),
+    (
+        "drill/capstan-drill.timer",
+        include_str!("../files/drill/capstan-drill.timer.j2"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
