@@ -668,18 +668,7 @@ async fn install_ops(
                 .group("root")
                 .sensitive(true),
         );
-        ops.push(SystemdUnit::new(SERVICE_UNIT, service_unit.clone()).map_err(op_failure)?);
-        ops.push(
-            SystemdUnit::new(TIMER_UNIT, timer_unit.clone())
-                .map_err(op_failure)?
-                .notify([TIMER_UNIT]),
-        );
-        ops.push(
-            Service::new(TIMER_UNIT)
-                .map_err(op_failure)?
-                .enabled(true)
-                .running(true),
-        );
+        push_timer_units(&mut ops, (SERVICE_UNIT, &service_unit), (TIMER_UNIT, &timer_unit))?;
         plans.push(ops);
     }
     Ok(plans)
@@ -692,15 +681,7 @@ fn removal_ops(hosts: &[EtcdHost]) -> Vec<HostOps> {
             continue;
         };
         let mut ops = HostOps::new(transport);
-        // Unit names are constants that pass validation; a failure here is a bug.
-        if let Ok(timer) = Service::new(TIMER_UNIT) {
-            ops.push(timer.enabled(false).running(false));
-        }
-        if let Ok(service) = Service::new(SERVICE_UNIT) {
-            ops.push(service.running(false));
-        }
-        ops.push(RemovedUnit::new(TIMER_UNIT));
-        ops.push(RemovedUnit::new(SERVICE_UNIT));
+        push_timer_removal(&mut ops, SERVICE_UNIT, TIMER_UNIT);
         for path in [CONFIG_PATH, ENVIRONMENT_PATH, INVENTORY_PATH, DEFAULT_METRICS_FILE] {
             ops.push(Absent::new(path));
         }
@@ -708,6 +689,33 @@ fn removal_ops(hosts: &[EtcdHost]) -> Vec<HostOps> {
         plans.push(ops);
     }
     plans
+}
+
+/// A schedule's oneshot service and its timer, the timer enabled and running (and restarted when
+/// its unit changes).
+pub(crate) fn push_timer_units(
+    ops: &mut HostOps,
+    (service, service_unit): (&str, &str),
+    (timer, timer_unit): (&str, &str),
+) -> Result<(), Failure> {
+    let op_failure = |e: capstan_provisioner::ops::OpError| Failure::new(e.to_string());
+    ops.push(SystemdUnit::new(service, service_unit).map_err(op_failure)?);
+    ops.push(SystemdUnit::new(timer, timer_unit).map_err(op_failure)?.notify([timer]));
+    ops.push(Service::new(timer).map_err(op_failure)?.enabled(true).running(true));
+    Ok(())
+}
+
+/// Stop a schedule's timer and service and remove both units.
+pub(crate) fn push_timer_removal(ops: &mut HostOps, service: &str, timer: &str) {
+    // Unit names are constants that pass validation; a failure here is a bug.
+    if let Ok(timer) = Service::new(timer) {
+        ops.push(timer.enabled(false).running(false));
+    }
+    if let Ok(service) = Service::new(service) {
+        ops.push(service.running(false));
+    }
+    ops.push(RemovedUnit::new(timer));
+    ops.push(RemovedUnit::new(service));
 }
 
 /// The binary and /etc/capstan are shared by the backup and drill schedules: the binary goes

@@ -9,19 +9,22 @@ use std::process::ExitCode;
 use capstan_backup::ops::identity_recipients;
 use capstan_backup::restore::{manifest_of, resolve};
 use capstan_backup::schedule::{
-    check_calendar, environment_file, local_member_leads, DrillScheduleConfig, InstalledBinary, RemovedUnit,
-    BINARY_PATH, CONFIG_DIR, CONFIG_PATH, DRILL_CACHE_DIR, DRILL_CONFIG_PATH, DRILL_DIR, DRILL_ENVIRONMENT_PATH,
+    check_calendar, environment_file, local_member_leads, DrillScheduleConfig, InstalledBinary, BINARY_PATH,
+    CONFIG_DIR, CONFIG_PATH, DRILL_CACHE_DIR, DRILL_CONFIG_PATH, DRILL_DIR, DRILL_ENVIRONMENT_PATH,
     DRILL_IDENTITY_PATH, DRILL_INVENTORY_PATH, DRILL_KNOWN_HOSTS_PATH, DRILL_REPORT_DIR, DRILL_SERVICE_UNIT,
     DRILL_SSH_KEY_PATH, DRILL_TIMER_UNIT, LOCAL_ENDPOINT, PKI_DIR,
 };
 use capstan_backup::{BackupError, VerifyTarget};
 use capstan_inventory::{Cluster, Role};
 use capstan_provisioner::etcd::inspect::EtcdHost;
-use capstan_provisioner::ops::{Absent, Directory, File, OpError, OperationExt, Service, SystemdUnit};
+use capstan_provisioner::ops::{Absent, Directory, File, OpError};
 use capstan_provisioner::runner::HostOps;
 
 use crate::cli::{BackupTargetArgs, DrillArgs, DrillCommand, DrillScheduleArgs};
-use crate::cmd_backup::{converge_members, push_shared_removal, reachable_members, validate_calendar_on};
+use crate::cmd_backup::{
+    converge_members, push_shared_removal, push_timer_removal, push_timer_units, reachable_members,
+    validate_calendar_on,
+};
 use crate::cmd_inventory::load;
 use crate::cmd_restore::{backup_failure, open, target_url};
 use crate::output::{Failure, Output};
@@ -330,18 +333,11 @@ async fn install_ops(
             inputs.drill.known_hosts.clone(),
             false,
         ));
-        ops.push(SystemdUnit::new(DRILL_SERVICE_UNIT, service_unit.clone()).map_err(op_failure)?);
-        ops.push(
-            SystemdUnit::new(DRILL_TIMER_UNIT, timer_unit.clone())
-                .map_err(op_failure)?
-                .notify([DRILL_TIMER_UNIT]),
-        );
-        ops.push(
-            Service::new(DRILL_TIMER_UNIT)
-                .map_err(op_failure)?
-                .enabled(true)
-                .running(true),
-        );
+        push_timer_units(
+            &mut ops,
+            (DRILL_SERVICE_UNIT, &service_unit),
+            (DRILL_TIMER_UNIT, &timer_unit),
+        )?;
         plans.push(ops);
     }
     Ok(plans)
@@ -354,15 +350,7 @@ fn removal_ops(hosts: &[EtcdHost]) -> Vec<HostOps> {
             continue;
         };
         let mut ops = HostOps::new(transport);
-        // Unit names are constants that pass validation; a failure here is a bug.
-        if let Ok(timer) = Service::new(DRILL_TIMER_UNIT) {
-            ops.push(timer.enabled(false).running(false));
-        }
-        if let Ok(service) = Service::new(DRILL_SERVICE_UNIT) {
-            ops.push(service.running(false));
-        }
-        ops.push(RemovedUnit::new(DRILL_TIMER_UNIT));
-        ops.push(RemovedUnit::new(DRILL_SERVICE_UNIT));
+        push_timer_removal(&mut ops, DRILL_SERVICE_UNIT, DRILL_TIMER_UNIT);
         for path in [
             DRILL_CONFIG_PATH,
             DRILL_ENVIRONMENT_PATH,

@@ -36,9 +36,56 @@ fn lab_missing() -> Option<String> {
     None
 }
 
-/// moto's S3 server as a child process, bound to one address.
-struct Moto {
+/// A server child process listening on one address; killed when dropped.
+struct ServerProcess {
     child: Child,
+    url: String,
+}
+
+impl ServerProcess {
+    /// Start `command` with `{host}` and `{port}` in its arguments replaced by `host` and a free
+    /// port there; wait until it listens.
+    fn start(command: &[&str], host: &str) -> Result<ServerProcess, String> {
+        let port = TcpListener::bind((host, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port on {host}: {e}"))?
+            .port();
+        let args: Vec<String> = command[1..]
+            .iter()
+            .map(|a| a.replace("{host}", host).replace("{port}", &port.to_string()))
+            .collect();
+        let child = Command::new(command[0])
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", command.join(" ")))?;
+        let mut server = ServerProcess {
+            child,
+            url: format!("http://{host}:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect((host, port)).is_err() {
+            if Instant::now() > deadline || server.child.try_wait().ok().flatten().is_some() {
+                return Err(format!("{} did not listen on {host}:{port}", command[0]));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(server)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto's S3 server, bound to one address, with the test bucket.
+struct Moto {
+    _server: ServerProcess,
     endpoint: String,
 }
 
@@ -59,49 +106,20 @@ impl Moto {
         } else {
             return Err("moto not found; install it with `pip install 'moto[server]>=5.2.5'`".into());
         };
-        let port = TcpListener::bind((host, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port on {host}: {e}"))?
-            .port();
-        let child = Command::new(command[0])
-            .args(&command[1..])
-            .args(["-H", host, "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting moto: {e}"))?;
-        let mut moto = Moto {
-            child,
-            endpoint: format!("http://{host}:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect((host, port)).is_err() {
-            if Instant::now() > deadline || moto.child.try_wait().ok().flatten().is_some() {
-                return Err(format!("moto did not listen on {host}:{port}"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let command: Vec<&str> = command.into_iter().chain(["-H", "{host}", "-p", "{port}"]).collect();
+        let server = ServerProcess::start(&command, host)?;
+        let endpoint = server.url.clone();
         let created = Command::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("{}/{BUCKET}", moto.endpoint)])
+            .args(["-sf", "-X", "PUT", &format!("{endpoint}/{BUCKET}")])
             .status()
             .is_ok_and(|s| s.success());
         if !created {
-            moto.stop();
             return Err("creating the bucket with curl failed".into());
         }
-        Ok(moto)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.stop();
+        Ok(Moto {
+            _server: server,
+            endpoint,
+        })
     }
 }
 
@@ -404,53 +422,21 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
 }
 
 /// The artifact mirror served over HTTP on one address (what scheduled drills on the members
-/// download etcd from): python3's http.server as a child process.
-struct HttpMirror {
-    child: Child,
-    url: String,
-}
-
-impl HttpMirror {
-    fn start(host: &str) -> Result<HttpMirror, String> {
-        let port = TcpListener::bind((host, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port on {host}: {e}"))?
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                host,
-                "--directory",
-                MIRROR,
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting python3 -m http.server: {e}"))?;
-        let mut mirror = HttpMirror {
-            child,
-            url: format!("http://{host}:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect((host, port)).is_err() {
-            if Instant::now() > deadline || mirror.child.try_wait().ok().flatten().is_some() {
-                let _ = mirror.child.kill();
-                return Err(format!("http.server did not listen on {host}:{port}"));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(mirror)
-    }
-}
-
-impl Drop for HttpMirror {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// download etcd from).
+fn http_mirror(host: &str) -> Result<ServerProcess, String> {
+    ServerProcess::start(
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "{host}",
+            "--directory",
+            MIRROR,
+            "{port}",
+        ],
+        host,
+    )
 }
 
 fn age_keygen(path: &Path) -> String {
@@ -501,7 +487,7 @@ fn lab_drill_schedule_runs_once_on_the_leader_into_drill_hosts() {
             return;
         }
     };
-    let mirror = HttpMirror::start(&lab.gateway).expect("http mirror");
+    let mirror = http_mirror(&lab.gateway).expect("http mirror");
     let work = tempfile::tempdir().unwrap();
     let identity = work.path().join("identity.txt");
     let recipient = age_keygen(&identity);
