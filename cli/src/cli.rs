@@ -293,11 +293,11 @@ pub struct RestoreArgs {
     /// Restore even onto hosts that already run etcd with data (a safety snapshot is taken first).
     #[arg(long)]
     pub force: bool,
-    /// Add this much to the restored revision (Kubernetes watch caches); needs etcdutl from etcd 3.5.
-    #[arg(long, value_name = "N")]
+    /// Add this much to the restored revision (Kubernetes watch caches); needs etcd 3.5.10+ (with --mark-compacted).
+    #[arg(long, value_name = "N", requires = "mark_compacted")]
     pub bump_revision: Option<u64>,
     /// Mark the bumped revisions compacted (with --bump-revision).
-    #[arg(long)]
+    #[arg(long, requires = "bump_revision")]
     pub mark_compacted: bool,
 }
 

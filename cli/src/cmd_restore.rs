@@ -19,6 +19,14 @@ pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> any
     let cluster = load(inventory)?;
     let url = target_url(&args.target, Some(&cluster))?;
     let which = parse_which(&args.from)?;
+    let options = restore_options(&args, out);
+    options.validate().map_err(|e| {
+        let failure = Failure::new(e.to_string()).code(2);
+        match e.hint() {
+            Some(hint) => failure.hint(hint),
+            None => failure,
+        }
+    })?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let store = open(&url, &args.target).await?;
@@ -28,7 +36,6 @@ pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> any
         out.status(format!("==> restore: downloading, verifying and decrypting backup {id}"));
         let fetched = fetch(&store, &id, args.identity.as_deref(), work.path()).await?;
         let fetch_seconds = started.elapsed().as_secs_f64();
-        let options = restore_options(&args, out);
         let outcome = run_restore(&cluster, &fetched, options).await?;
         let total = started.elapsed().as_secs_f64();
         print_outcome(&outcome, fetch_seconds, total, out)?;
@@ -117,6 +124,33 @@ fn print_outcome(outcome: &RestoreOutcome, fetch_seconds: f64, total: f64, out: 
     }
     print!("{}", table(&rows));
     println!();
+    let kept: Vec<_> = outcome
+        .members
+        .iter()
+        .filter_map(|m| m.before_restore.as_ref().map(|k| (m.host.as_str(), k)))
+        .collect();
+    if !kept.is_empty() {
+        println!("--force kept the previous etcd state (to roll back, see \"Rolling back a --force restore\" in docs/restore.md):");
+        let mut rows = vec![vec![
+            "HOST".to_string(),
+            "SAFETY SNAPSHOT".into(),
+            "PREVIOUS DATA DIR".into(),
+            "PREVIOUS CONFIG".into(),
+            "PREVIOUS PKI".into(),
+        ]];
+        let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        for (host, k) in kept {
+            rows.push(vec![
+                host.to_string(),
+                or_none(&k.safety_snapshot),
+                k.data_dir.clone(),
+                or_none(&k.config),
+                or_none(&k.pki_dir),
+            ]);
+        }
+        print!("{}", table(&rows));
+        println!();
+    }
     let mut checks = vec![vec!["CHECK".to_string(), "RESULT".into(), "DETAIL".into()]];
     for check in &outcome.verification.checks {
         checks.push(vec![

@@ -65,13 +65,18 @@ fn remote(lab: &Lab, host: &str, command: &str) -> String {
 }
 
 fn write_inventory(lab: &Lab, path: &Path, hosts: usize, version: &str) {
+    write_inventory_of(lab, path, 0..hosts, version);
+}
+
+/// An inventory of the lab's machines `machines` (so one lab can hold an old and a new cluster).
+fn write_inventory_of(lab: &Lab, path: &Path, machines: std::ops::Range<usize>, version: &str) {
     let mut yaml = format!(
         "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
         lab.name,
         lab.key_path.display().to_string(),
         lab.known_hosts_path.display().to_string()
     );
-    for m in lab.machines.iter().take(hosts) {
+    for m in &lab.machines[machines] {
         yaml.push_str(&format!(
             "  - name: {}\n    address: {}\n    roles: [etcd]\n",
             m.name, m.ip
@@ -545,4 +550,461 @@ async fn lab_restore_three_member_backup_into_five() {
         );
         assert_eq!(pinned.member_list().await.unwrap().len(), 5);
     }
+}
+
+/// The revision in the manifest of the newest backup under a file:// target directory.
+fn newest_backup_revision(backups: &Path) -> i64 {
+    let mut ids: Vec<PathBuf> = std::fs::read_dir(backups)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("manifest.json").is_file())
+        .collect();
+    ids.sort();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(ids.last().expect("a backup").join("manifest.json")).unwrap())
+            .unwrap();
+    manifest["revision"].as_i64().unwrap()
+}
+
+/// Reads `key` through `endpoints`, retrying while the members start (up to 60 s).
+async fn get_when_up(tls: &EtcdTls, endpoints: &[EtcdEndpoint], key: &str) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        request: Duration::from_secs(5),
+        ..Timeouts::default()
+    };
+    loop {
+        let last = match EtcdClient::connect_with(endpoints, tls, timeouts).await {
+            Ok(etcd) => match etcd.get(key).await {
+                Ok(value) => return value,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        assert!(Instant::now() < deadline, "etcd did not answer within 60s: {last}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `restore --force` onto a live cluster holding newer data: a safety snapshot of every member
+/// (valid, newer than the backup, holding the newer keys) and the previous data dir, config and
+/// PKI are kept and named in the output; the backup's keys come back and the newer ones are gone.
+/// `--bump-revision` with etcd 3.5.1 is noted as unsupported (text and JSON) and not applied.
+/// Then the documented rollback brings the newer keys back, `apply` accepts the rolled-back
+/// cluster, and a second `--force` restore (text output) names what it kept in its table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_restore_force_onto_live_cluster_and_roll_back() {
+    if let Some(why) = missing() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let started = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let (identity, recipient) = age_identity(work.path());
+    let backups = work.path().join("backups");
+    let target = format!("file://{}", backups.display());
+    let guard = LabGuard::up(UpOptions::new(unique("rfo"), 3)).expect("lab up");
+    let lab = guard.lab().clone();
+    let inventory = work.path().join("live.yaml");
+    write_inventory(&lab, &inventory, 3, "3.5.1");
+    capstan_ok(Some(&inventory), &["apply"], &[]);
+    let creds = credentials(&inventory, &work.path().join("creds"));
+    let etcd = client(&creds.tls, &creds.endpoints).await;
+    let key_a = |i: usize| format!("force/a{i:03}");
+    let key_b = |i: usize| format!("force/b{i:03}");
+    for i in 0..50 {
+        etcd.put(&key_a(i), &value(i)).await.unwrap();
+    }
+    capstan_ok(
+        Some(&inventory),
+        &["backup", "create", "--target", &target, "-r", &recipient],
+        &[],
+    );
+    let backup_revision = newest_backup_revision(&backups);
+    for i in 0..20 {
+        etcd.put(&key_b(i), &value(i)).await.unwrap();
+    }
+    drop(etcd);
+
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "--from",
+            "latest",
+            "--identity",
+            identity.to_str().unwrap(),
+            "--target",
+            &target,
+            "--force",
+        ];
+        args.extend_from_slice(extra);
+        capstan_ok(Some(&inventory), &args, &[])
+    };
+    let forced = restore(&["--bump-revision", "1000", "--mark-compacted", "--output", "json"]);
+    let report: Value = serde_json::from_str(&forced.stdout).unwrap();
+    let outcome = &report["outcome"];
+    assert_eq!(outcome["verification"]["ok"], true, "{report:#}");
+    eprintln!("--force restore steps: {}", outcome["steps"]);
+    let notes: Vec<&str> = outcome["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("--bump-revision 1000") && n.contains("not supported") && n.contains("3.5.10")),
+        "{notes:?}"
+    );
+    assert!(forced.stderr.contains("not supported"), "{}", forced.stderr);
+    for member in outcome["verification"]["members"].as_array().unwrap() {
+        let revision = member["revision"].as_i64().unwrap();
+        assert!(
+            revision >= backup_revision && revision < backup_revision + 1000,
+            "not bumped: revision {revision}, backup {backup_revision}"
+        );
+    }
+
+    // What was kept, per host: named in the output, and really there.
+    let mut kept_paths = BTreeMap::new();
+    for member in outcome["members"].as_array().unwrap() {
+        let host = member["host"].as_str().unwrap();
+        let kept = &member["before_restore"];
+        let snapshot = kept["safety_snapshot"].as_str().expect("a safety snapshot").to_string();
+        let data_dir = kept["data_dir"].as_str().unwrap().to_string();
+        assert!(
+            snapshot.starts_with(&format!("/var/lib/capstan-safety/{host}-")),
+            "{snapshot}"
+        );
+        assert!(data_dir.starts_with("/var/lib/etcd.before-restore-"), "{data_dir}");
+        assert!(
+            forced.stderr.contains(&snapshot),
+            "stderr names {snapshot}:\n{}",
+            forced.stderr
+        );
+        assert!(
+            forced.stderr.contains(&data_dir),
+            "stderr names {data_dir}:\n{}",
+            forced.stderr
+        );
+        assert_eq!(remote(&lab, host, &format!("stat -c %a {snapshot}")), "600");
+        let status: Value = serde_json::from_str(&remote(
+            &lab,
+            host,
+            &format!("/usr/local/bin/etcdutl snapshot status -w json {snapshot}"),
+        ))
+        .unwrap();
+        assert!(
+            status["revision"].as_i64().unwrap() > backup_revision,
+            "{host}: safety snapshot {status} not newer than the backup (revision {backup_revision})"
+        );
+        // The newer keys' bytes are in the snapshot's bbolt file (etcd stores each key in its value).
+        let hits = remote(&lab, host, &format!("grep -c -a -F {} {snapshot} || true", key_b(7)));
+        assert_ne!(hits, "0", "{host}: {} not in the safety snapshot", key_b(7));
+        assert_eq!(
+            remote(&lab, host, &format!("test -d {data_dir}/member && echo kept")),
+            "kept"
+        );
+        kept_paths.insert(
+            host.to_string(),
+            (
+                data_dir,
+                kept["config"].as_str().expect("config kept").to_string(),
+                kept["pki_dir"].as_str().expect("pki kept").to_string(),
+            ),
+        );
+    }
+    let etcd = client(&creds.tls, &creds.endpoints).await;
+    assert_eq!(
+        etcd.get(&key_a(49)).await.unwrap().as_deref(),
+        Some(value(49).as_slice())
+    );
+    for i in 0..20 {
+        assert_eq!(
+            etcd.get(&key_b(i)).await.unwrap(),
+            None,
+            "{} survived the restore",
+            key_b(i)
+        );
+    }
+    drop(etcd);
+
+    // Roll back as docs/restore.md says: stop every member, put the kept state back, start all.
+    for m in &lab.machines {
+        remote(&lab, &m.name, "systemctl stop etcd");
+    }
+    for (host, (data_dir, config, pki)) in &kept_paths {
+        remote(
+            &lab,
+            host,
+            &format!(
+                "set -e; rm -rf /var/lib/etcd; mv {data_dir} /var/lib/etcd; mv {config} /etc/etcd/etcd.conf.yml; \
+                 rm -rf /etc/etcd/pki; mv {pki} /etc/etcd/pki; rm -f /var/lib/etcd.capstan-restore"
+            ),
+        );
+    }
+    for m in &lab.machines {
+        remote(&lab, &m.name, "systemctl start --no-block etcd");
+    }
+    assert_eq!(
+        get_when_up(&creds.tls, &creds.endpoints, &key_b(19)).await.as_deref(),
+        Some(value(19).as_slice()),
+        "the rollback brings the newer keys back"
+    );
+    capstan_ok(Some(&inventory), &["apply"], &[]);
+    let etcd = client(&creds.tls, &creds.endpoints).await;
+    assert_eq!(etcd.get(&key_a(0)).await.unwrap().as_deref(), Some(value(0).as_slice()));
+    assert_eq!(etcd.member_list().await.unwrap().len(), 3);
+    drop(etcd);
+
+    // A second --force restore over the rolled-back cluster; the text output's table names what it kept.
+    let again = restore(&[]);
+    assert!(again.stdout.contains("PREVIOUS DATA DIR"), "{}", again.stdout);
+    for m in &lab.machines {
+        assert!(
+            again.stdout.contains(&format!("/var/lib/capstan-safety/{}-", m.name)),
+            "{}",
+            again.stdout
+        );
+    }
+    assert!(
+        again.stdout.contains("/var/lib/etcd.before-restore-"),
+        "{}",
+        again.stdout
+    );
+    let etcd = client(&creds.tls, &creds.endpoints).await;
+    assert_eq!(etcd.get(&key_b(0)).await.unwrap(), None);
+    assert_eq!(etcd.get(&key_a(0)).await.unwrap().as_deref(), Some(value(0).as_slice()));
+    eprintln!("force + rollback test took {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// One lab of six machines holds both clusters: the old one on the first three, the fresh one on
+/// the last three (one boot instead of two). Returns the lab and the two inventories.
+fn six_machine_lab(work: &Path, prefix: &str, version: &str) -> (LabGuard, PathBuf, PathBuf) {
+    let guard = LabGuard::up(UpOptions::new(unique(prefix), 6)).expect("lab up");
+    let old = work.join("old.yaml");
+    let fresh = work.join("fresh.yaml");
+    write_inventory_of(guard.lab(), &old, 0..3, version);
+    write_inventory_of(guard.lab(), &fresh, 3..6, version);
+    (guard, old, fresh)
+}
+
+/// The etcd versions in the artifact mirror, from its SHA256SUMS.
+fn mirror_etcd_versions() -> Vec<(u32, u32, u32)> {
+    let sums = std::fs::read_to_string(Path::new(MIRROR).join("SHA256SUMS")).unwrap_or_default();
+    let mut versions: Vec<(u32, u32, u32)> = sums
+        .lines()
+        .filter_map(|l| l.split("etcd-io/etcd/releases/download/v").nth(1))
+        .filter_map(|rest| rest.split('/').next())
+        .filter_map(|v| {
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next()??, parts.next()??))
+        })
+        .collect();
+    versions.sort();
+    versions.dedup();
+    versions
+}
+
+/// etcd 3.4.23 (no etcdutl: `etcdctl snapshot restore`): a cluster with keys, a backup, a restore
+/// into three other machines on 3.4.23; every key identical on every member, members on the new
+/// addresses running 3.4.23, verification passed; `--bump-revision` noted as unsupported by etcdctl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_restore_etcd_3_4_with_etcdctl() {
+    if let Some(why) = missing() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    if !mirror_etcd_versions().contains(&(3, 4, 23)) {
+        eprintln!("SKIPPED: etcd 3.4.23 is not in the artifact mirror {MIRROR} (run scripts/setup.sh)");
+        return;
+    }
+    let started = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let (identity, recipient) = age_identity(work.path());
+    let target = format!("file://{}", work.path().join("backups").display());
+    let (guard, old_inventory, fresh_inventory) = six_machine_lab(work.path(), "r34", "3.4.23");
+    let lab = guard.lab().clone();
+    capstan_ok(Some(&old_inventory), &["apply"], &[]);
+    let old = credentials(&old_inventory, &work.path().join("old-creds"));
+    let etcd = client(&old.tls, &old.endpoints).await;
+    for i in 0..300 {
+        etcd.put(&key(i), &value(i)).await.unwrap();
+    }
+    drop(etcd);
+    capstan_ok(
+        Some(&old_inventory),
+        &["backup", "create", "--target", &target, "-r", &recipient],
+        &[],
+    );
+    for m in &lab.machines[0..3] {
+        capstan_lab::stop(&lab.name, &m.name).unwrap();
+    }
+
+    let run = capstan_ok(
+        Some(&fresh_inventory),
+        &[
+            "restore",
+            "--from",
+            "latest",
+            "--identity",
+            identity.to_str().unwrap(),
+            "--target",
+            &target,
+            "--bump-revision",
+            "1000",
+            "--mark-compacted",
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    let outcome = &report["outcome"];
+    assert_eq!(outcome["verification"]["ok"], true, "{report:#}");
+    assert_eq!(outcome["tool"], "etcdctl", "{report:#}");
+    let notes = outcome["notes"].to_string();
+    assert!(notes.contains("not supported by etcdctl of etcd 3.4.23"), "{notes}");
+    let counts: Vec<i64> = outcome["verification"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["key_count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![300; 3], "{report:#}");
+
+    let fresh_endpoints: Vec<EtcdEndpoint> = lab.machines[3..6]
+        .iter()
+        .map(|m| EtcdEndpoint::https(&m.ip, 2379))
+        .collect();
+    for (m, endpoint) in lab.machines[3..6].iter().zip(&fresh_endpoints) {
+        let pinned = client(&old.tls, std::slice::from_ref(endpoint)).await;
+        let mut wrong = 0;
+        for i in 0..300 {
+            if pinned.get(&key(i)).await.unwrap().as_deref() != Some(value(i).as_slice()) {
+                wrong += 1;
+            }
+        }
+        assert_eq!(wrong, 0, "{endpoint}: {wrong} of 300 keys differ");
+        let members = pinned.member_list().await.unwrap();
+        assert_eq!(members.len(), 3);
+        assert!(
+            members
+                .iter()
+                .any(|mm| mm.name == m.name && mm.peer_urls == vec![format!("https://{}:2380", m.ip)]),
+            "{members:?}"
+        );
+        let version = remote(&lab, &m.name, "/usr/local/bin/etcd --version | head -n1");
+        assert!(version.contains("3.4.23"), "{}: {version}", m.name);
+        assert_eq!(
+            remote(&lab, &m.name, "test -e /usr/local/bin/etcdutl && echo yes || echo no"),
+            "no",
+            "3.4 has no etcdutl"
+        );
+    }
+    eprintln!("etcd 3.4 restore test took {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// The supported path of `--bump-revision N --mark-compacted` (etcd 3.5.10 or newer): the restored
+/// revision is at least the backup's + N and the revisions before it read as compacted. Runs only
+/// when the artifact mirror has such a release; says which is missing otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_restore_bump_revision_supported() {
+    if let Some(why) = missing() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let versions = mirror_etcd_versions();
+    let Some(&(major, minor, patch)) = versions.iter().rev().find(|v| **v >= (3, 5, 10)) else {
+        let has: Vec<String> = versions.iter().map(|(a, b, c)| format!("{a}.{b}.{c}")).collect();
+        eprintln!(
+            "SKIPPED: needs etcd 3.5.10 or newer (the first release whose `etcdutl snapshot restore` has \
+             --bump-revision/--mark-compacted) in the artifact mirror {MIRROR}; it has: {}",
+            has.join(", ")
+        );
+        return;
+    };
+    let version = format!("{major}.{minor}.{patch}");
+    let work = tempfile::tempdir().unwrap();
+    let (identity, recipient) = age_identity(work.path());
+    let target = format!("file://{}", work.path().join("backups").display());
+    let (guard, old_inventory, fresh_inventory) = six_machine_lab(work.path(), "rbr", &version);
+    let lab = guard.lab().clone();
+    capstan_ok(Some(&old_inventory), &["apply"], &[]);
+    let old = credentials(&old_inventory, &work.path().join("old-creds"));
+    let etcd = client(&old.tls, &old.endpoints).await;
+    for i in 0..100 {
+        etcd.put(&key(i), &value(i)).await.unwrap();
+    }
+    drop(etcd);
+    capstan_ok(
+        Some(&old_inventory),
+        &["backup", "create", "--target", &target, "-r", &recipient],
+        &[],
+    );
+    let backup_revision = newest_backup_revision(&work.path().join("backups"));
+    const BUMP: i64 = 1_000_000;
+    let run = capstan_ok(
+        Some(&fresh_inventory),
+        &[
+            "restore",
+            "--from",
+            "latest",
+            "--identity",
+            identity.to_str().unwrap(),
+            "--target",
+            &target,
+            "--bump-revision",
+            &BUMP.to_string(),
+            "--mark-compacted",
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    let outcome = &report["outcome"];
+    assert_eq!(outcome["verification"]["ok"], true, "{report:#}");
+    assert!(!outcome["notes"].to_string().contains("not supported"), "{report:#}");
+    for member in outcome["verification"]["members"].as_array().unwrap() {
+        assert!(
+            member["revision"].as_i64().unwrap() >= backup_revision + BUMP,
+            "{report:#}"
+        );
+    }
+    let fresh: Vec<&str> = lab.machines[3..6].iter().map(|m| m.ip.as_str()).collect();
+    let endpoints = fresh
+        .iter()
+        .map(|ip| format!("https://{ip}:2379"))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        etcdctl(&old, &endpoints, &["get", &key(42), "--print-value-only"]),
+        String::from_utf8(value(42)).unwrap()
+    );
+    let compacted = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--cacert")
+        .arg(old.dir.join("ca.crt"))
+        .arg("--cert")
+        .arg(old.dir.join("client.crt"))
+        .arg("--key")
+        .arg(old.dir.join("client.key"))
+        .args([
+            "--endpoints",
+            &endpoints,
+            "get",
+            &key(42),
+            "--rev",
+            &backup_revision.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&compacted.stderr).contains("compacted"),
+        "the pre-restore revisions read as compacted: {}",
+        String::from_utf8_lossy(&compacted.stderr)
+    );
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+#[path = "../../../provisioner/tests/support/etcd.rs"]
 pub mod etcd;
 pub mod s3;
 

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::apply::{apply, ApplyError, ApplyOptions};
 use super::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdError, EtcdTls, Timeouts};
-use super::config::DEFAULT_CONFIG_FILE;
+use super::config::{DEFAULT_CONFIG_FILE, DEFAULT_PKI_DIR};
 use super::inspect::{admin_tls, inspect_hosts, pki_paths, EtcdHost, InspectError};
 use super::probe::{parse_bootstrap_values, probe_member};
 use crate::ops::shell::quote;
@@ -41,6 +41,8 @@ const SAFETY_DIR: &str = "/var/lib/capstan-safety";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    #[error("{0}")]
+    InvalidOptions(String),
     #[error(transparent)]
     Inspect(#[from] InspectError),
     #[error("cannot reach etcd host(s) {}: {detail}", hosts.join(", "))]
@@ -66,6 +68,11 @@ pub enum RestoreError {
 impl RestoreError {
     pub fn hint(&self) -> Option<String> {
         match self {
+            RestoreError::InvalidOptions(_) => Some(
+                "pass --bump-revision N (N > 0) together with --mark-compacted, or neither: etcd accepts them \
+                 only together"
+                    .into(),
+            ),
             RestoreError::Occupied(_) => Some(
                 "restore onto empty hosts, or pass --force to replace that data (a safety snapshot of it is \
                  taken first, into /var/lib/capstan-safety on each host)"
@@ -146,6 +153,26 @@ impl RestoreOptions {
     }
 }
 
+impl RestoreOptions {
+    /// etcd's `snapshot restore` (3.5.10+) refuses `--bump-revision N` without `--mark-compacted`
+    /// and the reverse, so both or neither; checked before anything is downloaded or changed.
+    pub fn validate(&self) -> Result<(), RestoreError> {
+        match (self.bump_revision.filter(|n| *n > 0), self.mark_compacted) {
+            (Some(n), false) => Err(RestoreError::InvalidOptions(format!(
+                "--bump-revision {n} needs --mark-compacted"
+            ))),
+            (None, true) => Err(RestoreError::InvalidOptions(
+                "--mark-compacted needs --bump-revision N with N > 0".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn bump(&self) -> Option<u64> {
+        self.bump_revision.filter(|n| *n > 0)
+    }
+}
+
 impl Default for RestoreOptions {
     fn default() -> Self {
         Self::new()
@@ -163,7 +190,22 @@ pub struct MemberRestore {
     pub host: String,
     /// `restored`, or `already restored` (an earlier run did it).
     pub action: String,
+    /// What `--force` kept of this host's previous etcd (to roll back with; see docs/restore.md).
+    pub before_restore: Option<KeptBeforeRestore>,
+}
+
+/// Where `--force` put a host's previous etcd state before restoring over it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeptBeforeRestore {
+    /// `etcdctl snapshot save` of the running member, taken before any member was stopped;
+    /// none when etcd was not running there.
     pub safety_snapshot: Option<String>,
+    /// The previous data dir, moved aside whole (member id, WAL and all).
+    pub data_dir: String,
+    /// The previous etcd config, moved aside.
+    pub config: Option<String>,
+    /// A copy of the previous PKI dir (the restore puts the backed-up CA in its place).
+    pub pki_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -228,20 +270,28 @@ fn parse_marker(text: &str) -> Option<Marker> {
 struct RestoreTool {
     command: String,
     name: &'static str,
+    /// `snapshot restore` defines both `--bump-revision` and `--mark-compacted` (etcd 3.5.10+).
     bump_revision: bool,
 }
 
-fn detect_tool_script() -> &'static str {
-    "if [ -x /usr/local/bin/etcdutl ]; then echo etcdutl; \
-     if /usr/local/bin/etcdutl snapshot restore --help 2>&1 | grep -q -- --bump-revision; then echo bump; fi; \
-     elif [ -x /usr/local/bin/etcdctl ]; then echo etcdctl; \
-     if ETCDCTL_API=3 /usr/local/bin/etcdctl snapshot restore --help 2>&1 | grep -q -- --bump-revision; then echo bump; fi; \
-     else echo none; fi"
+/// Separates the tool's name from its `snapshot restore --help` text in the detection output.
+const HELP_MARK: &str = "@@capstan:help";
+
+/// Prints the tool's name, then its raw `snapshot restore --help`: support for the revision
+/// flags is decided by `parse_tool` from that text, not by a remote grep.
+fn detect_tool_script() -> String {
+    format!(
+        "if [ -x /usr/local/bin/etcdutl ]; then echo etcdutl; echo {HELP_MARK}; \
+         /usr/local/bin/etcdutl snapshot restore --help 2>&1 || true; \
+         elif [ -x /usr/local/bin/etcdctl ]; then echo etcdctl; echo {HELP_MARK}; \
+         ETCDCTL_API=3 /usr/local/bin/etcdctl snapshot restore --help 2>&1 || true; \
+         else echo none; fi"
+    )
 }
 
 fn parse_tool(output: &str) -> Option<RestoreTool> {
-    let mut lines = output.lines().map(str::trim);
-    let (command, name) = match lines.next()? {
+    let (head, help) = output.split_once(HELP_MARK).unwrap_or((output, ""));
+    let (command, name) = match head.trim() {
         "etcdutl" => ("/usr/local/bin/etcdutl".to_string(), "etcdutl"),
         "etcdctl" => ("ETCDCTL_API=3 /usr/local/bin/etcdctl".to_string(), "etcdctl"),
         _ => return None,
@@ -249,7 +299,25 @@ fn parse_tool(output: &str) -> Option<RestoreTool> {
     Some(RestoreTool {
         command,
         name,
-        bump_revision: lines.any(|l| l == "bump"),
+        bump_revision: defines_flag(help, "--bump-revision") && defines_flag(help, "--mark-compacted"),
+    })
+}
+
+/// Whether a cobra help text defines `flag` as an option: a line that starts (after indentation
+/// and an optional `-x, ` short form) with the flag, followed by its type (etcdutl: `--flag int`),
+/// default (etcdctl 3.4: `--flag=""`) or nothing. A mention elsewhere (a description, an
+/// "unknown flag" error) does not count, so an unsupported tool is never taken for a supporting one.
+fn defines_flag(help: &str, flag: &str) -> bool {
+    help.lines().any(|line| {
+        let line = line.trim_start();
+        let bytes = line.as_bytes();
+        let line = if bytes.len() > 4 && bytes[0] == b'-' && bytes[1] != b'-' && &line[2..4] == ", " {
+            &line[4..]
+        } else {
+            line
+        };
+        line.strip_prefix(flag)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '=', '[']))
     })
 }
 
@@ -296,6 +364,50 @@ fn restore_script(
         marker_tmp = quote(&format!("{marker_file}.tmp")),
         marker_file_q = quote(&marker_file),
     )
+}
+
+/// Saves a snapshot of the local member to `snapshot` (0600) and prints `saved`, when etcd runs.
+fn safety_snapshot_script(pki: &super::config::PkiPaths, snapshot: &str) -> String {
+    format!(
+        "set -e\nmkdir -p -m 0700 {SAFETY_DIR}\n\
+         if systemctl is-active -q etcd; then\n  ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints https://127.0.0.1:2379 \
+         --cacert {ca} --cert {cert} --key {key} --command-timeout 300s snapshot save {snap} >/dev/null\n  \
+         chmod 600 {snap}\n  echo saved\nfi\n",
+        ca = quote(&pki.ca_file),
+        cert = quote(&pki.peer_cert_file),
+        key = quote(&pki.peer_key_file),
+        snap = quote(snapshot),
+    )
+}
+
+/// Stops etcd and moves the data dir and config aside (suffix `.before-restore-<stamp>`), copies
+/// the PKI dir, removes the restore marker; prints what it kept (`config`, `pki`).
+fn move_aside_script(data_dir: &str, marker_file: &str, stamp: u64) -> String {
+    let suffix = format!(".before-restore-{stamp}");
+    format!(
+        "set -e\nsystemctl stop etcd 2>/dev/null || true\nmv -- {dd} {dd_kept}\n\
+         if [ -e {config} ]; then mv -- {config} {config_kept}; echo config; fi\n\
+         if [ -d {pki} ]; then rm -rf -- {pki_kept}; cp -a -- {pki} {pki_kept}; echo pki; fi\n\
+         rm -f -- {marker}\n",
+        dd = quote(data_dir),
+        dd_kept = quote(&format!("{data_dir}{suffix}")),
+        config = quote(DEFAULT_CONFIG_FILE),
+        config_kept = quote(&format!("{DEFAULT_CONFIG_FILE}{suffix}")),
+        pki = quote(DEFAULT_PKI_DIR),
+        pki_kept = quote(&format!("{DEFAULT_PKI_DIR}{suffix}")),
+        marker = quote(marker_file),
+    )
+}
+
+fn parse_moved_aside(output: &str, data_dir: &str, stamp: u64, safety_snapshot: Option<String>) -> KeptBeforeRestore {
+    let suffix = format!(".before-restore-{stamp}");
+    let said = |word: &str| output.lines().any(|l| l.trim() == word);
+    KeptBeforeRestore {
+        safety_snapshot,
+        data_dir: format!("{data_dir}{suffix}"),
+        config: said("config").then(|| format!("{DEFAULT_CONFIG_FILE}{suffix}")),
+        pki_dir: said("pki").then(|| format!("{DEFAULT_PKI_DIR}{suffix}")),
+    }
 }
 
 struct Ctx {
@@ -394,6 +506,7 @@ pub async fn restore(
     input: &RestoreInput,
     mut options: RestoreOptions,
 ) -> Result<RestoreOutcome, RestoreError> {
+    options.validate()?;
     let out = std::mem::replace(&mut options.out, Box::new(std::io::sink()));
     let mut ctx = Ctx {
         started: Instant::now(),
@@ -457,8 +570,10 @@ pub async fn restore(
         .collect();
     ctx.step("inspect", since);
 
-    // 2. Refuse, or (with --force) keep a safety copy of what is there and clear it.
-    let mut safety: Vec<(String, String)> = Vec::new();
+    // 2. Refuse, or (with --force) keep everything that is there: safety snapshots of every
+    //    running member first, while the old cluster is whole (a failure here has stopped
+    //    nothing); then each host's data dir and config are moved aside and its PKI copied.
+    let mut kept: Vec<(String, KeptBeforeRestore)> = Vec::new();
     if !occupied.is_empty() {
         if !options.force {
             return Err(RestoreError::Occupied(occupied));
@@ -468,58 +583,63 @@ pub async fn restore(
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        for occupant in &occupied {
-            let host = hosts.iter().find(|h| h.name() == occupant.host).expect("from hosts");
-            let t = transport(host);
-            let snapshot = format!("{SAFETY_DIR}/{}-{stamp}.db", occupant.host);
-            let moved = format!("{}.before-restore-{stamp}", data_dir.trim_end_matches('/'));
+        let occupants: Vec<&EtcdHost> = occupied
+            .iter()
+            .filter_map(|o| hosts.iter().find(|h| h.name() == o.host))
+            .collect();
+        ctx.say(&format!(
+            "--force: keeping the previous etcd state of {} host(s) (safety snapshots into {SAFETY_DIR})",
+            occupants.len()
+        ));
+        let pki = pki_paths();
+        let snapshots = try_all(occupants.iter().map(|h| {
+            let snapshot = format!("{SAFETY_DIR}/{}-{stamp}.db", h.name());
+            let script = safety_snapshot_script(&pki, &snapshot);
+            async move {
+                let saved = run(
+                    transport(h).as_ref(),
+                    "safety snapshot (etcdctl snapshot save)",
+                    &script,
+                    Duration::from_secs(600),
+                )
+                .await?;
+                Ok(saved.lines().any(|l| l.trim() == "saved").then_some(snapshot))
+            }
+        }))
+        .await?;
+        let data_dir_trimmed = data_dir.trim_end_matches('/').to_string();
+        let moved = try_all(occupants.iter().map(|h| {
+            let script = move_aside_script(&data_dir_trimmed, &marker_file, stamp);
+            async move {
+                run(
+                    transport(h).as_ref(),
+                    "moving the previous etcd state aside",
+                    &script,
+                    Duration::from_secs(120),
+                )
+                .await
+            }
+        }))
+        .await?;
+        for ((host, snapshot), moved) in occupants.iter().zip(snapshots).zip(moved) {
+            let kept_here = parse_moved_aside(&moved, &data_dir_trimmed, stamp, snapshot);
             ctx.say(&format!(
-                "{}: --force: safety snapshot to {snapshot}, data dir kept as {moved}",
-                occupant.host
+                "{}: safety snapshot {}, previous data dir kept as {}",
+                host.name(),
+                kept_here
+                    .safety_snapshot
+                    .as_deref()
+                    .unwrap_or("none (etcd was not running)"),
+                kept_here.data_dir
             ));
-            let pki = pki_paths();
-            let snapshot_cmd = format!(
-                "set -e\nmkdir -p -m 0700 {SAFETY_DIR}\n\
-                 if systemctl is-active -q etcd; then\n  ETCDCTL_API=3 /usr/local/bin/etcdctl --endpoints https://127.0.0.1:2379 \
-                 --cacert {ca} --cert {cert} --key {key} --command-timeout 300s snapshot save {snap} >/dev/null\n  chmod 600 {snap}\n  echo saved\nfi\n",
-                ca = quote(&pki.ca_file),
-                cert = quote(&pki.peer_cert_file),
-                key = quote(&pki.peer_key_file),
-                snap = quote(&snapshot),
-            );
-            let saved = run(
-                t.as_ref(),
-                "safety snapshot (etcdctl snapshot save)",
-                &snapshot_cmd,
-                Duration::from_secs(600),
-            )
-            .await?;
-            let clear = format!(
-                "set -e\nsystemctl stop etcd 2>/dev/null || true\nmv -- {dd} {moved}\nrm -f -- {config} {marker}\n",
-                dd = quote(data_dir.trim_end_matches('/')),
-                moved = quote(&moved),
-                config = quote(DEFAULT_CONFIG_FILE),
-                marker = quote(&marker_file),
-            );
-            run(
-                t.as_ref(),
-                "moving the old data dir aside",
-                &clear,
-                Duration::from_secs(120),
-            )
-            .await?;
-            let kept = if saved.contains("saved") {
-                snapshot
-            } else {
-                moved.clone()
-            };
-            if !saved.contains("saved") {
+            if kept_here.safety_snapshot.is_none() {
                 ctx.note(format!(
-                    "{}: etcd was not running, so no snapshot was taken; the old data dir is kept as {moved}",
-                    occupant.host
+                    "{}: etcd was not running, so no safety snapshot was taken; the previous data dir is kept as {}",
+                    host.name(),
+                    kept_here.data_dir
                 ));
             }
-            safety.push((occupant.host.clone(), kept));
+            kept.push((host.name().to_string(), kept_here));
         }
         ctx.step("safety snapshots", since);
     }
@@ -674,39 +794,48 @@ pub async fn restore(
     let token = first.initial_cluster_token.clone();
     let initial_cluster = first.initial_cluster.clone();
 
-    let tool_output = run(
-        transport(&hosts[0]).as_ref(),
-        "detecting the restore tool",
-        detect_tool_script(),
-        Duration::from_secs(30),
-    )
+    // Every member is asked (a mixed install must not pass for a supporting one).
+    let tools = try_all(hosts.iter().map(|h| async move {
+        let output = run(
+            transport(h).as_ref(),
+            "detecting the restore tool",
+            &detect_tool_script(),
+            Duration::from_secs(30),
+        )
+        .await?;
+        parse_tool(&output).ok_or_else(|| RestoreError::Remote {
+            host: h.name().to_string(),
+            step: "detecting the restore tool".into(),
+            reason: "neither /usr/local/bin/etcdutl nor /usr/local/bin/etcdctl is installed".into(),
+        })
+    }))
     .await?;
-    let tool = parse_tool(&tool_output).ok_or_else(|| RestoreError::Remote {
-        host: hosts[0].name().to_string(),
-        step: "detecting the restore tool".into(),
-        reason: "neither /usr/local/bin/etcdutl nor /usr/local/bin/etcdctl is installed".into(),
-    })?;
-    let bump = match options.bump_revision {
+    if let Some((i, other)) = tools.iter().enumerate().find(|(_, t)| t.name != tools[0].name) {
+        return Err(RestoreError::Remote {
+            host: hosts[i].name().to_string(),
+            step: "detecting the restore tool".into(),
+            reason: format!(
+                "it has {} but {} has {}; run `capstan apply` so every member runs etcd {}",
+                other.name,
+                hosts[0].name(),
+                tools[0].name,
+                cluster.versions.etcd
+            ),
+        });
+    }
+    let mut tool = tools[0].clone();
+    tool.bump_revision = tools.iter().all(|t| t.bump_revision);
+    let bump = match options.bump() {
         Some(n) if tool.bump_revision => Some((n, options.mark_compacted)),
         Some(n) => {
             ctx.note(format!(
-                "--bump-revision {n}{} is not supported by {} (etcd {}): restored without it",
-                if options.mark_compacted {
-                    " --mark-compacted"
-                } else {
-                    ""
-                },
-                tool.name,
-                cluster.versions.etcd
+                "--bump-revision {n} --mark-compacted is not supported by {} of etcd {} (it needs etcd 3.5.10 \
+                 or newer): restored without it, so the revision is the backup's",
+                tool.name, cluster.versions.etcd
             ));
             None
         }
-        None => {
-            if options.mark_compacted {
-                ctx.note("--mark-compacted without --bump-revision does nothing".into());
-            }
-            None
-        }
+        None => None,
     };
 
     // 6. Upload the snapshot, stop every member, restore the ones not yet restored.
@@ -826,7 +955,8 @@ pub async fn restore(
     let since = Instant::now();
     ctx.say("verifying");
     let names: Vec<String> = hosts.iter().map(|h| h.name().to_string()).collect();
-    let minimum = input.manifest_revision + options.bump_revision.filter(|_| bump.is_some()).map_or(0, |n| n as i64);
+    let bumped_by = bump.map_or(0, |(n, _)| i64::try_from(n).unwrap_or(i64::MAX));
+    let minimum = input.manifest_revision.saturating_add(bumped_by);
     let verification = verify_members(&names, &endpoints, &tls, minimum).await;
     ctx.step("verify", since);
     if verification.ok {
@@ -853,7 +983,7 @@ pub async fn restore(
                 "restored"
             }
             .to_string(),
-            safety_snapshot: safety.iter().find(|(n, _)| n == h.name()).map(|(_, s)| s.clone()),
+            before_restore: kept.iter().find(|(n, _)| n == h.name()).map(|(_, k)| k.clone()),
         })
         .collect();
     Ok(RestoreOutcome {
@@ -1141,22 +1271,118 @@ pub async fn check_keys(endpoints: &[EtcdEndpoint], tls: &EtcdTls, keys: &[Strin
 mod tests {
     use super::*;
 
+    /// `etcdutl snapshot restore --help` of etcd 3.5.1 (from the lab mirror's tarball).
+    const ETCDUTL_3_5_1_HELP: &str = "Usage:
+  etcdutl snapshot restore <filename> --data-dir {output dir} [options] [flags]
+
+Flags:
+      --data-dir string                      Path to the output data directory
+  -h, --help                                 help for restore
+      --initial-advertise-peer-urls string   List of this member's peer URLs to advertise to the rest of the cluster (default \"http://localhost:2380\")
+      --initial-cluster string               Initial cluster configuration for restore bootstrap (default \"default=http://localhost:2380\")
+      --initial-cluster-token string         Initial cluster token for the etcd cluster during restore bootstrap (default \"etcd-cluster\")
+      --name string                          Human-readable name for this member (default \"default\")
+      --skip-hash-check                      Ignore snapshot integrity hash value (required if copied from data directory)
+      --wal-dir string                       Path to the WAL directory (use --data-dir if none given)
+
+Global Flags:
+  -w, --write-out string   set the output format (fields, json, protobuf, simple, table) (default \"simple\")
+";
+
+    /// The flag lines etcd 3.5.10 added (cobra's layout; the rest as in 3.5.1).
+    const ADDED_IN_3_5_10: &str = "      --bump-revision uint                   How much to increase the latest revision after restore
+      --mark-compacted                       Mark the latest revision after restore as the point of scheduled compaction (required if --bump-revision > 0, disallowed otherwise)
+";
+
+    /// `ETCDCTL_API=3 etcdctl snapshot restore --help` of etcd 3.4.23 (Debian's etcd-client), abridged.
+    const ETCDCTL_3_4_23_HELP: &str = "OPTIONS:
+      --data-dir=\"\"\t\t\t\t\t\tPath to the data directory
+  -h, --help[=false]\t\t\t\t\t\thelp for restore
+      --name=\"default\"\t\t\t\t\t\tHuman-readable name for this member
+      --skip-hash-check[=false]\t\t\t\t\tIgnore snapshot integrity hash value (required if copied from data directory)
+";
+
+    fn detected(name: &str, help: &str) -> String {
+        format!("{name}\n{HELP_MARK}\n{help}")
+    }
+
     #[test]
-    fn tool_detection_output_is_parsed() {
-        assert_eq!(
-            parse_tool("etcdutl\nbump\n"),
-            Some(RestoreTool {
-                command: "/usr/local/bin/etcdutl".into(),
-                name: "etcdutl",
-                bump_revision: true
-            })
-        );
-        let ctl = parse_tool("etcdctl\n").unwrap();
+    fn tool_detection_reads_the_flags_from_the_help_text() {
+        let old = parse_tool(&detected("etcdutl", ETCDUTL_3_5_1_HELP)).unwrap();
+        assert_eq!(old.command, "/usr/local/bin/etcdutl");
+        assert!(!old.bump_revision, "etcd 3.5.1 has no --bump-revision");
+        let with = ETCDUTL_3_5_1_HELP.replace("      --data-dir", &format!("{ADDED_IN_3_5_10}      --data-dir"));
+        assert!(parse_tool(&detected("etcdutl", &with)).unwrap().bump_revision);
+        let ctl = parse_tool(&detected("etcdctl", ETCDCTL_3_4_23_HELP)).unwrap();
         assert_eq!(ctl.name, "etcdctl");
         assert!(!ctl.bump_revision);
         assert!(ctl.command.starts_with("ETCDCTL_API=3 "));
         assert_eq!(parse_tool("none\n"), None);
         assert_eq!(parse_tool(""), None);
+    }
+
+    #[test]
+    fn a_mere_mention_of_the_flags_is_not_support() {
+        for help in [
+            // Only one of the two flags.
+            "      --bump-revision uint   How much to increase the latest revision\n",
+            // Errors and descriptions that name them.
+            "Error: unknown flag: --bump-revision\nError: unknown flag: --mark-compacted\n",
+            "      --skip-hash-check   see --bump-revision and --mark-compacted\n",
+            // Another flag that merely starts with the same letters.
+            "      --bump-revision-by uint   x\n      --mark-compacted-at int   y\n",
+            // The tool could not even run.
+            "sh: 1: /usr/local/bin/etcdutl: Exec format error\n",
+        ] {
+            let tool = parse_tool(&detected("etcdutl", help)).unwrap();
+            assert!(!tool.bump_revision, "wrongly supported for:\n{help}");
+        }
+        // etcdctl 3.4's `--flag=default` layout, when a release has them.
+        let ctl = "      --bump-revision=0\t\tHow much\n      --mark-compacted[=false]\t\tMark\n";
+        assert!(parse_tool(&detected("etcdctl", ctl)).unwrap().bump_revision);
+    }
+
+    #[test]
+    fn bump_revision_and_mark_compacted_go_together() {
+        let with = |bump: Option<u64>, mark: bool| RestoreOptions {
+            bump_revision: bump,
+            mark_compacted: mark,
+            ..RestoreOptions::new()
+        };
+        assert!(with(None, false).validate().is_ok());
+        assert!(with(Some(0), false).validate().is_ok());
+        assert!(with(Some(1000), true).validate().is_ok());
+        let err = with(Some(1000), false).validate().unwrap_err();
+        assert_eq!(err.to_string(), "--bump-revision 1000 needs --mark-compacted");
+        assert!(err.hint().unwrap().contains("together"));
+        let err = with(None, true).validate().unwrap_err();
+        assert!(
+            err.to_string().contains("--mark-compacted needs --bump-revision"),
+            "{err}"
+        );
+        assert!(with(Some(0), true).validate().is_err());
+    }
+
+    #[test]
+    fn force_keeps_the_previous_state_under_one_suffix() {
+        let script = move_aside_script("/var/lib/etcd", "/var/lib/etcd.capstan-restore", 1700000000);
+        assert!(script.starts_with("set -e\n"), "{script}");
+        let stop_at = script.find("systemctl stop etcd").unwrap();
+        let move_at = script
+            .find("mv -- /var/lib/etcd /var/lib/etcd.before-restore-1700000000")
+            .unwrap();
+        assert!(stop_at < move_at, "{script}");
+        assert!(script.contains("mv -- /etc/etcd/etcd.conf.yml /etc/etcd/etcd.conf.yml.before-restore-1700000000"));
+        assert!(script.contains("cp -a -- /etc/etcd/pki /etc/etcd/pki.before-restore-1700000000"));
+        let kept = parse_moved_aside("config\npki\n", "/var/lib/etcd", 1700000000, Some("/s.db".into()));
+        assert_eq!(kept.data_dir, "/var/lib/etcd.before-restore-1700000000");
+        assert_eq!(
+            kept.config.as_deref(),
+            Some("/etc/etcd/etcd.conf.yml.before-restore-1700000000")
+        );
+        assert_eq!(kept.pki_dir.as_deref(), Some("/etc/etcd/pki.before-restore-1700000000"));
+        let bare = parse_moved_aside("", "/var/lib/etcd", 1, None);
+        assert_eq!((bare.config, bare.pki_dir), (None, None));
     }
 
     #[test]
@@ -1174,7 +1400,11 @@ mod tests {
 
     #[test]
     fn restore_script_uses_the_new_cluster_and_swaps_atomically() {
-        let tool = parse_tool("etcdutl\nbump\n").unwrap();
+        let tool = RestoreTool {
+            command: "/usr/local/bin/etcdutl".into(),
+            name: "etcdutl",
+            bump_revision: true,
+        };
         let marker = Marker {
             backup_id: "20261128T041500Z-3f9a".into(),
             restored: true,

@@ -1,4 +1,5 @@
-//! Test support: real etcd clusters as local processes on 127.0.0.1.
+//! Test support: real etcd clusters as local processes on 127.0.0.1. Shared by the provisioner's
+//! and the backup crate's tests (`#[path]` includes this file).
 //!
 //! Each member gets its own ports, a server and a peer certificate from capstan's PKI, and a
 //! config file rendered from capstan's template, so a passing test means the PKI, the template
@@ -146,7 +147,13 @@ impl LocalMember {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    fn kill(&mut self) {
+    /// The member's process id while it runs.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -241,8 +248,8 @@ impl LocalCluster {
                 .to_string(),
             pki: paths,
             metrics_port: Some(metrics_port),
-            // Small quota: the tests write a few keys, and a smaller quota is cheaper to mmap.
-            quota_backend_bytes: 256 * 1024 * 1024,
+            // Room for the ~100 MB databases of the backup interruption tests.
+            quota_backend_bytes: 1024 * 1024 * 1024,
             ..MemberSettings::default()
         };
         let config = MemberConfig::new(&self.token, all, &spec.name, state, &settings)?;
