@@ -20,6 +20,29 @@ pub struct BackupMetrics {
     pub last_result_ok: bool,
 }
 
+/// Written by every scheduled run, leader or not, next to [`DEFAULT_METRICS_FILE`]: shows that
+/// each member's timer fires and which member led.
+pub const SCHEDULER_METRICS_FILE: &str = "/var/lib/prometheus/node-exporter/capstan_backup_scheduler.prom";
+
+/// The scheduler textfile: when this member's timer last ran capstan and whether it led.
+pub fn render_scheduler(cluster: &str, member: &str, run_at: f64, leader: bool) -> String {
+    let label = format!(
+        "{{cluster=\"{}\",member=\"{}\"}}",
+        escape_label(cluster),
+        escape_label(member)
+    );
+    format!(
+        "# HELP capstan_backup_scheduler_last_run_timestamp_seconds Unix time this member's backup timer last ran.\n\
+         # TYPE capstan_backup_scheduler_last_run_timestamp_seconds gauge\n\
+         capstan_backup_scheduler_last_run_timestamp_seconds{label} {}\n\
+         # HELP capstan_backup_scheduler_leader 1 if this member was the etcd leader (and so took the backup) at its last run.\n\
+         # TYPE capstan_backup_scheduler_leader gauge\n\
+         capstan_backup_scheduler_leader{label} {}\n",
+        number(run_at),
+        u8::from(leader)
+    )
+}
+
 const LAST_SUCCESS: &str = "capstan_backup_last_success_timestamp_seconds";
 const LAST_SIZE: &str = "capstan_backup_last_size_bytes";
 
@@ -151,6 +174,18 @@ mod tests {
         let text = render(&m);
         assert!(!text.contains("last_success"), "{text}");
         assert!(!text.contains("last_size"), "{text}");
+    }
+
+    #[test]
+    fn scheduler_metrics_name_the_member() {
+        let text = render_scheduler("demo", "demo-2", 1_700_000_000.0, false);
+        assert!(text.contains(
+            "capstan_backup_scheduler_last_run_timestamp_seconds{cluster=\"demo\",member=\"demo-2\"} 1700000000\n"
+        ));
+        assert!(text.contains("capstan_backup_scheduler_leader{cluster=\"demo\",member=\"demo-2\"} 0\n"));
+        assert!(
+            render_scheduler("demo", "demo-1", 1.0, true).contains("_leader{cluster=\"demo\",member=\"demo-1\"} 1\n")
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use capstan_provisioner::pki::{CertRequest, CertificateAuthority, BACKUP_CLIENT_
 use capstan_provisioner::transport::{RemoteFile, Transport};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{previous_success, render, write_atomic, BackupMetrics};
+use crate::metrics::{previous_success, render, render_scheduler, write_atomic, BackupMetrics, SCHEDULER_METRICS_FILE};
 use crate::{
     create, open_store, prune, BackupError, Encryption, EtcdSource, Manifest, PruneOptions, PruneReport, Retention,
     S3Options, StoreUrl, DEFAULT_INCOMPLETE_GRACE,
@@ -250,13 +250,22 @@ async fn leadership(local_endpoint: &str, tls: &EtcdTls) -> Result<(bool, Vec<Et
     Ok((true, endpoints))
 }
 
-/// One scheduled run on a member: leader check, backup, prune. Writes metrics on the leader
-/// (success or failure); followers write nothing.
+/// One scheduled run on a member: leader check, backup, prune. Every member writes the
+/// scheduler metrics (timer ran, led or not); the leader also the backup's (success or failure).
 pub async fn run_scheduled(config: &ScheduleConfig) -> Result<RunOutcome, ScheduleError> {
     let started = Instant::now();
     let attempt = unix_now();
     let (tls, pki_files) = local_access(&config.pki_dir)?;
     let (leader, endpoints) = leadership(&config.local_endpoint, &tls).await?;
+    let scheduler_file = config
+        .metrics_file
+        .with_file_name(Path::new(SCHEDULER_METRICS_FILE).file_name().unwrap_or_default());
+    if let Err(e) = write_atomic(
+        &scheduler_file,
+        &render_scheduler(&config.cluster, &config.member, attempt, leader),
+    ) {
+        eprintln!("warning: writing metrics to {}: {e}", scheduler_file.display());
+    }
     if !leader {
         return Ok(RunOutcome::NotLeader);
     }

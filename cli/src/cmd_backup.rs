@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use capstan_backup::metrics::DEFAULT_METRICS_FILE;
+use capstan_backup::metrics::{DEFAULT_METRICS_FILE, SCHEDULER_METRICS_FILE};
 use capstan_backup::schedule::{
     check_calendar, environment_file, run_scheduled, InstalledBinary, RemovedUnit, RetentionConfig, RunOutcome,
     ScheduleConfig, BINARY_PATH, CONFIG_DIR, CONFIG_PATH, DRILL_CONFIG_PATH, ENVIRONMENT_PATH, INVENTORY_PATH,
@@ -682,7 +682,13 @@ fn removal_ops(hosts: &[EtcdHost]) -> Vec<HostOps> {
         };
         let mut ops = HostOps::new(transport);
         push_timer_removal(&mut ops, SERVICE_UNIT, TIMER_UNIT);
-        for path in [CONFIG_PATH, ENVIRONMENT_PATH, INVENTORY_PATH, DEFAULT_METRICS_FILE] {
+        for path in [
+            CONFIG_PATH,
+            ENVIRONMENT_PATH,
+            INVENTORY_PATH,
+            DEFAULT_METRICS_FILE,
+            SCHEDULER_METRICS_FILE,
+        ] {
             ops.push(Absent::new(path));
         }
         push_shared_removal(&mut ops, DRILL_CONFIG_PATH);

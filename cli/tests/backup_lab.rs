@@ -18,6 +18,7 @@ use support::{run_capstan, Run};
 const MIRROR: &str = "/var/cache/capstan/mirror";
 const BUCKET: &str = "capstan-lab";
 const METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup.prom";
+const SCHEDULER_METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup_scheduler.prom";
 /// Seconds between scheduled backups in the test (`*:*:0/20`).
 const INTERVAL: u64 = 20;
 
@@ -335,6 +336,30 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
         .collect();
     let skipped = journals.iter().filter(|j| j.contains("not the etcd leader")).count();
     assert!(skipped >= 2, "followers did not run or did not skip: {journals:#?}");
+    // Every member's runs write the scheduler metrics: its timer fired, led or not.
+    let scheduler: Vec<String> = hosts
+        .iter()
+        .map(|h| remote(&lab, h, &format!("cat {SCHEDULER_METRICS}")))
+        .collect();
+    for (host, text) in hosts.iter().zip(&scheduler) {
+        let sample = text
+            .lines()
+            .find(|l| l.starts_with("capstan_backup_scheduler_last_run_timestamp_seconds{"))
+            .unwrap_or_else(|| panic!("{host}: {text}"));
+        assert!(sample.contains(&format!("member=\"{host}\"")), "{sample}");
+        let at: u64 = sample.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(at >= installed_at, "{host}: stale scheduler run in {text}");
+    }
+    let led: Vec<bool> = scheduler
+        .iter()
+        .filter_map(|t| t.lines().find(|l| l.starts_with("capstan_backup_scheduler_leader{")))
+        .map(|l| l.ends_with(" 1"))
+        .collect();
+    assert_eq!(led.len(), hosts.len(), "{scheduler:#?}");
+    assert!(
+        led.contains(&true) && led.contains(&false),
+        "expected a leader and followers: {scheduler:#?}"
+    );
 
     // Metrics on the leader(s) that backed up, result 1, recent success.
     let metrics: Vec<String> = hosts
