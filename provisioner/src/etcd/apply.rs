@@ -8,6 +8,11 @@
 //! Settings that only matter for a member's first start (`initial-cluster*`) are written when a
 //! member is created and reused from its own config afterwards, so re-applying (or scaling other
 //! members) never rewrites an initialised member's config and never restarts it.
+//!
+//! A change of `versions.etcd` is a rolling upgrade (or patch downgrade): decided and refused in
+//! [`super::upgrade`] before anything changes, then carried out by the converge phase one member at
+//! a time, followers first and the leader last, each gated on the member answering again and
+//! running the new version.
 
 // Errors carry whole messages (names, versions, what is available); a run produces a handful.
 #![allow(clippy::result_large_err)]
@@ -30,6 +35,9 @@ use super::inspect::{
     admin_tls, ca_holder, inspect_hosts, member_settings, pki_paths, read_ca, EtcdHost, InspectError,
 };
 use super::probe::{ca_key_path, parse_bootstrap_values, BootstrapValues};
+use super::upgrade::{
+    next_in_rollout, plan_upgrade, probe_versions, MemberState, UpgradePlan, UpgradeRefusal, Version, VersionFacts,
+};
 use crate::ops::shell::quote;
 use crate::ops::{Artifact, Command, Directory, File, OpError, Operation, OperationExt, Service, SystemdUnit};
 use crate::phases::{Phase, PhaseContext, PhaseError, PhaseOutcome, PhaseRunner};
@@ -56,6 +64,8 @@ pub enum ApplyError {
     },
     #[error("refusing to change the cluster: {reason}")]
     Refused { reason: String, hint: String },
+    #[error("refusing to change the etcd version: {0}")]
+    Upgrade(UpgradeRefusal),
     #[error(transparent)]
     Release(#[from] ReleaseError),
     #[error(transparent)]
@@ -76,6 +86,7 @@ impl ApplyError {
                     .to_string(),
             ),
             ApplyError::Refused { hint, .. } => Some(hint.clone()),
+            ApplyError::Upgrade(refusal) => Some(refusal.hint()),
             ApplyError::Release(ReleaseError::UnpinnedVersion { .. }) => {
                 Some("set versions.etcd to a pinned version, or point artifacts.mirror at a mirror that has it".into())
             }
@@ -202,6 +213,12 @@ struct EtcdRun {
     tls: EtcdTls,
     token: String,
     membership: Membership,
+    /// The version change of this run, when `versions.etcd` differs from what members run.
+    upgrade: Option<UpgradePlan>,
+    /// Members that were not healthy when the run started.
+    down_at_start: BTreeSet<String>,
+    /// What to do about a failure in the middle of a rollout (replaces the generic hint).
+    failure_hint: Mutex<Option<String>>,
     /// Connections to hosts of members being removed that are still in the inventory.
     cleanup: BTreeMap<String, Arc<dyn Transport>>,
     reports: Mutex<Vec<PhaseReport>>,
@@ -365,6 +382,10 @@ async fn prepare(cluster: &Cluster, options: &ApplyOptions) -> Result<(EtcdRun, 
     } else {
         discover_membership(cluster, &members, &tls).await?
     };
+    let (upgrade, down_at_start) = match &membership {
+        Membership::Bootstrap => (None, BTreeSet::new()),
+        Membership::Existing { .. } => decide_upgrade(cluster, &members, &membership, &tls).await?,
+    };
 
     // Hosts of removed members that are still in the inventory get stopped and wiped.
     let mut cleanup = BTreeMap::new();
@@ -391,6 +412,9 @@ async fn prepare(cluster: &Cluster, options: &ApplyOptions) -> Result<(EtcdRun, 
             tls,
             token,
             membership,
+            upgrade,
+            down_at_start,
+            failure_hint: Mutex::new(None),
             cleanup,
             reports: Mutex::new(Vec::new()),
             ready_timeout: options.ready_timeout,
@@ -419,8 +443,30 @@ async fn discover_membership(
         .filter(|m| m.has_data)
         .map(|m| m.host.operator_endpoint())
         .collect();
-    let client = EtcdClient::connect_with(&endpoints, tls, short_timeouts()).await?;
-    let listed = client.member_list().await?;
+    // One member at a time: a channel over all endpoints may pick a member that is down.
+    let mut found = None;
+    let mut last_error = None;
+    for endpoint in &endpoints {
+        let attempt = async {
+            let client = EtcdClient::connect_with(std::slice::from_ref(endpoint), tls, short_timeouts()).await?;
+            let listed = client.member_list().await?;
+            Ok::<_, EtcdError>((client, listed))
+        };
+        match attempt.await {
+            Ok(ok) => {
+                found = Some(ok);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let (client, listed) = match (found, last_error) {
+        (Some(ok), _) => ok,
+        (None, Some(e)) => return Err(e.into()),
+        (None, None) => EtcdClient::connect_with(&endpoints, tls, short_timeouts())
+            .await
+            .map(|c| (c, Vec::new()))?,
+    };
 
     let endpoint_of = |m: &ListedMember| -> Option<EtcdEndpoint> {
         match members.iter().find(|d| d.name() == m.name) {
@@ -496,6 +542,75 @@ async fn discover_membership(
         remove,
         healthy,
     })
+}
+
+/// Reads every current member's versions (over SSH) and leadership, then decides whether this run
+/// changes the etcd version and refuses unsupported changes. Nothing is changed here.
+async fn decide_upgrade(
+    cluster: &Cluster,
+    members: &[DesiredMember],
+    membership: &Membership,
+    tls: &EtcdTls,
+) -> Result<(Option<UpgradePlan>, BTreeSet<String>), ApplyError> {
+    let Membership::Existing {
+        listed,
+        current,
+        add,
+        remove,
+        healthy,
+    } = membership
+    else {
+        return Ok((None, BTreeSet::new()));
+    };
+    let target = Version::parse(&cluster.versions.etcd).ok_or_else(|| ApplyError::Refused {
+        reason: format!(
+            "versions.etcd `{}` is not a MAJOR.MINOR.PATCH version",
+            cluster.versions.etcd
+        ),
+        hint: "set versions.etcd to a release such as 3.5.1".into(),
+    })?;
+    let healthy_names: BTreeSet<&str> = listed
+        .iter()
+        .filter(|m| healthy.contains(&m.id))
+        .map(|m| m.name.as_str())
+        .collect();
+    let settings = member_settings(cluster);
+    let facts = futures::future::join_all(current.iter().map(|&i| {
+        let transport = members[i].transport.clone();
+        let port = settings.metrics_port;
+        async move { probe_versions(transport.as_ref(), super::config::DEFAULT_ETCD_BINARY, port).await }
+    }))
+    .await;
+    let mut states = Vec::new();
+    for (&i, facts) in current.iter().zip(facts) {
+        let member = &members[i];
+        let is_healthy = healthy_names.contains(member.name());
+        let mut leader = false;
+        let mut facts: VersionFacts = facts?;
+        if is_healthy {
+            let endpoint = member.host.operator_endpoint();
+            if let Ok(client) = EtcdClient::connect_with(std::slice::from_ref(&endpoint), tls, short_timeouts()).await {
+                if let Ok(status) = client.status(&endpoint).await {
+                    leader = status.leader;
+                    // The gRPC status is authoritative for the running version; metrics may be off.
+                    if let Some(running) = Version::parse(&status.version) {
+                        facts.running = Some(running);
+                    }
+                }
+            }
+        }
+        states.push(MemberState {
+            name: member.name().to_string(),
+            healthy: is_healthy,
+            leader,
+            facts,
+        });
+    }
+    let membership_change =
+        (!add.is_empty() || !remove.is_empty()).then(|| format!("{} to add, {} to remove", add.len(), remove.len()));
+    let plan = plan_upgrade(&states, target, membership_change.as_deref()).map_err(ApplyError::Upgrade)?;
+    let down = states.iter().filter(|s| !s.healthy).map(|s| s.name.clone()).collect();
+    Ok((plan, down))
 }
 
 #[derive(Clone, Copy)]
@@ -833,9 +948,130 @@ impl EtcdRun {
             .clone()
             .unwrap_or_else(|| self.bootstrap_values());
         let mut ops = self.base_ops(member, true)?;
+        if self.upgrade.as_ref().is_some_and(|u| u.member(member.name()).is_some()) {
+            // An earlier run may have replaced the binary and stopped before the restart: the
+            // running process then still executes the old, deleted file. Placed before the
+            // artifact so that a binary replaced in this run restarts once, through its handler.
+            let restart = Command::new("restart etcd onto the installed binary", "systemctl restart etcd").unless(
+                "pid=$(systemctl show -p MainPID --value etcd); [ \"$pid\" = 0 ] || \
+                 ! readlink /proc/$pid/exe | grep -q '(deleted)'",
+            );
+            ops.ops.insert(0, Arc::new(restart));
+        }
         ops.push(self.config_file(member, &values)?.notify([SERVICE]));
         ops.push(Service::new(SERVICE)?.enabled(true).running(true));
         Ok(ops)
+    }
+
+    /// The member that leads now, asked of the given members.
+    async fn leader_name(&self, indices: &[usize]) -> Option<String> {
+        for &i in indices {
+            let endpoint = self.endpoint(i);
+            if let Ok(client) = self.client(std::slice::from_ref(&endpoint)).await {
+                if let Ok(status) = client.status(&endpoint).await {
+                    if status.leader {
+                        return Some(self.members[i].name().to_string());
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Poll until the member at `index` reports `target` as its server version.
+    async fn wait_member_version(&self, index: usize, target: Version, timeout: Duration) -> Result<(), String> {
+        let endpoint = self.endpoint(index);
+        let deadline = Instant::now() + timeout;
+        let mut last: String;
+        loop {
+            match self.client(std::slice::from_ref(&endpoint)).await {
+                Ok(client) => match client.status(&endpoint).await {
+                    Ok(status) if Version::parse(&status.version) == Some(target) => return Ok(()),
+                    Ok(status) => last = format!("it still runs etcd {}", status.version),
+                    Err(e) => last = super::client::error_chain(&e),
+                },
+                Err(e) => last = super::client::error_chain(&e),
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{} is healthy but not on etcd {target} after {}s: {last}",
+                    self.members[index].name(),
+                    timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The cluster version, read from the members' metrics (the first that answers).
+    async fn cluster_version(&self) -> Option<super::upgrade::MinorLine> {
+        for member in &self.members {
+            let port = self.settings.metrics_port;
+            if let Ok(facts) = probe_versions(member.transport.as_ref(), super::config::DEFAULT_ETCD_BINARY, port).await
+            {
+                if facts.cluster.is_some() {
+                    return facts.cluster;
+                }
+            }
+        }
+        None
+    }
+
+    /// After a minor upgrade of every member, the leader raises the cluster version by itself
+    /// (it checks the members' versions every few seconds); wait for that.
+    async fn wait_cluster_version(&self, target: Version, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.cluster_version().await;
+            if found == Some(target.line()) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let found = found.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into());
+                return Err(format!(
+                    "every member runs etcd {target}, but the cluster version is still {found} after {}s",
+                    timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// What to tell the operator when a member did not come back during a rollout.
+    fn rollout_failure_hint(&self, failed: &str, done: &[String], current: &[usize]) -> Option<String> {
+        let upgrade = self.upgrade.as_ref()?;
+        let from = upgrade.member(failed).map(|m| m.from)?;
+        let untouched: Vec<&str> = current
+            .iter()
+            .map(|&i| self.members[i].name())
+            .filter(|n| *n != failed && !done.iter().any(|d| d == n))
+            .collect();
+        let mut hint = format!(
+            "the rollout stopped at {failed}; the other members keep quorum. {}{}\
+             Look at `journalctl -u etcd -n 100` on {failed}, then either fix the cause and run `capstan apply` \
+             again (it continues with {failed}), ",
+            if done.is_empty() {
+                String::new()
+            } else {
+                format!("Already on {}: {}. ", upgrade.target, done.join(", "))
+            },
+            if untouched.is_empty() {
+                String::new()
+            } else {
+                format!("Not touched (still on their old version): {}. ", untouched.join(", "))
+            },
+        );
+        if from.line() == upgrade.target.line() {
+            hint.push_str(&format!(
+                "or set versions.etcd back to {from} and run `capstan apply` to put {failed} back (docs/upgrade.md)"
+            ));
+        } else {
+            hint.push_str(&format!(
+                "or go back to {} by restoring the pre-upgrade backup (`capstan restore`, docs/upgrade.md)",
+                from.line()
+            ));
+        }
+        Some(hint)
     }
 
     async fn converge(
@@ -853,6 +1089,34 @@ impl EtcdRun {
         };
         if mode == Mode::DryRun {
             self.run_hosts(ctx, phase, lists(current)?, Mode::DryRun).await?;
+            if let Some(upgrade) = &self.upgrade {
+                let mut remaining: Vec<(&str, bool)> =
+                    upgrade.members.iter().map(|m| (m.name.as_str(), m.down)).collect();
+                let total = remaining.len();
+                let mut step = 0;
+                while !remaining.is_empty() {
+                    let (name, _) = remaining.remove(next_in_rollout(&remaining, upgrade.leader.as_deref()));
+                    step += 1;
+                    let Some(member) = upgrade.member(name) else { continue };
+                    let role = if upgrade.leader.as_deref() == Some(name) {
+                        ", leader: last"
+                    } else {
+                        ""
+                    };
+                    self.note(
+                        phase,
+                        mode,
+                        name,
+                        "etcd version",
+                        &format!(
+                            "etcd {} → {} ({}, step {step} of {total}{role})",
+                            member.from, upgrade.target, member.change
+                        ),
+                        Ok(()),
+                        Duration::ZERO,
+                    );
+                }
+            }
             return Ok(());
         }
         // Plan every member at once (probes only); members with nothing to do are done, the rest
@@ -873,7 +1137,7 @@ impl EtcdRun {
             let reason = bad.failures().next().and_then(|f| f.error.clone()).unwrap_or_default();
             return Err(failed(phase, format!("{}: {reason}", bad.host)));
         }
-        let to_change: Vec<usize> = current
+        let mut remaining: Vec<usize> = current
             .iter()
             .copied()
             .filter(|&i| {
@@ -883,46 +1147,125 @@ impl EtcdRun {
                     .any(|h| h.host == self.members[i].name() && h.changed > 0)
             })
             .collect();
-        let rolling = crate::phases::RollingBatch::new(1);
-        rolling
-            .run(
-                &to_change,
-                |&index| async move {
-                    // Taking this member down must leave a quorum of healthy others.
-                    let others: Vec<usize> = current.iter().copied().filter(|&i| i != index).collect();
-                    let endpoints: Vec<EtcdEndpoint> = others.iter().map(|&i| self.endpoint(i)).collect();
-                    let mut healthy_others = 0;
-                    if let Ok(client) = self.client(&endpoints).await {
-                        for endpoint in &endpoints {
-                            if client.health(endpoint).await.healthy {
-                                healthy_others += 1;
-                            }
+        let total = remaining.len();
+        let mut done: Vec<String> = Vec::new();
+        while !remaining.is_empty() {
+            // Re-asked before every step: the leader goes last even if leadership moved.
+            let leader = self.leader_name(current).await;
+            let keys: Vec<(&str, bool)> = remaining
+                .iter()
+                .map(|&i| {
+                    let name = self.members[i].name();
+                    (name, self.down_at_start.contains(name))
+                })
+                .collect();
+            let index = remaining.remove(next_in_rollout(&keys, leader.as_deref()));
+            let name = self.members[index].name().to_string();
+            let started = Instant::now();
+            let result = self.converge_member(ctx, phase, current, index).await;
+            let version_change = self
+                .upgrade
+                .as_ref()
+                .and_then(|u| u.member(&name).map(|m| (m.from, m.change, u.target)));
+            match result {
+                Ok(()) => {
+                    let step = total - remaining.len();
+                    match version_change {
+                        Some((from, change, target)) => {
+                            self.note(
+                                phase,
+                                mode,
+                                &name,
+                                "etcd version",
+                                &format!("etcd {from} → {target} ({change}, step {step} of {total})"),
+                                Ok(()),
+                                started.elapsed(),
+                            );
+                            self.say(&format!(
+                                "{name}: healthy again on etcd {target} after {:.1}s",
+                                started.elapsed().as_secs_f64()
+                            ));
                         }
+                        None => self.say(&format!("{name}: healthy again")),
                     }
-                    if healthy_others < quorum(current.len()) {
-                        return Err(format!(
-                            "{} needs a restart, but only {healthy_others} of the other {} members are healthy; \
-                             restarting it would lose quorum",
-                            self.members[index].name(),
-                            others.len()
-                        ));
+                    done.push(name);
+                }
+                Err(reason) => {
+                    if let Some((from, _, target)) = version_change {
+                        self.note(
+                            phase,
+                            mode,
+                            &name,
+                            "etcd version",
+                            &format!("etcd {from} → {target}"),
+                            Err(reason.clone()),
+                            started.elapsed(),
+                        );
                     }
-                    let ops = self.converge_ops(&self.members[index]).map_err(|e| e.to_string())?;
-                    self.run_hosts(ctx, phase, vec![ops], Mode::Apply)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                },
-                |batch| async move {
-                    for &index in batch {
-                        self.wait_member_ready(index, 0, self.ready_timeout).await?;
-                        self.say(&format!("{}: healthy again", self.members[index].name()));
+                    if let Some(hint) = self.rollout_failure_hint(&name, &done, current) {
+                        *self.failure_hint.lock().unwrap_or_else(|p| p.into_inner()) = Some(hint);
                     }
-                    Ok(())
-                },
-            )
+                    return Err(failed(phase, reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Change one member: only when the others keep quorum without it; then wait until it
+    /// answers again (and, during a version change, runs the target version).
+    async fn converge_member(
+        &self,
+        ctx: &PhaseContext<EtcdRun>,
+        phase: &str,
+        current: &[usize],
+        index: usize,
+    ) -> Result<(), String> {
+        let name = self.members[index].name();
+        let others: Vec<usize> = current.iter().copied().filter(|&i| i != index).collect();
+        let endpoints: Vec<EtcdEndpoint> = others.iter().map(|&i| self.endpoint(i)).collect();
+        // Members that were restarting when the run began may still be coming back: wait for
+        // them (up to the ready timeout) rather than refuse at once.
+        let deadline = Instant::now() + self.ready_timeout;
+        let mut healthy_others;
+        loop {
+            healthy_others = 0;
+            for endpoint in &endpoints {
+                if let Ok(client) = self.client(std::slice::from_ref(endpoint)).await {
+                    if client.health(endpoint).await.healthy {
+                        healthy_others += 1;
+                    }
+                }
+            }
+            if healthy_others >= quorum(current.len())
+                || self.down_at_start.contains(name)
+                || Instant::now() >= deadline
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if healthy_others < quorum(current.len()) && !self.down_at_start.contains(name) {
+            return Err(format!(
+                "{name} needs a restart, but only {healthy_others} of the other {} members are healthy; \
+                 restarting it would lose quorum",
+                others.len()
+            ));
+        }
+        let ops = self.converge_ops(&self.members[index]).map_err(|e| e.to_string())?;
+        self.run_hosts(ctx, phase, vec![ops], Mode::Apply)
             .await
-            .map_err(|e| failed(phase, e))
+            .map_err(|e| format!("{name}: {e}"))?;
+        let started = Instant::now();
+        self.wait_member_ready(index, 0, self.ready_timeout).await?;
+        if let Some(upgrade) = &self.upgrade {
+            let left = self
+                .ready_timeout
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(5));
+            self.wait_member_version(index, upgrade.target, left).await?;
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)] // the phase's share of the membership, spelled out
@@ -1188,6 +1531,20 @@ impl EtcdPhase {
                     .await
                     .map_err(|e| failed(&phase, e))?;
                 state.say(&format!("{} members healthy, one leader", all.len()));
+                if let Some(upgrade) = &state.upgrade {
+                    if upgrade.moves_cluster_version() {
+                        state
+                            .wait_cluster_version(upgrade.target, state.ready_timeout)
+                            .await
+                            .map_err(|e| failed(&phase, e))?;
+                    }
+                    if let Some(cluster) = state.cluster_version().await {
+                        state.say(&format!(
+                            "every member runs etcd {}; cluster version {cluster}",
+                            upgrade.target
+                        ));
+                    }
+                }
                 Ok(())
             }
             _ => Ok(()),
@@ -1230,6 +1587,26 @@ pub async fn apply(cluster: &Cluster, mut options: ApplyOptions) -> Result<Apply
                 remove.len()
             ),
         };
+        if let Some(upgrade) = &run.upgrade {
+            let leader = upgrade
+                .leader
+                .as_deref()
+                .filter(|l| upgrade.member(l).is_some())
+                .map(|l| format!(", the leader ({l}) last"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                notes,
+                "etcd version change {} on {} of {} members: one at a time{leader}, each must be healthy on the new \
+                 version before the next{}",
+                upgrade.summary(),
+                upgrade.members.len(),
+                run.members.len(),
+                match upgrade.cluster_version {
+                    Some(c) => format!(" (cluster version {c})"),
+                    None => String::new(),
+                }
+            );
+        }
     }
     let runner = Runner::new(
         RunOptions {
@@ -1251,9 +1628,12 @@ pub async fn apply(cluster: &Cluster, mut options: ApplyOptions) -> Result<Apply
     conns.close_all().await;
     let reports = ctx.state.reports.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let summary = merge_reports(mode, &reports, started.elapsed());
+    let rollout_hint = ctx.state.failure_hint.lock().unwrap_or_else(|p| p.into_inner()).take();
     let hint = result.error.as_ref().map(|_| {
-        "run `capstan status` to see the members' state; fix the cause and run `capstan apply` again (it resumes)"
-            .to_string()
+        rollout_hint.unwrap_or_else(|| {
+            "run `capstan status` to see the members' state; fix the cause and run `capstan apply` again (it resumes)"
+                .to_string()
+        })
     });
     Ok(ApplyOutcome {
         mode,
