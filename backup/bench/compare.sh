@@ -1,35 +1,49 @@
 #!/usr/bin/env bash
 # Benchmark: `capstan backup create` vs the shell pipeline
 #   etcdctl snapshot save → age -r → aws s3 cp
-# on the same ~1 GiB etcd database (one lab machine), to the same S3 server (moto on the lab
-# bridge's gateway), on this machine, in the same run. Prints wall time, throughput and peak RSS
-# (from /usr/bin/time -v) of each.
+# on the same ~1 GiB etcd database (one lab machine), to the same S3 server on the lab bridge's
+# gateway, on this machine, in the same run. Prints wall time, CPU time, throughput and peak
+# RSS (from /usr/bin/time -v) of each, and the CPU time the S3 server spent serving each.
 #
-# Needs: root, the lab prerequisites and artifact mirror (scripts/setup.sh), moto_server
-# (pip install 'moto[server]>=5.2.5'), awscli (pip install awscli), age, etcdctl, curl,
-# /usr/bin/time (apt-get install time).
+# S3_SERVER picks the server:
+#   s3s-fs  s3s-fs 0.14.1, a Rust S3 server storing into a directory (the default):
+#           cargo install s3s-fs --version 0.14.1 --features binary --locked --root /opt/s3s-fs
+#   moto    moto's server (pip install 'moto[server]>=5.2.5'), pure Python, in memory
 #
-#   CAPSTAN=target/release/capstan SIZE_MB=1024 backup/bench/compare.sh
+# Needs: root, the lab prerequisites and artifact mirror (scripts/setup.sh), the server above,
+# awscli (pip install awscli), age, etcdctl, curl, /usr/bin/time (apt-get install time).
 #
-# KEEP=1 keeps the lab (and its filled etcd) for another run: REUSE=1 then skips the fill.
+#   CAPSTAN=target/release/capstan SIZE_MB=1024 S3_SERVER=s3s-fs RUNS=2 backup/bench/compare.sh
+#
+# RUNS repeats both measurements (alternating) against the same server. KEEP=1 keeps the lab
+# (and its filled etcd) for another run: REUSE=1 then skips the fill.
 set -euo pipefail
 
 CAPSTAN=${CAPSTAN:-target/release/capstan}
 SIZE_MB=${SIZE_MB:-1024}
+S3_SERVER=${S3_SERVER:-s3s-fs}
+S3S_FS=${S3S_FS:-/opt/s3s-fs/bin/s3s-fs}
+RUNS=${RUNS:-1}
 LAB=${LAB:-bench}
 WORK=${WORK:-/tmp/capstan-bench}
 BUCKET=bench
 CAPSTAN=$(readlink -f "$CAPSTAN")
 
-for tool in "$CAPSTAN" moto_server aws age age-keygen etcdctl curl /usr/bin/time; do
+case "$S3_SERVER" in
+    moto) SERVER_CMD=moto_server ;;
+    s3s-fs) SERVER_CMD=$S3S_FS ;;
+    *) echo "S3_SERVER must be moto or s3s-fs, not '$S3_SERVER'" >&2; exit 2 ;;
+esac
+for tool in "$CAPSTAN" "$SERVER_CMD" aws age age-keygen etcdctl curl python3 /usr/bin/time; do
     command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 2; }
 done
 
 mkdir -p "$WORK"
 cd "$WORK"
-MOTO_PID=
+SERVER_PID=
 cleanup() {
-    [ -n "$MOTO_PID" ] && kill "$MOTO_PID" 2>/dev/null || true
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+    rm -rf "$WORK/s3s-data" "$WORK/s.db" "$WORK/s.db.age"
     [ "${KEEP:-0}" = 1 ] || "$CAPSTAN" lab down --name "$LAB" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -59,53 +73,88 @@ fi
 DB_BYTES=$("${ETCDCTL[@]}" endpoint status --write-out=json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["dbSize"])')
 echo "etcd db size: $((DB_BYTES / 1048576)) MiB" >&2
 
-# 3. moto on the gateway address of the lab bridge.
+# 3. The S3 server on the gateway address of the lab bridge.
 GATEWAY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gateway"])' "${CAPSTAN_LAB_ROOT:-/var/lib/capstan/lab}/$LAB/lab.json")
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("'"$GATEWAY"'",0)); print(s.getsockname()[1])')
-moto_server -H "$GATEWAY" -p "$PORT" >"$WORK/moto.log" 2>&1 &
-MOTO_PID=$!
-for _ in $(seq 100); do curl -s "http://$GATEWAY:$PORT" >/dev/null && break; sleep 0.2; done
-curl -sf -X PUT "http://$GATEWAY:$PORT/$BUCKET" >/dev/null
 export AWS_ENDPOINT_URL=http://$GATEWAY:$PORT AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret \
     AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+case "$S3_SERVER" in
+    moto) moto_server -H "$GATEWAY" -p "$PORT" >"$WORK/server.log" 2>&1 & ;;
+    s3s-fs)
+        rm -rf "$WORK/s3s-data"
+        mkdir -p "$WORK/s3s-data"
+        "$S3S_FS" --host "$GATEWAY" --port "$PORT" --access-key "$AWS_ACCESS_KEY_ID" \
+            --secret-key "$AWS_SECRET_ACCESS_KEY" "$WORK/s3s-data" >"$WORK/server.log" 2>&1 &
+        ;;
+esac
+SERVER_PID=$!
+for _ in $(seq 100); do curl -s "http://$GATEWAY:$PORT" >/dev/null && break; sleep 0.2; done
+aws s3api create-bucket --bucket "$BUCKET" >/dev/null
 
 rm -f "$WORK/identity.txt"
 age-keygen -o "$WORK/identity.txt" 2>"$WORK/keygen.txt"
 RECIPIENT=$(awk '{print $NF}' "$WORK/keygen.txt")
 
-# /usr/bin/time -v for a command: "<seconds> <peak RSS KiB>".
+# CPU seconds (user + system) the S3 server has used so far.
+server_cpu() {
+    python3 -c 'import os,sys; f=open(f"/proc/{sys.argv[1]}/stat").read().rsplit(")",1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf("SC_CLK_TCK"))' "$SERVER_PID"
+}
+
+# /usr/bin/time -v for a command: "<wall s> <cpu s> <peak RSS KiB> <server cpu s>".
 measure() {
     local log=$1
     shift
+    local before
+    before=$(server_cpu)
     /usr/bin/time -v "$@" >"$log.out" 2>"$log.err"
-    local wall rss
-    wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$log.err")
-    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log.err")
-    echo "$wall $rss"
+    local after
+    after=$(server_cpu)
+    awk -F': ' -v server="$(python3 -c "print($after - $before)")" '
+        /Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; wall=s}
+        /User time \(seconds\)/ {cpu+=$2}
+        /System time \(seconds\)/ {cpu+=$2}
+        /Maximum resident set size/ {rss=$2}
+        END {print wall, cpu, rss, server}' "$log.err"
 }
 
-# 4. capstan backup create (streaming: etcd → sha256 → age → S3 multipart).
-read -r C_WALL C_RSS < <(measure capstan "$CAPSTAN" -q -i "$INV" backup create \
-    --target "s3://$BUCKET/capstan" --s3-path-style -r "$RECIPIENT")
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+RESULTS=()
+for run in $(seq "$RUNS"); do
+    LOAD=$(cut -d' ' -f1 /proc/loadavg)
+    # 4. capstan backup create (streaming: etcd → sha256 → age → S3 multipart).
+    read -r C_WALL C_CPU C_RSS C_SRV < <(measure capstan "$CAPSTAN" -q -i "$INV" backup create \
+        --target "s3://$BUCKET/capstan" --s3-path-style -r "$RECIPIENT")
 
-# 5. The pipeline, each step measured; the total is the sum, peak RSS the largest step.
-rm -f "$WORK/s.db" "$WORK/s.db.age"
-read -r S_WALL S_RSS < <(measure snap "${ETCDCTL[@]}" snapshot save "$WORK/s.db")
-read -r A_WALL A_RSS < <(measure age age -r "$RECIPIENT" -o "$WORK/s.db.age" "$WORK/s.db")
-read -r U_WALL U_RSS < <(measure upload aws s3 cp --only-show-errors "$WORK/s.db.age" "s3://$BUCKET/pipeline/s.db.age")
-rm -f "$WORK/s.db" "$WORK/s.db.age"
+    # 5. The pipeline, each step measured; the total is the sum, peak RSS the largest step.
+    rm -f "$WORK/s.db" "$WORK/s.db.age"
+    read -r S_WALL S_CPU S_RSS _ < <(measure snap "${ETCDCTL[@]}" snapshot save "$WORK/s.db")
+    read -r A_WALL A_CPU A_RSS _ < <(measure age age -r "$RECIPIENT" -o "$WORK/s.db.age" "$WORK/s.db")
+    read -r U_WALL U_CPU U_RSS U_SRV < <(measure upload aws s3 cp --only-show-errors "$WORK/s.db.age" "s3://$BUCKET/pipeline/s.db.age")
+    rm -f "$WORK/s.db" "$WORK/s.db.age"
+    # Keep the server's store small between runs (s3s-fs writes every object to disk).
+    aws s3 rm --recursive --only-show-errors "s3://$BUCKET/" || true
+    RESULTS+=("$run $LOAD $C_WALL $C_CPU $C_RSS $C_SRV $S_WALL $S_CPU $S_RSS $A_WALL $A_CPU $A_RSS $U_WALL $U_CPU $U_RSS $U_SRV")
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-python3 - "$DB_BYTES" "$C_WALL" "$C_RSS" "$S_WALL" "$S_RSS" "$A_WALL" "$A_RSS" "$U_WALL" "$U_RSS" <<'EOF'
+python3 - "$DB_BYTES" "$S3_SERVER" "${RESULTS[@]}" <<'EOF'
 import sys
-db, cw, cr, sw, sr, aw, ar, uw, ur = map(float, sys.argv[1:])
+db, server = float(sys.argv[1]), sys.argv[2]
 mib = db / 1048576
-pw = sw + aw + uw
-pr = max(sr, ar, ur)
-print(f"database: {mib:.0f} MiB")
-print(f"{'':28}{'wall s':>8}{'MiB/s':>9}{'peak RSS MiB':>14}")
-print(f"{'capstan backup create':28}{cw:8.1f}{mib / cw:9.1f}{cr / 1024:14.1f}")
-print(f"{'pipeline (total)':28}{pw:8.1f}{mib / pw:9.1f}{pr / 1024:14.1f}")
-for name, w, r in (("  etcdctl snapshot save", sw, sr), ("  age -r", aw, ar), ("  aws s3 cp", uw, ur)):
-    print(f"{name:28}{w:8.1f}{mib / w:9.1f}{r / 1024:14.1f}")
-print(f"speed-up: {pw / cw:.2f}x")
+print(f"database: {mib:.0f} MiB, S3 server: {server}")
+print(f"{'':28}{'wall s':>8}{'cpu s':>8}{'MiB/s':>9}{'peak RSS MiB':>14}{'server cpu s':>14}")
+for line in sys.argv[3:]:
+    run, load, cw, cc, cr, cs, sw, sc, sr, aw, ac, ar, uw, uc, ur, us = map(float, line.split())
+    pw, pc, pr = sw + aw + uw, sc + ac + uc, max(sr, ar, ur)
+    print(f"run {run:.0f} (1-minute load average at its start: {load:.2f})")
+    rows = (("capstan backup create", cw, cc, cr, f"{cs:.1f}"),
+            ("pipeline (total)", pw, pc, pr, f"{us:.1f}"),
+            ("  etcdctl snapshot save", sw, sc, sr, ""),
+            ("  age -r", aw, ac, ar, ""),
+            ("  aws s3 cp", uw, uc, ur, f"{us:.1f}"))
+    for name, w, c, r, s in rows:
+        print(f"{name:28}{w:8.1f}{c:8.1f}{mib / w:9.1f}{r / 1024:14.1f}{s:>14}")
+    speedup, rss = pw / cw, cr / 1024
+    print(f"speed-up: {speedup:.2f}x (target 1.5x: {'met' if speedup >= 1.5 else 'not met'}); "
+          f"capstan peak RSS {rss:.1f} MiB (target < 64 MiB: {'met' if rss < 64 else 'not met'})")
 EOF

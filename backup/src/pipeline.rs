@@ -113,6 +113,11 @@ impl ObjectWriter {
         }
     }
 
+    /// SHA-256 of the plaintext written so far.
+    pub fn plaintext_digest(&self) -> [u8; 32] {
+        self.plaintext.clone().finalize().into()
+    }
+
     async fn send(&mut self, data: Vec<u8>) -> Result<(), BackupError> {
         if data.is_empty() {
             return Ok(());

@@ -1,6 +1,7 @@
 //! The etcd side of a backup: pick a member (a healthy follower first, so the leader keeps
 //! serving writes undisturbed), stream its Maintenance snapshot into an [`ObjectWriter`], and
-//! check etcd's trailing SHA-256 on the way. A member that fails mid-stream has its partial
+//! check etcd's trailing SHA-256 on the way (with the writer's own plaintext hash, so the
+//! snapshot is hashed once, not twice). A member that fails mid-stream has its partial
 //! object discarded and the next member is tried; a snapshot that ends early or whose trailer
 //! doesn't match is never committed.
 
@@ -14,7 +15,7 @@ use crate::error::BackupError;
 use crate::manifest::ObjectEntry;
 use crate::pipeline::{ObjectWriter, Recipients};
 use crate::store::Store;
-use crate::trailer::{TrailerCheck, TrailerOutcome};
+use crate::trailer::{TrailerOutcome, TRAILER_LEN};
 
 /// A member that sends nothing for this long is considered dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -177,7 +178,7 @@ async fn attempt_snapshot(
         .map_err(|_| "starting the snapshot timed out".to_string())?
         .map_err(|e| format!("starting the snapshot: {}", error_chain(&e)))?;
     let mut writer = ObjectWriter::start(store, key.to_string(), name, recipients).map_err(AttemptError::Fatal)?;
-    let mut trailer = TrailerCheck::new();
+    let mut trailer = HeldTrailer::default();
     let mut received = 0u64;
     let mut remaining = u64::MAX;
     let outcome: Result<(), AttemptError> = async {
@@ -188,8 +189,7 @@ async fn attempt_snapshot(
                 .map_err(|e| format!("stream broke after {received} bytes: {}", error_chain(&e)))?;
             let Some(message) = message else { break };
             let blob = message.blob();
-            trailer.update(blob);
-            writer.write(blob).await.map_err(AttemptError::Fatal)?;
+            trailer.write(blob, &mut writer).await.map_err(AttemptError::Fatal)?;
             received += blob.len() as u64;
             remaining = message.remaining_bytes();
             if let Some(progress) = progress {
@@ -204,8 +204,8 @@ async fn attempt_snapshot(
         if remaining != 0 {
             return Err(format!("stream ended after {received} bytes with {remaining} bytes outstanding").into());
         }
-        match trailer.clone().finish() {
-            TrailerOutcome::Valid => Ok(()),
+        match trailer.check(&writer, received) {
+            TrailerOutcome::Valid => trailer.release(&mut writer).await.map_err(AttemptError::Fatal),
             TrailerOutcome::TooShort { size } => {
                 Err(format!("snapshot of {size} bytes is too short to be valid").into())
             }
@@ -224,5 +224,111 @@ async fn attempt_snapshot(
             writer.abort().await;
             Err(reason)
         }
+    }
+}
+
+/// etcd's integrity trailer (the SHA-256 of everything before it, see [`crate::trailer`]),
+/// checked with the writer's plaintext hash: the last [`TRAILER_LEN`] bytes seen are held back
+/// from the writer, so at the end of the stream the writer has hashed exactly the content the
+/// trailer covers. Once it matches, the trailer itself is written.
+#[derive(Default)]
+struct HeldTrailer {
+    tail: Vec<u8>,
+}
+
+impl HeldTrailer {
+    async fn write(&mut self, data: &[u8], writer: &mut ObjectWriter) -> Result<(), BackupError> {
+        if data.len() >= TRAILER_LEN {
+            let (body, tail) = data.split_at(data.len() - TRAILER_LEN);
+            writer.write(&self.tail).await?;
+            writer.write(body).await?;
+            self.tail.clear();
+            self.tail.extend_from_slice(tail);
+        } else {
+            self.tail.extend_from_slice(data);
+            if self.tail.len() > TRAILER_LEN {
+                let excess = self.tail.len() - TRAILER_LEN;
+                writer.write(&self.tail[..excess]).await?;
+                self.tail.drain(..excess);
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&self, writer: &ObjectWriter, size: u64) -> TrailerOutcome {
+        if self.tail.len() < TRAILER_LEN || size == TRAILER_LEN as u64 {
+            return TrailerOutcome::TooShort { size };
+        }
+        let actual = hex::encode(writer.plaintext_digest());
+        let expected = hex::encode(&self.tail);
+        if actual == expected {
+            TrailerOutcome::Valid
+        } else {
+            TrailerOutcome::Mismatch { expected, actual }
+        }
+    }
+
+    async fn release(self, writer: &mut ObjectWriter) -> Result<(), BackupError> {
+        writer.write(&self.tail).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FileStore;
+    use sha2::{Digest, Sha256};
+
+    fn with_trailer(body: &[u8]) -> Vec<u8> {
+        let mut data = body.to_vec();
+        data.extend_from_slice(&Sha256::digest(body));
+        data
+    }
+
+    /// Feed `data` in `chunk`-sized pieces through a held trailer into a real file store;
+    /// returns the outcome and, when valid, the committed object's entry.
+    async fn held(data: &[u8], chunk: usize) -> (TrailerOutcome, Option<ObjectEntry>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.path().to_path_buf()));
+        let mut writer = ObjectWriter::start(store, "id/snapshot.db".into(), "snapshot.db", &None).unwrap();
+        let mut trailer = HeldTrailer::default();
+        for piece in data.chunks(chunk) {
+            trailer.write(piece, &mut writer).await.unwrap();
+        }
+        let outcome = trailer.check(&writer, data.len() as u64);
+        if outcome != TrailerOutcome::Valid {
+            writer.abort().await;
+            return (outcome, None);
+        }
+        trailer.release(&mut writer).await.unwrap();
+        (outcome, Some(writer.finish().await.unwrap()))
+    }
+
+    #[tokio::test]
+    async fn held_trailer_checks_and_stores_the_whole_stream_whatever_the_chunking() {
+        let data = with_trailer(&(0..5000u32).map(|i| (i * 7) as u8).collect::<Vec<_>>());
+        let whole = hex::encode(Sha256::digest(&data));
+        for chunk in [1, 5, 31, 32, 33, 64, 4999, 10_000] {
+            let (outcome, entry) = held(&data, chunk).await;
+            assert_eq!(outcome, TrailerOutcome::Valid, "chunk {chunk}");
+            let entry = entry.unwrap();
+            assert_eq!(entry.plaintext.size, data.len() as u64, "chunk {chunk}");
+            assert_eq!(entry.plaintext.sha256, whole, "chunk {chunk}");
+            assert_eq!(entry.stored, entry.plaintext, "chunk {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn held_trailer_rejects_corruption_truncation_and_short_streams() {
+        let mut data = with_trailer(b"some snapshot bytes, more than thirty-two of them");
+        data[3] ^= 1;
+        assert!(matches!(held(&data, 7).await.0, TrailerOutcome::Mismatch { .. }));
+        data[3] ^= 1;
+        assert!(matches!(
+            held(&data[..data.len() - 1], 7).await.0,
+            TrailerOutcome::Mismatch { .. }
+        ));
+        assert_eq!(held(&data[..10], 3).await.0, TrailerOutcome::TooShort { size: 10 });
+        assert_eq!(held(&data[..32], 8).await.0, TrailerOutcome::TooShort { size: 32 });
     }
 }

@@ -3,6 +3,7 @@
 //! when the writer says the stream is complete: an interrupted write leaves no object.
 
 mod file;
+mod part_pool;
 mod s3;
 
 use std::fmt;
