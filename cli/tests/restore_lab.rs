@@ -492,7 +492,8 @@ async fn lab_restore_into_new_machines_and_drill() {
     );
 }
 
-/// (d) A 3-member backup restored into a 5-member inventory: all five members hold the data.
+/// (d) A 3-member backup restored into a 5-member inventory, the restore killed twice on the
+/// way: re-running converges and all five members hold the data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_restore_three_member_backup_into_five() {
     if let Some(why) = missing() {
@@ -522,6 +523,26 @@ async fn lab_restore_three_member_backup_into_five() {
     let fresh = LabGuard::up(UpOptions::new(unique("r5b"), 5)).expect("lab up");
     let fresh_inventory = work.path().join("fresh.yaml");
     write_inventory(fresh.lab(), &fresh_inventory, 5, "3.5.1");
+    // Interrupted twice (SIGKILL, nothing cleaned up): in the middle of installing etcd, and
+    // when the data dirs are restored but etcd is not started yet. Re-running converges.
+    let restore_args = [
+        "restore",
+        "--from",
+        "latest",
+        "--identity",
+        identity.to_str().unwrap(),
+        "--target",
+        &target,
+    ];
+    for (step, delay) in [
+        ("installing etcd and configuring members", Duration::from_millis(1500)),
+        ("starting etcd on every member", Duration::ZERO),
+    ] {
+        assert!(
+            killed_at(&fresh_inventory, &restore_args, step, delay),
+            "the restore never reached `{step}`"
+        );
+    }
     let run = capstan_ok(
         Some(&fresh_inventory),
         &[
@@ -550,6 +571,40 @@ async fn lab_restore_three_member_backup_into_five() {
         );
         assert_eq!(pinned.member_list().await.unwrap().len(), 5);
     }
+}
+
+/// Runs `capstan -i inventory args...` and kills it (SIGKILL) `delay` after its progress on
+/// stderr first shows `step`. Whether the step was reached.
+fn killed_at(inventory: &Path, args: &[&str], step: &str, delay: Duration) -> bool {
+    use std::io::BufRead;
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .arg("-i")
+        .arg(inventory)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run capstan");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut reached = false;
+    for line in std::io::BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if line.contains(step) {
+            reached = true;
+            std::thread::sleep(delay);
+            let _ = child.kill();
+            break;
+        }
+    }
+    let _ = child.wait();
+    eprintln!(
+        "capstan {} killed at `{step}` (+{delay:?}) after {:.1}s",
+        args.join(" "),
+        started.elapsed().as_secs_f64()
+    );
+    reached
 }
 
 /// The revision in the manifest of the newest backup under a file:// target directory.
