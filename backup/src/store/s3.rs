@@ -37,8 +37,10 @@ impl Default for S3Options {
     fn default() -> Self {
         S3Options {
             path_style: false,
-            part_size: 8 * 1024 * 1024,
-            parts_in_flight: 2,
+            // 3 × 6 MiB in flight + 1 filling: 24 MiB of buffers. Measured against 8 MiB × 2,
+            // 8 MiB × 4 and 16 MiB × 1 (backup/bench/compare.sh): the fastest, same memory.
+            part_size: 6 * 1024 * 1024,
+            parts_in_flight: 3,
             max_attempts: 5,
         }
     }
