@@ -12,6 +12,7 @@ use capstan_backup::drill_report::{
 };
 use capstan_backup::restore::{manifest_of, resolve, FetchedBackup};
 use capstan_backup::Manifest;
+use capstan_inventory::Cluster;
 use capstan_lab::UpOptions;
 use capstan_provisioner::etcd::client::EtcdEndpoint;
 use capstan_provisioner::etcd::config::DEFAULT_CLIENT_PORT;
@@ -139,8 +140,10 @@ pub fn drill(args: DrillArgs, inventory: Option<&Path>, out: &Output) -> anyhow:
             DrillTarget::Lab { inventory, .. } => inventory.clone(),
             DrillTarget::Inventory(path) => path.clone(),
         };
+        let expect_keys = merged_keys(&args.expect_keys, source.as_ref());
         let result = runtime.block_on(drill_restore(
             &args,
+            &expect_keys,
             fetched,
             fetch_seconds,
             &inventory_path,
@@ -337,8 +340,20 @@ fn failure_text(e: &anyhow::Error) -> String {
     }
 }
 
+/// The keys every drill checks: `--expect-key` flags, then the inventory's `drill.expect_keys`.
+pub(crate) fn merged_keys(flags: &[String], cluster: Option<&Cluster>) -> Vec<String> {
+    let mut keys = flags.to_vec();
+    for key in cluster.map(|c| c.drill.expect_keys.as_slice()).unwrap_or_default() {
+        if !keys.contains(key) {
+            keys.push(key.clone());
+        }
+    }
+    keys
+}
+
 async fn drill_restore(
     args: &DrillArgs,
+    expect_keys: &[String],
     fetched: &FetchedBackup,
     fetch_seconds: f64,
     inventory: &Path,
@@ -385,14 +400,14 @@ async fn drill_restore(
         report.rto_seconds = Some(fetch_seconds + restore_started.elapsed().as_secs_f64());
     }
 
-    if !args.expect_keys.is_empty() {
+    if !expect_keys.is_empty() {
         let ca = CertificateAuthority::from_pem(&fetched.ca_cert_pem, &fetched.ca_key_pem)?;
         let tls = admin_tls(&ca)?;
         let endpoints: Vec<EtcdEndpoint> = cluster
             .hosts_with_role(capstan_inventory::Role::Etcd)
             .map(|h| EtcdEndpoint::https(&h.address, DEFAULT_CLIENT_PORT))
             .collect();
-        for key in check_keys(&endpoints, &tls, &args.expect_keys).await {
+        for key in check_keys(&endpoints, &tls, expect_keys).await {
             report.checks.push(DrillCheck {
                 name: format!("key {} exists", key.key),
                 ok: key.ok,

@@ -302,7 +302,7 @@ async fn install_ops(
             s3_path_style: args.target.s3_path_style,
             identity: DRILL_IDENTITY_PATH.into(),
             drill_inventory: DRILL_INVENTORY_PATH.into(),
-            expect_keys: args.expect_keys.clone(),
+            expect_keys: crate::cmd_drill::merged_keys(&args.expect_keys, Some(cluster)),
             report: Path::new(DRILL_REPORT_DIR).join("latest"),
             pki_dir: PKI_DIR.into(),
             local_endpoint: LOCAL_ENDPOINT.into(),

@@ -531,7 +531,7 @@ fn lab_drill_schedule_runs_once_on_the_leader_into_drill_hosts() {
             &lab.name,
             &members,
             &format!(
-                "artifacts:\n  mirror: \"file://{MIRROR}\"\nversions:\n  etcd: \"3.5.1\"\nbackup:\n  target: s3://{BUCKET}/drilled\n  recipients: [{recipient}]\n"
+                "artifacts:\n  mirror: \"file://{MIRROR}\"\nversions:\n  etcd: \"3.5.1\"\nbackup:\n  target: s3://{BUCKET}/drilled\n  recipients: [{recipient}]\ndrill:\n  expect_keys: [\"drill/*\"]\n"
             ),
         ),
     )
@@ -667,14 +667,17 @@ fn lab_drill_schedule_runs_once_on_the_leader_into_drill_hosts() {
     let (leader, report) = &drilled[0];
     let report: Value = serde_json::from_str(report).unwrap();
     assert_eq!(report["success"], Value::Bool(true), "{report:#}");
-    assert!(
-        report["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"].as_str().unwrap().contains("drill/marker") && c["ok"] == Value::Bool(true)),
-        "{report:#}"
-    );
+    // The key from --expect-key and the prefix from the inventory's drill.expect_keys.
+    for key in ["drill/marker", "drill/*"] {
+        assert!(
+            report["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"].as_str().unwrap() == format!("key {key} exists") && c["ok"] == Value::Bool(true)),
+            "{key}: {report:#}"
+        );
+    }
     let metrics = remote(&lab, leader, "cat /var/lib/prometheus/node-exporter/capstan_drill.prom");
     assert!(
         metrics.contains("capstan_drill_success{") && metrics.contains("} 1"),

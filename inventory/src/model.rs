@@ -26,6 +26,7 @@ pub struct Cluster {
     pub artifacts: Artifacts,
     pub etcd: EtcdSettings,
     pub backup: Option<BackupSettings>,
+    pub drill: DrillSettings,
     /// The inventory file this model was read from.
     pub source_path: PathBuf,
 }
@@ -167,6 +168,13 @@ pub struct Artifacts {
 pub struct EtcdSettings {
     pub allow_even_members: bool,
     pub data_dir: PathBuf,
+}
+
+/// What every restore drill of this cluster checks, besides capstan's own verification.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct DrillSettings {
+    /// Keys (or prefixes ending in `*`) that must exist in every restored copy.
+    pub expect_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -27,7 +27,16 @@ pub(crate) fn cluster(
     };
     let root = root.unwrap_or(&empty);
     let mut cx = Checker { sink, paths };
-    const TOP: &[&str] = &["cluster", "ssh", "hosts", "versions", "artifacts", "etcd", "backup"];
+    const TOP: &[&str] = &[
+        "cluster",
+        "ssh",
+        "hosts",
+        "versions",
+        "artifacts",
+        "etcd",
+        "backup",
+        "drill",
+    ];
     let top = cx.section(root, "the inventory", TOP)?;
 
     let name = top
@@ -58,6 +67,7 @@ pub(crate) fn cluster(
         data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
     });
     let backup = top.get("backup").and_then(|node| cx.backup(node));
+    let drill = top.get("drill").map(|node| cx.drill(node)).unwrap_or_default();
     let hosts = top
         .require(&mut cx, "hosts", "a list of hosts")
         .and_then(|node| cx.hosts(node, &ssh_defaults, etcd.allow_even_members));
@@ -73,6 +83,7 @@ pub(crate) fn cluster(
         artifacts: artifacts.unwrap_or_default(),
         etcd,
         backup,
+        drill,
         source_path,
     })
 }
@@ -474,6 +485,33 @@ impl Checker<'_, '_> {
             retention: retention.unwrap_or_default(),
             schedule,
         })
+    }
+
+    fn drill(&mut self, node: &Node) -> DrillSettings {
+        let mut drill = DrillSettings::default();
+        let Some(section) = self.section(node, "`drill`", &["expect_keys"]) else {
+            return drill;
+        };
+        let Some(items) = section
+            .get("expect_keys")
+            .and_then(|node| self.list(node, "expect_keys", "keys or prefixes ending in `*`"))
+        else {
+            return drill;
+        };
+        for item in items {
+            let Some(key) = self.string(item, "expect_keys") else {
+                continue;
+            };
+            if key.is_empty() || key == "*" {
+                self.error(
+                    item.pos,
+                    "`expect_keys`: expected a key or a prefix ending in `*` (not empty, not `*` alone)",
+                );
+            } else {
+                drill.expect_keys.push(key);
+            }
+        }
+        drill
     }
 
     fn backup_target(&mut self, node: &Node) -> Option<BackupTarget> {

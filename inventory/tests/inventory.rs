@@ -61,6 +61,8 @@ hosts:
               allow_even_members: false
               data_dir: /var/lib/etcd
             backup: null
+            drill:
+              expect_keys: []
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -102,6 +104,8 @@ backup:
   target: s3://capstan-backups/demo/
   recipients: [age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p]
   retention: {daily: 3}
+drill:
+  expect_keys: [/registry/namespaces/default, "app/*"]
 "#,
         expect![[r#"
             name: demo
@@ -192,6 +196,10 @@ backup:
                 weekly: 0
                 monthly: 0
               schedule: null
+            drill:
+              expect_keys:
+              - /registry/namespaces/default
+              - app/*
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -222,6 +230,9 @@ etcd:
   allow_even_members: maybe
 backup:
   target: ftp://backups
+drill:
+  expect_keys: ["", app/ok, "*"]
+  check_keys: yes
 "#,
         expect![[r#"
             inventory.yaml:2:9: error: `name`: invalid cluster name `Demo_Cluster`: expected 1-63 characters of a-z, 0-9 and `-`, not starting or ending with `-`
@@ -237,6 +248,9 @@ backup:
             inventory.yaml:20:23: error: `allow_even_members`: expected `true` or `false`, found `maybe`
             inventory.yaml:22:3: error: missing required key `recipients` in `backup`: expected a list of age recipients (backups are always encrypted)
             inventory.yaml:22:11: error: `target`: expected a URL starting with file:/// or s3://, found `ftp://backups`
+            inventory.yaml:24:17: error: `expect_keys`: expected a key or a prefix ending in `*` (not empty, not `*` alone)
+            inventory.yaml:24:29: error: `expect_keys`: expected a key or a prefix ending in `*` (not empty, not `*` alone)
+            inventory.yaml:25:3: error: unknown key `check_keys` in `drill`; expected one of: expect_keys
         "#]],
     );
 }
@@ -325,6 +339,8 @@ hosts:
               allow_even_members: true
               data_dir: /var/lib/etcd
             backup: null
+            drill:
+              expect_keys: []
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -369,8 +385,8 @@ fn missing_and_mistyped_sections() {
     check(
         "- just\n- a list\n",
         expect![[r#"
-        inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup), found a sequence
-    "#]],
+            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill), found a sequence
+        "#]],
     );
     check(
         r#"
@@ -388,7 +404,7 @@ extra: 1
             inventory.yaml:5:18: error: `etcd`: invalid version `3.5`: expected MAJOR.MINOR.PATCH such as `3.5.1`
             inventory.yaml:6:18: error: `target`: expected file:///absolute/path (three slashes), found `file://relative`
             inventory.yaml:6:49: error: `recipients`: expected at least one age recipient; backups are always encrypted
-            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup
+            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill
         "#]],
     );
     check(
