@@ -675,23 +675,39 @@ async fn install_ops(
 }
 
 fn removal_ops(hosts: &[EtcdHost]) -> Vec<HostOps> {
+    schedule_removal_ops(
+        hosts,
+        (SERVICE_UNIT, TIMER_UNIT),
+        &[
+            CONFIG_PATH,
+            ENVIRONMENT_PATH,
+            INVENTORY_PATH,
+            DEFAULT_METRICS_FILE,
+            SCHEDULER_METRICS_FILE,
+        ],
+        DRILL_CONFIG_PATH,
+    )
+}
+
+/// Uninstall a schedule from every member: stop and remove its units, remove `paths`, and the
+/// shared binary and directory unless the other schedule (`other_config`) still uses them.
+pub(crate) fn schedule_removal_ops(
+    hosts: &[EtcdHost],
+    (service, timer): (&str, &str),
+    paths: &[&str],
+    other_config: &str,
+) -> Vec<HostOps> {
     let mut plans = Vec::new();
     for host in hosts {
         let Some(transport) = host.transport.clone() else {
             continue;
         };
         let mut ops = HostOps::new(transport);
-        push_timer_removal(&mut ops, SERVICE_UNIT, TIMER_UNIT);
-        for path in [
-            CONFIG_PATH,
-            ENVIRONMENT_PATH,
-            INVENTORY_PATH,
-            DEFAULT_METRICS_FILE,
-            SCHEDULER_METRICS_FILE,
-        ] {
+        push_timer_removal(&mut ops, service, timer);
+        for path in paths {
             ops.push(Absent::new(path));
         }
-        push_shared_removal(&mut ops, DRILL_CONFIG_PATH);
+        push_shared_removal(&mut ops, other_config);
         plans.push(ops);
     }
     plans
@@ -712,7 +728,7 @@ pub(crate) fn push_timer_units(
 }
 
 /// Stop a schedule's timer and service and remove both units.
-pub(crate) fn push_timer_removal(ops: &mut HostOps, service: &str, timer: &str) {
+fn push_timer_removal(ops: &mut HostOps, service: &str, timer: &str) {
     // Unit names are constants that pass validation; a failure here is a bug.
     if let Ok(timer) = Service::new(timer) {
         ops.push(timer.enabled(false).running(false));
@@ -726,7 +742,7 @@ pub(crate) fn push_timer_removal(ops: &mut HostOps, service: &str, timer: &str) 
 
 /// The binary and /etc/capstan are shared by the backup and drill schedules: the binary goes
 /// when the other schedule's config (`other_config`) is absent too, the directory when empty.
-pub(crate) fn push_shared_removal(ops: &mut HostOps, other_config: &str) {
+fn push_shared_removal(ops: &mut HostOps, other_config: &str) {
     let binary = quote(BINARY_PATH);
     ops.push(
         Command::new(&format!("remove {BINARY_PATH}"), &format!("rm -f -- {binary}"))

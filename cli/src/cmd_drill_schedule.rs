@@ -17,13 +17,12 @@ use capstan_backup::schedule::{
 use capstan_backup::{BackupError, VerifyTarget};
 use capstan_inventory::{Cluster, Role};
 use capstan_provisioner::etcd::inspect::EtcdHost;
-use capstan_provisioner::ops::{Absent, Directory, File, OpError};
+use capstan_provisioner::ops::{Directory, File, OpError};
 use capstan_provisioner::runner::HostOps;
 
 use crate::cli::{BackupTargetArgs, DrillArgs, DrillCommand, DrillScheduleArgs};
 use crate::cmd_backup::{
-    converge_members, push_shared_removal, push_timer_removal, push_timer_units, reachable_members,
-    validate_calendar_on,
+    converge_members, push_timer_units, reachable_members, schedule_removal_ops, validate_calendar_on,
 };
 use crate::cmd_inventory::load;
 use crate::cmd_restore::{backup_failure, open, target_url};
@@ -344,26 +343,18 @@ async fn install_ops(
 }
 
 fn removal_ops(hosts: &[EtcdHost]) -> Vec<HostOps> {
-    let mut plans = Vec::new();
-    for host in hosts {
-        let Some(transport) = host.transport.clone() else {
-            continue;
-        };
-        let mut ops = HostOps::new(transport);
-        push_timer_removal(&mut ops, DRILL_SERVICE_UNIT, DRILL_TIMER_UNIT);
-        for path in [
+    schedule_removal_ops(
+        hosts,
+        (DRILL_SERVICE_UNIT, DRILL_TIMER_UNIT),
+        &[
             DRILL_CONFIG_PATH,
             DRILL_ENVIRONMENT_PATH,
             DRILL_IDENTITY_PATH,
             DRILL_DIR,
             DRILL_REPORT_DIR,
-        ] {
-            ops.push(Absent::new(path));
-        }
-        push_shared_removal(&mut ops, CONFIG_PATH);
-        plans.push(ops);
-    }
-    plans
+        ],
+        CONFIG_PATH,
+    )
 }
 
 /// `capstan drill run --config FILE` on a member (the timer's service): the leader drills the
