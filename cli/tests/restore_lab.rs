@@ -14,7 +14,7 @@ use capstan_provisioner::etcd::client::{EtcdClient, EtcdEndpoint, EtcdTls, Timeo
 use serde_json::Value;
 
 mod support;
-use support::{run_capstan, Run};
+use support::{remote, run_capstan, Run};
 
 const MIRROR: &str = "/var/cache/capstan/mirror";
 const KEYS: usize = 10_000;
@@ -49,19 +49,6 @@ fn capstan_ok(inventory: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> 
         run.stdout, run.stderr
     );
     run
-}
-
-fn remote(lab: &Lab, host: &str, command: &str) -> String {
-    let output = capstan_lab::ssh_command(&lab.name, host, Some(command))
-        .unwrap()
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{host}: {command}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 fn write_inventory(lab: &Lab, path: &Path, hosts: usize, version: &str) {

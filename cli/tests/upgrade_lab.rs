@@ -13,7 +13,7 @@ use capstan_provisioner::etcd::client::{EtcdClient, EtcdEndpoint, EtcdTls, Timeo
 use serde_json::Value;
 
 mod support;
-use support::{run_capstan, Run};
+use support::{changed, etcd_pids, json, remote, run_capstan, Run};
 
 const MIRROR: &str = "/var/cache/capstan/mirror";
 
@@ -44,39 +44,6 @@ fn capstan_ok(inventory: &Path, args: &[&str]) -> Run {
         run.stdout, run.stderr
     );
     run
-}
-
-fn json(run: &Run) -> Value {
-    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", run.stdout))
-}
-
-fn changed(outcome: &Value) -> u64 {
-    outcome["summary"]["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| h["changed"].as_u64().unwrap())
-        .sum()
-}
-
-fn remote(lab: &Lab, host: &str, command: &str) -> String {
-    let output = capstan_lab::ssh_command(&lab.name, host, Some(command))
-        .unwrap()
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{host}: {command}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-fn etcd_pids(lab: &Lab, hosts: &[&str]) -> Vec<String> {
-    hosts
-        .iter()
-        .map(|h| remote(lab, h, "systemctl show -p MainPID --value etcd"))
-        .collect()
 }
 
 /// The cluster version a member sees, from its metrics listener (independent of capstan's code).

@@ -1,8 +1,14 @@
-//! Shared by the CLI's lab tests: running the `capstan` binary under test and keeping its output.
+//! Shared by the CLI's lab tests: running the `capstan` binary under test and keeping its output,
+//! commands on lab machines, and reading capstan's JSON reports.
+
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
+
+use capstan_lab::Lab;
+use serde_json::Value;
 
 pub struct Run {
     pub code: i32,
@@ -35,4 +41,42 @@ pub fn run_capstan(inventory: Option<&Path>, args: &[&str], env: &[(&str, &str)]
         started.elapsed().as_secs_f64()
     );
     run
+}
+
+/// Runs `command` on lab machine `host` over SSH; panics (with its stderr) unless it succeeds.
+/// Its stdout, trimmed.
+pub fn remote(lab: &Lab, host: &str, command: &str) -> String {
+    let output = capstan_lab::ssh_command(&lab.name, host, Some(command))
+        .unwrap()
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{host}: {command}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The main PID of etcd on each of `hosts` (0 when it is not running).
+pub fn etcd_pids(lab: &Lab, hosts: &[&str]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| remote(lab, h, "systemctl show -p MainPID --value etcd"))
+        .collect()
+}
+
+/// stdout of a run, as JSON.
+pub fn json(run: &Run) -> Value {
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", run.stdout))
+}
+
+/// Changed operations summed over hosts, from an apply-style JSON report.
+pub fn changed(outcome: &Value) -> u64 {
+    outcome["summary"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["changed"].as_u64().unwrap())
+        .sum()
 }
