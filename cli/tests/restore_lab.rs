@@ -850,6 +850,41 @@ fn mirror_etcd_versions() -> Vec<(u32, u32, u32)> {
     versions
 }
 
+/// A six-machine lab: etcd `version` on machines 1–3 holding `keys` known keys, backed up
+/// (age-encrypted, file://); machines 4–6 are the fresh restore target.
+struct BackedUp {
+    guard: LabGuard,
+    fresh_inventory: PathBuf,
+    identity: PathBuf,
+    target: String,
+    old: Creds,
+}
+
+async fn backed_up_six(work: &Path, prefix: &str, version: &str, keys: usize) -> BackedUp {
+    let (identity, recipient) = age_identity(work);
+    let target = format!("file://{}", work.join("backups").display());
+    let (guard, old_inventory, fresh_inventory) = six_machine_lab(work, prefix, version);
+    capstan_ok(Some(&old_inventory), &["apply"], &[]);
+    let old = credentials(&old_inventory, &work.join("old-creds"));
+    let etcd = client(&old.tls, &old.endpoints).await;
+    for i in 0..keys {
+        etcd.put(&key(i), &value(i)).await.unwrap();
+    }
+    drop(etcd);
+    capstan_ok(
+        Some(&old_inventory),
+        &["backup", "create", "--target", &target, "-r", &recipient],
+        &[],
+    );
+    BackedUp {
+        guard,
+        fresh_inventory,
+        identity,
+        target,
+        old,
+    }
+}
+
 /// etcd 3.4.23 (no etcdutl: `etcdctl snapshot restore`): a cluster with keys, a backup, a restore
 /// into three other machines on 3.4.23; every key identical on every member, members on the new
 /// addresses running 3.4.23, verification passed; `--bump-revision` noted as unsupported by etcdctl.
@@ -865,22 +900,14 @@ async fn lab_restore_etcd_3_4_with_etcdctl() {
     }
     let started = Instant::now();
     let work = tempfile::tempdir().unwrap();
-    let (identity, recipient) = age_identity(work.path());
-    let target = format!("file://{}", work.path().join("backups").display());
-    let (guard, old_inventory, fresh_inventory) = six_machine_lab(work.path(), "r34", "3.4.23");
+    let BackedUp {
+        guard,
+        fresh_inventory,
+        identity,
+        target,
+        old,
+    } = backed_up_six(work.path(), "r34", "3.4.23", 300).await;
     let lab = guard.lab().clone();
-    capstan_ok(Some(&old_inventory), &["apply"], &[]);
-    let old = credentials(&old_inventory, &work.path().join("old-creds"));
-    let etcd = client(&old.tls, &old.endpoints).await;
-    for i in 0..300 {
-        etcd.put(&key(i), &value(i)).await.unwrap();
-    }
-    drop(etcd);
-    capstan_ok(
-        Some(&old_inventory),
-        &["backup", "create", "--target", &target, "-r", &recipient],
-        &[],
-    );
     for m in &lab.machines[0..3] {
         capstan_lab::stop(&lab.name, &m.name).unwrap();
     }
@@ -970,22 +997,14 @@ async fn lab_restore_bump_revision_supported() {
     };
     let version = format!("{major}.{minor}.{patch}");
     let work = tempfile::tempdir().unwrap();
-    let (identity, recipient) = age_identity(work.path());
-    let target = format!("file://{}", work.path().join("backups").display());
-    let (guard, old_inventory, fresh_inventory) = six_machine_lab(work.path(), "rbr", &version);
+    let BackedUp {
+        guard,
+        fresh_inventory,
+        identity,
+        target,
+        old,
+    } = backed_up_six(work.path(), "rbr", &version, 100).await;
     let lab = guard.lab().clone();
-    capstan_ok(Some(&old_inventory), &["apply"], &[]);
-    let old = credentials(&old_inventory, &work.path().join("old-creds"));
-    let etcd = client(&old.tls, &old.endpoints).await;
-    for i in 0..100 {
-        etcd.put(&key(i), &value(i)).await.unwrap();
-    }
-    drop(etcd);
-    capstan_ok(
-        Some(&old_inventory),
-        &["backup", "create", "--target", &target, "-r", &recipient],
-        &[],
-    );
     let backup_revision = newest_backup_revision(&work.path().join("backups"));
     const BUMP: i64 = 1_000_000;
     let run = capstan_ok(
