@@ -429,6 +429,17 @@ async fn schedule(
     } else {
         Some(install_inputs(cluster, target, on_calendar)?)
     };
+    if let Some(InstallInputs {
+        url: StoreUrl::File { path },
+        ..
+    }) = &inputs
+    {
+        out.status(format!(
+            "warning: {} is a directory on each member: scheduled backups land on whichever member leads at the time; \
+             use S3, or a shared mount (e.g. NFS) at that path on every member",
+            path.display()
+        ));
+    }
     let (hosts, connections) = reachable_members(cluster, "the timer").await?;
     let plans = match inputs {
         None => Ok(removal_ops(&hosts)),

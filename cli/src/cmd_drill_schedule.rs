@@ -55,6 +55,12 @@ fn schedule(args: DrillScheduleArgs, inventory: Option<&Path>, out: &Output) -> 
         });
     }
     let inputs = install_inputs(&cluster, &args)?;
+    if let Some(path) = inputs.target.strip_prefix("file://") {
+        out.status(format!(
+            "warning: {path} is a directory on each member: a scheduled drill reads the backups in the leading \
+             member's own copy of it; use S3, or a shared mount (e.g. NFS) at that path on every member"
+        ));
+    }
     runtime.block_on(async {
         check_identity_opens_latest(&args, &inputs).await?;
         let (hosts, connections) = reachable_members(&cluster, "the drill timer").await?;
