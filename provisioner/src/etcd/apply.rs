@@ -26,7 +26,9 @@ use async_trait::async_trait;
 use capstan_inventory::Cluster;
 use serde::Serialize;
 
-use super::client::{EtcdClient, EtcdEndpoint, EtcdError, EtcdTls, Member as ListedMember, Timeouts};
+use super::client::{
+    error_chain, poll_until, EtcdClient, EtcdEndpoint, EtcdError, EtcdTls, Member as ListedMember, Timeouts,
+};
 use super::config::{
     initial_cluster, render_member_config, render_unit, ConfigError, InitialClusterState, MemberConfig, MemberSettings,
     UnitConfig, DEFAULT_CONFIG_FILE,
@@ -832,71 +834,52 @@ impl EtcdRun {
         );
         let mut want: BTreeSet<&str> = indices.iter().map(|&i| self.members[i].name()).collect();
         want.extend(others.iter().map(|m| m.name.as_str()));
-        let deadline = Instant::now() + timeout;
-        let mut last: String;
-        loop {
-            match self.client(&endpoints).await {
-                Ok(client) => match client.cluster_status().await {
-                    Ok(status) => {
-                        let names: BTreeSet<&str> = status.members.iter().map(|m| m.name.as_str()).collect();
-                        if status.healthy && names == want {
-                            return Ok(());
-                        }
-                        let unhealthy: Vec<String> = status
-                            .endpoints
-                            .iter()
-                            .filter(|e| !e.health.healthy)
-                            .map(|e| format!("{} ({})", e.endpoint, e.health.error.clone().unwrap_or_default()))
-                            .collect();
-                        last = format!(
-                            "members [{}], leaders {}, unhealthy: [{}]",
-                            names.into_iter().collect::<Vec<_>>().join(", "),
-                            status.leaders.len(),
-                            unhealthy.join("; ")
-                        );
-                    }
-                    Err(e) => last = super::client::error_chain(&e),
-                },
-                Err(e) => last = super::client::error_chain(&e),
+        poll_until(timeout, Duration::from_millis(700), || async {
+            let client = self.client(&endpoints).await.map_err(|e| error_chain(&e))?;
+            let status = client.cluster_status().await.map_err(|e| error_chain(&e))?;
+            let names: BTreeSet<&str> = status.members.iter().map(|m| m.name.as_str()).collect();
+            if status.healthy && names == want {
+                return Ok(());
             }
-            if Instant::now() >= deadline {
-                return Err(format!("not healthy after {}s: {last}", timeout.as_secs()));
-            }
-            tokio::time::sleep(Duration::from_millis(700)).await;
-        }
+            Err(format!(
+                "members [{}], leaders {}, unhealthy: [{}]",
+                names.into_iter().collect::<Vec<_>>().join(", "),
+                status.leaders.len(),
+                status.unhealthy().join("; ")
+            ))
+        })
+        .await
+        .map_err(|last| format!("not healthy after {}s: {last}", timeout.as_secs()))
     }
 
     /// Poll until the member at `index` answers a linearizable read and has applied at least
     /// `raft_index` (it has caught up with what the leader had when it started).
     async fn wait_member_ready(&self, index: usize, raft_index: u64, timeout: Duration) -> Result<(), String> {
         let endpoint = self.endpoint(index);
-        let deadline = Instant::now() + timeout;
-        let mut last: String;
-        loop {
-            match self.client(std::slice::from_ref(&endpoint)).await {
-                Ok(client) => {
-                    let health = client.health(&endpoint).await;
-                    if health.healthy {
-                        match client.status(&endpoint).await {
-                            Ok(status) if status.raft_index >= raft_index => return Ok(()),
-                            Ok(status) => last = format!("raft index {} < {raft_index}", status.raft_index),
-                            Err(e) => last = super::client::error_chain(&e),
-                        }
-                    } else {
-                        last = health.error.unwrap_or_default();
-                    }
-                }
-                Err(e) => last = super::client::error_chain(&e),
+        poll_until(timeout, Duration::from_millis(500), || async {
+            let client = self
+                .client(std::slice::from_ref(&endpoint))
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let health = client.health(&endpoint).await;
+            if !health.healthy {
+                return Err(health.error.unwrap_or_default());
             }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{} not healthy after {}s: {last}",
-                    self.members[index].name(),
-                    timeout.as_secs()
-                ));
+            let status = client.status(&endpoint).await.map_err(|e| error_chain(&e))?;
+            if status.raft_index >= raft_index {
+                Ok(())
+            } else {
+                Err(format!("raft index {} < {raft_index}", status.raft_index))
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        })
+        .await
+        .map_err(|last| {
+            format!(
+                "{} not healthy after {}s: {last}",
+                self.members[index].name(),
+                timeout.as_secs()
+            )
+        })
     }
 
     /// The leader's raft index, asked of the given members.
@@ -981,26 +964,26 @@ impl EtcdRun {
     /// Poll until the member at `index` reports `target` as its server version.
     async fn wait_member_version(&self, index: usize, target: Version, timeout: Duration) -> Result<(), String> {
         let endpoint = self.endpoint(index);
-        let deadline = Instant::now() + timeout;
-        let mut last: String;
-        loop {
-            match self.client(std::slice::from_ref(&endpoint)).await {
-                Ok(client) => match client.status(&endpoint).await {
-                    Ok(status) if Version::parse(&status.version) == Some(target) => return Ok(()),
-                    Ok(status) => last = format!("it still runs etcd {}", status.version),
-                    Err(e) => last = super::client::error_chain(&e),
-                },
-                Err(e) => last = super::client::error_chain(&e),
+        poll_until(timeout, Duration::from_millis(500), || async {
+            let client = self
+                .client(std::slice::from_ref(&endpoint))
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let status = client.status(&endpoint).await.map_err(|e| error_chain(&e))?;
+            if Version::parse(&status.version) == Some(target) {
+                Ok(())
+            } else {
+                Err(format!("it still runs etcd {}", status.version))
             }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "{} is healthy but not on etcd {target} after {}s: {last}",
-                    self.members[index].name(),
-                    timeout.as_secs()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        })
+        .await
+        .map_err(|last| {
+            format!(
+                "{} is healthy but not on etcd {target} after {}s: {last}",
+                self.members[index].name(),
+                timeout.as_secs()
+            )
+        })
     }
 
     /// The cluster version, read from the members' metrics (the first that answers).
@@ -1020,21 +1003,19 @@ impl EtcdRun {
     /// After a minor upgrade of every member, the leader raises the cluster version by itself
     /// (it checks the members' versions every few seconds); wait for that.
     async fn wait_cluster_version(&self, target: Version, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let found = self.cluster_version().await;
-            if found == Some(target.line()) {
-                return Ok(());
+        poll_until(timeout, Duration::from_secs(1), || async {
+            match self.cluster_version().await {
+                Some(found) if found == target.line() => Ok(()),
+                found => Err(found.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into())),
             }
-            if Instant::now() >= deadline {
-                let found = found.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into());
-                return Err(format!(
-                    "every member runs etcd {target}, but the cluster version is still {found} after {}s",
-                    timeout.as_secs()
-                ));
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        })
+        .await
+        .map_err(|found| {
+            format!(
+                "every member runs etcd {target}, but the cluster version is still {found} after {}s",
+                timeout.as_secs()
+            )
+        })
     }
 
     /// What to tell the operator when a member did not come back during a rollout.

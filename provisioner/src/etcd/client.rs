@@ -214,6 +214,34 @@ pub struct ClusterStatus {
     pub healthy: bool,
 }
 
+impl ClusterStatus {
+    /// `endpoint (error)` for every endpoint that failed its health check.
+    pub fn unhealthy(&self) -> Vec<String> {
+        self.endpoints
+            .iter()
+            .filter(|e| !e.health.healthy)
+            .map(|e| format!("{} ({})", e.endpoint, e.health.error.clone().unwrap_or_default()))
+            .collect()
+    }
+}
+
+/// Runs `probe` every `interval` until it returns `Ok` or `timeout` has passed since the start;
+/// then the error is the last probe's reason.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, interval: Duration, mut probe: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe().await {
+            Ok(value) => return Ok(value),
+            Err(reason) if Instant::now() >= deadline => return Err(reason),
+            Err(_) => tokio::time::sleep(interval).await,
+        }
+    }
+}
+
 fn serialize_hex_ids<S: serde::Serializer>(ids: &[u64], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_seq(ids.iter().map(|id| format!("{id:x}")))
 }

@@ -24,7 +24,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, Tls
 use serde::{Deserialize, Serialize};
 
 use super::apply::{apply, ApplyError, ApplyOptions};
-use super::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdError, EtcdTls, Timeouts};
+use super::client::{error_chain, poll_until, EtcdClient, EtcdEndpoint, EtcdError, EtcdTls, Timeouts};
 use super::config::{DEFAULT_CONFIG_FILE, DEFAULT_PKI_DIR};
 use super::inspect::{admin_tls, inspect_hosts, pki_paths, EtcdHost, InspectError};
 use super::probe::{parse_bootstrap_values, probe_member};
@@ -1014,42 +1014,28 @@ pub async fn wait_healthy(
     expected: usize,
     limit: Duration,
 ) -> Result<(), RestoreError> {
-    let deadline = Instant::now() + limit;
-    let mut last: String;
-    loop {
-        match EtcdClient::connect_with(endpoints, tls, short_timeouts()).await {
-            Ok(client) => match client.cluster_status().await {
-                Ok(status) if status.healthy && status.members.len() == expected => return Ok(()),
-                Ok(status) => {
-                    let unhealthy: Vec<String> = status
-                        .endpoints
-                        .iter()
-                        .filter(|e| !e.health.healthy)
-                        .map(|e| format!("{} ({})", e.endpoint, e.health.error.clone().unwrap_or_default()))
-                        .collect();
-                    last = format!(
-                        "{} member(s) listed, {} leader(s), unhealthy: {}",
-                        status.members.len(),
-                        status.leaders.len(),
-                        if unhealthy.is_empty() {
-                            "none".into()
-                        } else {
-                            unhealthy.join(", ")
-                        }
-                    );
-                }
-                Err(e) => last = error_chain(&e),
-            },
-            Err(e) => last = error_chain(&e),
+    poll_until(limit, Duration::from_millis(500), || async {
+        let client = EtcdClient::connect_with(endpoints, tls, short_timeouts())
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = client.cluster_status().await.map_err(|e| error_chain(&e))?;
+        if status.healthy && status.members.len() == expected {
+            return Ok(());
         }
-        if Instant::now() >= deadline {
-            return Err(RestoreError::NotHealthy {
-                after: limit,
-                detail: last,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        let unhealthy = status.unhealthy();
+        Err(format!(
+            "{} member(s) listed, {} leader(s), unhealthy: {}",
+            status.members.len(),
+            status.leaders.len(),
+            if unhealthy.is_empty() {
+                "none".into()
+            } else {
+                unhealthy.join(", ")
+            }
+        ))
+    })
+    .await
+    .map_err(|detail| RestoreError::NotHealthy { after: limit, detail })
 }
 
 async fn pinned(endpoint: &EtcdEndpoint, tls: &EtcdTls) -> Result<Client, String> {
