@@ -107,7 +107,7 @@ fn optional_cluster(target: &BackupTargetArgs, inventory: Option<&Path>) -> anyh
     load(inventory).map(Some)
 }
 
-fn target_url(args: &BackupTargetArgs, cluster: Option<&Cluster>) -> anyhow::Result<StoreUrl> {
+pub(crate) fn target_url(args: &BackupTargetArgs, cluster: Option<&Cluster>) -> anyhow::Result<StoreUrl> {
     let text = match (&args.target, cluster.and_then(|c| c.backup.as_ref())) {
         (Some(url), _) => url.clone(),
         (None, Some(settings)) => settings.target.to_string(),
@@ -135,7 +135,7 @@ fn encryption(cluster: &Cluster, explicit: &[String], no_encryption: bool) -> an
     Encryption::from_args(&recipients, no_encryption).map_err(|e| backup_failure(e).into())
 }
 
-async fn open(url: &StoreUrl, args: &BackupTargetArgs) -> anyhow::Result<Arc<dyn Store>> {
+pub(crate) async fn open(url: &StoreUrl, args: &BackupTargetArgs) -> anyhow::Result<Arc<dyn Store>> {
     let options = S3Options {
         path_style: args.s3_path_style,
         ..S3Options::default()
@@ -146,16 +146,19 @@ async fn open(url: &StoreUrl, args: &BackupTargetArgs) -> anyhow::Result<Arc<dyn
 }
 
 /// A user-facing failure with a hint where there is something to do.
-fn backup_failure(error: BackupError) -> Failure {
+pub(crate) fn backup_failure(error: BackupError) -> Failure {
     let hint = match &error {
         BackupError::NoRecipients => Some(
             "pass --recipient age1... (age-keygen prints one; keep its identity file offline), set \
              backup.recipients in the inventory, or say --no-encryption",
         ),
-        BackupError::WrongIdentity { .. } => Some("pass the identity file of one of the recipients listed"),
+        BackupError::WrongIdentity { .. } | BackupError::Identity { .. } => {
+            Some("pass the age identity whose public key is one of the backup's recipients")
+        }
         BackupError::NoCompleteBackup { .. } | BackupError::NotFound { .. } => {
             Some("`capstan backup list` shows the backups in the target")
         }
+        BackupError::Incomplete { .. } => Some("pick a complete backup from `capstan backup list`"),
         BackupError::Store(StoreError::Io { store, .. }) if store.starts_with("s3://") => Some(
             "check the AWS credentials (environment, ~/.aws, instance role), AWS_ENDPOINT_URL and, for \
              MinIO/Ceph-style servers, --s3-path-style",

@@ -25,11 +25,9 @@ use capstan_provisioner::pki::CertificateAuthority;
 use capstan_provisioner::runner::{HostOps, Mode, NoProgress, RunOptions, Runner};
 
 use crate::cli::{BackupTargetArgs, DrillArgs, RestoreArgs};
-use crate::cmd_backup::inspect_failure;
+use crate::cmd_backup::{backup_failure, inspect_failure, open, target_url};
 use crate::cmd_inventory::load;
-use crate::cmd_restore::{
-    backup_failure, fetch, open, parse_which, private_tempdir, restore_options, run_restore, target_url, PrivateDir,
-};
+use crate::cmd_restore::{fetch, parse_which, private_tempdir, restore_options, run_restore, PrivateDir};
 use crate::output::{Failure, Output};
 
 const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";

@@ -22,10 +22,10 @@ use capstan_provisioner::runner::HostOps;
 
 use crate::cli::{BackupTargetArgs, DrillArgs, DrillCommand, DrillScheduleArgs};
 use crate::cmd_backup::{
-    converge_members, push_timer_units, reachable_members, schedule_removal_ops, validate_calendar_on,
+    backup_failure, converge_members, open, push_timer_units, reachable_members, schedule_removal_ops, target_url,
+    validate_calendar_on,
 };
 use crate::cmd_inventory::load;
-use crate::cmd_restore::{backup_failure, open, target_url};
 use crate::output::{Failure, Output};
 
 pub fn run(command: DrillCommand, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use capstan_backup::restore::{fetch_decrypted, resolve, FetchError, FetchedBackup};
-use capstan_backup::{BackupError, BackupId, S3Options, Store, StoreUrl, VerifyTarget};
+use capstan_backup::{BackupId, Store, VerifyTarget};
 use capstan_inventory::Cluster;
 use capstan_provisioner::etcd::restore::{restore as restore_etcd, RestoreInput, RestoreOptions, RestoreOutcome};
 use capstan_provisioner::runner::{stderr_progress, NoProgress};
 
-use crate::cli::{BackupTargetArgs, RestoreArgs};
+use crate::cli::RestoreArgs;
+use crate::cmd_backup::{backup_failure, open, target_url};
 use crate::cmd_inventory::load;
 use crate::output::{table, Failure, Output};
 
@@ -189,48 +190,6 @@ pub(crate) fn parse_which(text: &str) -> anyhow::Result<VerifyTarget> {
             .code(2)
             .into()
     })
-}
-
-pub(crate) fn target_url(args: &BackupTargetArgs, cluster: Option<&Cluster>) -> anyhow::Result<StoreUrl> {
-    let text = match (&args.target, cluster.and_then(|c| c.backup.as_ref())) {
-        (Some(url), _) => url.clone(),
-        (None, Some(settings)) => settings.target.to_string(),
-        (None, None) => {
-            return Err(Failure::new("no backup target")
-                .hint("pass --target s3://bucket/prefix or file:///path, or set backup.target in the inventory")
-                .code(2)
-                .into())
-        }
-    };
-    StoreUrl::parse(&text).map_err(|e| Failure::new(e.to_string()).code(2).into())
-}
-
-pub(crate) async fn open(url: &StoreUrl, args: &BackupTargetArgs) -> anyhow::Result<Arc<dyn Store>> {
-    let options = S3Options {
-        path_style: args.s3_path_style,
-        ..S3Options::default()
-    };
-    capstan_backup::open_store(url, &options)
-        .await
-        .map_err(|e| backup_failure(BackupError::Store(e)).into())
-}
-
-pub(crate) fn backup_failure(error: BackupError) -> Failure {
-    let hint = match &error {
-        BackupError::NotFound { .. } | BackupError::NoCompleteBackup { .. } => {
-            Some("list the backups with `capstan backup list`")
-        }
-        BackupError::Incomplete { .. } => Some("pick a complete backup from `capstan backup list`"),
-        BackupError::WrongIdentity { .. } | BackupError::Identity { .. } => {
-            Some("pass the age identity whose public key is one of the backup's recipients")
-        }
-        _ => None,
-    };
-    let failure = Failure::new(error.to_string());
-    match hint {
-        Some(hint) => failure.hint(hint),
-        None => failure,
-    }
 }
 
 fn fetch_failure(error: FetchError) -> Failure {
