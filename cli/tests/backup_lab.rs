@@ -13,9 +13,8 @@ use capstan_lab::{Lab, LabGuard, UpOptions};
 use serde_json::Value;
 
 mod support;
-use support::{changed, json, remote, run_capstan, Run};
+use support::{changed, json, lab_inventory, mirror_and_version, remote, run_capstan, Run, MIRROR};
 
-const MIRROR: &str = "/var/cache/capstan/mirror";
 const BUCKET: &str = "capstan-lab";
 const METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup.prom";
 const SCHEDULER_METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup_scheduler.prom";
@@ -173,22 +172,11 @@ fn id_time(id: &str) -> u64 {
 }
 
 fn write_inventory(lab: &Lab, path: &Path, recipient: &str) {
-    let mut yaml = format!(
-        "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
-        lab.name,
-        lab.key_path.display().to_string(),
-        lab.known_hosts_path.display().to_string()
+    let extra = format!(
+        "{}backup:\n  target: s3://{BUCKET}/scheduled\n  recipients: [{recipient}]\n  retention: {{keep_last: 20}}\n  schedule: \"*:*:0/{INTERVAL}\"\n",
+        mirror_and_version("3.5.1")
     );
-    for m in &lab.machines {
-        yaml.push_str(&format!(
-            "  - name: {}\n    address: {}\n    roles: [etcd]\n",
-            m.name, m.ip
-        ));
-    }
-    yaml.push_str(&format!(
-        "artifacts:\n  mirror: \"file://{MIRROR}\"\nversions:\n  etcd: \"3.5.1\"\nbackup:\n  target: s3://{BUCKET}/scheduled\n  recipients: [{recipient}]\n  retention: {{keep_last: 20}}\n  schedule: \"*:*:0/{INTERVAL}\"\n"
-    ));
-    std::fs::write(path, yaml).unwrap();
+    std::fs::write(path, lab_inventory(lab, &lab.name, &lab.machines, &extra)).unwrap();
 }
 
 fn complete_backups(inventory: &Path, moto: &Moto) -> Vec<String> {
@@ -450,23 +438,6 @@ fn age_keygen(path: &Path) -> String {
     recipient
 }
 
-/// An inventory of some of the lab's machines (roles [etcd]).
-fn machines_inventory(lab: &Lab, name: &str, machines: &[&capstan_lab::Machine], extra: &str) -> String {
-    let mut yaml = format!(
-        "cluster:\n  name: {name}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
-        lab.key_path.display().to_string(),
-        lab.known_hosts_path.display().to_string()
-    );
-    for m in machines {
-        yaml.push_str(&format!(
-            "  - name: {}\n    address: {}\n    roles: [etcd]\n",
-            m.name, m.ip
-        ));
-    }
-    yaml.push_str(extra);
-    yaml
-}
-
 #[test]
 fn lab_drill_schedule_runs_once_on_the_leader_into_drill_hosts() {
     if let Some(why) = lab_missing() {
@@ -500,21 +471,22 @@ fn lab_drill_schedule_runs_once_on_the_leader_into_drill_hosts() {
     let inventory = work.path().join("inventory.yaml");
     std::fs::write(
         &inventory,
-        machines_inventory(
+        lab_inventory(
             &lab,
             &lab.name,
-            &members,
+            members.iter().copied(),
             &format!(
-                "artifacts:\n  mirror: \"file://{MIRROR}\"\nversions:\n  etcd: \"3.5.1\"\nbackup:\n  target: s3://{BUCKET}/drilled\n  recipients: [{recipient}]\ndrill:\n  expect_keys: [\"drill/*\"]\n"
+                "{}backup:\n  target: s3://{BUCKET}/drilled\n  recipients: [{recipient}]\ndrill:\n  expect_keys: [\"drill/*\"]\n",
+                mirror_and_version("3.5.1")
             ),
         ),
     )
     .unwrap();
     let drill_yaml = |mirror_url: &str, machines: &[&capstan_lab::Machine]| {
-        machines_inventory(
+        lab_inventory(
             &lab,
             "drill",
-            machines,
+            machines.iter().copied(),
             &format!("artifacts:\n  mirror: \"{mirror_url}\"\nversions:\n  etcd: \"3.5.1\"\n"),
         )
     };

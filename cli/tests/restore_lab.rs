@@ -14,9 +14,8 @@ use capstan_provisioner::etcd::client::{EtcdClient, EtcdEndpoint, EtcdTls, Timeo
 use serde_json::Value;
 
 mod support;
-use support::{remote, run_capstan, Run};
+use support::{lab_inventory, mirror_and_version, remote, run_capstan, Run, MIRROR};
 
-const MIRROR: &str = "/var/cache/capstan/mirror";
 const KEYS: usize = 10_000;
 
 fn missing() -> Option<String> {
@@ -57,21 +56,7 @@ fn write_inventory(lab: &Lab, path: &Path, hosts: usize, version: &str) {
 
 /// An inventory of the lab's machines `machines` (so one lab can hold an old and a new cluster).
 fn write_inventory_of(lab: &Lab, path: &Path, machines: std::ops::Range<usize>, version: &str) {
-    let mut yaml = format!(
-        "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
-        lab.name,
-        lab.key_path.display().to_string(),
-        lab.known_hosts_path.display().to_string()
-    );
-    for m in &lab.machines[machines] {
-        yaml.push_str(&format!(
-            "  - name: {}\n    address: {}\n    roles: [etcd]\n",
-            m.name, m.ip
-        ));
-    }
-    yaml.push_str(&format!(
-        "artifacts:\n  mirror: \"file://{MIRROR}\"\nversions:\n  etcd: \"{version}\"\n"
-    ));
+    let yaml = lab_inventory(lab, &lab.name, &lab.machines[machines], &mirror_and_version(version));
     std::fs::write(path, yaml).unwrap();
 }
 

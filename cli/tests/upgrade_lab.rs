@@ -13,9 +13,7 @@ use capstan_provisioner::etcd::client::{EtcdClient, EtcdEndpoint, EtcdTls, Timeo
 use serde_json::Value;
 
 mod support;
-use support::{changed, etcd_pids, json, remote, run_capstan, Run};
-
-const MIRROR: &str = "/var/cache/capstan/mirror";
+use support::{changed, etcd_pids, json, lab_inventory, mirror_and_version, remote, run_capstan, Run, MIRROR};
 
 fn lab_missing() -> Option<String> {
     if let Err(e) = capstan_lab::check_prerequisites() {
@@ -57,22 +55,11 @@ fn cluster_version(lab: &Lab, host: &str) -> String {
 }
 
 fn write_inventory(lab: &Lab, path: &Path, version: &str) {
-    let mut yaml = format!(
-        "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
-        lab.name,
-        lab.key_path.display().to_string(),
-        lab.known_hosts_path.display().to_string()
-    );
-    for m in &lab.machines {
-        yaml.push_str(&format!(
-            "  - name: {}\n    address: {}\n    roles: [etcd]\n",
-            m.name, m.ip
-        ));
-    }
-    yaml.push_str(&format!(
-        "artifacts:\n  mirror: \"file://{MIRROR}\"\nversions:\n  etcd: \"{version}\"\n"
-    ));
-    std::fs::write(path, yaml).unwrap();
+    std::fs::write(
+        path,
+        lab_inventory(lab, &lab.name, &lab.machines, &mirror_and_version(version)),
+    )
+    .unwrap();
 }
 
 fn status(inventory: &Path) -> Value {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use capstan_lab::Lab;
+use capstan_lab::{Lab, Machine};
 use serde_json::Value;
 
 pub struct Run {
@@ -41,6 +41,37 @@ pub fn run_capstan(inventory: Option<&Path>, args: &[&str], env: &[(&str, &str)]
         started.elapsed().as_secs_f64()
     );
     run
+}
+
+/// The artifact mirror scripts/setup.sh builds (etcd 3.4.23, 3.5.0, 3.5.1).
+pub const MIRROR: &str = "/var/cache/capstan/mirror";
+
+/// An inventory named `cluster` of `machines` (all in the etcd role) reached with the lab's SSH
+/// key and known_hosts, followed by `extra` (more top-level YAML).
+pub fn lab_inventory<'m>(
+    lab: &Lab,
+    cluster: &str,
+    machines: impl IntoIterator<Item = &'m Machine>,
+    extra: &str,
+) -> String {
+    let mut yaml = format!(
+        "cluster:\n  name: {cluster}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
+        lab.key_path.display().to_string(),
+        lab.known_hosts_path.display().to_string()
+    );
+    for m in machines {
+        yaml.push_str(&format!(
+            "  - name: {}\n    address: {}\n    roles: [etcd]\n",
+            m.name, m.ip
+        ));
+    }
+    yaml.push_str(extra);
+    yaml
+}
+
+/// `artifacts.mirror` pointing at [`MIRROR`] and `versions.etcd`.
+pub fn mirror_and_version(version: &str) -> String {
+    format!("artifacts:\n  mirror: \"file://{MIRROR}\"\nversions:\n  etcd: \"{version}\"\n")
 }
 
 /// Runs `command` on lab machine `host` over SSH; panics (with its stderr) unless it succeeds.
