@@ -8,7 +8,9 @@ bash scripts/setup.sh
 if [ -n "${CAPSTAN_BIN:-}" ]; then
   capstan="$CAPSTAN_BIN"   # a capstan binary that is already built (the demo's own test uses this)
 else
-  cargo build -q -p capstan-cli
+  # Cargo's own progress line shows what is compiling; only the first build is slow.
+  echo "demo: building capstan (the first build compiles ~450 crates: about 8 minutes on 2 cores; later builds take seconds)" >&2
+  cargo build -p capstan-cli
   capstan="${CARGO_TARGET_DIR:-$PWD/target}/debug/capstan"
 fi
 export CAPSTAN_MIRROR_DIR="${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"

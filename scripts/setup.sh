@@ -10,7 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(protobuf-compiler debootstrap systemd-container iproute2 openssh-client openssh-server
+# libprotobuf-dev: protoc's well-known types (google/protobuf/*.proto), which etcd-client's build needs; only a
+# Recommends of protobuf-compiler, so --no-install-recommends would leave it out.
+packages=(protobuf-compiler libprotobuf-dev debootstrap systemd-container iproute2 openssh-client openssh-server
           age etcd-server etcd-client ca-certificates curl python3-pip sudo)
 missing=()
 for p in "${packages[@]}"; do
@@ -26,7 +28,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   [ "$created_policy" = 1 ] && rm -f "$policy"
+  echo "setup: packages installed in ${SECONDS}s" >&2
 fi
+
+# etcd-client's build compiles .proto files that import protoc's well-known types: check that protoc finds
+# them here, so a missing package fails now with its name instead of minutes into the first build.
+wkt_check=$(mktemp -d)
+printf 'syntax = "proto3";\nimport "google/protobuf/descriptor.proto";\n' >"$wkt_check/check.proto"
+if ! protoc -I"$wkt_check" --descriptor_set_out=/dev/null "$wkt_check/check.proto" 2>/dev/null; then
+  rm -rf "$wkt_check"
+  echo "error: protoc cannot find google/protobuf/descriptor.proto (protoc's well-known types)" >&2
+  echo "hint: apt-get install libprotobuf-dev" >&2
+  exit 1
+fi
+rm -rf "$wkt_check"
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo not found" >&2
@@ -41,14 +56,18 @@ if ! python3 -c 'import sys, moto, flask; v = tuple(int(x) for x in moto.__versi
   python3 -m pip install -q --disable-pip-version-check 'moto[server]>=5.2.5'
 fi
 
-# The lab's artifact mirror (etcd, prometheus, ... laid out like upstream releases).
+# The lab's artifact mirror (etcd, prometheus, ... laid out like upstream releases). Rebuilt piece by piece
+# when missing (about 1.5 minutes from empty).
+mirror_start=$SECONDS
 bash lab/mirror/build-mirror.sh "${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
+if [ $((SECONDS - mirror_start)) -gt 5 ]; then echo "setup: artifact mirror ready in $((SECONDS - mirror_start))s" >&2; fi
 
 # etcd 3.5.1 for the local etcd tests (3.4.23 comes from Debian's etcd-server): the official binaries from
 # the mirror's release tarball.
 mirror="${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
-if [ ! -x /opt/etcd-3.5.1/etcd ]; then
-  mkdir -p /opt/etcd-3.5.1
+if [ ! -x /opt/etcd-3.5.1/etcd ] || [ ! -x /opt/etcd-3.5.1/etcdctl ]; then
+  rm -rf /opt/etcd-3.5.1.tmp && mkdir -p /opt/etcd-3.5.1.tmp
   tar -xzf "$mirror/etcd-io/etcd/releases/download/v3.5.1/etcd-v3.5.1-linux-amd64.tar.gz" \
-      -C /opt/etcd-3.5.1 --strip-components=1
+      -C /opt/etcd-3.5.1.tmp --strip-components=1
+  rm -rf /opt/etcd-3.5.1 && mv /opt/etcd-3.5.1.tmp /opt/etcd-3.5.1
 fi
