@@ -59,6 +59,8 @@ fi
 # The lab's artifact mirror (etcd, prometheus, ... laid out like upstream releases). Rebuilt piece by piece
 # when missing (about 1.5 minutes from empty).
 mirror_start=$SECONDS
+# The mirror is made from Debian packages: apt needs its package lists (a fresh machine may have none).
+if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then apt-get update -qq; fi
 bash lab/mirror/build-mirror.sh "${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
 if [ $((SECONDS - mirror_start)) -gt 5 ]; then echo "setup: artifact mirror ready in $((SECONDS - mirror_start))s" >&2; fi
 

@@ -12,6 +12,7 @@ labs() { ls -1 "$lab_root" 2>/dev/null | sort; }
 before=$(labs)
 
 status=0
+echo "test: building the workspace and its tests (the first build takes about 8 minutes on 2 cores; cargo shows its progress), then running them" >&2
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --profile ci || status=$?
 else
