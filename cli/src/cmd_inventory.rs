@@ -11,13 +11,15 @@ use crate::output::{Failure, Output};
 pub fn run(args: InventoryCommand, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
     match args {
         InventoryCommand::Check => {
-            let cluster = load(inventory)?;
+            let cluster = load_reporting(inventory, Some(out))?;
             let etcd = cluster.hosts_with_role(capstan_inventory::Role::Etcd).count();
             if out.json() {
                 out.print_json(&serde_json::json!({
                     "valid": true, "cluster": cluster.name, "hosts": cluster.hosts.len(), "etcd_members": etcd,
+                    "diagnostics": cluster.warnings.0,
                 }))?;
             } else {
+                cluster.warnings.iter().for_each(|warning| out.status(warning));
                 println!(
                     "{}: ok (cluster {}, {} hosts, {} etcd members)",
                     cluster.source_path.display(),
@@ -29,7 +31,7 @@ pub fn run(args: InventoryCommand, inventory: Option<&Path>, out: &Output) -> an
             Ok(ExitCode::SUCCESS)
         }
         InventoryCommand::Show { host } => {
-            let cluster = load(inventory)?;
+            let cluster = load_reporting(inventory, Some(out))?;
             match host {
                 Some(name) => {
                     let host = cluster.host(&name).ok_or_else(|| {
@@ -48,15 +50,10 @@ pub fn run(args: InventoryCommand, inventory: Option<&Path>, out: &Output) -> an
             file,
             out: out_file,
         } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| Failure::new(format!("cannot read {}: {e}", file.display())))?;
-            let converted =
-                capstan_inventory::import_kubespray(&text, &file.display().to_string()).map_err(|diags| {
-                    invalid(
-                        diags,
-                        "fix the source inventory, or write the capstan inventory by hand",
-                    )
-                })?;
+            let converted = capstan_inventory::import_kubespray_file(&file).map_err(|diags| {
+                let hint = "fix the source inventory, or write the capstan inventory by hand";
+                invalid(diags, hint, Some(out))
+            })?;
             match out_file {
                 Some(path) => {
                     std::fs::write(&path, converted)?;
@@ -79,7 +76,11 @@ fn print_data<T: serde::Serialize>(out: &Output, value: &T) -> anyhow::Result<()
     }
 }
 
-fn invalid(diags: capstan_inventory::Diagnostics, hint: &str) -> Failure {
+/// With `--output json`, the diagnostics also go to stdout as one JSON document.
+fn invalid(diags: capstan_inventory::Diagnostics, hint: &str, out: Option<&Output>) -> Failure {
+    if let Some(out) = out.filter(|out| out.json()) {
+        let _ = out.print_json(&diags.report());
+    }
     let count = diags.len();
     let noun = if count == 1 { "problem" } else { "problems" };
     Failure::new(format!("{count} {noun} found:\n{}", diags.to_string().trim_end()))
@@ -104,12 +105,13 @@ pub fn inventory_path(inventory: Option<&Path>) -> anyhow::Result<PathBuf> {
 
 /// Load and validate the inventory, turning diagnostics into a user-facing failure.
 pub fn load(inventory: Option<&Path>) -> anyhow::Result<Cluster> {
+    load_reporting(inventory, None)
+}
+
+fn load_reporting(inventory: Option<&Path>, out: Option<&Output>) -> anyhow::Result<Cluster> {
     let path = inventory_path(inventory)?;
     capstan_inventory::load(&path).map_err(|diags| {
-        invalid(
-            diags,
-            "every problem above is listed with file:line:column; see docs/inventory.md",
-        )
-        .into()
+        let hint = diags.closing_hint();
+        invalid(diags, &hint, out).into()
     })
 }

@@ -1,17 +1,53 @@
-//! Converts a Kubespray (Ansible YAML) inventory into a capstan inventory.
+//! Converts a Kubespray (Ansible) inventory, in YAML or INI form, into a capstan inventory.
 //!
 //! Only what capstan models is carried over: hosts, their addresses, group membership as roles,
 //! SSH user/port/key and a `bastion` group. Everything else is listed in the output's header so
-//! nothing disappears silently.
+//! nothing disappears silently. Both forms are read into the same [`Inventory`] and then mapped
+//! the same way.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::diagnostic::{Diagnostics, Sink};
 use crate::model::Role;
-use crate::values;
+use crate::values::{self, show};
 use crate::yaml::{self, Node, Pos};
+
+/// Most hosts an imported inventory may define (after expanding INI ranges like `node[1:3]`).
+pub const MAX_IMPORT_HOSTS: usize = 10_000;
+
+/// The two ways Ansible inventories are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubesprayFormat {
+    /// `hosts.yaml`: a mapping with an `all` group.
+    Yaml,
+    /// `inventory.ini`: `[group]` sections of host lines.
+    Ini,
+}
+
+impl KubesprayFormat {
+    /// Guesses the format from the file name (`.ini`, `.yaml`/`.yml`) or else the first line
+    /// with content: `[group]` or a `host key=value` line means INI.
+    pub fn detect(text: &str, file_name: &str) -> KubesprayFormat {
+        let lower = file_name.to_ascii_lowercase();
+        if lower.ends_with(".ini") || lower.ends_with(".cfg") {
+            return KubesprayFormat::Ini;
+        }
+        if lower.ends_with(".yaml") || lower.ends_with(".yml") {
+            return KubesprayFormat::Yaml;
+        }
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty() && !line.starts_with('#') && !line.starts_with(';'));
+        match first {
+            Some(line) if section_header(line).is_some() => KubesprayFormat::Ini,
+            Some(line) if !line.contains(':') && line.contains('=') => KubesprayFormat::Ini,
+            _ => KubesprayFormat::Yaml,
+        }
+    }
+}
 
 /// Kubespray group names (current and legacy) and the capstan role each one grants.
 const GROUP_ROLES: &[(&str, Role)] = &[
@@ -48,6 +84,43 @@ struct Inventory {
     ignored_vars: BTreeSet<String>,
 }
 
+impl Inventory {
+    /// Records `name` as a host of `group`; false (with an error) past [`MAX_IMPORT_HOSTS`].
+    fn add_host(&mut self, sink: &mut Sink, group: &str, name: &str, pos: Pos) -> bool {
+        if !self.vars.contains_key(name) {
+            if self.hosts.len() >= MAX_IMPORT_HOSTS {
+                sink.error(
+                    pos,
+                    format!("the inventory defines more than {MAX_IMPORT_HOSTS} hosts (limit of the importer)"),
+                );
+                return false;
+            }
+            self.hosts.push((name.to_string(), pos));
+            self.vars.insert(name.to_string(), BTreeMap::new());
+        }
+        self.group_hosts
+            .entry(group.to_string())
+            .or_default()
+            .insert(name.to_string());
+        true
+    }
+
+    /// Host variables; those capstan does not use are listed as not imported.
+    fn set_host_vars(&mut self, name: &str, vars: BTreeMap<String, String>) {
+        for var in vars.keys().filter(|var| !USED_VARS.contains(&var.as_str())) {
+            self.ignored_vars.insert(var.clone());
+        }
+        self.vars.entry(name.to_string()).or_default().extend(vars);
+    }
+
+    fn set_global_vars(&mut self, vars: BTreeMap<String, String>) {
+        for var in vars.keys().filter(|var| !USED_VARS.contains(&var.as_str())) {
+            self.ignored_vars.insert(format!("all.vars.{var}"));
+        }
+        self.global_vars.extend(vars);
+    }
+}
+
 struct ImportedHost {
     name: String,
     address: String,
@@ -58,16 +131,60 @@ struct ImportedHost {
     identity_file: Option<String>,
 }
 
-/// Reads a Kubespray `hosts.yaml` and returns an equivalent capstan inventory YAML text.
+/// Reads the Kubespray inventory file at `path` (at most [`crate::MAX_FILE_BYTES`], YAML or INI)
+/// and returns an equivalent capstan inventory YAML text.
+pub fn import_kubespray_file(path: &Path) -> Result<String, Diagnostics> {
+    let file_name = path.display().to_string();
+    let text = crate::read_text(path, &file_name, "Kubespray inventory")?;
+    import_kubespray(&text, &file_name)
+}
+
+/// Reads a Kubespray `hosts.yaml` or `inventory.ini` (the format is detected, see
+/// [`KubesprayFormat::detect`]) and returns an equivalent capstan inventory YAML text.
 ///
 /// The cluster name is taken from the inventory's directory (`inventory/<name>/hosts.yaml`).
 pub fn import_kubespray(text: &str, file_name: &str) -> Result<String, Diagnostics> {
     let mut sink = Sink::new(file_name);
+    let mut inventory = Inventory::default();
+    if text.len() > crate::MAX_FILE_BYTES {
+        sink.error(
+            Pos { line: 1, column: 1 },
+            format!(
+                "the inventory is larger than {} MiB (limit of the importer)",
+                crate::MAX_FILE_BYTES >> 20
+            ),
+        );
+        return finish_failed(sink);
+    }
+    let read = match KubesprayFormat::detect(text, file_name) {
+        KubesprayFormat::Yaml => read_yaml(&mut sink, &mut inventory, text),
+        KubesprayFormat::Ini => read_ini(&mut sink, &mut inventory, text),
+    };
+    if !read {
+        return finish_failed(sink);
+    }
+    let imported = hosts(&mut sink, &inventory);
+    if sink.has_errors() {
+        return finish_failed(sink);
+    }
+    let output = render(&inventory, &imported, file_name);
+    // Should the importer ever emit something capstan rejects, the problems are reported against
+    // the generated text so the cause is visible.
+    imported_output_check(&output, file_name)?;
+    Ok(output)
+}
+
+fn finish_failed(sink: Sink) -> Result<String, Diagnostics> {
+    sink.finish::<String>(None).map(|(text, _)| text)
+}
+
+/// Reads the YAML form; false when nothing more can be checked.
+fn read_yaml(sink: &mut Sink, inventory: &mut Inventory, text: &str) -> bool {
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(error) => {
-            sink.error(error.pos, format!("invalid YAML: {}", error.message));
-            return sink.finish(None);
+            sink.error_with_hint(error.pos, format!("invalid YAML: {}", error.message), error.hint);
+            return false;
         }
     };
     let Some(all) = root
@@ -77,21 +194,295 @@ pub fn import_kubespray(text: &str, file_name: &str) -> Result<String, Diagnosti
         .map(|(_, value)| value)
     else {
         let pos = root.as_ref().map_or(Pos { line: 1, column: 1 }, |root| root.pos);
-        sink.error(pos, "expected a Kubespray inventory: a mapping with an `all` group");
-        return sink.finish(None);
+        sink.error_with_hint(
+            pos,
+            "expected a Kubespray inventory: a mapping with an `all` group",
+            Some("Kubespray's YAML (hosts.yaml) and INI (inventory.ini) forms are both accepted".into()),
+        );
+        return false;
     };
+    walk_group(sink, inventory, "all", all);
+    true
+}
 
-    let mut inventory = Inventory::default();
-    walk_group(&mut sink, &mut inventory, "all", all);
-    let imported = hosts(&mut sink, &inventory);
-    if sink.has_errors() {
-        return sink.finish(None);
+/// `[name]`, `[name:children]` or `[name:vars]` → the group and the section kind.
+fn section_header(line: &str) -> Option<(&str, &str)> {
+    let inner = line.strip_prefix('[')?.strip_suffix(']')?.trim();
+    let (group, kind) = match inner.split_once(':') {
+        Some((group, kind @ ("children" | "vars"))) => (group, kind),
+        Some(_) => return None,
+        None => (inner, "hosts"),
+    };
+    let valid = !group.is_empty() && group.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    valid.then_some((group, kind))
+}
+
+/// Reads the INI form: `[group]` host lines with `key=value` variables, `[group:children]`
+/// and `[group:vars]`; hosts before any section are ungrouped. Always true: INI has no
+/// structure whose failure stops the rest.
+fn read_ini(sink: &mut Sink, inventory: &mut Inventory, text: &str) -> bool {
+    let mut group = "ungrouped".to_string();
+    let mut kind = "hosts";
+    for (index, raw) in text.lines().enumerate() {
+        let line_no = index + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let column = raw.len() - raw.trim_start().len() + 1;
+        let pos = Pos { line: line_no, column };
+        if line.starts_with('[') {
+            match section_header(line) {
+                Some((name, section_kind)) => {
+                    group = name.to_string();
+                    kind = section_kind;
+                }
+                None => sink.error(
+                    pos,
+                    format!(
+                        "`{}` is not a section header: expected `[group]`, `[group:children]` or `[group:vars]`",
+                        show(line)
+                    ),
+                ),
+            }
+            continue;
+        }
+        match kind {
+            "children" => {
+                let Some(child) = line
+                    .split_whitespace()
+                    .next()
+                    .filter(|child| section_header(&format!("[{child}]")).is_some())
+                else {
+                    sink.error(
+                        pos,
+                        format!("`[{group}:children]`: expected a group name, found `{}`", show(line)),
+                    );
+                    continue;
+                };
+                inventory
+                    .group_children
+                    .entry(group.clone())
+                    .or_default()
+                    .insert(child.to_string());
+            }
+            "vars" => {
+                let Some((key, value)) = line.split_once('=') else {
+                    sink.error(
+                        pos,
+                        format!("`[{group}:vars]`: expected `name=value`, found `{}`", show(line)),
+                    );
+                    continue;
+                };
+                let vars = BTreeMap::from([(key.trim().to_string(), unquote(value.trim()).to_string())]);
+                if group == "all" {
+                    inventory.set_global_vars(vars);
+                } else {
+                    inventory.ignored_vars.insert(format!("{group}.vars"));
+                }
+            }
+            _ => {
+                if !ini_host_line(sink, inventory, &group, line, pos) {
+                    return true;
+                }
+            }
+        }
     }
-    let output = render(&inventory, &imported, file_name);
-    // Should the importer ever emit something capstan rejects, the problems are reported against
-    // the generated text so the cause is visible.
-    imported_output_check(&output, file_name)?;
-    Ok(output)
+    true
+}
+
+/// `node[1:3] ansible_host=10.0.0.1 ip=10.0.0.1` (a `host:port` name sets `ansible_port`);
+/// false once the host limit is reached.
+fn ini_host_line(sink: &mut Sink, inventory: &mut Inventory, group: &str, line: &str, pos: Pos) -> bool {
+    let words = match split_words(line) {
+        Ok(words) => words,
+        Err(message) => {
+            sink.error(pos, message);
+            return true;
+        }
+    };
+    let Some((pattern, assignments)) = words.split_first() else {
+        return true;
+    };
+    let mut vars = BTreeMap::new();
+    for assignment in assignments {
+        match assignment.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                vars.insert(key.to_string(), value.to_string());
+            }
+            _ => sink.error(
+                pos,
+                format!(
+                    "host `{}`: expected `name=value` variables, found `{}`",
+                    show(pattern),
+                    show(assignment)
+                ),
+            ),
+        }
+    }
+    // `host:port`; colons inside ranges (`node[1:3]`) do not count, and an IPv6 address has several.
+    let mut depth = 0usize;
+    let outside: Vec<usize> = pattern
+        .char_indices()
+        .filter_map(|(index, c)| {
+            match c {
+                '[' => depth += 1,
+                ']' => depth = depth.saturating_sub(1),
+                ':' if depth == 0 => return Some(index),
+                _ => {}
+            }
+            None
+        })
+        .collect();
+    let (pattern, port) = match outside.as_slice() {
+        [colon] if pattern[colon + 1..].bytes().all(|b| b.is_ascii_digit()) && *colon + 1 < pattern.len() => {
+            (&pattern[..*colon], Some(&pattern[colon + 1..]))
+        }
+        _ => (pattern.as_str(), None),
+    };
+    if let Some(port) = port {
+        vars.entry("ansible_port".to_string())
+            .or_insert_with(|| port.to_string());
+    }
+    let budget = MAX_IMPORT_HOSTS - inventory.hosts.len().min(MAX_IMPORT_HOSTS);
+    let names = match expand_range(pattern, budget + 1) {
+        Ok(names) => names,
+        Err(message) => {
+            sink.error(pos, format!("host `{}`: {message}", show(pattern)));
+            return true;
+        }
+    };
+    for name in names {
+        if !inventory.add_host(sink, group, &name, pos) {
+            return false;
+        }
+        inventory.set_host_vars(&name, vars.clone());
+    }
+    true
+}
+
+/// Splits at whitespace outside single or double quotes, removing the quotes.
+fn split_words(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut quote: Option<char> = None;
+    let mut in_word = false;
+    for c in line.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => current.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, '#') if !in_word => break,
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                current.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("unclosed quote in `{}`", show(line)));
+    }
+    if in_word {
+        words.push(current);
+    }
+    Ok(words)
+}
+
+fn unquote(value: &str) -> &str {
+    for q in ['"', '\''] {
+        if let Some(inner) = value.strip_prefix(q).and_then(|v| v.strip_suffix(q)) {
+            return inner;
+        }
+    }
+    value
+}
+
+/// Expands Ansible host ranges: `node[1:3]`, `node[01:10]` (zero-padded), `node[a:c]`,
+/// `node[1:10:2]` (a step); several ranges multiply. At most `limit` names are produced.
+fn expand_range(pattern: &str, limit: usize) -> Result<Vec<String>, String> {
+    const MAX_RANGES: usize = 4;
+    if pattern.matches('[').count() > MAX_RANGES {
+        return Err(format!("expected at most {MAX_RANGES} ranges in one host pattern"));
+    }
+    let Some(open) = pattern.find('[') else {
+        return Ok(vec![pattern.to_string()]);
+    };
+    let close = pattern[open..]
+        .find(']')
+        .map(|i| open + i)
+        .ok_or("unclosed `[` in a host range")?;
+    let (head, spec, tail) = (&pattern[..open], &pattern[open + 1..close], &pattern[close + 1..]);
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (start, end, step) = match parts.as_slice() {
+        [start, end] => (*start, *end, 1usize),
+        [start, end, step] => (
+            *start,
+            *end,
+            step.parse::<usize>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or("the step of a host range must be a positive number")?,
+        ),
+        _ => return Err("expected a range such as `[1:3]`, `[01:10]` or `[a:c]`".into()),
+    };
+    let items: Vec<String> = if start.bytes().all(|b| b.is_ascii_digit()) && !start.is_empty() {
+        let width = if start.len() > 1 && start.starts_with('0') {
+            start.len()
+        } else {
+            0
+        };
+        let first: usize = start.parse().map_err(|_| "a host range bound is too large")?;
+        let last: usize = end
+            .parse()
+            .map_err(|_| "expected the end of a numeric range to be a number")?;
+        if first > last {
+            return Err("a host range must not end before it starts".into());
+        }
+        let count = (last - first) / step + 1;
+        if count > limit {
+            return Err(format!(
+                "the range expands to more than {MAX_IMPORT_HOSTS} hosts (limit of the importer)"
+            ));
+        }
+        (first..=last).step_by(step).map(|n| format!("{n:0width$}")).collect()
+    } else if let (Some(first), Some(last)) = (single_letter(start), single_letter(end)) {
+        if first > last {
+            return Err("a host range must not end before it starts".into());
+        }
+        (first..=last).step_by(step).map(String::from).collect()
+    } else {
+        return Err("expected a range of numbers (`[1:3]`) or of single letters (`[a:c]`)".into());
+    };
+    let mut names = Vec::new();
+    let rests = expand_range(tail, limit)?;
+    for item in items {
+        for rest in &rests {
+            names.push(format!("{head}{item}{rest}"));
+            if names.len() > limit {
+                return Err(format!(
+                    "the range expands to more than {MAX_IMPORT_HOSTS} hosts (limit of the importer)"
+                ));
+            }
+        }
+    }
+    Ok(names)
+}
+
+fn single_letter(text: &str) -> Option<char> {
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) if c.is_ascii_alphabetic() => Some(c),
+        _ => None,
+    }
 }
 
 fn imported_output_check(output: &str, file_name: &str) -> Result<(), Diagnostics> {
@@ -116,7 +507,10 @@ fn walk_group(sink: &mut Sink, inventory: &mut Inventory, group: &str, node: &No
     for (key, value) in entries {
         match key.as_str() {
             Some("hosts") => walk_hosts(sink, inventory, group, value),
-            Some("vars") if group == "all" => inventory.global_vars = scalar_map(sink, value, "vars"),
+            Some("vars") if group == "all" => {
+                let vars = scalar_map(sink, inventory, value, "vars", "all.vars.");
+                inventory.set_global_vars(vars);
+            }
             Some("vars") => {
                 inventory.ignored_vars.insert(format!("{group}.vars"));
             }
@@ -176,24 +570,23 @@ fn walk_hosts(sink: &mut Sink, inventory: &mut Inventory, group: &str, node: &No
             sink.error(key.pos, format!("expected a host name, found {}", key.describe()));
             continue;
         };
-        if !inventory.vars.contains_key(name) {
-            inventory.hosts.push((name.to_string(), key.pos));
+        if !inventory.add_host(sink, group, name, key.pos) {
+            return;
         }
-        let vars = scalar_map(sink, vars, name);
-        for var in vars.keys().filter(|var| !USED_VARS.contains(&var.as_str())) {
-            inventory.ignored_vars.insert(var.clone());
-        }
-        inventory.vars.entry(name.to_string()).or_default().extend(vars);
-        inventory
-            .group_hosts
-            .entry(group.to_string())
-            .or_default()
-            .insert(name.to_string());
+        let vars = scalar_map(sink, inventory, vars, name, "");
+        inventory.set_host_vars(name, vars);
     }
 }
 
-/// A mapping of scalar variables; nested values (lists, dicts) are not needed and are skipped.
-fn scalar_map(sink: &mut Sink, node: &Node, owner: &str) -> BTreeMap<String, String> {
+/// A mapping of scalar variables; nested values (lists, dicts such as `node_labels`) are not
+/// imported and are listed as such, with `prefix` before their names.
+fn scalar_map(
+    sink: &mut Sink,
+    inventory: &mut Inventory,
+    node: &Node,
+    owner: &str,
+    prefix: &str,
+) -> BTreeMap<String, String> {
     let mut vars = BTreeMap::new();
     if node.is_null() {
         return vars;
@@ -201,31 +594,57 @@ fn scalar_map(sink: &mut Sink, node: &Node, owner: &str) -> BTreeMap<String, Str
     let Some(entries) = node.as_map() else {
         sink.error(
             node.pos,
-            format!("variables of `{owner}`: expected a mapping, found {}", node.describe()),
+            format!(
+                "variables of `{}`: expected a mapping, found {}",
+                show(owner),
+                node.describe()
+            ),
         );
         return vars;
     };
     for (key, value) in entries {
-        if let (Some(key), Some(value)) = (key.as_str(), value.as_str()) {
-            vars.insert(key.to_string(), value.to_string());
+        match (key.as_str(), value.as_str()) {
+            (Some(key), Some(value)) => {
+                vars.insert(key.to_string(), value.to_string());
+            }
+            (Some(key), None) if !value.is_null() => {
+                inventory.ignored_vars.insert(format!("{prefix}{key}"));
+            }
+            _ => {}
         }
     }
     vars
 }
 
-/// Hosts of `group` and of all groups nested under it.
-fn members(inventory: &Inventory, group: &str, seen: &mut BTreeSet<String>) -> BTreeSet<String> {
-    let mut found = inventory.group_hosts.get(group).cloned().unwrap_or_default();
-    if seen.insert(group.to_string()) {
-        for child in inventory.group_children.get(group).into_iter().flatten() {
-            found.extend(members(inventory, child, seen));
+/// Hosts of `group` and of all groups nested under it (iteratively, so deep or cyclic
+/// `children` cannot exhaust the stack).
+fn members(inventory: &Inventory, group: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut pending = vec![group];
+    while let Some(group) = pending.pop() {
+        if !seen.insert(group) {
+            continue;
         }
+        found.extend(inventory.group_hosts.get(group).into_iter().flatten().cloned());
+        pending.extend(
+            inventory
+                .group_children
+                .get(group)
+                .into_iter()
+                .flatten()
+                .map(String::as_str),
+        );
     }
     found
 }
 
 fn hosts(sink: &mut Sink, inventory: &Inventory) -> Vec<ImportedHost> {
     let mut imported = Vec::new();
+    let role_members: Vec<(BTreeSet<String>, Role)> = GROUP_ROLES
+        .iter()
+        .map(|(group, role)| (members(inventory, group), *role))
+        .collect();
     for (name, pos) in &inventory.hosts {
         let vars = &inventory.vars[name];
         let var = |keys: &[&str]| {
@@ -233,19 +652,19 @@ fn hosts(sink: &mut Sink, inventory: &Inventory) -> Vec<ImportedHost> {
                 .find_map(|key| vars.get(*key).or_else(|| inventory.global_vars.get(*key)))
                 .cloned()
         };
-        let roles: BTreeSet<Role> = GROUP_ROLES
+        let roles: BTreeSet<Role> = role_members
             .iter()
-            .filter(|(group, _)| members(inventory, group, &mut BTreeSet::new()).contains(name))
+            .filter(|(members, _)| members.contains(name))
             .map(|(_, role)| *role)
             .collect();
         if let Err(message) = values::check_host_name(name) {
-            sink.error(*pos, format!("host `{name}` cannot be imported: {message}"));
+            sink.error(*pos, format!("host `{}` cannot be imported: {message}", show(name)));
         }
         let address = var(&["ansible_host", "ansible_ssh_host", "access_ip", "ip"]).unwrap_or_else(|| name.clone());
         let private_address = vars.get("ip").filter(|ip| **ip != address).cloned();
         for candidate in std::iter::once(&address).chain(private_address.as_ref()) {
             if let Err(message) = values::check_address(candidate) {
-                sink.error(*pos, format!("host `{name}`: {message}"));
+                sink.error(*pos, format!("host `{}`: {message}", show(name)));
             }
         }
         imported.push(ImportedHost {
@@ -282,7 +701,7 @@ fn shared(hosts: &[&ImportedHost], get: fn(&ImportedHost) -> &Option<String>) ->
 }
 
 fn render(inventory: &Inventory, imported: &[ImportedHost], file_name: &str) -> String {
-    let bastions = members(inventory, "bastion", &mut BTreeSet::new());
+    let bastions = members(inventory, "bastion");
     let bastion = imported.iter().find(|host| bastions.contains(&host.name));
     let (kept, skipped): (Vec<&ImportedHost>, Vec<&ImportedHost>) = imported
         .iter()
@@ -309,8 +728,22 @@ fn render(inventory: &Inventory, imported: &[ImportedHost], file_name: &str) -> 
             host.name
         );
     }
+    let mapped: Vec<&str> = GROUP_ROLES.iter().map(|(group, _)| *group).collect();
+    let unmapped: Vec<String> = inventory
+        .group_hosts
+        .iter()
+        .filter(|(group, hosts)| {
+            !hosts.is_empty()
+                && !mapped.contains(&group.as_str())
+                && !["all", "ungrouped", "bastion"].contains(&group.as_str())
+        })
+        .map(|(group, _)| show(group).to_string())
+        .collect();
+    if !unmapped.is_empty() {
+        let _ = writeln!(out, "# Groups not imported (no capstan role): {}.", unmapped.join(", "));
+    }
     if !inventory.ignored_vars.is_empty() {
-        let ignored: Vec<&str> = inventory.ignored_vars.iter().map(String::as_str).collect();
+        let ignored: Vec<String> = inventory.ignored_vars.iter().map(|var| show(var).to_string()).collect();
         let _ = writeln!(out, "# Not imported: {}.", ignored.join(", "));
     }
     let _ = writeln!(out, "\ncluster:\n  name: {}", quote(&cluster_name(file_name)));
@@ -425,8 +858,21 @@ fn quote(text: &str) -> String {
             "true" | "false" | "yes" | "no" | "on" | "off"
         );
     if plain_safe {
-        text.to_string()
-    } else {
-        format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+        return text.to_string();
     }
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if values::is_unsafe_char(c) => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }

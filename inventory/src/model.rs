@@ -29,6 +29,9 @@ pub struct Cluster {
     pub drill: DrillSettings,
     /// The inventory file this model was read from.
     pub source_path: PathBuf,
+    /// Problems that do not reject the inventory, such as an `identity_file` that does not exist.
+    #[serde(skip)]
+    pub warnings: crate::Diagnostics,
 }
 
 impl Cluster {

@@ -6,8 +6,13 @@ use std::time::Duration;
 
 use crate::diagnostic::Sink;
 use crate::model::*;
-use crate::values;
+use crate::values::{self, show};
 use crate::yaml::{Node, Pos};
+
+/// Accepted `connect_timeout` values: long enough for any handshake, short enough to be a timeout.
+const CONNECT_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(600));
+/// Accepted `keepalive` intervals (`0s` disables keepalive).
+const KEEPALIVE_RANGE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
 
 /// Where relative and `~` paths in the file resolve to.
 pub(crate) struct PathContext {
@@ -47,7 +52,7 @@ pub(crate) fn cluster(
             cx.checked(name, "name", values::check_cluster_name)
         });
     let ssh_defaults = match top.get("ssh") {
-        Some(node) => cx.ssh(node, "`ssh`").unwrap_or(SshPartial {
+        Some(node) => cx.ssh(node, "`ssh`", "ssh").unwrap_or(SshPartial {
             had_errors: true,
             ..SshPartial::default()
         }),
@@ -85,6 +90,7 @@ pub(crate) fn cluster(
         backup,
         drill,
         source_path,
+        warnings: Default::default(),
     })
 }
 
@@ -96,7 +102,8 @@ struct Checker<'s, 'p> {
 /// The known keys of one mapping, after unknown and duplicate keys were reported.
 struct Section<'n> {
     pos: Pos,
-    what: String,
+    /// Where the mapping is, such as `` `hosts[2]` (host `a`) ``, for missing-key messages.
+    path: String,
     entries: Vec<(&'static str, &'n Node)>,
 }
 
@@ -115,7 +122,7 @@ impl<'n> Section<'n> {
         if found.is_none() {
             cx.sink.error(
                 self.pos,
-                format!("missing required key `{key}` in {}: expected {expected}", self.what),
+                format!("missing required key `{key}` in {}: expected {expected}", self.path),
             );
         }
         found
@@ -166,6 +173,23 @@ struct Seen {
     pos: Pos,
 }
 
+/// What checking one host found: the host when it is valid, and the parts that cross-host
+/// checks need even when it is not.
+#[derive(Default)]
+struct HostCheck {
+    host: Option<Host>,
+    name: Option<Seen>,
+    address: Option<Seen>,
+    /// The etcd peer address (`private_address`, else `address`), and whether it was set explicitly.
+    peer: Option<(Seen, bool)>,
+    roles: Option<BTreeSet<Role>>,
+}
+
+/// `port:22` read as one scalar: the key and value a missing space joined.
+fn missing_space(text: &str) -> Option<(&str, &str)> {
+    crate::yaml::missing_space_after_colon(text).map(|(_, key, value)| (key, value))
+}
+
 impl Checker<'_, '_> {
     fn error(&mut self, pos: Pos, message: impl Into<String>) {
         self.sink.error(pos, message);
@@ -175,20 +199,32 @@ impl Checker<'_, '_> {
     fn section<'n>(&mut self, node: &'n Node, what: &str, known: &[&'static str]) -> Option<Section<'n>> {
         let mut section = Section {
             pos: node.pos,
-            what: what.to_string(),
+            path: what.to_string(),
             entries: Vec::new(),
         };
         if node.is_null() {
             return Some(section);
         }
         let Some(entries) = node.as_map() else {
-            self.error(
+            let missing = node.as_str().and_then(missing_space);
+            let note = missing
+                .map(|(key, value)| {
+                    format!(
+                        "; a space is missing after the colon (`{}: {}`)",
+                        show(key),
+                        show(value)
+                    )
+                })
+                .unwrap_or_default();
+            let hint = missing.map(|(key, value)| format!("write `{}: {}`", show(key), show(value)));
+            self.sink.error_with_hint(
                 node.pos,
                 format!(
-                    "expected a mapping for {what} (keys: {}), found {}",
+                    "expected a mapping for {what} (keys: {}), found {}{note}",
                     known.join(", "),
                     node.describe()
                 ),
+                hint,
             );
             return None;
         };
@@ -204,7 +240,11 @@ impl Checker<'_, '_> {
             if let Some(first) = first_seen.get(name) {
                 self.error(
                     key.pos,
-                    format!("duplicate key `{name}` in {what} (first set at line {})", first.line),
+                    format!(
+                        "duplicate key `{}` in {what} (first set at line {})",
+                        show(name),
+                        first.line
+                    ),
                 );
                 continue;
             }
@@ -216,7 +256,7 @@ impl Checker<'_, '_> {
                         Some(suggestion) => format!("did you mean `{suggestion}`?"),
                         None => format!("expected one of: {}", known.join(", ")),
                     };
-                    self.error(key.pos, format!("unknown key `{name}` in {what}; {hint}"));
+                    self.error(key.pos, format!("unknown key `{}` in {what}; {hint}", show(name)));
                 }
             }
         }
@@ -291,9 +331,9 @@ impl Checker<'_, '_> {
         None
     }
 
-    fn duration(&mut self, node: &Node, key: &str) -> Option<Duration> {
+    fn duration(&mut self, node: &Node, key: &str, (min, max): (Duration, Duration)) -> Option<Duration> {
         let text = self.string(node, key)?;
-        match values::parse_duration(&text) {
+        match values::parse_duration(&text).and_then(|d| values::check_duration_range(d, min, max).map(|()| d)) {
             Ok(duration) => Some(duration),
             Err(message) => {
                 self.error(node.pos, format!("`{key}`: {message}"));
@@ -313,7 +353,11 @@ impl Checker<'_, '_> {
             .unwrap_or_default();
         self.error(
             node.pos,
-            format!("`{key}`: expected one of {}, found `{text}`{hint}", names.join(", ")),
+            format!(
+                "`{key}`: expected one of {}, found `{}`{hint}",
+                names.join(", "),
+                show(&text)
+            ),
         );
         None
     }
@@ -322,6 +366,17 @@ impl Checker<'_, '_> {
     fn path(&mut self, node: &Node, key: &str) -> Option<PathBuf> {
         let text = self.string(node, key)?;
         match resolve_path(&text, self.paths) {
+            Ok(path) if key == "identity_file" && !path.exists() => {
+                self.sink.warning(
+                    node.pos,
+                    format!(
+                        "`{key}`: {} does not exist; connecting will fail until it does",
+                        show(&path.display().to_string())
+                    ),
+                    Some("create the key (ssh-keygen) or fix the path".into()),
+                );
+                Some(path)
+            }
             Ok(path) => Some(path),
             Err(message) => {
                 self.error(node.pos, format!("`{key}`: {message}"));
@@ -344,16 +399,18 @@ impl Checker<'_, '_> {
         items
     }
 
-    fn ssh(&mut self, node: &Node, what: &str) -> Option<SshPartial> {
+    /// `path` is where the section is (`` `ssh` `` or `` `hosts[1].ssh` ``), for nested messages.
+    fn ssh(&mut self, node: &Node, what: &str, path: &str) -> Option<SshPartial> {
         let errors_before = self.sink.count();
-        let section = self.section(node, what, SSH_KEYS)?;
+        let mut section = self.section(node, what, SSH_KEYS)?;
+        section.path = format!("`{path}`");
         let mut ssh = SshPartial::default();
         for (key, value) in &section.entries {
             if value.is_null() {
                 continue;
             }
             match *key {
-                "user" => ssh.user = self.string(value, key),
+                "user" => ssh.user = self.checked(value, key, values::check_user),
                 "port" => ssh.port = self.port(value, key),
                 "identity_file" => ssh.identity_file = self.path(value, key),
                 "agent" => ssh.agent = self.boolean(value, key),
@@ -374,16 +431,10 @@ impl Checker<'_, '_> {
                 }
                 "known_hosts_file" => ssh.known_hosts_file = self.path(value, key),
                 "connect_timeout" => {
-                    ssh.connect_timeout = self.duration(value, key).filter(|timeout| {
-                        let positive = !timeout.is_zero();
-                        if !positive {
-                            self.error(value.pos, "`connect_timeout`: expected a duration greater than zero");
-                        }
-                        positive
-                    });
+                    ssh.connect_timeout = self.duration(value, key, CONNECT_TIMEOUT_RANGE);
                 }
-                "keepalive" => ssh.keepalive = self.duration(value, key),
-                "bastion" => ssh.bastion = self.bastion(value),
+                "keepalive" => ssh.keepalive = self.duration(value, key, KEEPALIVE_RANGE),
+                "bastion" => ssh.bastion = self.bastion(value, &format!("{path}.bastion")),
                 _ => unreachable!("key list and match arms are in sync"),
             }
         }
@@ -391,13 +442,16 @@ impl Checker<'_, '_> {
         Some(ssh)
     }
 
-    fn bastion(&mut self, node: &Node) -> Option<BastionPartial> {
-        let section = self.section(node, "`bastion`", &["address", "port", "user", "identity_file"])?;
+    fn bastion(&mut self, node: &Node, path: &str) -> Option<BastionPartial> {
+        let mut section = self.section(node, "`bastion`", &["address", "port", "user", "identity_file"])?;
+        section.path = format!("`{path}`");
         let address = section
             .require(self, "address", "the jump host's IP address or DNS name")
             .and_then(|node| self.checked(node, "address", values::check_address));
         let port = section.get("port").map(|node| self.port(node, "port"));
-        let user = section.get("user").map(|node| self.string(node, "user"));
+        let user = section
+            .get("user")
+            .map(|node| self.checked(node, "user", values::check_user));
         let identity_file = section
             .get("identity_file")
             .map(|node| self.path(node, "identity_file"));
@@ -421,7 +475,10 @@ impl Checker<'_, '_> {
                 } else {
                     self.error(
                         node.pos,
-                        format!("`mirror`: expected a URL starting with file:///, http:// or https://, found `{text}`"),
+                        format!(
+                            "`mirror`: expected a URL starting with file:///, http:// or https://, found `{}`",
+                            show(&text)
+                        ),
                     );
                     None
                 }
@@ -446,7 +503,10 @@ impl Checker<'_, '_> {
                     Some(dir) if dir.starts_with('/') => etcd.data_dir = PathBuf::from(dir),
                     Some(dir) => self.error(
                         node.pos,
-                        format!("`data_dir`: expected an absolute path on the hosts, found `{dir}`"),
+                        format!(
+                            "`data_dir`: expected an absolute path on the hosts, found `{}`",
+                            show(&dir)
+                        ),
                     ),
                     None => {}
                 }
@@ -468,17 +528,9 @@ impl Checker<'_, '_> {
             )
             .and_then(|node| self.recipients(node));
         let retention = section.get("retention").map(|node| self.retention(node));
-        let schedule = section.get("schedule").and_then(|node| {
-            let text = self.string(node, "schedule")?;
-            if text.trim().is_empty() {
-                self.error(
-                    node.pos,
-                    "`schedule`: expected a systemd OnCalendar expression such as `*-*-* 02:00:00`",
-                );
-                return None;
-            }
-            Some(text)
-        });
+        let schedule = section
+            .get("schedule")
+            .and_then(|node| self.checked(node, "schedule", crate::calendar::check_calendar));
         Some(BackupSettings {
             target: target?,
             recipients: recipients?,
@@ -523,7 +575,8 @@ impl Checker<'_, '_> {
                 })
             } else {
                 Err(format!(
-                    "expected file:///absolute/path (three slashes), found `{text}`"
+                    "expected file:///absolute/path (three slashes), found `{}`",
+                    show(&text)
                 ))
             }
         } else if let Some(rest) = text.strip_prefix("s3://") {
@@ -534,7 +587,8 @@ impl Checker<'_, '_> {
             })
         } else {
             Err(format!(
-                "expected a URL starting with file:/// or s3://, found `{text}`"
+                "expected a URL starting with file:/// or s3://, found `{}`",
+                show(&text)
             ))
         };
         result
@@ -556,13 +610,9 @@ impl Checker<'_, '_> {
             let Some(text) = self.string(item, "recipients") else {
                 continue;
             };
-            if text.starts_with("age1") || text.starts_with("ssh-") {
-                recipients.push(text);
-            } else {
-                self.error(
-                    item.pos,
-                    format!("`recipients`: expected an age public key (`age1...`) or SSH public key (`ssh-...`), found `{text}`"),
-                );
+            match values::check_recipient(&text) {
+                Ok(()) => recipients.push(text),
+                Err(message) => self.error(item.pos, format!("`recipients`: {message}")),
             }
         }
         (recipients.len() == items.len()).then_some(recipients)
@@ -590,31 +640,81 @@ impl Checker<'_, '_> {
     fn hosts(&mut self, node: &Node, defaults: &SshPartial, allow_even_members: bool) -> Option<Vec<Host>> {
         let items = self.list(node, "hosts", "hosts")?;
         let mut hosts = Vec::new();
-        let mut names: HashMap<String, Pos> = HashMap::new();
-        let mut addresses: HashMap<String, Pos> = HashMap::new();
-        for item in items {
-            // Uniqueness is checked even for hosts with other errors, so each problem shows up.
-            let (host, name, address) = self.host(item, defaults);
-            let unique = [(name, &mut names, "host name"), (address, &mut addresses, "address")];
+        // Canonical value -> the spelling and position where it was first used.
+        let mut names: HashMap<String, Seen> = HashMap::new();
+        let mut addresses: HashMap<String, Seen> = HashMap::new();
+        let mut etcd_peers: HashMap<String, (Seen, bool)> = HashMap::new();
+        let mut etcd_members = 0usize;
+        let mut roles_known = true;
+        for (index, item) in items.iter().enumerate() {
+            // Uniqueness and the etcd count are checked even for hosts with other errors, so
+            // each problem shows up in the first run.
+            let checked = self.host(item, index, defaults);
+            let is_etcd = checked.roles.as_ref().map(|roles| roles.contains(&Role::Etcd));
+            match is_etcd {
+                Some(true) => etcd_members += 1,
+                Some(false) => {}
+                None => roles_known = false,
+            }
+            let unique = [
+                (checked.name, &mut names, "host name"),
+                (checked.address, &mut addresses, "address"),
+            ];
             for (seen, table, what) in unique {
                 let Some(seen) = seen else { continue };
-                match table.get(&seen.value) {
-                    Some(first) => self.sink.error(
+                let canonical = if what == "host name" {
+                    seen.value.clone()
+                } else {
+                    values::canonical_address(&seen.value)
+                };
+                match table.get(&canonical) {
+                    Some(first) if first.value == seen.value => self.sink.error(
                         seen.pos,
                         format!(
                             "duplicate {what} `{}` (first used at line {}); expected each host to have its own",
-                            seen.value, first.line
+                            show(&seen.value),
+                            first.pos.line
+                        ),
+                    ),
+                    Some(first) => self.sink.error(
+                        seen.pos,
+                        format!(
+                            "duplicate {what} `{}`: the same as `{}` (first used at line {}); expected each host to have its own",
+                            show(&seen.value),
+                            show(&first.value),
+                            first.pos.line
                         ),
                     ),
                     None => {
-                        table.insert(seen.value, seen.pos);
+                        table.insert(canonical, seen);
                     }
                 }
             }
-            hosts.extend(host);
+            // Two etcd members with one peer address; equal `address`es alone were reported above.
+            if let (Some(true), Some((peer, explicit))) = (is_etcd, checked.peer) {
+                let canonical = values::canonical_address(&peer.value);
+                match etcd_peers.get(&canonical) {
+                    Some((first, first_explicit)) if explicit || *first_explicit => {
+                        self.sink.error_with_hint(
+                            peer.pos,
+                            format!(
+                                "etcd members share the peer address `{}` (first used at line {}); expected each etcd member to have its own",
+                                show(&peer.value),
+                                first.pos.line
+                            ),
+                            Some("etcd peer URLs use `private_address` (or `address` when it is not set)".into()),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        etcd_peers.insert(canonical, (peer, explicit));
+                    }
+                }
+            }
+            hosts.extend(checked.host);
         }
-        if hosts.len() == items.len() {
-            let etcd_members = hosts.iter().filter(|host| host.has_role(Role::Etcd)).count();
+        // Hosts whose roles could not be read might be etcd members, so the count is unknown.
+        if roles_known {
             if etcd_members == 0 {
                 self.error(
                     node.pos,
@@ -633,18 +733,21 @@ impl Checker<'_, '_> {
         (hosts.len() == items.len()).then_some(hosts)
     }
 
-    fn host(&mut self, node: &Node, defaults: &SshPartial) -> (Option<Host>, Option<Seen>, Option<Seen>) {
+    fn host(&mut self, node: &Node, index: usize, defaults: &SshPartial) -> HostCheck {
         const HOST_KEYS: &[&str] = &["name", "address", "private_address", "roles", "labels", "ssh"];
-        let Some(section) = self.section(node, "a host", HOST_KEYS) else {
-            return (None, None, None);
+        let Some(mut section) = self.section(node, "a host", HOST_KEYS) else {
+            return HostCheck::default();
+        };
+        section.path = match section.get("name").and_then(Node::as_str) {
+            Some(name) => format!("`hosts[{index}]` (host `{}`)", show(name)),
+            None => format!("`hosts[{index}]`"),
         };
         let name_node = section.require(self, "name", "a unique host name");
         let name = name_node.and_then(|n| self.checked(n, "name", values::check_host_name));
         let address_node = section.require(self, "address", "an IP address or DNS name to connect to");
         let address = address_node.and_then(|n| self.checked(n, "address", values::check_address));
-        let private_address = section
-            .get("private_address")
-            .map(|n| self.checked(n, "private_address", values::check_address));
+        let private_node = section.get("private_address");
+        let private_address = private_node.map(|n| self.checked(n, "private_address", values::check_address));
         let roles = section
             .require(self, "roles", "a list of roles")
             .and_then(|n| self.roles(n));
@@ -653,29 +756,40 @@ impl Checker<'_, '_> {
             .map(|n| self.labels(n))
             .unwrap_or(Some(BTreeMap::new()));
         let overrides = match section.get("ssh") {
-            Some(n) => self.ssh(n, "the host's `ssh`"),
+            Some(n) => self.ssh(n, "the host's `ssh`", &format!("hosts[{index}].ssh")),
             None => Some(SshPartial::default()),
         };
         let ssh = overrides.and_then(|overrides| self.effective_ssh(section.pos, defaults, &overrides));
 
-        let host = (|| {
-            let address = address.clone()?;
-            Some(Host {
-                private_address: private_address.unwrap_or_else(|| Some(address.clone()))?,
-                roles: roles?,
-                labels: labels?,
-                ssh: ssh?,
-                name: name.clone()?,
-                address,
-            })
-        })();
         let seen = |value: Option<String>, node: Option<&Node>| {
             Some(Seen {
                 value: value?,
                 pos: node?.pos,
             })
         };
-        (host, seen(name, name_node), seen(address, address_node))
+        // Where etcd peers reach this host: `private_address`, else `address`.
+        let peer = match (&private_address, private_node) {
+            (Some(private), Some(node)) => seen(private.clone(), Some(node)).map(|seen| (seen, true)),
+            _ => seen(address.clone(), address_node).map(|seen| (seen, false)),
+        };
+        let host = (|| {
+            let address = address.clone()?;
+            Some(Host {
+                private_address: private_address.unwrap_or_else(|| Some(address.clone()))?,
+                roles: roles.clone()?,
+                labels: labels?,
+                ssh: ssh?,
+                name: name.clone()?,
+                address,
+            })
+        })();
+        HostCheck {
+            host,
+            name: seen(name, name_node),
+            address: seen(address, address_node),
+            peer,
+            roles,
+        }
     }
 
     fn roles(&mut self, node: &Node) -> Option<BTreeSet<Role>> {
@@ -721,7 +835,7 @@ impl Checker<'_, '_> {
             match (self.string(key, "labels"), self.string(value, "labels")) {
                 (Some(key_text), Some(value)) => {
                     if labels.insert(key_text.clone(), value).is_some() {
-                        self.error(key.pos, format!("duplicate label `{key_text}`"));
+                        self.error(key.pos, format!("duplicate label `{}`", show(&key_text)));
                         valid = false;
                     }
                 }
@@ -805,12 +919,16 @@ fn resolve_path(text: &str, paths: &PathContext) -> Result<PathBuf, String> {
         return Err("expected a path, found an empty string".into());
     } else if text == "~" || text.starts_with("~/") {
         let home = paths.home.as_ref().ok_or_else(|| {
-            format!("cannot expand `~` in `{text}` because HOME is not set; expected an absolute path")
+            format!(
+                "cannot expand `~` in `{}` because HOME is not set; expected an absolute path",
+                show(text)
+            )
         })?;
         home.join(text.trim_start_matches('~').trim_start_matches('/'))
     } else if text.starts_with('~') {
         return Err(format!(
-            "`{text}`: only `~/` is expanded; expected `~/...`, a relative or an absolute path"
+            "`{}`: only `~/` is expanded; expected `~/...`, a relative or an absolute path",
+            show(text)
         ));
     } else {
         paths.base_dir.join(text)

@@ -1,7 +1,63 @@
 //! Pure checks and conversions for scalar values; each error is the "expected ..." part of a message.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
+
+/// Longest value, in characters, that a message repeats in full.
+pub const SHOWN_CHARS: usize = 64;
+
+/// A user-supplied value as messages show it: control characters (and bidirectional overrides)
+/// escaped so they never reach a terminal raw, and long values cut short with their size noted.
+pub fn show(text: &str) -> Shown<'_> {
+    Shown(text)
+}
+
+pub struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let long = self.0.chars().nth(SHOWN_CHARS).is_some();
+        let keep = if long { SHOWN_CHARS - 16 } else { SHOWN_CHARS };
+        for c in self.0.chars().take(keep) {
+            write_escaped(f, c)?;
+        }
+        if long {
+            write!(f, "… ({} bytes in all)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+fn write_escaped(f: &mut fmt::Formatter<'_>, c: char) -> fmt::Result {
+    match c {
+        '\n' => f.write_str("\\n"),
+        '\t' => f.write_str("\\t"),
+        '\r' => f.write_str("\\r"),
+        c if is_unsafe_char(c) => write!(f, "\\u{{{:x}}}", c as u32),
+        c => write!(f, "{c}"),
+    }
+}
+
+/// Characters that could change how a terminal shows what follows them.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
+/// `text` with every unsafe character escaped (no truncation): the last line of defence for
+/// whole messages.
+pub fn escape_all(text: &str) -> String {
+    if !text.chars().any(is_unsafe_char) {
+        return text.to_string();
+    }
+    struct All<'a>(&'a str);
+    impl fmt::Display for All<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.chars().try_for_each(|c| write_escaped(f, c))
+        }
+    }
+    All(text).to_string()
+}
 
 /// Parses `500ms`, `10s`, `5m`, `1h` and sums like `1m30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -15,11 +71,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
         if digits == 0 {
-            return Err(format!("{EXPECTED}, found `{text}`"));
+            return Err(format!("{EXPECTED}, found `{}`", show(text)));
         }
         let amount: u64 = rest[..digits]
             .parse()
-            .map_err(|_| format!("{EXPECTED}; `{text}` is too large"))?;
+            .map_err(|_| format!("{EXPECTED}; `{}` is too large", show(text)))?;
         rest = &rest[digits..];
         let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let unit = match &rest[..unit_len] {
@@ -27,10 +83,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(1),
             "m" => Duration::from_secs(60),
             "h" => Duration::from_secs(3600),
-            "" => return Err(format!("{EXPECTED}; `{text}` has no unit")),
+            "" => return Err(format!("{EXPECTED}; `{}` has no unit", show(text))),
             other => {
                 return Err(format!(
-                    "{EXPECTED}; unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+                    "{EXPECTED}; unknown unit `{}` in `{}` (use ms, s, m or h)",
+                    show(other),
+                    show(text)
                 ))
             }
         };
@@ -38,10 +96,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         let part = u32::try_from(amount)
             .ok()
             .and_then(|amount| unit.checked_mul(amount))
-            .ok_or_else(|| format!("{EXPECTED}; `{text}` is too large"))?;
+            .ok_or_else(|| format!("{EXPECTED}; `{}` is too large", show(text)))?;
         total = total
             .checked_add(part)
-            .ok_or_else(|| format!("{EXPECTED}; `{text}` is too large"))?;
+            .ok_or_else(|| format!("{EXPECTED}; `{}` is too large", show(text)))?;
     }
     Ok(total)
 }
@@ -79,8 +137,9 @@ pub fn check_cluster_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid cluster name `{name}`: expected 1-63 characters of a-z, 0-9 and `-`, \
-             not starting or ending with `-`"
+            "invalid cluster name `{}`: expected 1-63 characters of a-z, 0-9 and `-`, \
+             not starting or ending with `-`",
+            show(name)
         ))
     }
 }
@@ -100,15 +159,26 @@ pub fn check_host_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid host name `{name}`: expected dot-separated labels of a-z, 0-9 and `-` \
-             (each 1-63 characters, not starting or ending with `-`)"
+            "invalid host name `{}`: expected dot-separated labels of a-z, 0-9 and `-` \
+             (each 1-63 characters, not starting or ending with `-`)",
+            show(name)
         ))
     }
 }
 
 /// An IPv4/IPv6 address or a DNS name.
 pub fn check_address(address: &str) -> Result<(), String> {
-    if address.parse::<IpAddr>().is_ok() {
+    if let Ok(ip) = address.parse::<IpAddr>() {
+        let unusable = match ip.to_canonical() {
+            IpAddr::V4(v4) => v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast(),
+            IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+        };
+        if unusable {
+            return Err(format!(
+                "`{}` is not a host's address (unspecified, broadcast or multicast): expected the address of one host",
+                show(address)
+            ));
+        }
         return Ok(());
     }
     let expected = "expected an IPv4 address, an IPv6 address or a DNS name";
@@ -118,10 +188,10 @@ pub fn check_address(address: &str) -> Result<(), String> {
         .last()
         .is_some_and(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()));
     if last_numeric && address.parse::<Ipv4Addr>().is_err() {
-        return Err(format!("invalid IPv4 address `{address}`: {expected}"));
+        return Err(format!("invalid IPv4 address `{}`: {expected}", show(address)));
     }
     if address.contains(':') {
-        return Err(format!("invalid IPv6 address `{address}`: {expected}"));
+        return Err(format!("invalid IPv6 address `{}`: {expected}", show(address)));
     }
     let labels_ok = labels.iter().all(|label| {
         !label.is_empty()
@@ -131,9 +201,79 @@ pub fn check_address(address: &str) -> Result<(), String> {
             && !label.ends_with('-')
     });
     if address.is_empty() || address.len() > 253 || !labels_ok {
-        return Err(format!("invalid address `{address}`: {expected}"));
+        return Err(format!("invalid address `{}`: {expected}", show(address)));
     }
     Ok(())
+}
+
+/// The form in which two spellings of one address compare equal: IP addresses as Rust prints
+/// them (`fd00:0:0::21` is `fd00::21`, `::ffff:10.0.0.1` is `10.0.0.1`), DNS names in lower case
+/// without a trailing dot.
+pub fn canonical_address(address: &str) -> String {
+    match address.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical().to_string(),
+        Err(_) => address.trim_end_matches('.').to_ascii_lowercase(),
+    }
+}
+
+/// An age X25519 recipient (`age1...`), the only kind capstan's backups encrypt to.
+pub fn check_recipient(text: &str) -> Result<(), String> {
+    if text.starts_with("ssh-") {
+        return Err(format!(
+            "`{}` is an SSH public key; backups are encrypted to age X25519 recipients only (`age1...`, from age-keygen)",
+            show(text)
+        ));
+    }
+    if !text.starts_with("age1") {
+        return Err(format!(
+            "expected an age public key (`age1...`, from age-keygen), found `{}`",
+            show(text)
+        ));
+    }
+    // An age1 key is 62 characters; anything much longer is not one, whatever it decodes to.
+    let parsed = if text.len() > 100 {
+        Err("too long")
+    } else {
+        text.parse::<age::x25519::Recipient>().map(|_| ())
+    };
+    parsed.map_err(|reason| {
+        format!(
+            "`{}` is not a valid age recipient ({reason}); expected a complete `age1...` public key as age-keygen prints it",
+            show(text)
+        )
+    })
+}
+
+/// A login name as `useradd` accepts it and a shell passes it through unquoted.
+pub fn check_user(user: &str) -> Result<(), String> {
+    let valid = (1..=32).contains(&user.len())
+        && user.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid user name `{}`: expected 1-32 characters of a-z, A-Z, 0-9, `_`, `-` and `.`, \
+             starting with a letter or `_`",
+            show(user)
+        ))
+    }
+}
+
+/// A duration within `min..=max`, for settings where a huge value is surely a mistake.
+pub fn check_duration_range(duration: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    if duration < min || duration > max {
+        Err(format!(
+            "expected a duration from {} to {}, found {}",
+            format_duration(min),
+            format_duration(max),
+            format_duration(duration)
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// `MAJOR.MINOR.PATCH` with an optional `-suffix`.
@@ -148,7 +288,8 @@ pub fn check_version(version: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid version `{version}`: expected MAJOR.MINOR.PATCH such as `3.5.1`"
+            "invalid version `{}`: expected MAJOR.MINOR.PATCH such as `3.5.1`",
+            show(version)
         ))
     }
 }
@@ -165,15 +306,24 @@ pub fn check_bucket(bucket: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid S3 bucket `{bucket}`: expected 3-63 characters of a-z, 0-9, `.` and `-`"
+            "invalid S3 bucket `{}`: expected 3-63 characters of a-z, 0-9, `.` and `-`",
+            show(bucket)
         ))
     }
 }
 
 /// The candidate closest to `input` by edit distance, if close enough to be a likely typo.
+///
+/// Only inputs about as long as a candidate can be close, so long inputs are never compared:
+/// the time spent is bounded whatever the input.
 pub fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    const LONGEST: usize = 128;
+    if input.len() > LONGEST * 4 || input.chars().count() > LONGEST {
+        return None;
+    }
     candidates
         .into_iter()
+        .filter(|candidate| candidate.len() <= LONGEST)
         .map(|candidate| (edit_distance(input, candidate), candidate))
         .filter(|(distance, candidate)| *distance <= (candidate.len().max(input.len()) / 3).max(1))
         .min_by_key(|(distance, _)| *distance)
@@ -244,5 +394,10 @@ mod tests {
         assert_eq!(closest("prot", keys), Some("port"));
         assert_eq!(closest("known_host", keys), Some("known_hosts"));
         assert_eq!(closest("zzzzzz", keys), None);
+        // A huge input is never compared character by character.
+        let huge = "k".repeat(5 << 20);
+        let started = std::time::Instant::now();
+        assert_eq!(closest(&huge, keys), None);
+        assert!(started.elapsed() < std::time::Duration::from_millis(200));
     }
 }

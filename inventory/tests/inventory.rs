@@ -420,9 +420,9 @@ hosts:
   - just-a-string
 "#,
         expect![[r#"
-            inventory.yaml:5:5: error: missing required key `address` in a host: expected an IP address or DNS name to connect to
+            inventory.yaml:5:5: error: missing required key `address` in `hosts[0]` (host `a`): expected an IP address or DNS name to connect to
             inventory.yaml:7:13: error: `labels`: expected a mapping of names to values, found a sequence
-            inventory.yaml:8:5: error: missing required key `name` in a host: expected a unique host name
+            inventory.yaml:8:5: error: missing required key `name` in `hosts[1]`: expected a unique host name
             inventory.yaml:9:12: error: `roles`: expected at least one of etcd, control_plane, node, monitoring, logging
             inventory.yaml:10:5: error: expected a mapping for a host (keys: name, address, private_address, roles, labels, ssh), found `just-a-string`
         "#]],
@@ -434,14 +434,14 @@ fn yaml_syntax_errors_have_a_position() {
     check(
         "cluster:\n  name: demo\nhosts:\n  - name: [unclosed\n",
         expect![[r#"
-            inventory.yaml:5:1: error: invalid YAML: while parsing a flow sequence, expected ',' or ']'
+            inventory.yaml:4:11: error: invalid YAML: `[` is never closed: expected `,` or `]`
         "#]],
     );
     check(
         "cluster: {name: demo}\n\tbad: tab\n",
         expect![[r#"
-        inventory.yaml:2:2: error: invalid YAML: while parsing a block mapping, did not find expected key
-    "#]],
+            inventory.yaml:2:1: error: invalid YAML: while parsing a block mapping, did not find expected key: a tab indents this line; YAML indentation must use spaces
+        "#]],
     );
     check(
         "a: 1\n---\nb: 2\n",
@@ -619,7 +619,7 @@ fn kubespray_errors_point_at_the_source() {
     check_import(
         "all: [unclosed\n",
         expect![[r#"
-        inventory/prod/hosts.yaml:2:1: error: invalid YAML: while parsing a flow sequence, expected ',' or ']'
-    "#]],
+            inventory/prod/hosts.yaml:1:6: error: invalid YAML: `[` is never closed: expected `,` or `]`
+        "#]],
     );
 }
