@@ -36,20 +36,24 @@ use super::config::{
 use super::inspect::{
     admin_tls, ca_holder, inspect_hosts, member_settings, pki_paths, read_ca, EtcdHost, InspectError,
 };
+use super::pki::generate_ca;
 use super::probe::{ca_key_path, parse_bootstrap_values, BootstrapValues};
+use super::release::{etcd_artifact, etcd_tarball_members};
 use super::upgrade::{
     next_in_rollout, plan_upgrade, probe_versions, MemberState, UpgradePlan, UpgradeRefusal, Version, VersionFacts,
 };
-use crate::ops::shell::quote;
-use crate::ops::{Artifact, Command, Directory, File, OpError, Operation, OperationExt, Service, SystemdUnit};
-use crate::phases::{Phase, PhaseContext, PhaseError, PhaseOutcome, PhaseRunner};
-use crate::pki::{needs_reissue, CertKind, CertRequest, CertificateAuthority, IssuedCert, PkiError};
-use crate::pool::Connections;
-use crate::releases::{etcd_artifact, etcd_tarball_members, ReleaseError, ResolvedArtifact};
-use crate::report::{ChangeRecord, HostReport, OpRecord, OpStatus, RunReport};
-use crate::runner::{HostOps, Mode, NoProgress, Progress, RunOptions, Runner};
-use crate::targets::ssh_target;
-use crate::transport::Transport;
+use capstan_provisioner::ops::shell::quote;
+use capstan_provisioner::ops::{
+    Artifact, Command, Directory, File, OpError, Operation, OperationExt, Service, SystemdUnit,
+};
+use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseOutcome, PhaseRunner};
+use capstan_provisioner::pki::{needs_reissue, CertKind, CertRequest, CertificateAuthority, IssuedCert, PkiError};
+use capstan_provisioner::pool::Connections;
+use capstan_provisioner::releases::{ReleaseError, ResolvedArtifact};
+use capstan_provisioner::report::{ChangeRecord, HostReport, OpRecord, OpStatus, RunReport};
+use capstan_provisioner::runner::{HostOps, Mode, NoProgress, Progress, RunOptions, Runner};
+use capstan_provisioner::targets::ssh_target;
+use capstan_provisioner::transport::Transport;
 
 const SERVICE: &str = "etcd";
 const BIN_DIR: &str = "/usr/local/bin";
@@ -116,7 +120,7 @@ impl ApplyOptions {
     pub fn new(mode: Mode) -> ApplyOptions {
         ApplyOptions {
             mode,
-            concurrency: crate::runner::DEFAULT_CONCURRENCY,
+            concurrency: capstan_provisioner::runner::DEFAULT_CONCURRENCY,
             progress: Arc::new(NoProgress),
             out: Box::new(std::io::stderr()),
             ready_timeout: Duration::from_secs(120),
@@ -321,7 +325,7 @@ async fn prepare(cluster: &Cluster, options: &ApplyOptions) -> Result<(EtcdRun, 
         .collect();
     let ca = match ca_holder(&hosts) {
         Some(holder) => read_ca(holder).await?,
-        None if with_data.is_empty() => CertificateAuthority::generate(&cluster.name)?,
+        None if with_data.is_empty() => generate_ca(&cluster.name)?,
         None => {
             return Err(ApplyError::Refused {
                 reason: format!(

@@ -28,11 +28,11 @@ use super::client::{error_chain, poll_until, EtcdClient, EtcdEndpoint, EtcdError
 use super::config::{DEFAULT_CONFIG_FILE, DEFAULT_PKI_DIR};
 use super::inspect::{admin_tls, inspect_hosts, pki_paths, EtcdHost, InspectError};
 use super::probe::{parse_bootstrap_values, probe_member};
-use crate::ops::shell::quote;
-use crate::pki::{CertificateAuthority, PkiError};
-use crate::runner::{Mode, NoProgress, Progress};
-use crate::transport::{ExecOptions, RemoteFile, Transport};
-use crate::upload::{upload_file, UploadError};
+use capstan_provisioner::ops::shell::quote;
+use capstan_provisioner::pki::{CertificateAuthority, PkiError};
+use capstan_provisioner::runner::{Mode, NoProgress, Progress};
+use capstan_provisioner::transport::{ExecOptions, RemoteFile, Transport};
+use capstan_provisioner::upload::{upload_file, UploadError};
 
 /// Where snapshots are uploaded on the members (removed after a successful restore).
 const STAGING_DIR: &str = "/var/lib/capstan-restore";
@@ -145,7 +145,7 @@ impl RestoreOptions {
             force: false,
             bump_revision: None,
             mark_compacted: false,
-            concurrency: crate::runner::DEFAULT_CONCURRENCY,
+            concurrency: capstan_provisioner::runner::DEFAULT_CONCURRENCY,
             progress: Arc::new(NoProgress),
             out: Box::new(std::io::stderr()),
             ready_timeout: Duration::from_secs(120),
