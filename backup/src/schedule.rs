@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
+use capstan_etcd::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdTls};
+use capstan_etcd::pki::BACKUP_CLIENT_CN;
 use capstan_provisioner::artifact::sha256_file;
-use capstan_provisioner::etcd::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdTls};
 use capstan_provisioner::ops::{
     parse_path_state, path_state_command, plan_file, run_checked, Absent, Content, DesiredFile, OpError, Operation,
     Plan, Trigger, SYSTEMD_UNIT_DIR,
 };
-use capstan_provisioner::pki::{CertRequest, CertificateAuthority, BACKUP_CLIENT_CN};
+use capstan_provisioner::pki::{CertRequest, CertificateAuthority};
 use capstan_provisioner::transport::{RemoteFile, Transport};
 use serde::{Deserialize, Serialize};
 

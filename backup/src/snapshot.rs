@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use capstan_provisioner::etcd::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdTls};
+use capstan_etcd::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdTls};
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::error::BackupError;

@@ -18,12 +18,13 @@ use capstan_backup::{
     ProgressFn, PruneOptions, Retention, S3Options, Store, StoreError, StoreUrl, VerifyReport, VerifyTarget,
     DEFAULT_INCOMPLETE_GRACE,
 };
+use capstan_etcd::client::EtcdTls;
+use capstan_etcd::inspect::{fetch_ca, inspect_hosts, operator_endpoints, EtcdHost};
+use capstan_etcd::pki::BACKUP_CLIENT_CN;
 use capstan_inventory::Cluster;
-use capstan_provisioner::etcd::client::EtcdTls;
-use capstan_provisioner::etcd::inspect::{fetch_ca, inspect_hosts, operator_endpoints, EtcdHost};
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::{Absent, Command, Directory, File, OperationExt, Service, SystemdUnit};
-use capstan_provisioner::pki::{CertRequest, BACKUP_CLIENT_CN};
+use capstan_provisioner::pki::CertRequest;
 use capstan_provisioner::report::{render_changes, render_summary};
 use capstan_provisioner::runner::{self, HostOps, Mode, NoProgress, RunOptions, Runner};
 use capstan_provisioner::transport::ExecOptions;
@@ -208,7 +209,7 @@ async fn etcd_access(cluster: &Cluster) -> anyhow::Result<(EtcdSource, Vec<(Stri
     Ok((source, pki_files))
 }
 
-pub(crate) fn inspect_failure(e: capstan_provisioner::etcd::inspect::InspectError) -> Failure {
+pub(crate) fn inspect_failure(e: capstan_etcd::inspect::InspectError) -> Failure {
     Failure::new(e.to_string()).hint("give at least one host the etcd role and run `capstan apply`")
 }
 

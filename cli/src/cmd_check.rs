@@ -1,4 +1,5 @@
-//! `capstan check`: connect to every host in parallel, gather facts, run preflight checks.
+//! `capstan check`: connect to every host in parallel, gather facts, run preflight checks (ports:
+//! those [`components::ALL`] declare for each host's roles).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use capstan_provisioner::targets::ssh_target;
 
 use crate::cli::CheckArgs;
 use crate::cmd_inventory::load;
+use crate::components;
 use crate::output::{table, Failure, Output};
 
 pub fn run(args: CheckArgs, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
@@ -24,7 +26,12 @@ pub fn run(args: CheckArgs, inventory: Option<&Path>, out: &Output) -> anyhow::R
     out.status(format!("checking {} hosts of cluster {}", targets.len(), cluster.name));
     let started = Instant::now();
     let runtime = tokio::runtime::Runtime::new()?;
-    let reports = runtime.block_on(run_checks(&targets, &CheckConfig::default(), args.concurrency));
+    let reports = runtime.block_on(run_checks(
+        &targets,
+        components::ALL,
+        &CheckConfig::default(),
+        args.concurrency,
+    ));
     let elapsed = started.elapsed();
 
     if out.json() {

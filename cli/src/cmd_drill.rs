@@ -12,13 +12,13 @@ use capstan_backup::drill_report::{
 };
 use capstan_backup::restore::{manifest_of, resolve, FetchedBackup};
 use capstan_backup::Manifest;
+use capstan_etcd::client::EtcdEndpoint;
+use capstan_etcd::config::DEFAULT_CLIENT_PORT;
+use capstan_etcd::inspect::admin_tls;
+use capstan_etcd::inspect::inspect_hosts;
+use capstan_etcd::restore::{check_keys, RestoreOptions};
 use capstan_inventory::Cluster;
 use capstan_lab::UpOptions;
-use capstan_provisioner::etcd::client::EtcdEndpoint;
-use capstan_provisioner::etcd::config::DEFAULT_CLIENT_PORT;
-use capstan_provisioner::etcd::inspect::admin_tls;
-use capstan_provisioner::etcd::inspect::inspect_hosts;
-use capstan_provisioner::etcd::restore::{check_keys, RestoreOptions};
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::{Absent, Command, Service};
 use capstan_provisioner::pki::CertificateAuthority;

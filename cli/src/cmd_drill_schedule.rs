@@ -15,8 +15,8 @@ use capstan_backup::schedule::{
     DRILL_SSH_KEY_PATH, DRILL_TIMER_UNIT, LOCAL_ENDPOINT, PKI_DIR,
 };
 use capstan_backup::{BackupError, VerifyTarget};
+use capstan_etcd::inspect::EtcdHost;
 use capstan_inventory::{Cluster, Role};
-use capstan_provisioner::etcd::inspect::EtcdHost;
 use capstan_provisioner::ops::{Directory, File, OpError};
 use capstan_provisioner::runner::HostOps;
 

@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use capstan_provisioner::etcd::apply::{apply as apply_etcd, ApplyOptions};
-use capstan_provisioner::etcd::status::{status as etcd_status, write_credentials, StatusReport};
+use capstan_etcd::apply::{apply as apply_etcd, ApplyOptions};
+use capstan_etcd::status::{status as etcd_status, write_credentials, StatusReport};
 use capstan_provisioner::report::{render_changes, render_summary};
 use capstan_provisioner::runner::{stderr_progress, Mode, NoProgress};
 
@@ -195,7 +195,7 @@ pub fn etcd(cmd: EtcdCommand, inventory: Option<&Path>, out: &Output) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use capstan_provisioner::etcd::status::MemberRow;
+    use capstan_etcd::status::MemberRow;
 
     #[test]
     fn status_table() {

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use capstan_backup::restore::{fetch_decrypted, resolve, FetchError, FetchedBackup};
 use capstan_backup::{BackupId, Store, VerifyTarget};
+use capstan_etcd::restore::{restore as restore_etcd, RestoreInput, RestoreOptions, RestoreOutcome};
 use capstan_inventory::Cluster;
-use capstan_provisioner::etcd::restore::{restore as restore_etcd, RestoreInput, RestoreOptions, RestoreOutcome};
 use capstan_provisioner::runner::{stderr_progress, NoProgress};
 
 use crate::cli::RestoreArgs;

@@ -12,6 +12,7 @@ mod cmd_etcd;
 mod cmd_inventory;
 mod cmd_lab;
 mod cmd_restore;
+mod components;
 mod output;
 
 use std::process::ExitCode;

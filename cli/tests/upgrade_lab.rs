@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use capstan_etcd::client::{EtcdClient, EtcdEndpoint, EtcdTls, Timeouts};
 use capstan_lab::{Lab, LabGuard, UpOptions};
-use capstan_provisioner::etcd::client::{EtcdClient, EtcdEndpoint, EtcdTls, Timeouts};
 use serde_json::Value;
 
 mod support;

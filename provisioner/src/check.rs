@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
+use crate::component::Component;
 use crate::facts::{gather_host_facts, FactCache, HostFacts};
 use crate::pool::Connections;
 use crate::ssh::SshTarget;
@@ -65,7 +66,7 @@ impl CheckReport {
 
 /// Thresholds. Clock skew: 2s is a warning (log correlation, short leases
 /// suffer); 30s fails, because certificates capstan issues with a small
-/// backdate would look not-yet-valid and etcd's lease timing becomes unreliable.
+/// backdate would look not-yet-valid and the lease timing of clustered services becomes unreliable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckConfig {
     pub min_free_disk_bytes: u64,
@@ -184,57 +185,29 @@ pub fn check_clock(facts: &HostFacts, config: &CheckConfig) -> CheckResult {
 }
 
 /// A TCP port a role needs, and the process that legitimately holds it when
-/// capstan already installed the service.
+/// capstan already installed the service. Components declare them ([`Component::required_ports`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequiredPort {
+    /// The inventory role whose hosts need the port.
+    pub role: &'static str,
     pub port: u16,
     pub purpose: &'static str,
     pub owner: &'static str,
 }
 
-pub fn required_ports(roles: &[String]) -> Vec<RequiredPort> {
-    let mut ports = Vec::new();
+/// The ports a host with `roles` needs: for each of its roles in order, the ports `components`
+/// declare for that role, each port once.
+pub fn required_ports(components: &[&dyn Component], roles: &[String]) -> Vec<RequiredPort> {
+    let mut ports: Vec<RequiredPort> = Vec::new();
     for role in roles {
-        let for_role: &[RequiredPort] = match role.as_str() {
-            "etcd" => &[
-                RequiredPort {
-                    port: 2379,
-                    purpose: "etcd client",
-                    owner: "etcd",
-                },
-                RequiredPort {
-                    port: 2380,
-                    purpose: "etcd peer",
-                    owner: "etcd",
-                },
-            ],
-            "control_plane" => &[
-                RequiredPort {
-                    port: 6443,
-                    purpose: "kube-apiserver",
-                    owner: "kube-apiserver",
-                },
-                RequiredPort {
-                    port: 10257,
-                    purpose: "kube-controller-manager",
-                    owner: "kube-controller-manager",
-                },
-                RequiredPort {
-                    port: 10259,
-                    purpose: "kube-scheduler",
-                    owner: "kube-scheduler",
-                },
-            ],
-            "node" => &[RequiredPort {
-                port: 10250,
-                purpose: "kubelet",
-                owner: "kubelet",
-            }],
-            _ => &[],
-        };
-        for port in for_role {
-            if !ports.contains(port) {
-                ports.push(*port);
+        for component in components {
+            for port in component.required_ports() {
+                let seen = ports
+                    .iter()
+                    .any(|p| (p.port, p.purpose, p.owner) == (port.port, port.purpose, port.owner));
+                if port.role == role && !seen {
+                    ports.push(port);
+                }
             }
         }
     }
@@ -336,8 +309,13 @@ pub fn unreachable_report(host: &str, error: &TransportError) -> CheckReport {
 /// Listing with process names needs root; fall back to bare ports.
 const LISTENERS_COMMAND: &str = "ss -ltnpH 2>/dev/null || ss -ltnH";
 
-/// Runs every check on one connected host.
-pub async fn check_host(t: &dyn Transport, roles: &[String], config: &CheckConfig, cache: &FactCache) -> CheckReport {
+/// Runs every check on one connected host, the port checks on `required` (see [`required_ports`]).
+pub async fn check_host(
+    t: &dyn Transport,
+    required: &[RequiredPort],
+    config: &CheckConfig,
+    cache: &FactCache,
+) -> CheckReport {
     let mut report = CheckReport {
         host: t.host().to_string(),
         reachable: true,
@@ -362,7 +340,6 @@ pub async fn check_host(t: &dyn Transport, roles: &[String], config: &CheckConfi
     report.checks = evaluate_facts(&facts, config);
     report.facts = Some(facts);
 
-    let required = required_ports(roles);
     if !required.is_empty() {
         let opts = ExecOptions {
             timeout: Duration::from_secs(30),
@@ -372,7 +349,7 @@ pub async fn check_host(t: &dyn Transport, roles: &[String], config: &CheckConfi
             Ok(out) if out.success() => {
                 report
                     .checks
-                    .extend(check_ports(&parse_ss_listeners(&out.stdout_str()), &required));
+                    .extend(check_ports(&parse_ss_listeners(&out.stdout_str()), required));
             }
             Ok(out) => report.checks.push(CheckResult::new(
                 "ports",
@@ -399,9 +376,14 @@ pub struct CheckTarget {
     pub roles: Vec<String>,
 }
 
-/// Connects to every host (bounded parallelism), checks each, closes the
-/// connections. Reports come back in the order of `targets`.
-pub async fn run_checks(targets: &[CheckTarget], config: &CheckConfig, parallelism: usize) -> Vec<CheckReport> {
+/// Connects to every host (bounded parallelism), checks each (ports: those `components` declare
+/// for the host's roles), closes the connections. Reports come back in the order of `targets`.
+pub async fn run_checks(
+    targets: &[CheckTarget],
+    components: &[&dyn Component],
+    config: &CheckConfig,
+    parallelism: usize,
+) -> Vec<CheckReport> {
     let ssh_targets: Vec<SshTarget> = targets.iter().map(|t| t.target.clone()).collect();
     let (connections, failures) = Connections::connect(&ssh_targets, parallelism).await;
     let cache = FactCache::new();
@@ -410,7 +392,10 @@ pub async fn run_checks(targets: &[CheckTarget], config: &CheckConfig, paralleli
         .map(|target| async move {
             let name = &target.target.name;
             match connections_ref.get(name) {
-                Some(t) => check_host(t.as_ref(), &target.roles, config, cache_ref).await,
+                Some(t) => {
+                    let required = required_ports(components, &target.roles);
+                    check_host(t.as_ref(), &required, config, cache_ref).await
+                }
                 None => match failures_ref.get(name) {
                     Some(error) => unreachable_report(name, error),
                     None => unreachable_report(
@@ -536,71 +521,87 @@ mod tests {
         }
     }
 
-    #[test]
-    fn roles_map_to_ports() {
-        let ports: Vec<u16> = required_ports(&[
-            "etcd".into(),
-            "control_plane".into(),
-            "node".into(),
-            "etcd".into(),
-            "monitoring".into(),
-        ])
-        .iter()
-        .map(|p| p.port)
-        .collect();
-        assert_eq!(ports, vec![2379, 2380, 6443, 10257, 10259, 10250]);
+    /// Two made-up components; real ones live in their own crates.
+    struct Store;
+    struct Web;
+
+    impl Component for Store {
+        fn name(&self) -> &'static str {
+            "store"
+        }
+        fn roles(&self) -> &'static [&'static str] {
+            &["db"]
+        }
+        fn required_ports(&self) -> Vec<RequiredPort> {
+            vec![
+                RequiredPort {
+                    role: "db",
+                    port: 5000,
+                    purpose: "store clients",
+                    owner: "store",
+                },
+                RequiredPort {
+                    role: "db",
+                    port: 5001,
+                    purpose: "store peers",
+                    owner: "store",
+                },
+            ]
+        }
     }
 
-    /// Real `ss -ltnpH` output (sshd and etcd as root; the last line from `ss -ltnH` without -p).
-    const SS: &str = "\
-LISTEN 0      128        127.0.0.1:40111      0.0.0.0:*    users:((\"sshd\",pid=4242,fd=3))
-LISTEN 0      4096       127.0.0.1:2379       0.0.0.0:*    users:((\"etcd\",pid=77,fd=7))
-LISTEN 0      4096            [::]:6443          [::]:*    users:((\"nginx\",pid=90,fd=6),(\"nginx\",pid=91,fd=6))
-LISTEN 0      4096               *:10257            *:*    users:((\"kube-controller\",pid=12,fd=3))
-LISTEN 0      128          0.0.0.0:10250      0.0.0.0:*
-";
-
-    #[test]
-    fn ss_output_parses() {
-        let listeners = parse_ss_listeners(SS);
-        assert_eq!(listeners.len(), 5);
-        assert_eq!(
-            listeners[0],
-            Listener {
-                address: "127.0.0.1".into(),
-                port: 40111,
-                process: Some("sshd".into())
-            }
-        );
-        assert_eq!(listeners[2].address, "[::]");
-        assert_eq!(listeners[4].process, None);
+    impl Component for Web {
+        fn name(&self) -> &'static str {
+            "web"
+        }
+        fn roles(&self) -> &'static [&'static str] {
+            &["front", "db"]
+        }
+        fn required_ports(&self) -> Vec<RequiredPort> {
+            vec![
+                RequiredPort {
+                    role: "front",
+                    port: 80,
+                    purpose: "web server",
+                    owner: "web-server-with-a-long-name",
+                },
+                RequiredPort {
+                    role: "db",
+                    port: 80,
+                    purpose: "web server",
+                    owner: "web-server-with-a-long-name",
+                },
+            ]
+        }
     }
 
     #[test]
-    fn ports_in_use_by_others_fail_and_ours_pass() {
-        let listeners = parse_ss_listeners(SS);
-        let results = check_ports(
-            &listeners,
-            &required_ports(&["etcd".into(), "control_plane".into(), "node".into()]),
+    fn ports_follow_the_host_roles_once_each() {
+        let components: [&dyn Component; 2] = [&Web, &Store];
+        let ports = |roles: &[&str]| -> Vec<u16> {
+            let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+            required_ports(&components, &roles).iter().map(|p| p.port).collect()
+        };
+        assert_eq!(ports(&["db", "front", "db", "other"]), [80, 5000, 5001]);
+        assert_eq!(ports(&["front"]), [80]);
+        assert_eq!(ports(&["other"]), Vec::<u16>::new());
+    }
+
+    #[test]
+    fn ports_free_or_held_by_their_owner_pass() {
+        let listeners = parse_ss_listeners(
+            "LISTEN 0 128 0.0.0.0:80 0.0.0.0:* users:((\"web-server-with\",pid=1,fd=3))\n\
+             LISTEN 0 128 [::]:5000 [::]:* users:((\"nginx\",pid=2,fd=3))\n",
         );
-        let by_port: BTreeMap<&str, &CheckResult> = results.iter().map(|r| (r.name.as_str(), r)).collect();
-        assert_eq!(by_port["port 2379"].status, CheckStatus::Pass);
-        assert!(by_port["port 2379"].detail.contains("already served by etcd"));
-        assert_eq!(by_port["port 2380"].status, CheckStatus::Pass);
-        assert_eq!(by_port["port 6443"].status, CheckStatus::Fail);
-        assert!(
-            by_port["port 6443"].detail.contains("nginx on [::]"),
-            "{}",
-            by_port["port 6443"].detail
-        );
+        let results = check_ports(&listeners, &Store.required_ports());
+        let statuses: Vec<(&str, CheckStatus)> = results.iter().map(|r| (r.name.as_str(), r.status)).collect();
         assert_eq!(
-            by_port["port 10257"].status,
-            CheckStatus::Pass,
-            "comm names are truncated to 15 bytes"
+            statuses,
+            [("port 5000", CheckStatus::Fail), ("port 5001", CheckStatus::Pass)]
         );
-        assert_eq!(by_port["port 10259"].status, CheckStatus::Pass);
-        assert_eq!(by_port["port 10250"].status, CheckStatus::Fail);
-        assert!(by_port["port 10250"].detail.contains("unknown process"));
+        assert!(results[0].detail.contains("nginx on [::]"), "{}", results[0].detail);
+        let web = check_ports(&listeners, &Web.required_ports()[..1]);
+        assert_eq!(web[0].status, CheckStatus::Pass, "comm names are truncated to 15 bytes");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! The engine: SSH transport, facts, operations, phases, concurrency.
+//! The engine: SSH transport, facts, operations, phases, concurrency, artifact resolution,
+//! generic PKI and preflight checks.
 //!
 //! Every remote change goes through [`transport::Transport`]; the planning code
-//! (facts → operations → commands) is pure and tested without SSH.
+//! (facts → operations → commands) is pure and tested without SSH. The engine never names a
+//! component: components live in their own crates and reach it through [`component::Component`].
 
 pub mod artifact;
 pub mod check;
-pub mod etcd;
+pub mod component;
 pub mod facts;
 pub mod known_hosts;
 pub mod local;

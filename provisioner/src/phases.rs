@@ -2,7 +2,7 @@
 //!
 //! A [`PhaseRunner`] runs phases in order and stops at the first failure.
 //! A phase that only applies operations implements [`Phase::host_ops`] and
-//! gets `run` (apply) and `dry_run` (plan) for free; phases doing more (etcd
+//! gets `run` (apply) and `dry_run` (plan) for free; phases doing more (cluster
 //! membership changes, health gates) override `run` and `dry_run`.
 
 use std::fmt;

@@ -1,5 +1,6 @@
-//! The etcd PKI: one ECDSA P-256 certificate authority per cluster, and the server, peer and
-//! client certificates it signs.
+//! Generic PKI: an ECDSA P-256 certificate authority, and the server, peer and client
+//! certificates it signs. A component decides which CA it needs, what to call it and which client
+//! identities it knows; nothing here is specific to one service.
 //!
 //! The CA key is generated once and then reused on every run ([`CertificateAuthority::from_pem`]);
 //! leaf certificates are re-issued only when [`needs_reissue`] says the one on disk no longer fits
@@ -53,12 +54,12 @@ pub enum PkiError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CertKind {
-    /// etcd's client-facing listener: serverAuth.
+    /// A service's client-facing listener: serverAuth.
     Server,
-    /// etcd member-to-member traffic, where every member is both TLS server and TLS client:
-    /// serverAuth + clientAuth.
+    /// Member-to-member traffic of a clustered service, where every member is both TLS server and
+    /// TLS client: serverAuth + clientAuth.
     Peer,
-    /// A client of etcd (capstan itself, kube-apiserver, the backup job): clientAuth.
+    /// A client of a service (capstan itself, another service, a backup job): clientAuth.
     Client,
 }
 
@@ -124,8 +125,9 @@ pub struct CertRequest {
 }
 
 impl CertRequest {
-    /// The SANs an etcd member certificate needs: its name, every address it has, and the
-    /// loopback names so local tools (etcdctl on the host, health checks) can verify it.
+    /// The SANs a cluster member's certificate needs: its name, every address it has, and the
+    /// loopback names so local tools (command-line clients on the host, health checks) can
+    /// verify it.
     pub fn member(kind: CertKind, member_name: &str, addresses: &[&str]) -> CertRequest {
         let mut sans: Vec<San> = vec![San::Dns(member_name.to_string())];
         sans.extend(addresses.iter().map(|address| San::from_host(address)));
@@ -140,7 +142,7 @@ impl CertRequest {
         }
     }
 
-    /// A client certificate (no SANs; etcd identifies clients by common name).
+    /// A client certificate (no SANs; the service identifies clients by common name).
     pub fn client(common_name: &str) -> CertRequest {
         CertRequest {
             kind: CertKind::Client,
@@ -149,11 +151,6 @@ impl CertRequest {
         }
     }
 }
-
-/// Well-known client identities.
-pub const ADMIN_CLIENT_CN: &str = "capstan-admin";
-pub const APISERVER_CLIENT_CN: &str = "kube-apiserver-etcd-client";
-pub const BACKUP_CLIENT_CN: &str = "capstan-backup";
 
 /// A certificate and its private key, both PEM.
 #[derive(Clone)]
@@ -188,14 +185,15 @@ impl fmt::Debug for CertificateAuthority {
 }
 
 impl CertificateAuthority {
-    /// A new CA for `cluster_name`, valid for [`CA_VALIDITY`] from now.
-    pub fn generate(cluster_name: &str) -> Result<Self, PkiError> {
-        Self::generate_at(cluster_name, SystemTime::now())
+    /// A new CA whose subject is `common_name` (the component names it), valid for
+    /// [`CA_VALIDITY`] from now.
+    pub fn generate(common_name: &str) -> Result<Self, PkiError> {
+        Self::generate_at(common_name, SystemTime::now())
     }
 
     /// A new CA valid for [`CA_VALIDITY`] from `now`.
-    pub fn generate_at(cluster_name: &str, now: SystemTime) -> Result<Self, PkiError> {
-        let common_name = format!("capstan etcd CA ({cluster_name})");
+    pub fn generate_at(common_name: &str, now: SystemTime) -> Result<Self, PkiError> {
+        let common_name = common_name.to_string();
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::KeyGeneration)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(&common_name);
@@ -489,6 +487,9 @@ mod tests {
     use super::*;
 
     const DAY: Duration = Duration::from_secs(86_400);
+    /// Client identities for these tests; each component defines its own.
+    const ADMIN_CLIENT_CN: &str = "capstan-admin";
+    const BACKUP_CLIENT_CN: &str = "capstan-backup";
 
     fn t0() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_750_000_000)

@@ -333,7 +333,7 @@ mod tests {
             }))
         );
         assert_eq!(
-            parse_probe(&format!("{sha}\n4755 etcd etcd\n")).unwrap().unwrap().mode,
+            parse_probe(&format!("{sha}\n4755 app app\n")).unwrap().unwrap().mode,
             0o4755
         );
         assert!(parse_probe("").is_err());
@@ -352,7 +352,7 @@ mod tests {
         assert!(attributes_match(&state, &dest(0o644, None, None)));
         assert!(attributes_match(&state, &dest(0o644, Some("root"), Some("adm"))));
         assert!(!attributes_match(&state, &dest(0o600, None, None)));
-        assert!(!attributes_match(&state, &dest(0o644, Some("etcd"), None)));
+        assert!(!attributes_match(&state, &dest(0o644, Some("app"), None)));
         assert!(!attributes_match(&state, &dest(0o644, None, Some("root"))));
     }
 
@@ -363,8 +363,8 @@ mod tests {
             "chmod 0640 -- '/etc/x y/conf'"
         );
         assert_eq!(
-            attribute_commands("/a", &dest(0o600, Some("etcd"), Some("etcd"))),
-            "chmod 0600 -- /a && chown -- etcd:etcd /a"
+            attribute_commands("/a", &dest(0o600, Some("app"), Some("app"))),
+            "chmod 0600 -- /a && chown -- app:app /a"
         );
         assert_eq!(
             attribute_commands("/a", &dest(0o600, None, Some("adm"))),
@@ -374,8 +374,8 @@ mod tests {
 
     #[test]
     fn temp_file_sits_beside_destination() {
-        let temp = temp_path("/etc/capstan/etcd.conf");
-        assert!(temp.starts_with("/etc/capstan/.etcd.conf.capstan-"), "{temp}");
+        let temp = temp_path("/etc/capstan/app.conf");
+        assert!(temp.starts_with("/etc/capstan/.app.conf.capstan-"), "{temp}");
         assert_ne!(temp_path("/a/b"), temp_path("/a/b"));
     }
 

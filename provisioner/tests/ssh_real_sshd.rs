@@ -7,7 +7,8 @@ mod sshd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capstan_provisioner::check::{run_checks, CheckConfig, CheckStatus, CheckTarget};
+use capstan_provisioner::check::{run_checks, CheckConfig, CheckStatus, CheckTarget, RequiredPort};
+use capstan_provisioner::component::Component;
 use capstan_provisioner::facts::{gather_host_facts, FactCache};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::ssh::{KnownHostsPolicy, SshTransport};
@@ -400,6 +401,30 @@ async fn facts_from_localhost_are_sane() {
     assert_eq!(gather_host_facts(&t, &cache).await.unwrap(), facts);
 }
 
+/// A stand-in for a component crate: the engine only sees the trait, the CLI lists the real ones.
+struct TwoPorts;
+
+impl Component for TwoPorts {
+    fn name(&self) -> &'static str {
+        "two-ports"
+    }
+
+    fn roles(&self) -> &'static [&'static str] {
+        &["etcd"]
+    }
+
+    fn required_ports(&self) -> Vec<RequiredPort> {
+        [(2379, "client"), (2380, "peer")]
+            .map(|(port, purpose)| RequiredPort {
+                role: "etcd",
+                port,
+                purpose,
+                owner: "two-ports",
+            })
+            .to_vec()
+    }
+}
+
 #[tokio::test]
 async fn checks_report_unreachable_hosts_without_aborting() {
     let sshd = sshd_or_skip!();
@@ -427,7 +452,7 @@ async fn checks_report_unreachable_hosts_without_aborting() {
             roles: vec![],
         },
     ];
-    let reports = run_checks(&targets, &CheckConfig::default(), 8).await;
+    let reports = run_checks(&targets, &[&TwoPorts], &CheckConfig::default(), 8).await;
     assert_eq!(
         reports.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(),
         ["up", "down", "unknown-key"]

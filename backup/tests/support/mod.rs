@@ -3,15 +3,16 @@
 
 #![allow(dead_code)]
 
-#[path = "../../../provisioner/tests/support/etcd.rs"]
+#[path = "../../../etcd/tests/support/etcd.rs"]
 pub mod etcd;
 pub mod s3;
 
 use std::sync::Arc;
 
 use capstan_backup::{CreateRequest, Encryption, EtcdSource, ProgressFn};
-use capstan_provisioner::etcd::client::EtcdTls;
-use capstan_provisioner::pki::{CertRequest, BACKUP_CLIENT_CN};
+use capstan_etcd::client::EtcdTls;
+use capstan_etcd::pki::BACKUP_CLIENT_CN;
+use capstan_provisioner::pki::CertRequest;
 
 use etcd::LocalCluster;
 

@@ -135,14 +135,14 @@ mod tests {
                 }),
             ),
             (
-                "dir 2750 998 etcd 997 etcd 4096\n",
+                "dir 2750 998 app 997 app 4096\n",
                 Ok(PathState::Present {
                     kind: PathKind::Directory,
                     mode: 0o2750,
                     uid: 998,
-                    user: "etcd".into(),
+                    user: "app".into(),
                     gid: 997,
-                    group: "etcd".into(),
+                    group: "app".into(),
                     size: 4096,
                     sha256: None,
                 }),
@@ -164,7 +164,7 @@ mod tests {
     fn principals() {
         assert!(principal_matches("root", 0, "root"));
         assert!(principal_matches("0", 0, "root"));
-        assert!(!principal_matches("etcd", 0, "root"));
+        assert!(!principal_matches("app", 0, "root"));
         assert!(!principal_matches("998", 0, "root"));
     }
 }

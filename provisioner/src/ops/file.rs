@@ -413,32 +413,29 @@ mod tests {
 
     #[test]
     fn file_planning() {
-        let file = File::new("/etc/x.conf", "a=1\n")
-            .mode(0o640)
-            .owner("root")
-            .group("etcd");
+        let file = File::new("/etc/x.conf", "a=1\n").mode(0o640).owner("root").group("app");
         let sha = file.desired.sha256.clone();
         let other = "0".repeat(64);
         let cases: Vec<(PathState, Vec<&str>)> = vec![
             (PathState::Absent, vec!["create /etc/x.conf"]),
-            (present(PathKind::File, 0o640, "root", "etcd", Some(&sha)), vec![]),
+            (present(PathKind::File, 0o640, "root", "app", Some(&sha)), vec![]),
             (
-                present(PathKind::File, 0o644, "root", "etcd", Some(&sha)),
+                present(PathKind::File, 0o644, "root", "app", Some(&sha)),
                 vec!["mode of /etc/x.conf 0644 → 0640"],
             ),
             (
                 present(PathKind::File, 0o640, "root", "root", Some(&sha)),
-                vec!["owner of /etc/x.conf root:root → etcd"],
+                vec!["owner of /etc/x.conf root:root → app"],
             ),
             (
-                present(PathKind::File, 0o600, "etcd", "root", Some(&sha)),
+                present(PathKind::File, 0o600, "app", "root", Some(&sha)),
                 vec![
                     "mode of /etc/x.conf 0600 → 0640",
-                    "owner of /etc/x.conf etcd:root → root:etcd",
+                    "owner of /etc/x.conf app:root → root:app",
                 ],
             ),
             (
-                present(PathKind::File, 0o600, "etcd", "root", Some(&other)),
+                present(PathKind::File, 0o600, "app", "root", Some(&other)),
                 vec!["update /etc/x.conf"],
             ),
             (
@@ -476,17 +473,17 @@ mod tests {
 
     #[test]
     fn directory_planning() {
-        let dir = Directory::new("/var/lib/etcd").mode(0o700).owner("etcd");
+        let dir = Directory::new("/var/lib/app").mode(0o700).owner("app");
         let cases: Vec<(PathState, Vec<&str>)> = vec![
-            (PathState::Absent, vec!["create directory /var/lib/etcd"]),
-            (present(PathKind::Directory, 0o700, "etcd", "root", None), vec![]),
+            (PathState::Absent, vec!["create directory /var/lib/app"]),
+            (present(PathKind::Directory, 0o700, "app", "root", None), vec![]),
             (
-                present(PathKind::Directory, 0o755, "etcd", "root", None),
-                vec!["mode of /var/lib/etcd 0755 → 0700"],
+                present(PathKind::Directory, 0o755, "app", "root", None),
+                vec!["mode of /var/lib/app 0755 → 0700"],
             ),
             (
                 present(PathKind::Directory, 0o700, "root", "root", None),
-                vec!["owner of /var/lib/etcd root:root → etcd"],
+                vec!["owner of /var/lib/app root:root → app"],
             ),
         ];
         for (state, expected) in cases {
@@ -498,7 +495,7 @@ mod tests {
         }
         let file = present(PathKind::File, 0o644, "root", "root", Some(&"0".repeat(64)));
         let err = dir.plan_from_state("h", &file).unwrap_err().to_string();
-        assert_eq!(err, "h: /var/lib/etcd is a regular file, expected a directory");
+        assert_eq!(err, "h: /var/lib/app is a regular file, expected a directory");
     }
 
     #[test]
@@ -507,10 +504,10 @@ mod tests {
             "/etc/t",
             "t.conf",
             "name={{ name }}\n",
-            serde_json::json!({"name": "etcd"}),
+            serde_json::json!({"name": "app"}),
         )
         .unwrap();
-        assert_eq!(file.content(), b"name=etcd\n");
+        assert_eq!(file.content(), b"name=app\n");
         let err = Template::render("/etc/t", "t.conf", "x={{ missing }}", serde_json::json!({})).unwrap_err();
         assert!(
             matches!(err, OpError::Template { ref name, .. } if name == "t.conf"),

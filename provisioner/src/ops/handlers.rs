@@ -68,8 +68,8 @@ mod tests {
     #[test]
     fn handler_sequences() {
         let unit = vec![Trigger::DaemonReload];
-        let etcd = vec![Trigger::Restart("etcd".into())];
-        let both = vec![Trigger::DaemonReload, Trigger::Restart("etcd".into())];
+        let app = vec![Trigger::Restart("app".into())];
+        let both = vec![Trigger::DaemonReload, Trigger::Restart("app".into())];
         let none: Vec<Trigger> = vec![];
         let cases: Vec<(Vec<(&Vec<Trigger>, bool)>, Vec<&str>)> = vec![
             (vec![(&none, true), (&none, false)], vec![]),
@@ -83,11 +83,11 @@ mod tests {
             ),
             (vec![(&unit, false), (&none, true)], vec![]),
             (vec![(&unit, true)], vec!["systemd daemon-reload"]),
-            (vec![(&etcd, true), (&etcd, true)], vec!["restart etcd (notified)"]),
-            (vec![(&etcd, false), (&none, true)], vec![]),
+            (vec![(&app, true), (&app, true)], vec!["restart app (notified)"]),
+            (vec![(&app, false), (&none, true)], vec![]),
             (
                 vec![(&both, true), (&none, false)],
-                vec!["systemd daemon-reload", "restart etcd (notified)"],
+                vec!["systemd daemon-reload", "restart app (notified)"],
             ),
         ];
         for (steps, expected) in cases {

@@ -83,7 +83,7 @@ impl Step {
 /// One difference between desired and actual state.
 #[derive(Debug, Clone)]
 pub struct Change {
-    /// One line, e.g. "create /etc/etcd/etcd.conf".
+    /// One line, e.g. "create /etc/app/app.conf".
     pub summary: String,
     /// A unified diff or a one-line description of a content change.
     pub diff: Option<String>,
@@ -161,7 +161,7 @@ impl<O: Operation> Operation for Notifying<O> {
     }
 }
 
-/// `op.notify(["etcd"])`: restart etcd at the end of the host's list if `op` changed.
+/// `op.notify(["app"])`: restart app at the end of the host's list if `op` changed.
 pub trait OperationExt: Operation + Sized {
     fn notify<I, S>(self, services: I) -> Notifying<Self>
     where
@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn remote_paths_are_validated() {
         for (path, ok) in [
-            ("/etc/etcd/etcd.conf", true),
+            ("/etc/app/app.conf", true),
             ("/a", true),
             ("etc/x", false),
             ("/", false),
@@ -378,8 +378,8 @@ mod tests {
     #[test]
     fn chown_specs() {
         assert_eq!(chown_spec(None, None), None);
-        assert_eq!(chown_spec(Some("etcd"), None).as_deref(), Some("etcd"));
-        assert_eq!(chown_spec(None, Some("etcd")).as_deref(), Some(":etcd"));
-        assert_eq!(chown_spec(Some("root"), Some("etcd")).as_deref(), Some("root:etcd"));
+        assert_eq!(chown_spec(Some("app"), None).as_deref(), Some("app"));
+        assert_eq!(chown_spec(None, Some("app")).as_deref(), Some(":app"));
+        assert_eq!(chown_spec(Some("root"), Some("app")).as_deref(), Some("root:app"));
     }
 }

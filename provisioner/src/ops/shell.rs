@@ -20,7 +20,7 @@ mod tests {
     #[test]
     fn quoting() {
         for (input, expected) in [
-            ("/etc/etcd/etcd.conf", "/etc/etcd/etcd.conf"),
+            ("/etc/app/app.conf", "/etc/app/app.conf"),
             ("", "''"),
             ("a b", "'a b'"),
             ("it's", "'it'\\''s'"),

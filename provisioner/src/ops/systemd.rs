@@ -53,7 +53,7 @@ pub struct SystemdUnit {
 }
 
 impl SystemdUnit {
-    /// `name` includes the type suffix, e.g. "etcd.service".
+    /// `name` includes the type suffix, e.g. "app.service".
     pub fn new(name: &str, content: impl Into<Vec<u8>>) -> Result<SystemdUnit, OpError> {
         validate_unit_name(name, true)?;
         let file = File::new(&format!("{SYSTEMD_UNIT_DIR}/{name}"), content)
@@ -350,33 +350,33 @@ mod tests {
                 Inactive,
                 Some(true),
                 Some(true),
-                Ok(vec!["systemctl enable etcd", "systemctl start etcd"]),
+                Ok(vec!["systemctl enable app", "systemctl start app"]),
             ),
             (
                 NotFound,
                 Inactive,
                 Some(true),
                 Some(true),
-                Ok(vec!["systemctl enable etcd", "systemctl start etcd"]),
+                Ok(vec!["systemctl enable app", "systemctl start app"]),
             ),
-            (Static, Failed, Some(true), Some(true), Ok(vec!["systemctl start etcd"])),
+            (Static, Failed, Some(true), Some(true), Ok(vec!["systemctl start app"])),
             (Enabled, Activating, Some(true), Some(true), Ok(vec![])),
             (
                 Enabled,
                 Active,
                 Some(false),
                 Some(false),
-                Ok(vec!["systemctl disable etcd", "systemctl stop etcd"]),
+                Ok(vec!["systemctl disable app", "systemctl stop app"]),
             ),
             (Disabled, Inactive, Some(false), Some(false), Ok(vec![])),
-            (Enabled, Inactive, None, Some(true), Ok(vec!["systemctl start etcd"])),
-            (Disabled, Active, Some(true), None, Ok(vec!["systemctl enable etcd"])),
+            (Enabled, Inactive, None, Some(true), Ok(vec!["systemctl start app"])),
+            (Disabled, Active, Some(true), None, Ok(vec!["systemctl enable app"])),
             (Masked, Inactive, Some(true), None, Err(())),
             (Masked, Inactive, Some(false), Some(false), Ok(vec![])),
         ];
         for (enabled, active, want_enabled, want_running, expected) in cases {
             let state = ServiceState { enabled, active };
-            let got = plan_service("etcd", want_enabled, want_running, &state).map(|changes| {
+            let got = plan_service("app", want_enabled, want_running, &state).map(|changes| {
                 changes
                     .iter()
                     .flat_map(|c| c.steps.iter().map(Step::display))
@@ -393,12 +393,12 @@ mod tests {
 
     #[test]
     fn unit_names() {
-        assert!(SystemdUnit::new("etcd.service", "").is_ok());
+        assert!(SystemdUnit::new("app.service", "").is_ok());
         assert!(SystemdUnit::new("capstan-backup.timer", "").is_ok());
-        assert!(SystemdUnit::new("etcd", "").is_err());
+        assert!(SystemdUnit::new("app", "").is_err());
         assert!(SystemdUnit::new("../etc/passwd.service", "").is_err());
         assert!(SystemdUnit::new("a b.service", "").is_err());
-        assert!(Service::new("etcd").is_ok());
-        assert!(Service::new("etcd;reboot").is_err());
+        assert!(Service::new("app").is_ok());
+        assert!(Service::new("app;reboot").is_err());
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdTls, Timeouts};
 use super::inspect::{admin_tls, fetch_ca, inspect_hosts, EtcdHost, InspectError};
-use crate::pki::PkiError;
+use capstan_provisioner::pki::PkiError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -215,7 +215,7 @@ fn write_credential_files(dir: &Path, tls: &EtcdTls, endpoints: &[String]) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::{CertKind, CertRequest, CertificateAuthority, LEAF_VALIDITY};
+    use capstan_provisioner::pki::{CertKind, CertRequest, CertificateAuthority, LEAF_VALIDITY};
 
     #[test]
     fn expiry_of_a_fresh_certificate() {

@@ -9,8 +9,9 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capstan_provisioner::etcd::client::{EtcdClient, EtcdEndpoint, EtcdError, EtcdTls};
-use capstan_provisioner::pki::{CertKind, CertRequest, CertificateAuthority, ADMIN_CLIENT_CN};
+use capstan_etcd::client::{EtcdClient, EtcdEndpoint, EtcdError, EtcdTls};
+use capstan_etcd::pki::{generate_ca, ADMIN_CLIENT_CN};
+use capstan_provisioner::pki::{CertKind, CertRequest};
 use etcd_support::{etcd_binary, EtcdBinary, LocalCluster};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -73,7 +74,7 @@ async fn refuses_clients_without_a_trusted_certificate(binary: EtcdBinary) {
     eprintln!("no client certificate -> {}", without_cert.unwrap_err());
 
     // A client certificate from another CA is refused as well.
-    let foreign_ca = CertificateAuthority::generate("other").unwrap();
+    let foreign_ca = generate_ca("other").unwrap();
     let foreign = foreign_ca.issue(&CertRequest::client(ADMIN_CLIENT_CN)).unwrap();
     let foreign_tls = EtcdTls {
         ca_cert_pem: cluster.ca.cert_pem().to_string(),

@@ -14,9 +14,9 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::facts::split_sections;
-use crate::ops::{run_checked, OpError};
-use crate::transport::Transport;
+use capstan_provisioner::facts::split_sections;
+use capstan_provisioner::ops::{run_checked, OpError};
+use capstan_provisioner::transport::Transport;
 
 /// Marker understood by [`split_sections`].
 const MARK: &str = "@@capstan:";
@@ -95,7 +95,7 @@ pub struct VersionFacts {
 /// One round trip: the installed binary's version and, through the plain-HTTP metrics listener on
 /// 127.0.0.1 (bash's /dev/tcp, so the host needs no curl), the running and cluster versions.
 pub fn facts_script(binary: &str, metrics_port: Option<u16>) -> String {
-    let binary = crate::ops::shell::quote(binary);
+    let binary = capstan_provisioner::ops::shell::quote(binary);
     let mut script = format!("echo '{MARK}installed'; {binary} --version 2>/dev/null | head -n 1\n");
     if let Some(port) = metrics_port {
         // /dev/tcp is bash's, and the remote command runs under sh.
@@ -106,7 +106,7 @@ pub fn facts_script(binary: &str, metrics_port: Option<u16>) -> String {
         );
         script.push_str(&format!(
             "echo '{MARK}metrics'; bash -c {} 2>/dev/null\n",
-            crate::ops::shell::quote(&fetch)
+            capstan_provisioner::ops::shell::quote(&fetch)
         ));
     }
     script.push_str(&format!("echo '{MARK}end'\n"));

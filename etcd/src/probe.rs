@@ -5,11 +5,11 @@
 //!
 //! The parser is pure and tested from captured output.
 
-use crate::facts::{normalize_arch, split_sections};
-use crate::ops::run_checked;
-use crate::ops::shell::quote;
-use crate::ops::OpError;
-use crate::transport::Transport;
+use capstan_provisioner::facts::{normalize_arch, split_sections};
+use capstan_provisioner::ops::run_checked;
+use capstan_provisioner::ops::shell::quote;
+use capstan_provisioner::ops::OpError;
+use capstan_provisioner::transport::Transport;
 
 use super::config::{InitialClusterState, PkiPaths, DEFAULT_CONFIG_FILE};
 

@@ -10,13 +10,14 @@ use capstan_inventory::{Cluster, Host, Role};
 
 use super::client::{EtcdEndpoint, EtcdTls};
 use super::config::{ClusterMember, MemberSettings, PkiPaths, DEFAULT_CLIENT_PORT, DEFAULT_PKI_DIR};
+use super::pki::ADMIN_CLIENT_CN;
 use super::probe::{ca_key_path, probe_member, MemberProbe};
-use crate::ops::shell::quote;
-use crate::ops::OpError;
-use crate::pki::{CertRequest, CertificateAuthority, PkiError, ADMIN_CLIENT_CN};
-use crate::pool::Connections;
-use crate::targets::ssh_target;
-use crate::transport::{ExecOptions, Transport, TransportError};
+use capstan_provisioner::ops::shell::quote;
+use capstan_provisioner::ops::OpError;
+use capstan_provisioner::pki::{CertRequest, CertificateAuthority, PkiError};
+use capstan_provisioner::pool::Connections;
+use capstan_provisioner::targets::ssh_target;
+use capstan_provisioner::transport::{ExecOptions, Transport, TransportError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {

@@ -1,4 +1,4 @@
-//! Test support: real etcd clusters as local processes on 127.0.0.1. Shared by the provisioner's
+//! Test support: real etcd clusters as local processes on 127.0.0.1. Shared by the etcd crate's
 //! and the backup crate's tests (`#[path]` includes this file).
 //!
 //! Each member gets its own ports, a server and a peer certificate from capstan's PKI, and a
@@ -19,11 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use capstan_provisioner::etcd::client::{EtcdClient, EtcdEndpoint, EtcdTls};
-use capstan_provisioner::etcd::config::{
+use capstan_etcd::client::{EtcdClient, EtcdEndpoint, EtcdTls};
+use capstan_etcd::config::{
     render_member_config, ClusterMember, InitialClusterState, MemberConfig, MemberSettings, PkiPaths,
 };
-use capstan_provisioner::pki::{CertKind, CertRequest, CertificateAuthority, ADMIN_CLIENT_CN};
+use capstan_etcd::pki::{generate_ca, ADMIN_CLIENT_CN};
+use capstan_provisioner::pki::{CertKind, CertRequest, CertificateAuthority};
 
 pub type HarnessResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -176,7 +177,7 @@ impl LocalCluster {
     /// Start `size` members named `m1..mN` and wait until every one is healthy.
     pub async fn start(binary: &EtcdBinary, size: usize) -> HarnessResult<LocalCluster> {
         let dir = tempfile::Builder::new().prefix("capstan-etcd-").tempdir()?;
-        let ca = CertificateAuthority::generate("local-test")?;
+        let ca = generate_ca("local-test")?;
         let admin = ca.issue(&CertRequest::client(ADMIN_CLIENT_CN))?;
         let admin_tls = EtcdTls {
             ca_cert_pem: ca.cert_pem().to_string(),
