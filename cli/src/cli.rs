@@ -186,6 +186,10 @@ pub struct ApplyArgs {
     /// How many hosts to work on at once.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// Run only these components (comma-separated, e.g. `--only etcd`); the others, including
+    /// the ones these come after, are left as they are.
+    #[arg(long, value_delimiter = ',', value_name = "COMPONENT")]
+    pub only: Vec<String>,
     /// Also print the commands each change runs (plan) or ran (apply).
     #[arg(long)]
     pub show_commands: bool,

@@ -1,11 +1,13 @@
-//! `capstan plan|apply|status|etcd credentials`: etcd on the inventory's `etcd` hosts.
+//! `capstan plan|apply` (the cluster plan: every component the inventory enables), and
+//! `capstan status|etcd credentials` for etcd on the inventory's `etcd` hosts.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use capstan_etcd::apply::{apply as apply_etcd, ApplyOptions};
 use capstan_etcd::status::{status as etcd_status, write_credentials, StatusReport};
+use capstan_provisioner::cluster_plan::ClusterPlan;
+use capstan_provisioner::component::{RunContext, SharedWriter};
 use capstan_provisioner::report::{render_changes, render_summary};
 use capstan_provisioner::runner::{stderr_progress, Mode, NoProgress};
 
@@ -16,18 +18,31 @@ use crate::output::{table, Failure, Output};
 pub fn apply(args: ApplyArgs, dry_run: bool, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
     let cluster = load(inventory)?;
     let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
-    let mut options = ApplyOptions::new(mode);
-    options.concurrency = args.concurrency.max(1);
-    if out.quiet {
-        options.progress = std::sync::Arc::new(NoProgress);
-        options.out = Box::new(std::io::sink());
-    } else {
-        options.progress = stderr_progress();
-    }
-    let runtime = tokio::runtime::Runtime::new()?;
-    let outcome = runtime.block_on(apply_etcd(&cluster, options)).map_err(|e| {
+    let plan = ClusterPlan::new(crate::components::ALL, &cluster, &args.only).map_err(|e| {
         let failure = Failure::new(e.to_string());
         match e.hint() {
+            Some(hint) => failure.hint(hint),
+            None => failure,
+        }
+    })?;
+    let ctx = RunContext {
+        mode,
+        concurrency: args.concurrency.max(1),
+        progress: if out.quiet {
+            std::sync::Arc::new(NoProgress)
+        } else {
+            stderr_progress()
+        },
+        out: if out.quiet {
+            SharedWriter::sink()
+        } else {
+            SharedWriter::stderr()
+        },
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(plan.run(&cluster, &ctx)).map_err(|e| {
+        let failure = Failure::new(e.message);
+        match e.hint {
             Some(hint) => failure.hint(hint),
             None => failure,
         }

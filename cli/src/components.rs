@@ -6,7 +6,10 @@ use capstan_etcd::EtcdComponent;
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::Component;
 
-/// All components, in the order their ports are checked within a role.
+/// All components. `capstan plan`/`apply` run the installable ones the inventory enables in
+/// dependency order ([`Component::after`]): etcd → API endpoint → control plane → nodes → addons →
+/// monitoring → logging, as those components arrive. Preflight checks ports in this order within
+/// a role.
 pub static ALL: &[&dyn Component] = &[&EtcdComponent, &KubernetesPorts];
 
 /// The ports of a Kubernetes control plane (`control_plane` hosts) and kubelet (`node` hosts).

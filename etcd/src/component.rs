@@ -1,14 +1,18 @@
 //! etcd as the engine sees it ([`capstan_provisioner::component::Component`]).
 
+use async_trait::async_trait;
+use capstan_inventory::Cluster;
 use capstan_provisioner::check::RequiredPort;
-use capstan_provisioner::component::Component;
+use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, PhaseReport, RunContext};
 
+use crate::apply::{apply, ApplyOptions};
 use crate::config::{DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};
 
 /// The etcd component: runs on hosts with the `etcd` role.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EtcdComponent;
 
+#[async_trait(?Send)]
 impl Component for EtcdComponent {
     fn name(&self) -> &'static str {
         "etcd"
@@ -33,6 +37,41 @@ impl Component for EtcdComponent {
                 owner: "etcd",
             },
         ]
+    }
+
+    fn installs(&self) -> bool {
+        true
+    }
+
+    fn log_units(&self) -> &'static [&'static str] {
+        &["etcd.service"]
+    }
+
+    async fn converge(&self, cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {
+        let mut options = ApplyOptions::new(ctx.mode);
+        options.concurrency = ctx.concurrency.max(1);
+        options.progress = ctx.progress.clone();
+        options.out = Box::new(ctx.out.clone());
+        let outcome = apply(cluster, options).await.map_err(|e| ComponentError {
+            component: self.name(),
+            message: e.to_string(),
+            hint: e.hint(),
+        })?;
+        Ok(ComponentOutcome {
+            component: self.name(),
+            phases: outcome.phases,
+            reports: outcome
+                .reports
+                .into_iter()
+                .map(|r| PhaseReport {
+                    phase: r.phase,
+                    report: r.report,
+                })
+                .collect(),
+            summary: outcome.summary,
+            error: outcome.error,
+            hint: outcome.hint,
+        })
     }
 }
 

@@ -5,15 +5,27 @@
 //! needs to know per component comes through this trait, so adding a component changes no engine
 //! code.
 //!
-//! Today a component declares the inventory roles it runs on and the TCP ports those roles need
-//! (checked by the preflight [`crate::check`]). The trait is deliberately minimal and is meant to
-//! grow as the engine takes over more of the work: its phases (apply and plan), metrics scrape
-//! targets, log units, and its part of a cluster plan are to be added here.
+//! A component declares the inventory roles it runs on, the TCP ports those roles need (checked by
+//! the preflight [`crate::check`]), what it contributes to other components (metrics scrape
+//! targets, journald units to ship), which components it comes after, and how it converges: its
+//! own ordered phases, run (or, as a plan, dry-run) through the engine's ops path.
+//! [`crate::cluster_plan`] composes every component the inventory enables into one plan.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use capstan_inventory::Cluster;
+use serde::Serialize;
 
 use crate::check::RequiredPort;
+use crate::phases::PhaseOutcome;
+use crate::report::RunReport;
+use crate::runner::{Mode, Progress};
 
 /// A component as the engine sees it. Implementations are stateless descriptions; `Send + Sync`
 /// so a list of them can be a `static` and be shared across tasks.
+#[async_trait(?Send)]
 pub trait Component: Send + Sync {
     /// The component's name, e.g. its row in the release table ([`crate::releases`]).
     fn name(&self) -> &'static str;
@@ -25,4 +37,128 @@ pub trait Component: Send + Sync {
     /// of [`Component::roles`]) whose hosts need it. Preflight checks them on every host with that
     /// role: free, or already held by [`RequiredPort::owner`].
     fn required_ports(&self) -> Vec<RequiredPort>;
+
+    /// Components that must have converged before this one (by name), e.g. a control plane comes
+    /// after its datastore. The cluster plan orders components by these edges.
+    fn after(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Whether capstan installs this component, i.e. implements [`Component::converge`]. A
+    /// component may only describe software installed some other way (its preflight ports).
+    fn installs(&self) -> bool {
+        false
+    }
+
+    /// Whether the inventory asks for this component: by default, some host has one of its roles.
+    fn enabled(&self, cluster: &Cluster) -> bool {
+        cluster
+            .hosts
+            .iter()
+            .any(|host| host.roles.iter().any(|role| self.roles().contains(&role.as_str())))
+    }
+
+    /// Metrics endpoints on the cluster's hosts that monitoring scrapes.
+    fn scrape_targets(&self, _cluster: &Cluster) -> Vec<ScrapeTarget> {
+        Vec::new()
+    }
+
+    /// systemd units whose journals logging ships, on the hosts with this component's roles.
+    fn log_units(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Converge the component on `cluster` (in [`Mode::DryRun`]: plan it, changing nothing):
+    /// inspect, refuse unsafe changes before touching anything, then run its phases.
+    async fn converge(&self, _cluster: &Cluster, _ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {
+        Err(ComponentError {
+            component: self.name(),
+            message: "capstan does not install this component".into(),
+            hint: None,
+        })
+    }
+}
+
+/// A metrics endpoint a component serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScrapeTarget {
+    /// Prometheus job name.
+    pub job: String,
+    /// `host:port`.
+    pub address: String,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    pub path: &'static str,
+}
+
+/// How a cluster plan runs its components.
+#[derive(Clone)]
+pub struct RunContext {
+    pub mode: Mode,
+    /// Hosts worked on at once.
+    pub concurrency: usize,
+    pub progress: Arc<dyn Progress>,
+    /// Phase headers and step lines (stderr, or a sink when quiet).
+    pub out: SharedWriter,
+}
+
+/// A writer the components of one run share, one line at a time.
+#[derive(Clone)]
+pub struct SharedWriter(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl SharedWriter {
+    pub fn new(out: Box<dyn Write + Send>) -> SharedWriter {
+        SharedWriter(Arc::new(Mutex::new(out)))
+    }
+    pub fn stderr() -> SharedWriter {
+        SharedWriter::new(Box::new(std::io::stderr()))
+    }
+    pub fn sink() -> SharedWriter {
+        SharedWriter::new(Box::new(std::io::sink()))
+    }
+}
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
+/// One phase's operations report.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub phase: String,
+    pub report: RunReport,
+}
+
+/// What converging one component did (or, as a plan, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentOutcome {
+    pub component: &'static str,
+    pub phases: Vec<PhaseOutcome>,
+    pub reports: Vec<PhaseReport>,
+    /// Every phase's records merged per host.
+    pub summary: RunReport,
+    /// Why the component stopped after it started changing hosts.
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub hint: Option<String>,
+}
+
+impl ComponentOutcome {
+    pub fn success(&self) -> bool {
+        self.error.is_none() && self.summary.success()
+    }
+}
+
+/// A component that stopped before changing anything (unreachable hosts, a refused change, ...).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{component}: {message}")]
+pub struct ComponentError {
+    pub component: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
 }

@@ -7,6 +7,7 @@
 
 pub mod artifact;
 pub mod check;
+pub mod cluster_plan;
 pub mod component;
 pub mod facts;
 pub mod known_hosts;

@@ -101,6 +101,29 @@ pub struct Totals {
 }
 
 impl RunReport {
+    /// Several reports (phases, components) merged host by host, in first-appearance order,
+    /// summing counts and times.
+    pub fn merged(mode: Mode, reports: &[&RunReport], elapsed: Duration) -> RunReport {
+        let mut hosts: Vec<HostReport> = Vec::new();
+        for report in reports {
+            for host in &report.hosts {
+                let index = match hosts.iter().position(|h| h.host == host.host) {
+                    Some(i) => i,
+                    None => {
+                        hosts.push(HostReport::new(&host.host));
+                        hosts.len() - 1
+                    }
+                };
+                let merged = &mut hosts[index];
+                for op in &host.ops {
+                    merged.push(op.clone());
+                }
+                merged.elapsed += host.elapsed;
+            }
+        }
+        RunReport { mode, hosts, elapsed }
+    }
+
     pub fn success(&self) -> bool {
         self.hosts.iter().all(HostReport::success)
     }
