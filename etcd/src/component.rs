@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use capstan_inventory::Cluster;
 use capstan_provisioner::check::RequiredPort;
-use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, PhaseReport, RunContext};
+use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext};
 
 use crate::apply::{apply, ApplyOptions};
 use crate::config::{DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};
@@ -60,14 +60,7 @@ impl Component for EtcdComponent {
         Ok(ComponentOutcome {
             component: self.name(),
             phases: outcome.phases,
-            reports: outcome
-                .reports
-                .into_iter()
-                .map(|r| PhaseReport {
-                    phase: r.phase,
-                    report: r.report,
-                })
-                .collect(),
+            reports: outcome.reports,
             summary: outcome.summary,
             error: outcome.error,
             hint: outcome.hint,

@@ -48,7 +48,7 @@ use capstan_provisioner::ops::OpError;
 use capstan_provisioner::phases::{PhaseContext, PhaseError, PhaseOutcome, PhaseRunner};
 use capstan_provisioner::pki::{CertificateAuthority, IssuedCert, PkiError};
 use capstan_provisioner::releases::{ReleaseError, ResolvedArtifact};
-use capstan_provisioner::report::{HostReport, RunReport};
+use capstan_provisioner::report::RunReport;
 use capstan_provisioner::runner::{Mode, NoProgress, Progress, RunOptions, Runner};
 use capstan_provisioner::transport::Transport;
 
@@ -127,11 +127,7 @@ impl ApplyOptions {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PhaseReport {
-    pub phase: String,
-    pub report: RunReport,
-}
+pub use capstan_provisioner::component::PhaseReport;
 
 /// What a run did (or, as a plan, would do).
 #[derive(Debug, Clone, Serialize)]
@@ -154,24 +150,8 @@ impl ApplyOutcome {
 
 /// Merge reports host by host (first appearance order), summing counts and times.
 pub fn merge_reports(mode: Mode, reports: &[PhaseReport], elapsed: Duration) -> RunReport {
-    let mut hosts: Vec<HostReport> = Vec::new();
-    for PhaseReport { report, .. } in reports {
-        for host in &report.hosts {
-            let index = match hosts.iter().position(|h| h.host == host.host) {
-                Some(i) => i,
-                None => {
-                    hosts.push(HostReport::new(&host.host));
-                    hosts.len() - 1
-                }
-            };
-            let merged = &mut hosts[index];
-            for op in &host.ops {
-                merged.push(op.clone());
-            }
-            merged.elapsed += host.elapsed;
-        }
-    }
-    RunReport { mode, hosts, elapsed }
+    let reports: Vec<&RunReport> = reports.iter().map(|r| &r.report).collect();
+    RunReport::merged(mode, &reports, elapsed)
 }
 
 /// One inventory etcd member and what this run writes for it.
@@ -363,7 +343,7 @@ impl Write for SharedWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use capstan_provisioner::report::{OpRecord, OpStatus};
+    use capstan_provisioner::report::{HostReport, OpRecord, OpStatus};
 
     #[test]
     fn reports_merge_per_host() {
