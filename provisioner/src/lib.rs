@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod check;
 pub mod etcd;
 pub mod facts;
+pub mod hint;
 pub mod known_hosts;
 pub mod local;
 pub mod ops;
