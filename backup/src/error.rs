@@ -1,5 +1,7 @@
 //! The errors of backup operations. Each says which backup / object / member it concerns.
 
+use capstan_provisioner::hint::Hint;
+
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,4 +41,39 @@ pub enum BackupError {
     PkiArchive(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl Hint for BackupError {
+    fn hint(&self) -> Option<String> {
+        let hint = match self {
+            BackupError::NoRecipients => {
+                "pass --recipient age1... (age-keygen prints one; keep its identity file offline), set \
+                 backup.recipients in the inventory, or say --no-encryption"
+            }
+            BackupError::WrongIdentity { .. } | BackupError::Identity { .. } => {
+                "pass the age identity whose public key is one of the backup's recipients"
+            }
+            BackupError::NoCompleteBackup { .. } | BackupError::NotFound { .. } => {
+                "`capstan backup list` shows the backups in the target"
+            }
+            BackupError::Incomplete { .. } => "pick a complete backup from `capstan backup list`",
+            BackupError::Snapshot { .. } | BackupError::Etcd(_) => "check `capstan status`: is etcd healthy?",
+            BackupError::Store(e) => return e.hint(),
+            _ => return None,
+        };
+        Some(hint.to_string())
+    }
+}
+
+impl Hint for StoreError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            StoreError::Io { store, .. } if store.starts_with("s3://") => Some(
+                "check the AWS credentials (environment, ~/.aws, instance role), AWS_ENDPOINT_URL and, for \
+                 MinIO/Ceph-style servers, --s3-path-style"
+                    .into(),
+            ),
+            _ => None,
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! lives at the edges: [`store`] (file:// and s3://), [`snapshot`] (etcd's maintenance stream)
 //! and [`ops`] (create, list, verify, prune), which wire them through [`pipeline`].
 
+pub mod access;
 pub mod error;
 pub mod id;
 pub mod manifest;
@@ -36,3 +37,4 @@ pub mod drill_report;
 pub mod metrics;
 pub mod restore;
 pub mod schedule;
+pub mod schedule_install;

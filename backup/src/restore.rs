@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use capstan_provisioner::hint::Hint;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -32,6 +33,21 @@ pub enum FetchError {
     MissingPkiFile { id: String, file: String },
     #[error("writing {path}: {reason}")]
     Local { path: String, reason: String },
+}
+
+impl Hint for FetchError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            FetchError::Backup(e) => e.hint(),
+            FetchError::IdentityNeeded { .. } => {
+                Some("pass --identity FILE (an age identity, AGE-SECRET-KEY-1...)".into())
+            }
+            FetchError::Corrupt { .. } => {
+                Some("this backup cannot be restored; pick another one from `capstan backup list`".into())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A backup downloaded, checked and decrypted for a restore.

@@ -24,6 +24,18 @@ pub struct Retention {
     pub monthly: u32,
 }
 
+/// The inventory's `backup.retention`.
+impl From<capstan_inventory::Retention> for Retention {
+    fn from(r: capstan_inventory::Retention) -> Retention {
+        Retention {
+            keep_last: r.keep_last,
+            daily: r.daily,
+            weekly: r.weekly,
+            monthly: r.monthly,
+        }
+    }
+}
+
 /// How long an incomplete backup is left alone by default: longer than any backup takes.
 pub const DEFAULT_INCOMPLETE_GRACE: Duration = Duration::from_secs(3600);
 

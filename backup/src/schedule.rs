@@ -14,11 +14,13 @@ use async_trait::async_trait;
 use capstan_etcd::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdTls};
 use capstan_etcd::pki::BACKUP_CLIENT_CN;
 use capstan_provisioner::artifact::sha256_file;
+use capstan_provisioner::hint::Hint;
 use capstan_provisioner::ops::{
     parse_path_state, path_state_command, plan_file, run_checked, Absent, Content, DesiredFile, OpError, Operation,
     Plan, Trigger, SYSTEMD_UNIT_DIR,
 };
 use capstan_provisioner::pki::{CertRequest, CertificateAuthority};
+use capstan_provisioner::report::Reporter;
 use capstan_provisioner::transport::{RemoteFile, Transport};
 use serde::{Deserialize, Serialize};
 
@@ -122,6 +124,17 @@ pub struct RetentionConfig {
     pub monthly: u32,
 }
 
+impl From<capstan_inventory::Retention> for RetentionConfig {
+    fn from(r: capstan_inventory::Retention) -> RetentionConfig {
+        RetentionConfig {
+            keep_last: r.keep_last,
+            daily: r.daily,
+            weekly: r.weekly,
+            monthly: r.monthly,
+        }
+    }
+}
+
 impl From<RetentionConfig> for Retention {
     fn from(r: RetentionConfig) -> Retention {
         Retention {
@@ -147,6 +160,15 @@ pub enum ScheduleError {
     Leader { endpoint: String, reason: String },
     #[error(transparent)]
     Backup(#[from] BackupError),
+}
+
+impl Hint for ScheduleError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ScheduleError::Backup(e) => e.hint(),
+            _ => None,
+        }
+    }
 }
 
 /// The environment file (systemd `EnvironmentFile=` syntax): each variable of
@@ -253,7 +275,8 @@ async fn leadership(local_endpoint: &str, tls: &EtcdTls) -> Result<(bool, Vec<Et
 
 /// One scheduled run on a member: leader check, backup, prune. Every member writes the
 /// scheduler metrics (timer ran, led or not); the leader also the backup's (success or failure).
-pub async fn run_scheduled(config: &ScheduleConfig) -> Result<RunOutcome, ScheduleError> {
+/// Warnings (metrics not written) go to `report`.
+pub async fn run_scheduled(config: &ScheduleConfig, report: &Reporter) -> Result<RunOutcome, ScheduleError> {
     let started = Instant::now();
     let attempt = unix_now();
     let (tls, pki_files) = local_access(&config.pki_dir)?;
@@ -265,7 +288,10 @@ pub async fn run_scheduled(config: &ScheduleConfig) -> Result<RunOutcome, Schedu
         &scheduler_file,
         &render_scheduler(&config.cluster, &config.member, attempt, leader),
     ) {
-        eprintln!("warning: writing metrics to {}: {e}", scheduler_file.display());
+        report.line(format_args!(
+            "warning: writing metrics to {}: {e}",
+            scheduler_file.display()
+        ));
     }
     if !leader {
         return Ok(RunOutcome::NotLeader);
@@ -295,7 +321,10 @@ pub async fn run_scheduled(config: &ScheduleConfig) -> Result<RunOutcome, Schedu
     if let Err(e) = write_atomic(&config.metrics_file, &render(&metrics)) {
         // Metrics are secondary: a full disk must not turn a good backup into a failed run.
         tracing::warn!("writing metrics to {}: {e}", config.metrics_file.display());
-        eprintln!("warning: writing metrics to {}: {e}", config.metrics_file.display());
+        report.line(format_args!(
+            "warning: writing metrics to {}: {e}",
+            config.metrics_file.display()
+        ));
     }
     let (manifest, prune) = result?;
     Ok(RunOutcome::BackedUp {

@@ -2,24 +2,21 @@
 //!
 //! Data goes to stdout (text or `--output json`), logs and progress to stderr. Errors end with a
 //! `hint:` line when there is something useful to suggest; user errors never print a backtrace.
+//! `cli.rs` defines every flag, `commands/` holds one module per command group, `output.rs` is
+//! the one printer and `format.rs` how values look.
 
 mod cli;
-mod cmd_backup;
-mod cmd_check;
-mod cmd_drill;
-mod cmd_drill_schedule;
-mod cmd_etcd;
-mod cmd_inventory;
-mod cmd_lab;
-mod cmd_restore;
+mod commands;
 mod components;
+mod format;
 mod output;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 use cli::{Cli, Command};
+use commands::{backup, check, completions, drill, etcd, init, inventory, lab, restore};
 use output::{Failure, Output};
 
 fn main() -> ExitCode {
@@ -43,58 +40,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
+    let inventory = cli.inventory.as_deref();
     match cli.command {
-        Command::Lab(args) => cmd_lab::run(args, out),
-        Command::Inventory(args) => cmd_inventory::run(args, cli.inventory.as_deref(), out),
-        Command::Init { out: path, force } => init(&path, force, out),
-        Command::Check(args) => cmd_check::run(args, cli.inventory.as_deref(), out),
-        Command::Plan(args) => cmd_etcd::apply(args, true, cli.inventory.as_deref(), out),
-        Command::Apply(args) => cmd_etcd::apply(args, false, cli.inventory.as_deref(), out),
-        Command::Status(args) => cmd_etcd::status(args, cli.inventory.as_deref(), out),
-        Command::Etcd(cmd) => cmd_etcd::etcd(cmd, cli.inventory.as_deref(), out),
-        Command::Backup(cmd) => cmd_backup::run(cmd, cli.inventory.as_deref(), out),
-        Command::Restore(args) => cmd_restore::restore(args, cli.inventory.as_deref(), out),
-        Command::Drill(mut args) => match args.command.take() {
-            Some(command) => cmd_drill_schedule::run(command, cli.inventory.as_deref(), out),
-            None => cmd_drill::drill(args, cli.inventory.as_deref(), out),
-        },
-        Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "capstan", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Man { out_dir } => {
-            let cmd = Cli::command();
-            match out_dir {
-                Some(dir) => {
-                    std::fs::create_dir_all(&dir)?;
-                    clap_mangen::generate_to(cmd, &dir)?;
-                    eprintln!("wrote man pages to {}", dir.display());
-                }
-                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Lab(args) => lab::run(args, out),
+        Command::Inventory(args) => inventory::run(args, inventory, out),
+        Command::Init { out: path, force } => init::init(&path, force, out),
+        Command::Check(args) => check::run(args, inventory, out),
+        Command::Plan(args) => etcd::apply(args, true, inventory, out),
+        Command::Apply(args) => etcd::apply(args, false, inventory, out),
+        Command::Status(args) => etcd::status(args, inventory, out),
+        Command::Etcd(cmd) => etcd::etcd(cmd, inventory, out),
+        Command::Backup(cmd) => backup::run(cmd, inventory, out),
+        Command::Restore(args) => restore::restore(args, inventory, out),
+        Command::Drill(args) => drill::run(args, inventory, out),
+        Command::Completions { shell } => completions::completions(shell),
+        Command::Man { out_dir } => completions::man(out_dir, out),
     }
-}
-
-/// The starter inventory is the documented example, so the two never drift apart.
-const STARTER_INVENTORY: &str = include_str!("../../examples/inventory.yaml");
-
-fn init(path: &std::path::Path, force: bool, out: &Output) -> anyhow::Result<ExitCode> {
-    if path.exists() && !force {
-        return Err(
-            Failure::new(format!("{} already exists; nothing written", path.display()))
-                .hint("pass --force to overwrite it, or --out FILE to write elsewhere")
-                .into(),
-        );
-    }
-    std::fs::write(path, STARTER_INVENTORY)
-        .map_err(|e| Failure::new(format!("cannot write {}: {e}", path.display())))?;
-    out.status(format!(
-        "wrote {}: edit the hosts, then run `capstan -i {} inventory check`",
-        path.display(),
-        path.display()
-    ));
-    println!("{}", path.display());
-    Ok(ExitCode::SUCCESS)
 }

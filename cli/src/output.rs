@@ -1,6 +1,13 @@
-//! Where output goes and how it looks: data on stdout, everything else on stderr.
+//! Where output goes and how it looks: data on stdout, everything else on stderr. The one
+//! printer every command writes through; library code gets its reporter and progress from here.
 
-use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use capstan_backup::schedule_install::InstallError;
+use capstan_provisioner::hint::Hint;
+use capstan_provisioner::report::{render_changes, render_summary, Reporter, RunReport};
+use capstan_provisioner::runner::{self, NoProgress, Progress};
 
 use crate::cli::OutputFormat;
 
@@ -28,13 +35,33 @@ impl Failure {
             exit_code: 1,
         }
     }
+    /// A library error: its message, and its [`Hint`] when it has one.
+    pub fn of<E: std::fmt::Display + Hint + ?Sized>(error: &E) -> Self {
+        Failure::new(error.to_string()).maybe_hint(error.hint())
+    }
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+    pub fn maybe_hint(mut self, hint: Option<String>) -> Self {
+        self.hint = hint;
         self
     }
     pub fn code(mut self, code: u8) -> Self {
         self.exit_code = code;
         self
+    }
+}
+
+/// A schedule install error as the user sees it: a mistake in what was asked exits 2.
+impl From<InstallError> for Failure {
+    fn from(error: InstallError) -> Failure {
+        let failure = Failure::of(&error);
+        if error.is_usage() {
+            failure.code(2)
+        } else {
+            failure
+        }
     }
 }
 
@@ -47,12 +74,11 @@ pub struct Output {
 
 impl Output {
     pub fn new(format: OutputFormat, verbose: u8, quiet: bool) -> Self {
-        let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal();
         Output {
             format,
             verbose,
             quiet,
-            color,
+            color: runner::color_enabled(),
         }
     }
 
@@ -86,10 +112,67 @@ impl Output {
         }
     }
 
+    /// Where library code writes its step lines: stderr, or nowhere with `-q`.
+    pub fn reporter(&self) -> Reporter {
+        if self.quiet {
+            Reporter::sink()
+        } else {
+            Reporter::stderr()
+        }
+    }
+
+    /// Live per-host progress of operation runs: bars on a terminal, lines otherwise, none with `-q`.
+    pub fn progress(&self) -> Arc<dyn Progress> {
+        if self.quiet {
+            Arc::new(NoProgress)
+        } else {
+            runner::stderr_progress()
+        }
+    }
+
+    /// Progress lines of a lab coming up (`lab: ...` on stderr), none with `-q`.
+    pub fn lab_progress(&self) -> capstan_lab::Progress {
+        if self.quiet {
+            Arc::new(|_: &str| {})
+        } else {
+            capstan_lab::stderr_progress()
+        }
+    }
+
     /// Print a value as pretty JSON on stdout.
     pub fn print_json<T: serde::Serialize>(&self, value: &T) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);
         Ok(())
+    }
+
+    /// The end of a run of operations on the members (schedule installs and removals): the
+    /// changes (dry run or `-v`) and the summary on stdout, a tally on stderr, and the exit status;
+    /// `rerun` is the command the hint suggests after a failure.
+    pub fn finish_run(&self, report: &RunReport, dry_run: bool, what: &str, rerun: &str) -> anyhow::Result<ExitCode> {
+        if self.json() {
+            self.print_json(&serde_json::json!({ "dry_run": dry_run, "summary": report }))?;
+        } else {
+            if dry_run || self.verbose > 0 {
+                print!("{}", render_changes(report, self.color, false));
+            }
+            print!("{}", render_summary(report, self.color));
+        }
+        let totals = report.totals();
+        self.status(format!(
+            "{what}{} in {:.1}s: {} ok, {} {}, {} failed",
+            if dry_run { " (dry run, nothing changed)" } else { "" },
+            report.elapsed.as_secs_f64(),
+            totals.ok,
+            totals.changed,
+            if dry_run { "would change" } else { "changed" },
+            totals.failed
+        ));
+        if report.success() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(Failure::new(format!("failed on {}", report.failed_hosts().join(", ")))
+            .hint(format!("see the errors above; fix them and run `{rerun}` again"))
+            .into())
     }
 
     pub fn report_error(&self, err: &anyhow::Error) {
@@ -109,50 +192,5 @@ impl Output {
                 eprintln!("{prefix}: {err:#}");
             }
         }
-    }
-}
-
-/// Render rows as an aligned text table (first row is the header).
-pub fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| {
-                if c + 1 == row.len() {
-                    cell.clone()
-                } else {
-                    format!("{cell:<w$}", w = widths[c])
-                }
-            })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::table;
-
-    #[test]
-    fn table_aligns_columns() {
-        let rows = vec![
-            vec!["HOST".into(), "OK".into(), "CHANGED".into()],
-            vec!["demo-1".into(), "12".into(), "0".into()],
-        ];
-        assert_eq!(table(&rows), "HOST    OK  CHANGED\ndemo-1  12  0\n");
     }
 }

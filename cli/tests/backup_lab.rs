@@ -13,28 +13,16 @@ use capstan_lab::{Lab, LabGuard, UpOptions};
 use serde_json::Value;
 
 mod support;
-use support::{changed, json, lab_inventory, mirror_and_version, remote, run_capstan, Run, MIRROR};
+use support::{
+    changed, json, lab, lab_inventory, mirror, mirror_and_version, remote, require, required, run_capstan, tool, Run,
+    MIRROR,
+};
 
 const BUCKET: &str = "capstan-lab";
 const METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup.prom";
 const SCHEDULER_METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup_scheduler.prom";
 /// Seconds between scheduled backups in the test (`*:*:0/20`).
 const INTERVAL: u64 = 20;
-
-fn lab_missing() -> Option<String> {
-    if let Err(e) = capstan_lab::check_prerequisites() {
-        return Some(format!("lab prerequisites missing: {e}"));
-    }
-    if !Path::new(MIRROR).join("SHA256SUMS").is_file() {
-        return Some(format!(
-            "artifact mirror missing: {MIRROR}/SHA256SUMS (run scripts/setup.sh)"
-        ));
-    }
-    if Command::new("age-keygen").arg("--version").output().is_err() {
-        return Some("age-keygen not found (apt-get install age)".into());
-    }
-    None
-}
 
 /// A server child process listening on one address; killed when dropped.
 struct ServerProcess {
@@ -196,18 +184,13 @@ fn complete_backups(inventory: &Path, moto: &Moto) -> Vec<String> {
 
 #[test]
 fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
-    if let Some(why) = lab_missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&[lab(), mirror(), tool("age-keygen", "age")]) {
         return;
     }
     let guard = LabGuard::up(UpOptions::new(format!("bs{}", std::process::id() % 10000), 3)).expect("lab up");
     let lab = guard.lab().clone();
-    let moto = match Moto::start(&lab.gateway) {
-        Ok(moto) => moto,
-        Err(why) => {
-            eprintln!("SKIPPED: no S3 server: {why}");
-            return;
-        }
+    let Some(moto) = required("no S3 server", Moto::start(&lab.gateway)) else {
+        return;
     };
     let work = tempfile::tempdir().unwrap();
     let identity = work.path().join("identity.txt");
@@ -440,22 +423,18 @@ fn age_keygen(path: &Path) -> String {
 
 #[test]
 fn lab_drill_schedule_runs_once_on_the_leader_into_drill_hosts() {
-    if let Some(why) = lab_missing() {
-        eprintln!("SKIPPED: {why}");
-        return;
-    }
-    if Command::new("etcdctl").arg("version").output().is_err() {
-        eprintln!("SKIPPED: etcdctl not found (apt-get install etcd-client)");
+    if !require(&[
+        lab(),
+        mirror(),
+        tool("age-keygen", "age"),
+        tool("etcdctl", "etcd-client"),
+    ]) {
         return;
     }
     let guard = LabGuard::up(UpOptions::new(format!("ds{}", std::process::id() % 10000), 4)).expect("lab up");
     let lab = guard.lab().clone();
-    let moto = match Moto::start(&lab.gateway) {
-        Ok(moto) => moto,
-        Err(why) => {
-            eprintln!("SKIPPED: no S3 server: {why}");
-            return;
-        }
+    let Some(moto) = required("no S3 server", Moto::start(&lab.gateway)) else {
+        return;
     };
     let mirror = http_mirror(&lab.gateway).expect("http mirror");
     let work = tempfile::tempdir().unwrap();

@@ -4,10 +4,12 @@
 use std::path::Path;
 use std::process::Command;
 
+mod support;
+use support::{lab, require};
+
 #[test]
 fn lab_readme_demo_ends_with_a_passing_drill() {
-    if let Err(why) = capstan_lab::check_prerequisites() {
-        eprintln!("SKIPPED: lab prerequisites missing: {why}");
+    if !require(&[lab()]) {
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();

@@ -13,21 +13,9 @@ use capstan_lab::{Lab, LabGuard, UpOptions};
 use serde_json::Value;
 
 mod support;
-use support::{changed, etcd_pids, json, remote, run_capstan, Run};
+use support::{changed, etcd_pids, json, lab, mirror, remote, require, run_capstan, Run};
 
 const MIRROR: &str = "/var/cache/capstan/mirror";
-
-fn lab_missing() -> Option<String> {
-    if let Err(e) = capstan_lab::check_prerequisites() {
-        return Some(format!("lab prerequisites missing: {e}"));
-    }
-    if !Path::new(MIRROR).join("SHA256SUMS").is_file() {
-        return Some(format!(
-            "artifact mirror missing: {MIRROR}/SHA256SUMS (run scripts/setup.sh)"
-        ));
-    }
-    None
-}
 
 fn capstan(inventory: &Path, args: &[&str]) -> Run {
     run_capstan(Some(inventory), args, &[])
@@ -109,8 +97,7 @@ fn status_json(inventory: &Path) -> (i32, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_etcd_apply_is_idempotent_survives_a_member_down() {
-    if let Some(why) = lab_missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&[lab(), mirror()]) {
         return;
     }
     let guard = LabGuard::up(UpOptions::new(format!("ea{}", std::process::id() % 10000), 3)).expect("lab up");
@@ -280,8 +267,7 @@ async fn lab_etcd_apply_is_idempotent_survives_a_member_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_etcd_scales_up_and_down_without_losing_writes() {
-    if let Some(why) = lab_missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&[lab(), mirror()]) {
         return;
     }
     let guard = LabGuard::up(UpOptions::new(format!("es{}", std::process::id() % 10000), 5)).expect("lab up");
@@ -428,8 +414,7 @@ async fn lab_etcd_scales_up_and_down_without_losing_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_etcd_34_without_etcdutl() {
-    if let Some(why) = lab_missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&[lab(), mirror()]) {
         return;
     }
     let guard = LabGuard::up(UpOptions::new(format!("e4{}", std::process::id() % 10000), 3)).expect("lab up");

@@ -3,6 +3,9 @@
 
 use std::process::{Command, Output};
 
+mod support;
+use support::{lab, require};
+
 fn capstan(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_capstan"))
         .args(args)
@@ -30,8 +33,7 @@ impl Drop for Down {
 
 #[test]
 fn lab_up_check_isolate_down() {
-    if let Err(why) = capstan_lab::check_prerequisites() {
-        eprintln!("SKIPPED: lab prerequisites missing: {why}");
+    if !require(&[lab()]) {
         return;
     }
     let name = format!("cli-{}", std::process::id());

@@ -14,26 +14,20 @@ use capstan_lab::{Lab, LabGuard, UpOptions};
 use serde_json::Value;
 
 mod support;
-use support::{lab_inventory, mirror_and_version, remote, run_capstan, Run, MIRROR};
+use support::{
+    lab, lab_inventory, mirror, mirror_and_version, mirror_etcd, remote, require, run_capstan, tool, Need, Run, MIRROR,
+};
 
 const KEYS: usize = 10_000;
 
-fn missing() -> Option<String> {
-    if let Err(e) = capstan_lab::check_prerequisites() {
-        return Some(format!("lab prerequisites missing: {e}"));
-    }
-    if !Path::new(MIRROR).join("SHA256SUMS").is_file() {
-        return Some(format!(
-            "artifact mirror missing: {MIRROR}/SHA256SUMS (run scripts/setup.sh)"
-        ));
-    }
-    for tool in ["age-keygen", "etcdctl"] {
-        if Command::new(tool).arg("--version").output().is_err() && Command::new(tool).arg("version").output().is_err()
-        {
-            return Some(format!("{tool} not installed (apt-get install age etcd-client)"));
-        }
-    }
-    None
+/// What every test here needs.
+fn needs() -> [Need; 4] {
+    [
+        lab(),
+        mirror(),
+        tool("age-keygen", "age"),
+        tool("etcdctl", "etcd-client"),
+    ]
 }
 
 fn capstan(inventory: Option<&Path>, args: &[&str], env: &[(&str, &str)]) -> Run {
@@ -186,8 +180,7 @@ fn unique(prefix: &str) -> String {
 /// corrupted copy fails naming the broken object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_restore_into_new_machines_and_drill() {
-    if let Some(why) = missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&needs()) {
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -468,8 +461,7 @@ async fn lab_restore_into_new_machines_and_drill() {
 /// way: re-running converges and all five members hold the data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_restore_three_member_backup_into_five() {
-    if let Some(why) = missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&needs()) {
         return;
     }
     let work = tempfile::tempdir().unwrap();
@@ -622,8 +614,7 @@ async fn get_when_up(tls: &EtcdTls, endpoints: &[EtcdEndpoint], key: &str) -> Op
 /// cluster, and a second `--force` restore (text output) names what it kept in its table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_restore_force_onto_live_cluster_and_roll_back() {
-    if let Some(why) = missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&needs()) {
         return;
     }
     let started = Instant::now();
@@ -875,12 +866,10 @@ async fn backed_up_six(work: &Path, prefix: &str, version: &str, keys: usize) ->
 /// addresses running 3.4.23, verification passed; `--bump-revision` noted as unsupported by etcdctl.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_restore_etcd_3_4_with_etcdctl() {
-    if let Some(why) = missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&needs()) {
         return;
     }
-    if !mirror_etcd_versions().contains(&(3, 4, 23)) {
-        eprintln!("SKIPPED: etcd 3.4.23 is not in the artifact mirror {MIRROR} (run scripts/setup.sh)");
+    if !require(&[mirror_etcd(&["3.4.23"])]) {
         return;
     }
     let started = Instant::now();
@@ -966,18 +955,17 @@ async fn lab_restore_etcd_3_4_with_etcdctl() {
 /// when the artifact mirror has such a release; says which is missing otherwise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_restore_bump_revision_supported() {
-    if let Some(why) = missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&needs()) {
         return;
     }
     let versions = mirror_etcd_versions();
     let Some(&(major, minor, patch)) = versions.iter().rev().find(|v| **v >= (3, 5, 10)) else {
         let has: Vec<String> = versions.iter().map(|(a, b, c)| format!("{a}.{b}.{c}")).collect();
-        eprintln!(
-            "SKIPPED: needs etcd 3.5.10 or newer (the first release whose `etcdutl snapshot restore` has \
+        require(&[Err(format!(
+            "needs etcd 3.5.10 or newer (the first release whose `etcdutl snapshot restore` has \
              --bump-revision/--mark-compacted) in the artifact mirror {MIRROR}; it has: {}",
             has.join(", ")
-        );
+        ))]);
         return;
     };
     let version = format!("{major}.{minor}.{patch}");

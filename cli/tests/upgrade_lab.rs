@@ -13,22 +13,9 @@ use capstan_lab::{Lab, LabGuard, UpOptions};
 use serde_json::Value;
 
 mod support;
-use support::{changed, etcd_pids, json, lab_inventory, mirror_and_version, remote, run_capstan, Run, MIRROR};
-
-fn lab_missing() -> Option<String> {
-    if let Err(e) = capstan_lab::check_prerequisites() {
-        return Some(format!("lab prerequisites missing: {e}"));
-    }
-    let sums = std::fs::read_to_string(Path::new(MIRROR).join("SHA256SUMS")).unwrap_or_default();
-    for version in ["3.4.23", "3.5.0", "3.5.1"] {
-        if !sums.contains(&format!("etcd-v{version}-linux-")) {
-            return Some(format!(
-                "artifact mirror {MIRROR} lacks etcd {version} (run scripts/setup.sh)"
-            ));
-        }
-    }
-    None
-}
+use support::{
+    changed, etcd_pids, json, lab, lab_inventory, mirror_and_version, mirror_etcd, remote, require, run_capstan, Run,
+};
 
 fn capstan(inventory: &Path, args: &[&str]) -> Run {
     run_capstan(Some(inventory), args, &[])
@@ -156,8 +143,7 @@ fn spawn_writer(
 /// and is rolled back with a patch downgrade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_etcd_patch_upgrade_refusals_and_rollback() {
-    if let Some(why) = lab_missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&[lab(), mirror_etcd(&["3.4.23", "3.5.0", "3.5.1"])]) {
         return;
     }
     let guard = LabGuard::up(UpOptions::new(format!("up{}", std::process::id() % 10000), 3)).expect("lab up");
@@ -336,8 +322,7 @@ async fn lab_etcd_patch_upgrade_refusals_and_rollback() {
 /// The real minor upgrade: 3.4.23 → 3.5.1; the cluster version moves to 3.5 once all run 3.5.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_etcd_minor_upgrade_34_to_35() {
-    if let Some(why) = lab_missing() {
-        eprintln!("SKIPPED: {why}");
+    if !require(&[lab(), mirror_etcd(&["3.4.23", "3.5.0", "3.5.1"])]) {
         return;
     }
     let guard = LabGuard::up(UpOptions::new(format!("um{}", std::process::id() % 10000), 3)).expect("lab up");

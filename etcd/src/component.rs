@@ -51,7 +51,7 @@ impl Component for EtcdComponent {
         let mut options = ApplyOptions::new(ctx.mode);
         options.concurrency = ctx.concurrency.max(1);
         options.progress = ctx.progress.clone();
-        options.out = Box::new(ctx.out.clone());
+        options.out = ctx.out.clone().into();
         let outcome = apply(cluster, options).await.map_err(|e| ComponentError {
             component: self.name(),
             message: e.to_string(),

@@ -12,6 +12,7 @@ use capstan_inventory::Cluster;
 use serde::Serialize;
 
 use crate::component::{Component, ComponentError, ComponentOutcome, RunContext};
+use crate::hint::Hint;
 use crate::report::RunReport;
 use crate::runner::Mode;
 
@@ -32,8 +33,8 @@ pub enum PlanError {
     Cycle(Vec<&'static str>),
 }
 
-impl PlanError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for PlanError {
+    fn hint(&self) -> Option<String> {
         match self {
             PlanError::UnknownComponent { .. } => Some("name components as listed, separated by commas".into()),
             PlanError::NotEnabled { .. } => {

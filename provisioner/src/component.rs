@@ -11,8 +11,7 @@
 //! own ordered phases, run (or, as a plan, dry-run) through the engine's ops path.
 //! [`crate::cluster_plan`] composes every component the inventory enables into one plan.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use capstan_inventory::Cluster;
@@ -20,7 +19,7 @@ use serde::Serialize;
 
 use crate::check::RequiredPort;
 use crate::phases::PhaseOutcome;
-use crate::report::RunReport;
+use crate::report::{Reporter, RunReport};
 use crate::runner::{Mode, Progress};
 
 /// A component as the engine sees it. Implementations are stateless descriptions; `Send + Sync`
@@ -99,32 +98,7 @@ pub struct RunContext {
     pub concurrency: usize,
     pub progress: Arc<dyn Progress>,
     /// Phase headers and step lines (stderr, or a sink when quiet).
-    pub out: SharedWriter,
-}
-
-/// A writer the components of one run share, one line at a time.
-#[derive(Clone)]
-pub struct SharedWriter(Arc<Mutex<Box<dyn Write + Send>>>);
-
-impl SharedWriter {
-    pub fn new(out: Box<dyn Write + Send>) -> SharedWriter {
-        SharedWriter(Arc::new(Mutex::new(out)))
-    }
-    pub fn stderr() -> SharedWriter {
-        SharedWriter::new(Box::new(std::io::stderr()))
-    }
-    pub fn sink() -> SharedWriter {
-        SharedWriter::new(Box::new(std::io::sink()))
-    }
-}
-
-impl Write for SharedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
-    }
+    pub out: Reporter,
 }
 
 /// One phase's operations report.
@@ -151,6 +125,12 @@ pub struct ComponentOutcome {
 impl ComponentOutcome {
     pub fn success(&self) -> bool {
         self.error.is_none() && self.summary.success()
+    }
+}
+
+impl crate::hint::Hint for ComponentError {
+    fn hint(&self) -> Option<String> {
+        self.hint.clone()
     }
 }
 

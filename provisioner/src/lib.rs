@@ -10,6 +10,7 @@ pub mod check;
 pub mod cluster_plan;
 pub mod component;
 pub mod facts;
+pub mod hint;
 pub mod known_hosts;
 pub mod local;
 pub mod ops;

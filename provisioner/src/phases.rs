@@ -18,18 +18,49 @@ use crate::ops::OpError;
 use crate::report::RunReport;
 use crate::runner::{HostOps, Mode, Runner};
 
+/// A cause of any type, kept typed (for `source()`, downcasting, hints) rather than flattened into text.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PhaseError {
     #[error("phase {phase:?}: {} host(s) failed: {}", hosts.len(), hosts.join(", "))]
     HostsFailed { phase: String, hosts: Vec<String> },
+    /// Flattened to text: new code uses [`PhaseError::failed`], which keeps the cause typed.
     #[error("phase {phase:?}: {reason}")]
     Failed { phase: String, reason: String },
+    /// A step of the phase failed; `source` is its typed cause (build with [`PhaseError::failed`]).
+    #[error("phase {phase:?}: {source}")]
+    Step {
+        phase: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("phase {phase:?}: {source}")]
     Op {
         phase: String,
         #[source]
         source: OpError,
     },
+}
+
+impl PhaseError {
+    /// The phase failed because of `cause`: an error value (kept typed, reachable through
+    /// `source()` and downcasting) or, where there is no error value, a message.
+    pub fn failed(phase: impl Into<String>, cause: impl Into<BoxError>) -> PhaseError {
+        PhaseError::Step {
+            phase: phase.into(),
+            source: cause.into(),
+        }
+    }
+
+    pub fn phase(&self) -> &str {
+        match self {
+            PhaseError::HostsFailed { phase, .. }
+            | PhaseError::Failed { phase, .. }
+            | PhaseError::Step { phase, .. }
+            | PhaseError::Op { phase, .. } => phase,
+        }
+    }
 }
 
 /// Shared by all phases of one run: caller state `S`, the op runner and mode.
@@ -276,7 +307,22 @@ impl RollingBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error as _;
     use std::sync::Arc;
+
+    #[test]
+    fn failed_keeps_the_cause_typed() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "no write access");
+        let error = PhaseError::failed("write config", io);
+        assert_eq!(error.to_string(), "phase \"write config\": no write access");
+        assert_eq!(error.phase(), "write config");
+        let source = error.source().expect("a source");
+        let io = source.downcast_ref::<std::io::Error>().expect("still an io::Error");
+        assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+        // A message works where there is no error value.
+        let text = PhaseError::failed("verify", format!("{} members unhealthy", 2));
+        assert_eq!(text.to_string(), "phase \"verify\": 2 members unhealthy");
+    }
 
     #[allow(clippy::type_complexity)] // data-driven case tables
     #[tokio::test]

@@ -2,12 +2,60 @@
 //! renderable as a summary table and as a list of changes with diffs.
 
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use console::Style;
 use serde::{Serialize, Serializer};
 
 use crate::runner::Mode;
+
+/// Where library code writes its lines for the operator (steps, notes, warnings). The caller
+/// hands one in; library code never writes to stderr itself. Clones share one writer, so the lines
+/// of nested steps (restore → apply) stay in order, and a quiet caller silences all of them with
+/// one [`Reporter::sink`].
+#[derive(Clone)]
+pub struct Reporter(Arc<Mutex<Box<dyn std::io::Write + Send>>>);
+
+impl Reporter {
+    pub fn new(out: impl std::io::Write + Send + 'static) -> Reporter {
+        Reporter(Arc::new(Mutex::new(Box::new(out))))
+    }
+    pub fn stderr() -> Reporter {
+        Reporter::new(std::io::stderr())
+    }
+    /// Reports nothing (`-q`, or a caller that only wants the result).
+    pub fn sink() -> Reporter {
+        Reporter::new(std::io::sink())
+    }
+    /// One line. Best effort: a closed stderr must not fail a run.
+    pub fn line(&self, text: impl std::fmt::Display) {
+        let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = std::io::Write::write_all(&mut *out, format!("{text}\n").as_bytes());
+    }
+}
+
+impl std::io::Write for Reporter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
+/// For options that still take a `Box<dyn Write + Send>`: `options.out = reporter.into()`.
+impl From<Reporter> for Box<dyn std::io::Write + Send> {
+    fn from(reporter: Reporter) -> Self {
+        Box::new(reporter)
+    }
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reporter")
+    }
+}
 
 fn as_secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
@@ -255,6 +303,34 @@ pub fn render_changes(report: &RunReport, color: bool, show_commands: bool) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reporter_clones_share_one_writer_in_order() {
+        let captured = Captured::default();
+        let reporter = Reporter::new(captured.clone());
+        let nested = reporter.clone();
+        reporter.line("==> restore: installing");
+        nested.line("==> [1/5] bootstrap");
+        let mut boxed: Box<dyn std::io::Write + Send> = nested.into();
+        boxed.write_all(b"    3 members healthy\n").unwrap();
+        assert_eq!(
+            String::from_utf8(captured.0.lock().unwrap().clone()).unwrap(),
+            "==> restore: installing\n==> [1/5] bootstrap\n    3 members healthy\n"
+        );
+    }
 
     fn report() -> RunReport {
         let mut a = HostReport::new("node-1");

@@ -70,7 +70,9 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    /// A one-line suggestion for the user, printed after the error as `hint:`.
+    /// A one-line suggestion for the user, printed after the error as `hint:`. The same as
+    /// [`Hint::hint`](crate::hint::Hint) (which new code uses), without the allocation; kept while
+    /// `check` and `etcd::inspect` still call it.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             TransportError::Connect { .. } => Some("check the address and port, and that sshd runs on the host"),
@@ -84,6 +86,12 @@ impl TransportError {
             }
             TransportError::Other { .. } => None,
         }
+    }
+}
+
+impl crate::hint::Hint for TransportError {
+    fn hint(&self) -> Option<String> {
+        TransportError::hint(self).map(str::to_string)
     }
 }
 

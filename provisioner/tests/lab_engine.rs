@@ -16,9 +16,9 @@ use capstan_provisioner::ssh::SshTransport;
 use capstan_provisioner::targets::ssh_targets;
 use capstan_provisioner::transport::{ExecOptions, Transport, TransportError};
 
-fn lab_missing() -> Option<String> {
-    capstan_lab::check_prerequisites().err().map(|e| e.to_string())
-}
+#[path = "support/require.rs"]
+mod require;
+use require::{need, require};
 
 /// The ops one host gets: every kind the engine has.
 fn host_ops(transport: Arc<dyn Transport>, cluster: &str, marker: &str, artifact_dir: &Path) -> HostOps {
@@ -84,8 +84,7 @@ async fn sh(t: &dyn Transport, cmd: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_engine_converges_and_is_idempotent() {
-    if let Some(why) = lab_missing() {
-        eprintln!("SKIPPED: lab prerequisites missing: {why}");
+    if !require(&[need("lab prerequisites missing", capstan_lab::check_prerequisites())]) {
         return;
     }
     let guard = LabGuard::up(UpOptions::new(format!("eng-{}", std::process::id()), 3)).expect("lab up");

@@ -5,6 +5,8 @@
 
 #[path = "../../../etcd/tests/support/etcd.rs"]
 pub mod etcd;
+#[path = "../../../provisioner/tests/support/require.rs"]
+pub mod require;
 pub mod s3;
 
 use std::sync::Arc;

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::require::require;
+
 pub const INSTALL_HINT: &str = "pip install 'moto[server]>=5.2.5'";
 
 /// moto 5.2.1 answers CompleteMultipartUpload with a `CompleteMultipartUploadResponse` root
@@ -73,16 +75,18 @@ impl S3Server {
     /// Start a server on a free port, or print why the calling test is skipped.
     pub fn start() -> Option<S3Server> {
         let Some(command) = launcher() else {
-            eprintln!("SKIPPED: no S3 server: moto_server not found; install it with `{INSTALL_HINT}`");
+            require(&[Err(format!(
+                "no S3 server: moto_server not found; install it with `{INSTALL_HINT}`"
+            ))]);
             return None;
         };
         match moto_version(&command) {
             Some(version) if version >= MIN_MOTO => {}
             found => {
-                eprintln!(
-                    "SKIPPED: moto {found:?} is older than {MIN_MOTO:?} (its multipart responses break the AWS SDK); \
+                require(&[Err(format!(
+                    "moto {found:?} is older than {MIN_MOTO:?} (its multipart responses break the AWS SDK); \
                      upgrade with `{INSTALL_HINT}`"
-                );
+                ))]);
                 return None;
             }
         }

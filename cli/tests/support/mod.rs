@@ -1,7 +1,14 @@
-//! Shared by the CLI's lab tests: running the `capstan` binary under test and keeping its output,
-//! commands on lab machines, and reading capstan's JSON reports.
+//! Shared by the CLI's lab tests: what they need (`require`), running the `capstan` binary under
+//! test and keeping its output, commands on lab machines, and reading capstan's JSON reports.
 
 #![allow(dead_code)]
+
+#[path = "../../../provisioner/tests/support/require.rs"]
+mod require;
+
+// Each test binary uses a part of these.
+#[allow(unused_imports)]
+pub use require::{file, need, require, required, tool, Need};
 
 use std::path::Path;
 use std::process::Command;
@@ -45,6 +52,30 @@ pub fn run_capstan(inventory: Option<&Path>, args: &[&str], env: &[(&str, &str)]
 
 /// The artifact mirror scripts/setup.sh builds (etcd 3.4.23, 3.5.0, 3.5.1).
 pub const MIRROR: &str = "/var/cache/capstan/mirror";
+
+/// Root and the lab's tools (systemd-nspawn, debootstrap, ...).
+pub fn lab() -> Need {
+    need("lab prerequisites missing", capstan_lab::check_prerequisites())
+}
+
+/// The artifact mirror scripts/setup.sh builds.
+pub fn mirror() -> Need {
+    file(
+        Path::new(MIRROR).join("SHA256SUMS"),
+        "artifact mirror missing (run scripts/setup.sh)",
+    )
+}
+
+/// These etcd releases in the artifact mirror.
+pub fn mirror_etcd(versions: &[&str]) -> Need {
+    let sums = std::fs::read_to_string(Path::new(MIRROR).join("SHA256SUMS")).unwrap_or_default();
+    match versions.iter().find(|v| !sums.contains(&format!("etcd-v{v}-linux-"))) {
+        Some(version) => Err(format!(
+            "artifact mirror {MIRROR} lacks etcd {version} (run scripts/setup.sh)"
+        )),
+        None => Ok(()),
+    }
+}
 
 /// An inventory named `cluster` of `machines` (all in the etcd role) reached with the lab's SSH
 /// key and known_hosts, followed by `extra` (more top-level YAML).

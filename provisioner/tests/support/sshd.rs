@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use capstan_provisioner::ssh::{KnownHostsPolicy, SshTarget, SudoMode};
 
+#[path = "require.rs"]
+mod require;
+
 pub const SSHD: &str = "/usr/sbin/sshd";
 
 pub struct Sshd {
@@ -60,15 +63,10 @@ fn free_port() -> u16 {
 
 /// Whether a real sshd can run here; prints why not.
 pub fn available() -> bool {
-    if !Path::new(SSHD).exists() {
-        eprintln!("SKIP: {SSHD} not found; install it with `apt-get install openssh-server`");
-        return false;
-    }
-    if Command::new("ssh-keygen").arg("-?").output().is_err() {
-        eprintln!("SKIP: ssh-keygen not found; install it with `apt-get install openssh-client`");
-        return false;
-    }
-    true
+    require::require(&[
+        require::file(SSHD, "sshd missing (apt-get install openssh-server)"),
+        require::tool("ssh-keygen", "openssh-client"),
+    ])
 }
 
 fn current_user() -> String {

@@ -1,5 +1,5 @@
-//! `capstan drill`: a restore into a throwaway target, verified, with an RTO/RPO report.
-//! See docs/restore.md.
+//! `capstan drill`: a restore into a throwaway target, verified, with an RTO/RPO report (also
+//! what a scheduled drill runs on the leading member). See docs/restore.md.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -25,9 +25,9 @@ use capstan_provisioner::pki::CertificateAuthority;
 use capstan_provisioner::runner::{HostOps, Mode, NoProgress, RunOptions, Runner};
 
 use crate::cli::{BackupTargetArgs, DrillArgs, RestoreArgs};
-use crate::cmd_backup::{backup_failure, inspect_failure, open, target_url};
-use crate::cmd_inventory::load;
-use crate::cmd_restore::{fetch, parse_which, private_tempdir, restore_options, run_restore, PrivateDir};
+use crate::commands::backup::{open, parse_which, target_url};
+use crate::commands::inventory::load;
+use crate::commands::restore::{fetch, private_tempdir, restore_options, run_restore, PrivateDir};
 use crate::output::{Failure, Output};
 
 const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
@@ -45,7 +45,7 @@ enum DrillTarget {
     Inventory(PathBuf),
 }
 
-pub fn drill(args: DrillArgs, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
+pub(super) fn drill(args: DrillArgs, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
     // The backup target may come from --target or from the (source) inventory.
     let source = if args.target.target.is_some() && inventory.is_none() {
         None
@@ -60,8 +60,8 @@ pub fn drill(args: DrillArgs, inventory: Option<&Path>, out: &Output) -> anyhow:
 
     let (store, manifest) = runtime.block_on(async {
         let store = open(&url, &args.target).await?;
-        let id = resolve(&store, &which).await.map_err(backup_failure)?;
-        let manifest = manifest_of(&store, &id).await.map_err(backup_failure)?;
+        let id = resolve(&store, &which).await.map_err(|e| Failure::of(&e))?;
+        let manifest = manifest_of(&store, &id).await.map_err(|e| Failure::of(&e))?;
         anyhow::Ok((store, manifest))
     })?;
 
@@ -200,7 +200,9 @@ pub fn drill(args: DrillArgs, inventory: Option<&Path>, out: &Output) -> anyhow:
 /// the cluster's data, and the next drill should find empty hosts (no `--force` safety copies).
 async fn wipe_inventory_target(path: &Path) -> anyhow::Result<()> {
     let cluster = load(Some(path))?;
-    let (hosts, connections) = inspect_hosts(&cluster, 8, None).await.map_err(inspect_failure)?;
+    let (hosts, connections) = inspect_hosts(&cluster, 8, None)
+        .await
+        .map_err(|e| Failure::new(e.to_string()))?;
     let data_dir = cluster
         .etcd
         .data_dir
@@ -275,9 +277,7 @@ fn prepare_target(
         manifest.etcd_version
     ));
     let mut options = UpOptions::new(name.clone(), manifest.member_count.max(1));
-    if out.quiet {
-        options.progress = Arc::new(|_: &str| {});
-    }
+    options.progress = out.lab_progress();
     let lab = match capstan_lab::up(options) {
         Ok(lab) => lab,
         Err(e) => {

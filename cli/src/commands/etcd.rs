@@ -7,46 +7,29 @@ use std::time::Duration;
 
 use capstan_etcd::status::{status as etcd_status, write_credentials, StatusReport};
 use capstan_provisioner::cluster_plan::ClusterPlan;
-use capstan_provisioner::component::{RunContext, SharedWriter};
+use capstan_provisioner::component::RunContext;
 use capstan_provisioner::report::{render_changes, render_summary};
-use capstan_provisioner::runner::{stderr_progress, Mode, NoProgress};
+use capstan_provisioner::runner::Mode;
 
 use crate::cli::{ApplyArgs, EtcdCommand, StatusArgs};
-use crate::cmd_inventory::load;
-use crate::output::{table, Failure, Output};
+use crate::commands::inventory::load;
+use crate::format::{header, human_bytes, or_dash, table, yes_no};
+use crate::output::{Failure, Output};
 
 pub fn apply(args: ApplyArgs, dry_run: bool, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
     let cluster = load(inventory)?;
     let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
-    let plan = ClusterPlan::new(crate::components::ALL, &cluster, &args.only).map_err(|e| {
-        let failure = Failure::new(e.to_string());
-        match e.hint() {
-            Some(hint) => failure.hint(hint),
-            None => failure,
-        }
-    })?;
+    let plan = ClusterPlan::new(crate::components::ALL, &cluster, &args.only).map_err(|e| Failure::of(&e))?;
     let ctx = RunContext {
         mode,
         concurrency: args.concurrency.max(1),
-        progress: if out.quiet {
-            std::sync::Arc::new(NoProgress)
-        } else {
-            stderr_progress()
-        },
-        out: if out.quiet {
-            SharedWriter::sink()
-        } else {
-            SharedWriter::stderr()
-        },
+        progress: out.progress(),
+        out: out.reporter(),
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    let outcome = runtime.block_on(plan.run(&cluster, &ctx)).map_err(|e| {
-        let failure = Failure::new(e.message);
-        match e.hint {
-            Some(hint) => failure.hint(hint),
-            None => failure,
-        }
-    })?;
+    let outcome = runtime
+        .block_on(plan.run(&cluster, &ctx))
+        .map_err(|e| Failure::new(e.message).maybe_hint(e.hint))?;
 
     if out.json() {
         out.print_json(&outcome)?;
@@ -118,28 +101,8 @@ pub fn status(args: StatusArgs, inventory: Option<&Path>, out: &Output) -> anyho
         .into())
 }
 
-fn yes_no(value: bool) -> String {
-    if value { "yes" } else { "no" }.to_string()
-}
-
-fn human_bytes(bytes: i64) -> String {
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 fn render_status(report: &StatusReport) -> String {
-    let dash = || "-".to_string();
-    let mut rows = vec![[
+    let mut rows = vec![header(&[
         "MEMBER",
         "REACHABLE",
         "HEALTHY",
@@ -149,21 +112,19 @@ fn render_status(report: &StatusReport) -> String {
         "RAFT INDEX",
         "RAFT TERM",
         "CERT EXPIRES",
-    ]
-    .map(String::from)
-    .to_vec()];
+    ])];
     let mut details = String::new();
     for m in &report.members {
         rows.push(vec![
             m.name.clone(),
             yes_no(m.reachable),
             yes_no(m.healthy),
-            if m.leader { "*".into() } else { dash() },
-            m.version.clone().unwrap_or_else(dash),
-            m.db_size_bytes.map(human_bytes).unwrap_or_else(dash),
-            m.raft_index.map(|i| i.to_string()).unwrap_or_else(dash),
-            m.raft_term.map(|i| i.to_string()).unwrap_or_else(dash),
-            m.cert_days_left.map(|d| format!("in {d}d")).unwrap_or_else(dash),
+            or_dash(m.leader.then_some("*")),
+            or_dash(m.version.as_ref()),
+            or_dash(m.db_size_bytes.map(|b| human_bytes(b.max(0) as u64))),
+            or_dash(m.raft_index),
+            or_dash(m.raft_term),
+            or_dash(m.cert_days_left.map(|d| format!("in {d}d"))),
         ]);
         if let Some(error) = &m.error {
             let error = error.strip_prefix(&format!("{}: ", m.name)).unwrap_or(error);

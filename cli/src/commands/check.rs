@@ -9,9 +9,10 @@ use capstan_provisioner::check::{run_checks, CheckConfig, CheckReport, CheckStat
 use capstan_provisioner::targets::ssh_target;
 
 use crate::cli::CheckArgs;
-use crate::cmd_inventory::load;
+use crate::commands::inventory::load;
 use crate::components;
-use crate::output::{table, Failure, Output};
+use crate::format::{header, human_bytes, or_dash, table, yes_no};
+use crate::output::{Failure, Output};
 
 pub fn run(args: CheckArgs, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
     let cluster = load(inventory)?;
@@ -66,7 +67,7 @@ pub fn run(args: CheckArgs, inventory: Option<&Path>, out: &Output) -> anyhow::R
 }
 
 fn render(reports: &[CheckReport]) -> String {
-    let mut rows = vec![[
+    let mut rows = vec![header(&[
         "HOST",
         "REACHABLE",
         "OS",
@@ -76,9 +77,7 @@ fn render(reports: &[CheckReport]) -> String {
         "FREE /var/lib",
         "CLOCK",
         "CHECKS",
-    ]
-    .map(String::from)
-    .to_vec()];
+    ])];
     let mut details = String::new();
     for report in reports {
         let facts = report.facts.as_ref();
@@ -91,18 +90,17 @@ fn render(reports: &[CheckReport]) -> String {
         };
         rows.push(vec![
             report.host.clone(),
-            if report.reachable { "yes" } else { "no" }.into(),
-            facts.map(|f| f.os_pretty.clone()).unwrap_or_else(|| "-".into()),
-            facts.map(|f| f.arch.clone()).unwrap_or_else(|| "-".into()),
-            facts.map(|f| f.cpus.to_string()).unwrap_or_else(|| "-".into()),
-            facts.map(|f| human_bytes(f.memory_bytes)).unwrap_or_else(|| "-".into()),
-            facts
-                .and_then(|f| f.free_disk_bytes.get("/var/lib").copied())
-                .map(human_bytes)
-                .unwrap_or_else(|| "-".into()),
-            facts
-                .map(|f| format!("{:+.3}s", f.time_offset_secs))
-                .unwrap_or_else(|| "-".into()),
+            yes_no(report.reachable),
+            or_dash(facts.map(|f| &f.os_pretty)),
+            or_dash(facts.map(|f| &f.arch)),
+            or_dash(facts.map(|f| f.cpus)),
+            or_dash(facts.map(|f| human_bytes(f.memory_bytes))),
+            or_dash(
+                facts
+                    .and_then(|f| f.free_disk_bytes.get("/var/lib").copied())
+                    .map(human_bytes),
+            ),
+            or_dash(facts.map(|f| format!("{:+.3}s", f.time_offset_secs))),
             checks,
         ]);
         if let Some(error) = &report.error {
@@ -131,31 +129,4 @@ fn render(reports: &[CheckReport]) -> String {
         text.push_str(&details);
     }
     text
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human_bytes;
-
-    #[test]
-    fn human_bytes_picks_the_largest_unit() {
-        assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-    }
 }

@@ -5,33 +5,29 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use capstan_backup::restore::{fetch_decrypted, resolve, FetchError, FetchedBackup};
-use capstan_backup::{BackupId, Store, VerifyTarget};
+use capstan_backup::restore::{fetch_decrypted, resolve, FetchedBackup};
+use capstan_backup::{BackupId, Store};
 use capstan_etcd::restore::{restore as restore_etcd, RestoreInput, RestoreOptions, RestoreOutcome};
 use capstan_inventory::Cluster;
-use capstan_provisioner::runner::{stderr_progress, NoProgress};
 
 use crate::cli::RestoreArgs;
-use crate::cmd_backup::{backup_failure, open, target_url};
-use crate::cmd_inventory::load;
-use crate::output::{table, Failure, Output};
+use crate::commands::backup::{open, parse_which, target_url};
+use crate::commands::inventory::load;
+use crate::format::{header, or_dash, table, yes_no};
+use crate::output::{Failure, Output};
 
 pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
     let cluster = load(inventory)?;
     let url = target_url(&args.target, Some(&cluster))?;
     let which = parse_which(&args.from)?;
     let options = restore_options(&args, out);
-    options.validate().map_err(|e| {
-        let failure = Failure::new(e.to_string()).code(2);
-        match e.hint() {
-            Some(hint) => failure.hint(hint),
-            None => failure,
-        }
-    })?;
+    options
+        .validate()
+        .map_err(|e| Failure::new(e.to_string()).maybe_hint(e.hint()).code(2))?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let store = open(&url, &args.target).await?;
-        let id = resolve(&store, &which).await.map_err(backup_failure)?;
+        let id = resolve(&store, &which).await.map_err(|e| Failure::of(&e))?;
         let work = private_tempdir()?;
         let started = Instant::now();
         out.status(format!("==> restore: downloading, verifying and decrypting backup {id}"));
@@ -63,12 +59,10 @@ pub(crate) fn restore_options(args: &RestoreArgs, out: &Output) -> RestoreOption
     options.force = args.force;
     options.bump_revision = args.bump_revision;
     options.mark_compacted = args.mark_compacted;
-    if out.quiet {
-        options.progress = Arc::new(NoProgress);
-        options.out = Box::new(std::io::sink());
-    } else {
-        options.progress = stderr_progress();
-    }
+    options.progress = out.progress();
+    // Restore's step lines, and (once etcd::restore hands its reporter on instead of stderr) the
+    // lines of the applies it runs: all silent with -q.
+    options.out = out.reporter().into();
     options
 }
 
@@ -85,13 +79,9 @@ pub(crate) async fn run_restore(
         ca_key_pem: fetched.ca_key_pem.clone(),
         manifest_revision: fetched.manifest.revision,
     };
-    restore_etcd(cluster, &input, options).await.map_err(|e| {
-        let failure = Failure::new(e.to_string());
-        match e.hint() {
-            Some(hint) => failure.hint(hint).into(),
-            None => failure.into(),
-        }
-    })
+    restore_etcd(cluster, &input, options)
+        .await
+        .map_err(|e| Failure::new(e.to_string()).maybe_hint(e.hint()).into())
 }
 
 fn print_outcome(outcome: &RestoreOutcome, fetch_seconds: f64, total: f64, out: &Output) -> anyhow::Result<()> {
@@ -103,24 +93,18 @@ fn print_outcome(outcome: &RestoreOutcome, fetch_seconds: f64, total: f64, out: 
         });
         return out.print_json(&value);
     }
-    let mut rows = vec![vec![
-        "MEMBER".to_string(),
-        "ACTION".into(),
-        "HEALTHY".into(),
-        "LEADER".into(),
-        "REVISION".into(),
-        "KEYS".into(),
-        "HASH-KV".into(),
-    ]];
+    let mut rows = vec![header(&[
+        "MEMBER", "ACTION", "HEALTHY", "LEADER", "REVISION", "KEYS", "HASH-KV",
+    ])];
     for (member, check) in outcome.members.iter().zip(&outcome.verification.members) {
         rows.push(vec![
             member.host.clone(),
             member.action.clone(),
             yes_no(check.healthy),
             yes_no(check.leader),
-            opt(check.revision),
-            opt(check.key_count),
-            check.hash_kv.map_or_else(|| "-".into(), |h| format!("{h:08x}")),
+            or_dash(check.revision),
+            or_dash(check.key_count),
+            or_dash(check.hash_kv.map(|h| format!("{h:08x}"))),
         ]);
     }
     print!("{}", table(&rows));
@@ -132,27 +116,26 @@ fn print_outcome(outcome: &RestoreOutcome, fetch_seconds: f64, total: f64, out: 
         .collect();
     if !kept.is_empty() {
         println!("--force kept the previous etcd state (to roll back, see \"Rolling back a --force restore\" in docs/restore.md):");
-        let mut rows = vec![vec![
-            "HOST".to_string(),
-            "SAFETY SNAPSHOT".into(),
-            "PREVIOUS DATA DIR".into(),
-            "PREVIOUS CONFIG".into(),
-            "PREVIOUS PKI".into(),
-        ]];
-        let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let mut rows = vec![header(&[
+            "HOST",
+            "SAFETY SNAPSHOT",
+            "PREVIOUS DATA DIR",
+            "PREVIOUS CONFIG",
+            "PREVIOUS PKI",
+        ])];
         for (host, k) in kept {
             rows.push(vec![
                 host.to_string(),
-                or_none(&k.safety_snapshot),
+                or_dash(k.safety_snapshot.as_ref()),
                 k.data_dir.clone(),
-                or_none(&k.config),
-                or_none(&k.pki_dir),
+                or_dash(k.config.as_ref()),
+                or_dash(k.pki_dir.as_ref()),
             ]);
         }
         print!("{}", table(&rows));
         println!();
     }
-    let mut checks = vec![vec!["CHECK".to_string(), "RESULT".into(), "DETAIL".into()]];
+    let mut checks = vec![header(&["CHECK", "RESULT", "DETAIL"])];
     for check in &outcome.verification.checks {
         checks.push(vec![
             check.name.clone(),
@@ -162,7 +145,7 @@ fn print_outcome(outcome: &RestoreOutcome, fetch_seconds: f64, total: f64, out: 
     }
     print!("{}", table(&checks));
     println!();
-    let mut steps = vec![vec!["STEP".to_string(), "SECONDS".into()]];
+    let mut steps = vec![header(&["STEP", "SECONDS"])];
     steps.push(vec!["download, verify, decrypt".into(), format!("{fetch_seconds:.1}")]);
     for step in &outcome.steps {
         steps.push(vec![step.step.clone(), format!("{:.1}", step.seconds)]);
@@ -175,35 +158,6 @@ fn print_outcome(outcome: &RestoreOutcome, fetch_seconds: f64, total: f64, out: 
     Ok(())
 }
 
-fn yes_no(value: bool) -> String {
-    if value { "yes" } else { "no" }.to_string()
-}
-
-fn opt(value: Option<i64>) -> String {
-    value.map_or_else(|| "-".into(), |v| v.to_string())
-}
-
-pub(crate) fn parse_which(text: &str) -> anyhow::Result<VerifyTarget> {
-    VerifyTarget::parse(text).map_err(|e| {
-        Failure::new(e.to_string())
-            .hint("pass a backup id from `capstan backup list`, or `latest`")
-            .code(2)
-            .into()
-    })
-}
-
-fn fetch_failure(error: FetchError) -> Failure {
-    match error {
-        FetchError::Backup(e) => backup_failure(e),
-        FetchError::IdentityNeeded { .. } => {
-            Failure::new(error.to_string()).hint("pass --identity FILE (an age identity, AGE-SECRET-KEY-1...)")
-        }
-        FetchError::Corrupt { .. } => Failure::new(error.to_string())
-            .hint("this backup cannot be restored; pick another one from `capstan backup list`"),
-        other => Failure::new(other.to_string()),
-    }
-}
-
 pub(crate) async fn fetch(
     store: &Arc<dyn Store>,
     id: &BackupId,
@@ -212,7 +166,7 @@ pub(crate) async fn fetch(
 ) -> anyhow::Result<FetchedBackup> {
     fetch_decrypted(store, id, identity, dir)
         .await
-        .map_err(|e| fetch_failure(e).into())
+        .map_err(|e| Failure::of(&e).into())
 }
 
 /// A 0700 directory under the temp dir (for the plaintext snapshot); removed when dropped.

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use capstan_lab::{LabError, UpOptions};
 
 use crate::cli::{LabCommand, LabUpArgs};
-use crate::output::{table, Failure, Output};
+use crate::format::{header, or_dash, table};
+use crate::output::{Failure, Output};
 
 pub fn run(args: LabCommand, out: &Output) -> anyhow::Result<ExitCode> {
     match args {
@@ -32,13 +33,7 @@ pub fn run(args: LabCommand, out: &Output) -> anyhow::Result<ExitCode> {
             } else if labs.is_empty() {
                 out.status("no labs");
             } else {
-                let mut rows = vec![vec![
-                    "NAME".into(),
-                    "MACHINES".into(),
-                    "RUNNING".into(),
-                    "SUBNET".into(),
-                    "DIR".into(),
-                ]];
+                let mut rows = vec![header(&["NAME", "MACHINES", "RUNNING", "SUBNET", "DIR"])];
                 for lab in &labs {
                     rows.push(vec![
                         lab.name.clone(),
@@ -64,13 +59,13 @@ pub fn run(args: LabCommand, out: &Output) -> anyhow::Result<ExitCode> {
                     lab.bridge,
                     lab.inventory_path.display()
                 );
-                let mut rows = vec![vec!["MACHINE".into(), "ADDRESS".into(), "STATE".into(), "PID".into()]];
+                let mut rows = vec![header(&["MACHINE", "ADDRESS", "STATE", "PID"])];
                 for m in &lab.machines {
                     rows.push(vec![
                         m.name.clone(),
                         m.ip.clone(),
                         if m.running { "running" } else { "stopped" }.into(),
-                        m.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        or_dash(m.pid),
                     ]);
                 }
                 print!("{}", table(&rows));
@@ -101,9 +96,7 @@ fn up(args: LabUpArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let mut opts = UpOptions::new(args.lab.name.clone(), args.hosts);
     opts.artifact_mirror = args.mirror;
     opts.inventory_out = args.inventory_out.clone();
-    if out.quiet {
-        opts.progress = std::sync::Arc::new(|_: &str| {});
-    }
+    opts.progress = out.lab_progress();
     let started = std::time::Instant::now();
     let lab = capstan_lab::up(opts).map_err(|err| {
         let name = &args.lab.name;

@@ -1,0 +1,790 @@
+//! Installing and removing the scheduled backups and drills on the etcd members (`capstan backup
+//! schedule`, `capstan drill schedule`; what the timers run is in [`crate::schedule`]).
+//!
+//! Everything goes through the ops engine, so `--dry-run` shows diffs and a re-run changes
+//! nothing: root-only files under [`CONFIG_DIR`], the binary at [`BINARY_PATH`] (shared by both
+//! schedules), a oneshot service and its timer. Each schedule is installed on every member (each
+//! run asks its local etcd whether it leads), so an install with a member unreachable is refused.
+//! The caller resolves flags and the inventory into a request ([`BackupInstall`], [`DrillInstall`]);
+//! this module checks it, connects, plans and runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use capstan_etcd::inspect::{inspect_hosts, EtcdHost, InspectError};
+use capstan_inventory::{Cluster, Role};
+use capstan_provisioner::hint::Hint;
+use capstan_provisioner::ops::shell::quote;
+use capstan_provisioner::ops::{Absent, Command, Directory, File, OpError, OperationExt, Service, SystemdUnit};
+use capstan_provisioner::pool::Connections;
+use capstan_provisioner::report::RunReport;
+use capstan_provisioner::runner::{HostOps, Mode, Progress, RunOptions, Runner};
+use capstan_provisioner::transport::{ExecOptions, Transport, TransportError};
+
+use crate::access::unreachable_hosts;
+use crate::ops::identity_recipients;
+use crate::restore::{manifest_of, resolve};
+use crate::schedule::{
+    check_calendar, environment_file, DrillScheduleConfig, InstalledBinary, RemovedUnit, RetentionConfig,
+    ScheduleConfig, ScheduleError, BINARY_PATH, CONFIG_DIR, CONFIG_PATH, DRILL_CACHE_DIR, DRILL_CONFIG_PATH, DRILL_DIR,
+    DRILL_ENVIRONMENT_PATH, DRILL_IDENTITY_PATH, DRILL_INVENTORY_PATH, DRILL_KNOWN_HOSTS_PATH, DRILL_REPORT_DIR,
+    DRILL_SERVICE_UNIT, DRILL_SSH_KEY_PATH, DRILL_TIMER_UNIT, ENVIRONMENT_PATH, INVENTORY_PATH, LOCAL_ENDPOINT,
+    PKI_DIR, SERVICE_UNIT, TIMER_UNIT,
+};
+use crate::{metrics, BackupError, Encryption, Store, StoreUrl, VerifyTarget};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Inspect(#[from] InspectError),
+    #[error("etcd members unreachable over SSH: {}", hosts.join(", "))]
+    Unreachable { hosts: Vec<String>, what: &'static str },
+    #[error("{host}: checking the calendar: {source}")]
+    CalendarCheck {
+        host: String,
+        #[source]
+        source: TransportError,
+    },
+    #[error("invalid OnCalendar expression {calendar:?}: {detail}")]
+    InvalidCalendar { calendar: String, detail: String },
+    #[error("scheduled backups: {0}")]
+    Recipients(#[source] BackupError),
+    #[error(transparent)]
+    IdentityFile(BackupError),
+    #[error("{}: no X25519 identity (AGE-SECRET-KEY-1...) in the file", path.display())]
+    NoIdentity { path: PathBuf },
+    #[error("{} cannot decrypt the latest backup {id}: it is encrypted to {}, the identity's public key is {}",
+        path.display(), recipients.join(", "), ours.join(", "))]
+    IdentityCannotDecrypt {
+        path: PathBuf,
+        id: String,
+        recipients: Vec<String>,
+        ours: Vec<String>,
+    },
+    #[error("drill inventory {path}: {reason}")]
+    DrillTarget {
+        path: String,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error("finding the running capstan executable: {0}")]
+    Executable(#[source] std::io::Error),
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    DrillInventoryYaml {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("rendering {path}: {source}")]
+    RenderConfig {
+        path: &'static str,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error(transparent)]
+    Template(#[from] capstan_templates::TemplateError),
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Op(#[from] OpError),
+    #[error(transparent)]
+    Backup(#[from] BackupError),
+}
+
+impl InstallError {
+    /// A mistake in what was asked for (exit code 2), rather than a failure on the way.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            InstallError::InvalidCalendar { .. }
+                | InstallError::DrillTarget { .. }
+                | InstallError::Schedule(ScheduleError::Calendar { .. })
+        )
+    }
+}
+
+impl Hint for InstallError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            InstallError::Inspect(_) => Some("give at least one host the etcd role and run `capstan apply`".into()),
+            InstallError::Unreachable { what, .. } => Some(format!(
+                "every etcd member gets {what}; run `capstan check` and try again when all are up"
+            )),
+            InstallError::IdentityFile(_) => {
+                Some("pass an age identity file (AGE-SECRET-KEY-1...), as written by age-keygen".into())
+            }
+            InstallError::InvalidCalendar { .. } => {
+                Some("see `man systemd.time` (CALENDAR EVENTS), e.g. '*-*-* 02:00:00' or 'hourly'".into())
+            }
+            InstallError::Recipients(_) => Some(
+                "set backup.recipients in the inventory (age-keygen prints a recipient; keep the identity offline)"
+                    .into(),
+            ),
+            InstallError::IdentityCannotDecrypt { .. } => Some(
+                "pass the identity of one of the backup's recipients (or add the drill key to backup.recipients)"
+                    .into(),
+            ),
+            InstallError::DrillTarget { hint, .. } => Some(hint.to_string()),
+            InstallError::Schedule(e) => e.hint(),
+            InstallError::Backup(e) => e.hint(),
+            _ => None,
+        }
+    }
+}
+
+/// The two schedules installed on the members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    Backup,
+    Drill,
+}
+
+impl Schedule {
+    /// What every member gets (for messages).
+    pub fn what(self) -> &'static str {
+        match self {
+            Schedule::Backup => "the timer",
+            Schedule::Drill => "the drill timer",
+        }
+    }
+    /// The units' templates, without `.service` / `.timer`.
+    fn template(self) -> &'static str {
+        match self {
+            Schedule::Backup => "backup/capstan-backup",
+            Schedule::Drill => "drill/capstan-drill",
+        }
+    }
+    fn config_path(self) -> &'static str {
+        match self {
+            Schedule::Backup => CONFIG_PATH,
+            Schedule::Drill => DRILL_CONFIG_PATH,
+        }
+    }
+    fn environment_path(self) -> &'static str {
+        match self {
+            Schedule::Backup => ENVIRONMENT_PATH,
+            Schedule::Drill => DRILL_ENVIRONMENT_PATH,
+        }
+    }
+    /// The oneshot service and its timer.
+    fn units(self) -> (&'static str, &'static str) {
+        match self {
+            Schedule::Backup => (SERVICE_UNIT, TIMER_UNIT),
+            Schedule::Drill => (DRILL_SERVICE_UNIT, DRILL_TIMER_UNIT),
+        }
+    }
+    /// The files and directories that are this schedule's alone.
+    fn own_paths(self) -> &'static [&'static str] {
+        match self {
+            Schedule::Backup => &[
+                CONFIG_PATH,
+                ENVIRONMENT_PATH,
+                INVENTORY_PATH,
+                metrics::DEFAULT_METRICS_FILE,
+                metrics::SCHEDULER_METRICS_FILE,
+            ],
+            Schedule::Drill => &[
+                DRILL_CONFIG_PATH,
+                DRILL_ENVIRONMENT_PATH,
+                DRILL_IDENTITY_PATH,
+                DRILL_DIR,
+                DRILL_REPORT_DIR,
+            ],
+        }
+    }
+    /// The other schedule's config: while it exists, the shared binary and directory stay.
+    fn other_config(self) -> &'static str {
+        match self {
+            Schedule::Backup => Schedule::Drill.config_path(),
+            Schedule::Drill => Schedule::Backup.config_path(),
+        }
+    }
+}
+
+/// A backup schedule to install, checked before anything connects.
+#[derive(Debug, Clone)]
+pub struct BackupInstall {
+    on_calendar: String,
+    target: StoreUrl,
+    s3_path_style: bool,
+    recipients: Vec<String>,
+    retention: RetentionConfig,
+    inventory: Vec<u8>,
+}
+
+impl BackupInstall {
+    /// Scheduled backups of `cluster` to `target` on `on_calendar`, encrypted to the inventory's
+    /// `backup.recipients` (always: the timer has nobody to say --no-encryption).
+    pub fn new(
+        cluster: &Cluster,
+        on_calendar: String,
+        target: StoreUrl,
+        s3_path_style: bool,
+    ) -> Result<BackupInstall, InstallError> {
+        check_calendar(&on_calendar)?;
+        let backup = cluster.backup.as_ref();
+        let recipients = backup.map(|b| b.recipients.clone()).unwrap_or_default();
+        Encryption::from_args(&recipients, false).map_err(InstallError::Recipients)?;
+        Ok(BackupInstall {
+            on_calendar,
+            target,
+            s3_path_style,
+            recipients,
+            retention: backup.map(|b| b.retention).unwrap_or_default().into(),
+            inventory: read(&cluster.source_path)?,
+        })
+    }
+
+    /// A file:// target is a directory on each member: backups land on whichever leads.
+    pub fn local_directory(&self) -> Option<&Path> {
+        match &self.target {
+            StoreUrl::File { path } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// A drill schedule to install, checked before anything connects.
+#[derive(Debug, Clone)]
+pub struct DrillInstall {
+    on_calendar: String,
+    target: StoreUrl,
+    s3_path_style: bool,
+    identity_path: PathBuf,
+    identity: Vec<u8>,
+    recipients: Vec<String>,
+    drill: DrillInventory,
+    expect_keys: Vec<String>,
+}
+
+impl DrillInstall {
+    /// Scheduled drills of the backups in `target`, decrypted with the age identity at
+    /// `identity_path`, into the hosts of the drill inventory `drill` (loaded from `drill_path`),
+    /// which must share no host with `cluster`.
+    #[allow(clippy::too_many_arguments)] // one request's fields, each resolved by the caller
+    pub fn new(
+        cluster: &Cluster,
+        on_calendar: String,
+        target: StoreUrl,
+        s3_path_style: bool,
+        identity_path: &Path,
+        drill_path: &Path,
+        drill: &Cluster,
+        expect_keys: Vec<String>,
+    ) -> Result<DrillInstall, InstallError> {
+        check_calendar(&on_calendar)?;
+        let recipients = identity_recipients(identity_path).map_err(InstallError::IdentityFile)?;
+        if recipients.is_empty() {
+            return Err(InstallError::NoIdentity {
+                path: identity_path.to_path_buf(),
+            });
+        }
+        let identity = read(identity_path)?;
+        let drill = DrillInventory::prepare(drill_path, drill, cluster)?;
+        Ok(DrillInstall {
+            on_calendar,
+            target,
+            s3_path_style,
+            identity_path: identity_path.to_path_buf(),
+            identity,
+            recipients,
+            drill,
+            expect_keys,
+        })
+    }
+
+    pub fn target(&self) -> &StoreUrl {
+        &self.target
+    }
+
+    /// A file:// target is a directory on each member: a drill reads the leader's copy.
+    pub fn local_directory(&self) -> Option<&Path> {
+        match &self.target {
+            StoreUrl::File { path } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// A scheduled drill that cannot decrypt the backups would fail every time: check the
+    /// identity against the newest complete backup's recipients (when there is one).
+    pub async fn check_identity_opens_latest(&self, store: &Arc<dyn Store>) -> Result<(), InstallError> {
+        let id = match resolve(store, &VerifyTarget::Latest).await {
+            Ok(id) => id,
+            Err(BackupError::NoCompleteBackup { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let manifest = manifest_of(store, &id).await?;
+        if !manifest.encrypted || manifest.recipients.iter().any(|r| self.recipients.contains(r)) {
+            return Ok(());
+        }
+        Err(InstallError::IdentityCannotDecrypt {
+            path: self.identity_path.clone(),
+            id: id.to_string(),
+            recipients: manifest.recipients.clone(),
+            ours: self.recipients.clone(),
+        })
+    }
+}
+
+/// The drill hosts' inventory as the members use it: SSH key and known_hosts pointing at the
+/// root-only copies next to it.
+#[derive(Debug, Clone)]
+struct DrillInventory {
+    yaml: String,
+    ssh_key: Vec<u8>,
+    known_hosts: Vec<u8>,
+}
+
+impl DrillInventory {
+    fn prepare(path: &Path, drill: &Cluster, cluster: &Cluster) -> Result<DrillInventory, InstallError> {
+        let refuse = |reason: String, hint: &'static str| InstallError::DrillTarget {
+            path: path.display().to_string(),
+            reason,
+            hint,
+        };
+        let hosts: Vec<_> = drill.hosts_with_role(Role::Etcd).collect();
+        for host in &hosts {
+            if let Some(same) = cluster
+                .hosts
+                .iter()
+                .find(|h| h.address == host.address || h.private_address == host.private_address)
+            {
+                return Err(refuse(
+                    format!(
+                        "drill host {} ({}) is host {} of cluster {}: each drill wipes its drill hosts",
+                        host.name, host.address, same.name, cluster.name
+                    ),
+                    "list dedicated machines in the drill inventory, never the cluster's own",
+                ));
+            }
+        }
+        if let Some(mirror) = drill.artifacts.mirror.as_deref().filter(|m| m.starts_with("file://")) {
+            return Err(refuse(
+                format!(
+                    "artifacts.mirror {mirror} is a directory on this machine, but scheduled drills run on the etcd members"
+                ),
+                "serve the mirror over http(s) and point artifacts.mirror at it, or leave it out (upstream downloads)",
+            ));
+        }
+        let first = hosts.first().ok_or_else(|| {
+            refuse(
+                "no host with the etcd role".into(),
+                "give the drill hosts `roles: [etcd]`",
+            )
+        })?;
+        let key_path = first.ssh.identity_file.clone().ok_or_else(|| {
+            refuse(
+                "no ssh.identity_file: scheduled drills have no ssh-agent".into(),
+                "set ssh.identity_file in the drill inventory (the key is copied to the members, root-only)",
+            )
+        })?;
+        for host in &hosts {
+            if host.ssh.bastion.is_some() {
+                return Err(refuse(
+                    format!(
+                        "host {} goes through a bastion, which scheduled drills do not support yet",
+                        host.name
+                    ),
+                    "give the members direct SSH access to the drill hosts",
+                ));
+            }
+            if host.ssh.identity_file.as_ref() != Some(&key_path)
+                || host.ssh.known_hosts_file != first.ssh.known_hosts_file
+            {
+                return Err(refuse(
+                    format!(
+                        "host {} uses another SSH key or known_hosts file than {}",
+                        host.name, first.name
+                    ),
+                    "use one ssh.identity_file and known_hosts_file for all drill hosts",
+                ));
+            }
+        }
+        let ssh_key = read(&key_path)?;
+        let known_hosts = match std::fs::read(&first.ssh.known_hosts_file) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(InstallError::Read {
+                    path: first.ssh.known_hosts_file.clone(),
+                    source,
+                })
+            }
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| InstallError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let yaml = rewrite_ssh_paths(&text).map_err(|source| InstallError::DrillInventoryYaml {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(DrillInventory {
+            yaml,
+            ssh_key,
+            known_hosts,
+        })
+    }
+}
+
+/// The inventory with the SSH key and known_hosts set once at the top (the members' copies)
+/// and per-host overrides of them removed. Comments are not kept: the copy is generated.
+fn rewrite_ssh_paths(text: &str) -> Result<String, serde_yaml::Error> {
+    use serde_yaml::{Mapping, Value};
+    let mut doc: Value = serde_yaml::from_str(text)?;
+    let key = |k: &str| Value::String(k.to_string());
+    if let Some(root) = doc.as_mapping_mut() {
+        let ssh = root.entry(key("ssh")).or_insert_with(|| Value::Mapping(Mapping::new()));
+        if !ssh.is_mapping() {
+            *ssh = Value::Mapping(Mapping::new());
+        }
+        if let Some(ssh) = ssh.as_mapping_mut() {
+            ssh.insert(key("identity_file"), key(DRILL_SSH_KEY_PATH));
+            ssh.insert(key("known_hosts_file"), key(DRILL_KNOWN_HOSTS_PATH));
+            ssh.insert(key("agent"), Value::Bool(false));
+        }
+        if let Some(hosts) = root.get_mut("hosts").and_then(Value::as_sequence_mut) {
+            for host in hosts {
+                if let Some(ssh) = host.get_mut("ssh").and_then(Value::as_mapping_mut) {
+                    for field in ["identity_file", "known_hosts_file", "agent"] {
+                        ssh.remove(field);
+                    }
+                }
+            }
+        }
+    }
+    Ok(format!(
+        "# Managed by capstan (`capstan drill schedule`): the drill hosts, as the etcd members reach them.\n{}",
+        serde_yaml::to_string(&doc)?
+    ))
+}
+
+/// Install the backup schedule on every etcd member of `cluster` (or, in [`Mode::DryRun`], show
+/// what that would change).
+pub async fn install_backup_schedule(
+    cluster: &Cluster,
+    install: &BackupInstall,
+    mode: Mode,
+    progress: Arc<dyn Progress>,
+) -> Result<RunReport, InstallError> {
+    let member_files = |host: &EtcdHost, ops: &mut HostOps, local: &LocalFiles| -> Result<(), InstallError> {
+        let config = ScheduleConfig {
+            cluster: cluster.name.clone(),
+            member: host.name().to_string(),
+            target: install.target.to_string(),
+            s3_path_style: install.s3_path_style,
+            recipients: install.recipients.clone(),
+            retention: install.retention,
+            inventory: INVENTORY_PATH.into(),
+            pki_dir: PKI_DIR.into(),
+            local_endpoint: LOCAL_ENDPOINT.into(),
+            metrics_file: metrics::DEFAULT_METRICS_FILE.into(),
+        };
+        let config_yaml = managed_yaml("capstan backup schedule", CONFIG_PATH, &config)?;
+        ops.push(root_only(CONFIG_PATH, config_yaml.into_bytes(), false));
+        ops.push(root_only(
+            ENVIRONMENT_PATH,
+            local.environment.clone().into_bytes(),
+            true,
+        ));
+        ops.push(root_only(INVENTORY_PATH, install.inventory.clone(), true));
+        Ok(())
+    };
+    install_schedule(
+        cluster,
+        Schedule::Backup,
+        &install.on_calendar,
+        mode,
+        progress,
+        member_files,
+    )
+    .await
+}
+
+/// Install the drill schedule on every etcd member of `cluster` (or, in [`Mode::DryRun`], show
+/// what that would change).
+pub async fn install_drill_schedule(
+    cluster: &Cluster,
+    install: &DrillInstall,
+    mode: Mode,
+    progress: Arc<dyn Progress>,
+) -> Result<RunReport, InstallError> {
+    let member_files = |host: &EtcdHost, ops: &mut HostOps, local: &LocalFiles| -> Result<(), InstallError> {
+        let config = DrillScheduleConfig {
+            cluster: cluster.name.clone(),
+            member: host.name().to_string(),
+            target: install.target.to_string(),
+            s3_path_style: install.s3_path_style,
+            identity: DRILL_IDENTITY_PATH.into(),
+            drill_inventory: DRILL_INVENTORY_PATH.into(),
+            expect_keys: install.expect_keys.clone(),
+            report: Path::new(DRILL_REPORT_DIR).join("latest"),
+            pki_dir: PKI_DIR.into(),
+            local_endpoint: LOCAL_ENDPOINT.into(),
+        };
+        let config_yaml = managed_yaml("capstan drill schedule", DRILL_CONFIG_PATH, &config)?;
+        let drill = &install.drill;
+        ops.push(root_only(DRILL_CONFIG_PATH, config_yaml.into_bytes(), false));
+        ops.push(root_only(
+            DRILL_ENVIRONMENT_PATH,
+            local.environment.clone().into_bytes(),
+            true,
+        ));
+        ops.push(root_only(DRILL_IDENTITY_PATH, install.identity.clone(), true));
+        ops.push(Directory::new(DRILL_DIR).mode(0o700).owner("root").group("root"));
+        ops.push(root_only(DRILL_INVENTORY_PATH, drill.yaml.clone().into_bytes(), false));
+        ops.push(root_only(DRILL_SSH_KEY_PATH, drill.ssh_key.clone(), true));
+        ops.push(root_only(DRILL_KNOWN_HOSTS_PATH, drill.known_hosts.clone(), false));
+        Ok(())
+    };
+    install_schedule(
+        cluster,
+        Schedule::Drill,
+        &install.on_calendar,
+        mode,
+        progress,
+        member_files,
+    )
+    .await
+}
+
+/// Install `schedule` on every member: the shared directory and binary, the files
+/// `member_files` pushes for the member, then the units, rendered for `on_calendar`.
+async fn install_schedule(
+    cluster: &Cluster,
+    schedule: Schedule,
+    on_calendar: &str,
+    mode: Mode,
+    progress: Arc<dyn Progress>,
+    member_files: impl Fn(&EtcdHost, &mut HostOps, &LocalFiles) -> Result<(), InstallError>,
+) -> Result<RunReport, InstallError> {
+    let local = LocalFiles::read()?;
+    let (service, timer) = schedule.units();
+    let context = serde_json::json!({
+        "cluster_name": cluster.name,
+        "binary": BINARY_PATH,
+        "config_file": schedule.config_path(),
+        "environment_file": schedule.environment_path(),
+        "cache_dir": DRILL_CACHE_DIR,
+        "on_calendar": on_calendar,
+        "service": service,
+    });
+    let template = schedule.template();
+    let service_unit = capstan_templates::render(&format!("{template}.service"), &context)?;
+    let timer_unit = capstan_templates::render(&format!("{template}.timer"), &context)?;
+    let plans = |hosts: &[EtcdHost]| -> Result<Vec<HostOps>, InstallError> {
+        let mut plans = Vec::new();
+        for (host, transport) in connected(hosts) {
+            let mut ops = HostOps::new(transport);
+            ops.push(Directory::new(CONFIG_DIR).mode(0o700).owner("root").group("root"));
+            ops.push(InstalledBinary::new(&local.executable, BINARY_PATH)?);
+            member_files(host, &mut ops, &local)?;
+            ops.push(SystemdUnit::new(service, service_unit.as_str())?);
+            ops.push(SystemdUnit::new(timer, timer_unit.as_str())?.notify([timer]));
+            ops.push(Service::new(timer)?.enabled(true).running(true));
+            plans.push(ops);
+        }
+        Ok(plans)
+    };
+    on_members(cluster, schedule, Some(on_calendar), mode, progress, plans).await
+}
+
+/// Uninstall `schedule` from every etcd member: stop and remove its units and its files, and the
+/// shared binary and directory unless the other schedule still uses them.
+pub async fn remove_schedule(
+    cluster: &Cluster,
+    schedule: Schedule,
+    mode: Mode,
+    progress: Arc<dyn Progress>,
+) -> Result<RunReport, InstallError> {
+    let plans = |hosts: &[EtcdHost]| -> Result<Vec<HostOps>, InstallError> {
+        let (service, timer) = schedule.units();
+        let mut plans = Vec::new();
+        for (_, transport) in connected(hosts) {
+            let mut ops = HostOps::new(transport);
+            push_timer_removal(&mut ops, service, timer);
+            for path in schedule.own_paths() {
+                ops.push(Absent::new(path));
+            }
+            push_shared_removal(&mut ops, schedule.other_config());
+            plans.push(ops);
+        }
+        Ok(plans)
+    };
+    on_members(cluster, schedule, None, mode, progress, plans).await
+}
+
+/// Connect to every member (refusing when any is unreachable), let the first judge `calendar`,
+/// plan with `plans` and run the plans in `mode`; the connections are closed on every path.
+async fn on_members(
+    cluster: &Cluster,
+    schedule: Schedule,
+    calendar: Option<&str>,
+    mode: Mode,
+    progress: Arc<dyn Progress>,
+    plans: impl FnOnce(&[EtcdHost]) -> Result<Vec<HostOps>, InstallError>,
+) -> Result<RunReport, InstallError> {
+    let (hosts, connections) = reachable_members(cluster, schedule.what()).await?;
+    let result = async {
+        if let (Some(calendar), Some(first)) = (calendar, hosts.first()) {
+            validate_calendar_on(first, calendar).await?;
+        }
+        let plans = plans(&hosts)?;
+        let runner = Runner::new(
+            RunOptions {
+                mode,
+                ..RunOptions::default()
+            },
+            progress,
+        );
+        Ok(runner.run(plans).await)
+    }
+    .await;
+    connections.close_all().await;
+    result
+}
+
+/// Every etcd member, connected; an error naming the unreachable ones (`what` gets installed
+/// on every member, so a partial install is refused).
+pub async fn reachable_members(
+    cluster: &Cluster,
+    what: &'static str,
+) -> Result<(Vec<EtcdHost>, Connections), InstallError> {
+    let (hosts, connections) = inspect_hosts(cluster, 8, None).await?;
+    let unreachable = unreachable_hosts(&hosts);
+    if !unreachable.is_empty() {
+        connections.close_all().await;
+        return Err(InstallError::Unreachable {
+            hosts: unreachable,
+            what,
+        });
+    }
+    Ok((hosts, connections))
+}
+
+fn connected(hosts: &[EtcdHost]) -> impl Iterator<Item = (&EtcdHost, Arc<dyn Transport>)> {
+    hosts.iter().filter_map(|h| h.transport.clone().map(|t| (h, t)))
+}
+
+/// Let one member's systemd judge the calendar expression before it goes into a unit.
+async fn validate_calendar_on(host: &EtcdHost, calendar: &str) -> Result<(), InstallError> {
+    let Some(transport) = &host.transport else {
+        return Ok(());
+    };
+    let command = format!("systemd-analyze calendar -- {}", quote(calendar));
+    let output = transport
+        .exec(&command, &ExecOptions::default())
+        .await
+        .map_err(|source| InstallError::CalendarCheck {
+            host: host.name().to_string(),
+            source,
+        })?;
+    if output.success() {
+        return Ok(());
+    }
+    Err(InstallError::InvalidCalendar {
+        calendar: calendar.to_string(),
+        detail: output.stderr_str().trim().to_string(),
+    })
+}
+
+/// What both schedules copy from this machine: the running capstan binary and the S3 settings
+/// of its environment.
+struct LocalFiles {
+    executable: PathBuf,
+    environment: String,
+}
+
+impl LocalFiles {
+    fn read() -> Result<LocalFiles, InstallError> {
+        Ok(LocalFiles {
+            environment: environment_file(|name| std::env::var(name).ok())?,
+            executable: std::env::current_exe().map_err(InstallError::Executable)?,
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, InstallError> {
+    std::fs::read(path).map_err(|source| InstallError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn root_only(path: &str, content: Vec<u8>, sensitive: bool) -> File {
+    File::new(path, content)
+        .mode(0o600)
+        .owner("root")
+        .group("root")
+        .sensitive(sensitive)
+}
+
+fn managed_yaml(command: &str, path: &'static str, config: &impl serde::Serialize) -> Result<String, InstallError> {
+    let yaml = serde_yaml::to_string(config).map_err(|source| InstallError::RenderConfig { path, source })?;
+    Ok(format!(
+        "# Managed by capstan (`{command}`); changes here are overwritten.\n{yaml}"
+    ))
+}
+
+/// Stop a schedule's timer and service and remove both units.
+fn push_timer_removal(ops: &mut HostOps, service: &str, timer: &str) {
+    // Unit names are constants that pass validation; a failure here is a bug.
+    if let Ok(timer) = Service::new(timer) {
+        ops.push(timer.enabled(false).running(false));
+    }
+    if let Ok(service) = Service::new(service) {
+        ops.push(service.running(false));
+    }
+    ops.push(RemovedUnit::new(timer));
+    ops.push(RemovedUnit::new(service));
+}
+
+/// The binary and /etc/capstan are shared by the backup and drill schedules: the binary goes
+/// when the other schedule's config (`other_config`) is absent too, the directory when empty.
+fn push_shared_removal(ops: &mut HostOps, other_config: &str) {
+    let binary = quote(BINARY_PATH);
+    ops.push(
+        Command::new(&format!("remove {BINARY_PATH}"), &format!("rm -f -- {binary}"))
+            .unless(&format!("[ ! -e {binary} ] || [ -e {} ]", quote(other_config))),
+    );
+    let dir = quote(CONFIG_DIR);
+    ops.push(
+        Command::new(
+            &format!("remove empty directory {CONFIG_DIR}"),
+            &format!("rmdir -- {dir}"),
+        )
+        .unless(&format!("[ ! -d {dir} ] || [ -n \"$(ls -A -- {dir})\" ]")),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_paths_are_rewritten_once_at_the_top() {
+        let text = "cluster: {name: drill}\nssh:\n  user: root\n  identity_file: ./id\nhosts:\n  - name: d-1\n    address: 10.0.0.5\n    roles: [etcd]\n    ssh: {port: 2222, identity_file: /x, known_hosts_file: /y, agent: true}\n";
+        let yaml = rewrite_ssh_paths(text).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(doc["ssh"]["identity_file"].as_str(), Some(DRILL_SSH_KEY_PATH));
+        assert_eq!(doc["ssh"]["known_hosts_file"].as_str(), Some(DRILL_KNOWN_HOSTS_PATH));
+        assert_eq!(doc["ssh"]["user"].as_str(), Some("root"));
+        let host_ssh = doc["hosts"][0]["ssh"].as_mapping().unwrap();
+        assert_eq!(host_ssh.len(), 1, "{yaml}");
+        assert_eq!(doc["hosts"][0]["ssh"]["port"].as_u64(), Some(2222));
+    }
+
+    #[test]
+    fn ssh_section_is_created_when_missing() {
+        let yaml = rewrite_ssh_paths("cluster: {name: drill}\nhosts: []\n").unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(doc["ssh"]["agent"].as_bool(), Some(false));
+        assert!(yaml.starts_with("# Managed by capstan"), "{yaml}");
+    }
+}
