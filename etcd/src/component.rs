@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use capstan_inventory::Cluster;
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext};
+use capstan_provisioner::hint::Hint;
 
 use crate::apply::{apply, ApplyOptions};
 use crate::config::{DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};

@@ -44,6 +44,7 @@ use crate::config::{ConfigError, MemberSettings};
 use crate::inspect::{EtcdHost, InspectError};
 use crate::probe::BootstrapValues;
 use crate::upgrade::{UpgradePlan, UpgradeRefusal};
+use capstan_provisioner::hint::Hint;
 use capstan_provisioner::ops::OpError;
 use capstan_provisioner::phases::{PhaseContext, PhaseError, PhaseOutcome, PhaseRunner};
 use capstan_provisioner::pki::{CertificateAuthority, IssuedCert, PkiError};
@@ -83,8 +84,8 @@ pub enum ApplyError {
     Op(#[from] OpError),
 }
 
-impl ApplyError {
-    pub fn hint(&self) -> Option<String> {
+impl Hint for ApplyError {
+    fn hint(&self) -> Option<String> {
         match self {
             ApplyError::Unreachable { hint, .. } => Some(
                 hint.unwrap_or("every host with role etcd must be reachable over SSH; check it with `capstan check`")

@@ -15,6 +15,7 @@ use crate::apply::{apply, ApplyError, ApplyOptions};
 use crate::config::PkiPaths;
 use crate::inspect::{pki_paths, EtcdHost};
 use crate::probe::{parse_bootstrap_values, probe_member};
+use capstan_provisioner::hint::Hint;
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::runner::Mode;
 use capstan_provisioner::transport::{ExecOptions, RemoteFile, Transport};
