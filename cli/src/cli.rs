@@ -303,6 +303,9 @@ pub struct RestoreArgs {
     /// Mark the bumped revisions compacted (with --bump-revision).
     #[arg(long, requires = "bump_revision")]
     pub mark_compacted: bool,
+    /// Show what the restore would change on each member (with the commands) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1042,3 +1042,123 @@ async fn lab_restore_bump_revision_supported() {
         String::from_utf8_lossy(&compacted.stderr)
     );
 }
+
+/// What the restore may touch on a member, listed with sizes, mtimes, modes and owners; plus
+/// which entries /var/lib and /etc hold, and whether etcd is active.
+fn member_state(lab: &Lab, host: &str) -> String {
+    remote(
+        lab,
+        host,
+        "{ find /etc/etcd /var/lib/etcd /var/lib/etcd.capstan-restore /var/lib/etcd.restoring /var/lib/capstan-restore \
+         /var/lib/capstan-safety /usr/local/bin /etc/systemd/system -printf '%p %y %s %T@ %m %u:%g\\n' 2>/dev/null; \
+         find /var/lib /etc -maxdepth 1 -printf '%p\\n'; } | sort; \
+         echo \"etcd: $(systemctl is-active etcd 2>/dev/null; true)\"",
+    )
+}
+
+/// `capstan restore --dry-run` into fresh machines goes through the restore's phases, prints the
+/// changes a restore makes there (the CA, the snapshot upload, the `etcdutl snapshot restore`, etcd
+/// started) and what it would run after them, exits 0 and changes nothing on the members: their
+/// files, units and binaries are identical before and after and etcd is not running. The real
+/// restore right after it then works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_restore_dry_run_changes_nothing() {
+    if !require(&needs()) {
+        return;
+    }
+    let started = Instant::now();
+    let work = tempfile::tempdir().unwrap();
+    let BackedUp {
+        guard,
+        fresh_inventory,
+        identity,
+        target,
+        ..
+    } = backed_up_six(work.path(), "rdr", "3.5.1", 50).await;
+    let lab = guard.lab().clone();
+    for m in &lab.machines[0..3] {
+        capstan_lab::stop(&lab.name, &m.name).unwrap();
+    }
+    let fresh: Vec<&str> = lab.machines[3..6].iter().map(|m| m.name.as_str()).collect();
+    let states = || -> Vec<String> { fresh.iter().map(|h| member_state(&lab, h)).collect() };
+    let before = states();
+    for state in &before {
+        assert!(state.ends_with("etcd: inactive"), "{state}");
+    }
+    let restore = |extra: &[&str]| -> Run {
+        let mut args = vec!["restore", "--from", "latest", "--identity", identity.to_str().unwrap()];
+        args.extend(["--target", &target]);
+        args.extend(extra);
+        capstan_ok(Some(&fresh_inventory), &args, &[])
+    };
+
+    let text = restore(&["--dry-run"]);
+    eprintln!("restore --dry-run printed:\n{}", text.stdout);
+    for host in &fresh {
+        assert!(
+            text.stdout.contains(&format!("{host} (")),
+            "changes of {host}:\n{}",
+            text.stdout
+        );
+    }
+    for expected in [
+        "create /etc/etcd/pki/ca.crt",
+        "/snapshot.db",
+        "etcdutl snapshot restore /var/lib/capstan-restore/",
+        "--initial-advertise-peer-urls",
+        "start etcd (all members together)",
+        "systemctl start --no-block etcd",
+        "then: would wait up to",
+        "then: would run capstan apply again to converge",
+    ] {
+        assert!(text.stdout.contains(expected), "{expected:?} in:\n{}", text.stdout);
+    }
+    assert!(text.stderr.contains("nothing was changed"), "{}", text.stderr);
+    assert_eq!(states(), before, "a dry run changed the members");
+
+    let run = restore(&["--dry-run", "--output", "json"]);
+    let report: Value = serde_json::from_str(&run.stdout).unwrap();
+    let outcome = &report["outcome"];
+    assert_eq!(outcome["mode"], "dry_run", "{report:#}");
+    assert_eq!(outcome["tool"], "etcdutl", "{report:#}");
+    for member in outcome["members"].as_array().unwrap() {
+        assert_eq!(member["action"], "would restore", "{report:#}");
+    }
+    let phases: Vec<&str> = outcome["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phase"].as_str().unwrap())
+        .collect();
+    for phase in [
+        "backed-up CA and restore markers",
+        "upload the snapshot",
+        "stop the members",
+        "restore the data dirs",
+        "start the members",
+    ] {
+        assert!(phases.contains(&phase), "{phase} in {phases:?}");
+    }
+    assert!(phases.iter().any(|p| p.starts_with("apply (install): ")), "{phases:?}");
+    let hosts = outcome["summary"]["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3, "{report:#}");
+    for host in hosts {
+        assert_eq!(host["failed"], 0, "{report:#}");
+        assert!(host["changed"].as_u64().unwrap() > 0, "{report:#}");
+    }
+    assert_eq!(states(), before, "a dry run (JSON) changed the members");
+
+    // The real restore right after it.
+    let restored = restore(&["--output", "json"]);
+    let report: Value = serde_json::from_str(&restored.stdout).unwrap();
+    assert_eq!(report["outcome"]["verification"]["ok"], true, "{report:#}");
+    assert_eq!(report["outcome"]["mode"], "apply", "{report:#}");
+    let counts: Vec<i64> = report["outcome"]["verification"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["key_count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, vec![50; 3], "{report:#}");
+    eprintln!("restore dry-run test took {:.1}s", started.elapsed().as_secs_f64());
+}

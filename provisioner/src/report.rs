@@ -292,7 +292,12 @@ pub fn render_changes(report: &RunReport, color: bool, show_commands: bool) -> S
             }
             if show_commands {
                 for command in &change.commands {
-                    let _ = writeln!(out, "      $ {command}");
+                    // A script's further lines stay indented under its `$`.
+                    let mut lines = command.lines();
+                    let _ = writeln!(out, "      $ {}", lines.next().unwrap_or_default());
+                    for line in lines {
+                        let _ = writeln!(out, "        {line}");
+                    }
                 }
             }
         }
@@ -401,6 +406,14 @@ node-1 (1 would change)
 ";
         assert_eq!(render_changes(&report(), false, true), expected);
         assert!(render_changes(&report(), true, false).contains("\u{1b}["));
+    }
+
+    #[test]
+    fn scripts_stay_indented_under_their_dollar() {
+        let mut report = report();
+        report.hosts[0].ops[1].changes[0].commands = vec!["set -e\nrm -rf -- /x\nmv -- /y /x".into()];
+        assert!(render_changes(&report, false, true)
+            .ends_with("      $ set -e\n        rm -rf -- /x\n        mv -- /y /x\n"));
     }
 
     #[test]

@@ -9,6 +9,8 @@ use capstan_backup::restore::{fetch_decrypted, resolve, FetchedBackup};
 use capstan_backup::{BackupId, Store};
 use capstan_etcd::restore::{restore as restore_etcd, RestoreInput, RestoreOptions, RestoreOutcome};
 use capstan_inventory::Cluster;
+use capstan_provisioner::report::{render_changes, render_summary};
+use capstan_provisioner::runner::Mode;
 
 use crate::cli::RestoreArgs;
 use crate::commands::backup::{open, parse_which, target_url};
@@ -35,6 +37,9 @@ pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> any
         let fetch_seconds = started.elapsed().as_secs_f64();
         let outcome = run_restore(&cluster, &fetched, options).await?;
         let total = started.elapsed().as_secs_f64();
+        if args.dry_run {
+            return print_plan(&outcome, total, out);
+        }
         print_outcome(&outcome, fetch_seconds, total, out)?;
         if outcome.verification.ok {
             out.status(format!("restored backup {id} in {total:.1}s: verified"));
@@ -59,6 +64,7 @@ pub(crate) fn restore_options(args: &RestoreArgs, out: &Output) -> RestoreOption
     options.force = args.force;
     options.bump_revision = args.bump_revision;
     options.mark_compacted = args.mark_compacted;
+    options.mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     options.progress = out.progress();
     // Restore's step lines, and (once etcd::restore hands its reporter on instead of stderr) the
     // lines of the applies it runs: all silent with -q.
@@ -156,6 +162,38 @@ fn print_outcome(outcome: &RestoreOutcome, fetch_seconds: f64, total: f64, out: 
         println!("note: {note}");
     }
     Ok(())
+}
+
+/// `--dry-run`: every change the restore would make, per host with its commands (like `capstan
+/// plan`), then what it would run after them.
+fn print_plan(outcome: &RestoreOutcome, total: f64, out: &Output) -> anyhow::Result<ExitCode> {
+    if out.json() {
+        out.print_json(&serde_json::json!({ "outcome": outcome, "total_seconds": total }))?;
+    } else {
+        let changes = render_changes(&outcome.summary, out.color, true);
+        print!(
+            "{}",
+            if changes.is_empty() {
+                "no changes\n".into()
+            } else {
+                changes
+            }
+        );
+        println!();
+        print!("{}", render_summary(&outcome.summary, out.color));
+        for line in &outcome.not_run {
+            println!("then: would {line}");
+        }
+        for note in &outcome.notes {
+            println!("note: {note}");
+        }
+    }
+    let totals = outcome.summary.totals();
+    out.status(format!(
+        "restore plan for backup {} in {total:.1}s: {} ok, {} to change; nothing was changed",
+        outcome.backup_id, totals.ok, totals.changed
+    ));
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) async fn fetch(

@@ -114,6 +114,9 @@ pub struct ApplyOptions {
     pub out: Box<dyn Write + Send>,
     /// How long members get to become healthy after a start or restart.
     pub ready_timeout: Duration,
+    /// The CA the members will hold when this run applies, used instead of reading (or
+    /// generating) one: a restore's dry run plans with the backed-up CA it has not put there.
+    pub planned_ca: Option<CertificateAuthority>,
 }
 
 impl ApplyOptions {
@@ -124,6 +127,7 @@ impl ApplyOptions {
             progress: Arc::new(NoProgress),
             out: Box::new(std::io::stderr()),
             ready_timeout: Duration::from_secs(120),
+            planned_ca: None,
         }
     }
 }

@@ -66,10 +66,11 @@ pub(super) async fn prepare(cluster: &Cluster, options: &ApplyOptions) -> Result
         .iter()
         .filter(|h| h.probe.as_ref().is_some_and(|p| p.has_data))
         .collect();
-    let ca = match ca_holder(&hosts) {
-        Some(holder) => read_ca(holder).await?,
-        None if with_data.is_empty() => generate_ca(&cluster.name)?,
-        None => {
+    let ca = match (&options.planned_ca, ca_holder(&hosts)) {
+        (Some(planned), _) => planned.clone(),
+        (None, Some(holder)) => read_ca(holder).await?,
+        (None, None) if with_data.is_empty() => generate_ca(&cluster.name)?,
+        (None, None) => {
             return Err(ApplyError::Refused {
                 reason: format!(
                     "member(s) {} have etcd data but no member has the cluster CA ({})",

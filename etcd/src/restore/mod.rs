@@ -12,28 +12,36 @@
 //! backup id and whether the member was restored; marked members are never restored twice, and
 //! their data is never mistaken for someone else's.
 //!
+//! Every change on a member is an operation run phase by phase through the engine's runner (and
+//! `apply` runs in the restore's mode), so a dry run (`RestoreOptions::mode`) goes through the same
+//! code, prints every change and changes nothing; what needs the outcome of those changes (health
+//! gate, converge, verification) is named instead of run. Reads (inspection, markers, configs, tool
+//! detection) run as plain commands in both modes.
+//!
 //! Layout: the types and options here; the steps in order in `run` (with the larger ones and the
-//! remote helpers in `steps`); the pure scripts, markers and tool detection in `scripts`; and the
-//! checks of the restored cluster in `verify`.
+//! remote helpers in `steps`); the phases and the restore's own ops in `ops`; the pure scripts,
+//! markers and tool detection in `scripts`; and the checks of the restored cluster in `verify`.
 
 #![allow(clippy::result_large_err)]
 
+mod ops;
 mod run;
 mod scripts;
 mod steps;
 mod verify;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::apply::PhaseReport;
 use crate::client::EtcdError;
 use crate::inspect::InspectError;
 use capstan_provisioner::pki::PkiError;
-use capstan_provisioner::runner::{NoProgress, Progress};
+use capstan_provisioner::report::{Reporter, RunReport};
+use capstan_provisioner::runner::{Mode, NoProgress, Progress};
 use capstan_provisioner::upload::UploadError;
 
 pub use run::restore;
@@ -134,25 +142,30 @@ pub struct RestoreInput {
 }
 
 pub struct RestoreOptions {
+    /// `Mode::DryRun` inspects the members and shows every change the restore would make, through
+    /// the same phases and ops, and changes nothing.
+    pub mode: Mode,
     pub force: bool,
     pub bump_revision: Option<u64>,
     pub mark_compacted: bool,
     pub concurrency: usize,
     pub progress: Arc<dyn Progress>,
     /// Step lines for the operator.
-    pub out: Box<dyn Write + Send>,
+    /// Step lines, and those of the applies the restore runs (a sink with `-q`).
+    pub out: Reporter,
     pub ready_timeout: Duration,
 }
 
 impl RestoreOptions {
     pub fn new() -> RestoreOptions {
         RestoreOptions {
+            mode: Mode::Apply,
             force: false,
             bump_revision: None,
             mark_compacted: false,
             concurrency: capstan_provisioner::runner::DEFAULT_CONCURRENCY,
             progress: Arc::new(NoProgress),
-            out: Box::new(std::io::stderr()),
+            out: Reporter::stderr(),
             ready_timeout: Duration::from_secs(120),
         }
     }
@@ -216,12 +229,21 @@ pub struct KeptBeforeRestore {
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreOutcome {
     pub backup_id: String,
+    pub mode: Mode,
     pub token: String,
     pub tool: String,
     pub members: Vec<MemberRestore>,
     pub steps: Vec<StepTiming>,
     pub notes: Vec<String>,
+    /// A dry run's steps that need the outcome of changes it does not make (health gate,
+    /// converge, verification): what would run.
+    pub not_run: Vec<String>,
+    /// Not checked in a dry run (empty, not ok).
     pub verification: Verification,
+    /// Every phase's changes (in a dry run: what would change), the restore's and its `apply`'s.
+    pub reports: Vec<PhaseReport>,
+    /// The phases' records merged per host.
+    pub summary: RunReport,
     pub seconds: f64,
 }
 

@@ -156,6 +156,38 @@ pub(super) fn move_aside_script(data_dir: &str, marker_file: &str, stamp: u64) -
     )
 }
 
+/// After `--force` moved things aside: prints `saved` when the safety snapshot exists and, like
+/// the move itself did, `config` and `pki` for what was kept (read by `parse_moved_aside`).
+pub(super) fn kept_state_script(safety_snapshot: &str, stamp: u64) -> String {
+    let suffix = format!(".before-restore-{stamp}");
+    format!(
+        "if [ -f {snap} ]; then echo saved; fi; if [ -e {config_kept} ]; then echo config; fi; \
+         if [ -d {pki_kept} ]; then echo pki; fi; true",
+        snap = quote(safety_snapshot),
+        config_kept = quote(&format!("{DEFAULT_CONFIG_FILE}{suffix}")),
+        pki_kept = quote(&format!("{DEFAULT_PKI_DIR}{suffix}")),
+    )
+}
+
+/// The tool `apply` would install for etcd `version` (a dry run cannot ask binaries that are not
+/// there yet): etcdutl from 3.5, with the revision flags from 3.5.10; etcdctl before.
+pub(super) fn expected_tool(version: &str) -> Option<RestoreTool> {
+    let v = crate::upgrade::Version::parse(version)?;
+    Some(if v >= crate::upgrade::Version::new(3, 5, 0) {
+        RestoreTool {
+            command: "/usr/local/bin/etcdutl".into(),
+            name: "etcdutl",
+            bump_revision: v >= crate::upgrade::Version::new(3, 5, 10),
+        }
+    } else {
+        RestoreTool {
+            command: "ETCDCTL_API=3 /usr/local/bin/etcdctl".into(),
+            name: "etcdctl",
+            bump_revision: false,
+        }
+    })
+}
+
 pub(super) fn parse_moved_aside(
     output: &str,
     data_dir: &str,

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use capstan_inventory::Cluster;
 
+use super::ops::{Patient, Phases};
 use super::run::Ctx;
 use super::scripts::{
-    detect_tool_script, move_aside_script, parse_moved_aside, parse_tool, safety_snapshot_script, Marker, RestoreTool,
+    detect_tool_script, kept_state_script, move_aside_script, parse_moved_aside, parse_tool, safety_snapshot_script,
+    Marker, RestoreTool,
 };
 use super::{KeptBeforeRestore, OccupiedHost, RestoreError, RestoreInput, RestoreOptions, SAFETY_DIR};
 use crate::apply::{apply, ApplyError, ApplyOptions};
@@ -17,9 +19,10 @@ use crate::inspect::{pki_paths, EtcdHost};
 use crate::probe::{parse_bootstrap_values, probe_member};
 use capstan_provisioner::hint::Hint;
 use capstan_provisioner::ops::shell::quote;
-use capstan_provisioner::runner::Mode;
-use capstan_provisioner::transport::{ExecOptions, RemoteFile, Transport};
-use capstan_provisioner::upload::upload_file;
+use capstan_provisioner::ops::{Command, Directory, File};
+use capstan_provisioner::pki::CertificateAuthority;
+use capstan_provisioner::runner::{HostOps, Mode};
+use capstan_provisioner::transport::{ExecOptions, Transport};
 
 pub(super) async fn run(
     t: &dyn Transport,
@@ -62,21 +65,28 @@ pub(super) async fn try_all<T>(
     futures::future::join_all(futures).await.into_iter().collect()
 }
 
-fn apply_options(options: &RestoreOptions) -> ApplyOptions {
-    let mut apply_options = ApplyOptions::new(Mode::Apply);
+fn apply_options(options: &RestoreOptions, mode: Mode, input: &RestoreInput) -> Result<ApplyOptions, RestoreError> {
+    let mut apply_options = ApplyOptions::new(mode);
+    if mode == Mode::DryRun {
+        // The CA step only planned to put the backed-up CA there: plan `apply` with it.
+        apply_options.planned_ca = Some(CertificateAuthority::from_pem(&input.ca_cert_pem, &input.ca_key_pem)?);
+    }
     apply_options.concurrency = options.concurrency;
     apply_options.progress = options.progress.clone();
-    apply_options.out = Box::new(std::io::stderr());
+    apply_options.out = options.out.clone().into();
     apply_options.ready_timeout = options.ready_timeout;
-    apply_options
+    Ok(apply_options)
 }
 
+/// `apply` in the restore's mode (a dry run plans it); its phase reports join the restore's.
 pub(super) async fn run_apply(
     cluster: &Cluster,
     options: &RestoreOptions,
+    input: &RestoreInput,
+    phases: &mut Phases,
     stage: &'static str,
 ) -> Result<(), RestoreError> {
-    let outcome = apply(cluster, apply_options(options))
+    let outcome = apply(cluster, apply_options(options, phases.mode(), input)?)
         .await
         .map_err(|e: ApplyError| RestoreError::Apply {
             stage,
@@ -85,6 +95,7 @@ pub(super) async fn run_apply(
                 None => e.to_string(),
             },
         })?;
+    phases.extend(&format!("apply ({stage})"), outcome.reports.clone());
     if !outcome.success() {
         return Err(RestoreError::Apply {
             stage,
@@ -99,7 +110,8 @@ pub(super) async fn run_apply(
 
 /// `--force`: keeps everything that is there. Safety snapshots of every running member first, while
 /// the old cluster is whole (a failure here has stopped nothing); then each host's data dir and
-/// config are moved aside and its PKI copied. Returns what was kept, per host.
+/// config are moved aside and its PKI copied. Returns what was kept, per host (nothing in a dry
+/// run, which only shows the commands).
 pub(super) async fn keep_previous_state(
     ctx: &mut Ctx,
     hosts: &[EtcdHost],
@@ -122,36 +134,47 @@ pub(super) async fn keep_previous_state(
         occupants.len()
     ));
     let pki = pki_paths();
-    let snapshots = try_all(occupants.iter().map(|h| {
-        let snapshot = format!("{SAFETY_DIR}/{}-{stamp}.db", h.name());
-        let script = safety_snapshot_script(&pki, &snapshot);
-        async move {
-            let saved = run(
-                transport(h).as_ref(),
-                "safety snapshot (etcdctl snapshot save)",
-                &script,
-                Duration::from_secs(600),
-            )
-            .await?;
-            Ok(saved.lines().any(|l| l.trim() == "saved").then_some(snapshot))
-        }
-    }))
-    .await?;
+    let snapshot_of = |h: &EtcdHost| format!("{SAFETY_DIR}/{}-{stamp}.db", h.name());
+    let snapshots = occupants
+        .iter()
+        .map(|h| {
+            HostOps::new(Patient::wrap(transport(h), Duration::from_secs(600))).with(Command::new(
+                &format!("safety snapshot {} (etcdctl snapshot save)", snapshot_of(h)),
+                &safety_snapshot_script(&pki, &snapshot_of(h)),
+            ))
+        })
+        .collect();
+    ctx.phases.run("safety snapshots", snapshots).await?;
     let data_dir_trimmed = data_dir.trim_end_matches('/').to_string();
+    let moves = occupants
+        .iter()
+        .map(|h| {
+            HostOps::new(transport(h)).with(Command::new(
+                &format!("stop etcd and move {data_dir_trimmed} and its config aside (.before-restore-{stamp})"),
+                &move_aside_script(&data_dir_trimmed, marker_file, stamp),
+            ))
+        })
+        .collect();
+    ctx.phases.run("move the previous state aside", moves).await?;
+    if ctx.phases.dry_run() {
+        ctx.step("safety snapshots", since);
+        return Ok(kept);
+    }
     let moved = try_all(occupants.iter().map(|h| {
-        let script = move_aside_script(&data_dir_trimmed, marker_file, stamp);
+        let script = kept_state_script(&snapshot_of(h), stamp);
         async move {
             run(
                 transport(h).as_ref(),
-                "moving the previous etcd state aside",
+                "reading what was kept",
                 &script,
-                Duration::from_secs(120),
+                Duration::from_secs(30),
             )
             .await
         }
     }))
     .await?;
-    for ((host, snapshot), moved) in occupants.iter().zip(snapshots).zip(moved) {
+    for (host, moved) in occupants.iter().zip(moved) {
+        let snapshot = moved.lines().any(|l| l.trim() == "saved").then(|| snapshot_of(host));
         let kept_here = parse_moved_aside(&moved, &data_dir_trimmed, stamp, snapshot);
         ctx.say(&format!(
             "{}: safety snapshot {}, previous data dir kept as {}",
@@ -175,68 +198,69 @@ pub(super) async fn keep_previous_state(
     Ok(kept)
 }
 
-/// Puts the backed-up CA on every member, so `apply` issues member certificates from it, and the
-/// marker that says this host's data is this restore's.
-pub(super) async fn put_ca_and_markers(
+/// The ops that put the backed-up CA on every member, so `apply` issues member certificates from
+/// it, and the marker that says this host's data is this restore's.
+pub(super) fn ca_and_marker_ops(
     hosts: &[EtcdHost],
     markers: &[Option<Marker>],
     input: &RestoreInput,
     marker_file: &str,
     pki: &PkiPaths,
-) -> Result<(), RestoreError> {
+) -> Vec<HostOps> {
     let prepared = Marker {
         backup_id: input.backup_id.clone(),
         restored: false,
     };
-    try_all(hosts.iter().zip(markers).map(|(h, marker)| {
-        let prepared = &prepared;
-        async move {
-            let t = transport(h);
-            let pki_dir = pki
-                .ca_file
-                .rsplit_once('/')
-                .map(|(d, _)| d)
-                .unwrap_or("/etc/etcd/pki")
-                .to_string();
-            run(
-                t.as_ref(),
-                "creating the PKI dir",
-                &format!("mkdir -p {0} && chmod 700 {0}", quote(&pki_dir)),
-                Duration::from_secs(30),
-            )
-            .await?;
-            for (path, pem, mode) in [
-                (&pki.ca_file, &input.ca_cert_pem, 0o644),
-                (&crate::probe::ca_key_path(pki), &input.ca_key_pem, 0o600),
-            ] {
-                let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(pem.as_bytes()));
-                let file = RemoteFile {
-                    path: path.clone(),
-                    mode,
-                    owner: Some("root".into()),
-                    group: Some("root".into()),
-                };
-                upload_file(t.as_ref(), pem.as_bytes(), &sha, &file).await?;
-            }
-            if marker.as_ref().is_none_or(|m| m.backup_id != prepared.backup_id) {
-                let json = serde_json::to_string(prepared).unwrap_or_default();
-                run(
-                    t.as_ref(),
-                    "writing the restore marker",
-                    &format!(
-                        "mkdir -p -- \"$(dirname {0})\" && printf '%s\\n' {1} > {0}",
-                        quote(marker_file),
-                        quote(&json)
-                    ),
-                    Duration::from_secs(30),
+    let pki_dir = pki
+        .ca_file
+        .rsplit_once('/')
+        .map(|(d, _)| d)
+        .unwrap_or("/etc/etcd/pki")
+        .to_string();
+    hosts
+        .iter()
+        .zip(markers)
+        .map(|(h, marker)| {
+            let mut ops = HostOps::new(transport(h))
+                .with(Directory::new(&pki_dir).mode(0o700))
+                .with(
+                    File::new(&pki.ca_file, input.ca_cert_pem.as_bytes())
+                        .mode(0o644)
+                        .owner("root")
+                        .group("root"),
                 )
-                .await?;
+                .with(
+                    File::new(&crate::probe::ca_key_path(pki), input.ca_key_pem.as_bytes())
+                        .mode(0o600)
+                        .owner("root")
+                        .group("root")
+                        .sensitive(true),
+                );
+            if marker.as_ref().is_none_or(|m| m.backup_id != prepared.backup_id) {
+                ops.push(marker_op(marker_file, &prepared));
             }
-            Ok(())
-        }
-    }))
-    .await?;
-    Ok(())
+            ops
+        })
+        .collect()
+}
+
+/// Writes `marker` to `marker_file`, unless it already names the same backup.
+fn marker_op(marker_file: &str, marker: &Marker) -> Command {
+    let json = serde_json::to_string(marker).unwrap_or_default();
+    let id = serde_json::to_string(&marker.backup_id).unwrap_or_default();
+    Command::new(
+        &format!("write the restore marker {marker_file} (backup {})", marker.backup_id),
+        &format!(
+            "mkdir -p -- \"$(dirname {0})\" && printf '%s\\n' {1} > {0}",
+            quote(marker_file),
+            quote(&json)
+        ),
+    )
+    .unless(&format!(
+        "grep -qF -- {} {} 2>/dev/null",
+        quote(&format!("\"backup_id\":{id}")),
+        quote(marker_file)
+    ))
 }
 
 /// The initial cluster and token `apply` wrote (and keeps), which the restore must use: the same on

@@ -374,6 +374,7 @@ async fn drill_restore(
                 force: true,
                 bump_revision: None,
                 mark_compacted: false,
+                dry_run: false,
             },
             out,
         )
