@@ -40,7 +40,8 @@ if [ -n "$extra_debs" ]; then
   created_policy=0
   if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"; created_policy=1; fi
   # shellcheck disable=SC2086
-  DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq $extra_debs >/dev/null
+  # sudo's prerm refuses removal unless told (SUDO_FORCE_REMOVE).
+  DEBIAN_FRONTEND=noninteractive SUDO_FORCE_REMOVE=yes apt-get purge -y -qq $extra_debs >/dev/null
   [ "$created_policy" = 1 ] && rm -f "$policy"
   left=$(comm -13 <(echo "$want_debs") <(installed_debs) | grep . || true)
   if [ -n "$left" ]; then
