@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::file::{plan_desired_file, DesiredFile};
+use super::file::{path_probes, plan_desired_file, DesiredFile};
 use super::{validate_remote_path, Content, OpError, Operation, Plan};
 use crate::artifact::{normalize_sha256, sha256_file, validate_url, ArtifactCache, ArtifactError};
 use crate::transport::{RemoteFile, Transport};
@@ -151,6 +151,16 @@ impl Operation for Artifact {
                 format!("artifact {}/{{{}}}", self.dest_path, names.join(","))
             }
         }
+    }
+    fn probes(&self) -> Vec<String> {
+        let paths: Vec<String> = match &self.extract {
+            None => vec![self.dest_path.clone()],
+            Some(members) => members
+                .iter()
+                .map(|m| format!("{}/{}", self.dest_path, base_name(m)))
+                .collect(),
+        };
+        path_probes(paths.iter().map(String::as_str))
     }
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
         let mut plan = Plan::unchanged();
