@@ -74,7 +74,7 @@ impl FactCache {
         cached.downcast_ref::<F::Output>().cloned()
     }
 
-    /// Records a value read elsewhere (e.g. by a batch of probes run in one exec).
+    /// Records a value read elsewhere (e.g. by a batched probe, see [`crate::ops::probe_batch`]).
     pub fn insert<F: Fact>(&self, host: &str, fact: &F, value: F::Output) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert((host.to_string(), fact.key()), Arc::new(value));

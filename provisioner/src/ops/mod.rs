@@ -12,6 +12,7 @@ mod diff;
 mod fact;
 mod file;
 pub mod handlers;
+pub mod probe_batch;
 pub mod shell;
 mod systemd;
 
@@ -136,7 +137,7 @@ pub trait Operation: Send + Sync {
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError>;
     /// The read-only commands `plan` runs on an unchanged host (privileged, through
     /// [`run_checked`] or `exec` with default options), so that the runner can run the probes of
-    /// a host's whole list in one round trip before planning. Commands
+    /// a host's whole list in one round trip ([`probe_batch`]) before planning. Commands
     /// missing here still work (`plan` runs them itself); listed commands must never change
     /// the host.
     fn probes(&self) -> Vec<String> {
