@@ -9,6 +9,9 @@
 #   CAPSTAN_BIN=/path/to/capstan bash scripts/bench-apply.sh   # the binary to measure (default: a release
 #                                                              # build of this tree, built if needed)
 #   BENCH_SIZES="3 20" BENCH_RUNS=3 BENCH_NOOP_REPEATS=2 BENCH_LAB=bench BENCH_OUT=DIR
+#   CAPSTAN_BIN_BASELINE=/path/to/old/capstan BENCH_PAIRS=6   # also: no-op re-applies of the baseline and
+#       of CAPSTAN_BIN alternating on the same lab. Other work on the machine moves every number a lot; pairs
+#       taken seconds apart on one lab are the fair before/after comparison.
 # Every lab it starts is removed when it exits, also on failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -103,7 +106,9 @@ execs_between() {
 
 # Other work on the machine skews every number: show the load before and after.
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
-declare -A first noop check execs
+baseline=${CAPSTAN_BIN_BASELINE:-}
+pairs=${BENCH_PAIRS:-6}
+declare -A first noop check execs pair_base pair_new
 for n in $sizes; do
   name="$lab_prefix-$n"
   first[$n]="" noop[$n]="" check[$n]="" execs[$n]=""
@@ -136,6 +141,14 @@ for n in $sizes; do
       until=$(date +%s)
       sleep 1
       execs[$n]=$(execs_between "$name" "$n" "$since" "$until" | tr '\n' ' ')
+      if [ -n "$baseline" ]; then
+        log "  $pairs alternating no-op re-applies: baseline, then $capstan"
+        pair_base[$n]="" pair_new[$n]=""
+        for pair in $(seq 1 "$pairs"); do
+          pair_base[$n]+="$(timed "pair-$n-$pair-baseline" "$baseline" -i "$inventory" apply) "
+          pair_new[$n]+="$(timed "pair-$n-$pair" "$capstan" -i "$inventory" apply) "
+        done
+      fi
     fi
     teardown
   done
@@ -143,18 +156,25 @@ done
 
 printf '\ncapstan: %s (load average at start %s, at end %s)\n' "$capstan" "$load_at_start" \
   "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-6s %-22s %8s %8s %8s\n' hosts measurement min median max
+[ -n "$baseline" ] && printf 'baseline: %s\n' "$baseline"
+printf '%-6s %-24s %8s %8s %8s\n' hosts measurement min median max
 for n in $sizes; do
   # shellcheck disable=SC2086 # the lists are space-separated numbers
   {
     read -r a b c <<<"$(stats ${first[$n]})"
-    printf '%-6s %-22s %8s %8s %8s\n' "$n" "first apply (s)" "$a" "$b" "$c"
+    printf '%-6s %-24s %8s %8s %8s\n' "$n" "first apply (s)" "$a" "$b" "$c"
     read -r a b c <<<"$(stats ${noop[$n]})"
-    printf '%-6s %-22s %8s %8s %8s\n' "$n" "no-op re-apply (s)" "$a" "$b" "$c"
+    printf '%-6s %-24s %8s %8s %8s\n' "$n" "no-op re-apply (s)" "$a" "$b" "$c"
     read -r a b c <<<"$(stats ${check[$n]})"
-    printf '%-6s %-22s %8s %8s %8s\n' "$n" "check (s)" "$a" "$b" "$c"
+    printf '%-6s %-24s %8s %8s %8s\n' "$n" "check (s)" "$a" "$b" "$c"
     read -r a b c <<<"$(stats ${execs[$n]})"
-    printf '%-6s %-22s %8s %8s %8s\n' "$n" "no-op execs per host" "${a%.*}" "${b%.*}" "${c%.*}"
+    printf '%-6s %-24s %8s %8s %8s\n' "$n" "no-op execs per host" "${a%.*}" "${b%.*}" "${c%.*}"
+    if [ -n "${pair_new[$n]:-}" ]; then
+      read -r a b c <<<"$(stats ${pair_base[$n]})"
+      printf '%-6s %-24s %8s %8s %8s\n' "$n" "paired no-op, baseline" "$a" "$b" "$c"
+      read -r a b c <<<"$(stats ${pair_new[$n]})"
+      printf '%-6s %-24s %8s %8s %8s\n' "$n" "paired no-op, this" "$a" "$b" "$c"
+    fi
   }
 done
 
