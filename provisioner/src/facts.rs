@@ -68,6 +68,19 @@ impl FactCache {
         Ok(value)
     }
 
+    /// The cached value of `fact` on `host`, without running anything.
+    pub fn cached<F: Fact>(&self, host: &str, fact: &F) -> Option<F::Output> {
+        let cached = self.lookup(&(host.to_string(), fact.key()))?;
+        cached.downcast_ref::<F::Output>().cloned()
+    }
+
+    /// Records a value read elsewhere (e.g. by a batched probe, see [`crate::ops::probe_batch`]).
+    pub fn insert<F: Fact>(&self, host: &str, fact: &F, value: F::Output) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert((host.to_string(), fact.key()), Arc::new(value));
+        }
+    }
+
     /// Forgets everything known about `host` (after changing it).
     pub fn invalidate_host(&self, host: &str) {
         if let Ok(mut entries) = self.entries.lock() {
@@ -95,6 +108,45 @@ pub async fn read_fact<F: Fact>(t: &dyn Transport, fact: &F) -> Result<F::Output
             fact: fact.key(),
             reason,
         })
+}
+
+/// The raw result of one read-only command: what an operation's probe (see
+/// [`crate::ops::Operation::probes`]) reads before the operation's pure parser sees it.
+/// Run privileged, like the probes operations run through [`crate::ops::run_checked`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CommandFact {
+    command: String,
+}
+
+impl CommandFact {
+    pub fn new(command: impl Into<String>) -> CommandFact {
+        CommandFact {
+            command: command.into(),
+        }
+    }
+    pub fn command_str(&self) -> &str {
+        &self.command
+    }
+}
+
+impl Fact for CommandFact {
+    type Output = ExecOutput;
+
+    fn key(&self) -> String {
+        format!("command {}", self.command)
+    }
+
+    fn command(&self) -> String {
+        self.command.clone()
+    }
+
+    fn privileged(&self) -> bool {
+        true
+    }
+
+    fn parse(&self, output: &ExecOutput, _timing: ExecTiming) -> Result<ExecOutput, String> {
+        Ok(output.clone())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,4 +1,7 @@
 //! Runs each host's operation list, hosts in parallel (bounded), ops in order.
+//!
+//! The probes of a host's ops are read in one round trip before they are planned, and again
+//! (for the ops still to come) only after a step changed the host: see [`crate::ops::probe_batch`].
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -10,7 +13,9 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::facts::FactCache;
 use crate::ops::handlers::HandlerQueue;
+use crate::ops::probe_batch::ProbeSession;
 use crate::ops::{OpError, Operation};
 use crate::report::{ChangeRecord, HostReport, OpRecord, OpStatus, RunReport};
 use crate::transport::Transport;
@@ -45,6 +50,8 @@ impl Default for RunOptions {
 pub struct HostOps {
     pub transport: Arc<dyn Transport>,
     pub ops: Vec<Arc<dyn Operation>>,
+    /// Probe results read before the run (see [`HostOps::with_facts`]).
+    facts: Option<Arc<FactCache>>,
 }
 
 impl HostOps {
@@ -52,7 +59,17 @@ impl HostOps {
         HostOps {
             transport,
             ops: Vec::new(),
+            facts: None,
         }
+    }
+    /// Plan from probe results already read into `facts` (e.g. with
+    /// [`crate::ops::probe_batch::prefetch_commands`] in the same round trip as other probes of the
+    /// host): the run reads only what is missing. The run drops the host's entries as soon as
+    /// it changes the host; whoever changes it outside a run must call
+    /// [`FactCache::invalidate_host`].
+    pub fn with_facts(mut self, facts: Arc<FactCache>) -> HostOps {
+        self.facts = Some(facts);
+        self
     }
     pub fn push(&mut self, op: impl Operation + 'static) {
         self.ops.push(Arc::new(op));
@@ -305,11 +322,14 @@ impl Runner {
     }
 }
 
-/// One op: plan, then apply unless dry run.
-async fn run_op(t: &dyn Transport, op: &dyn Operation, mode: Mode) -> OpRecord {
+/// One op (`ops[0]`, the rest is what follows it in the host's list): plan, then apply
+/// unless dry run. The op plans from the session's prefetched probes; applying drops them.
+async fn run_op(t: &dyn Transport, probes: &ProbeSession, ops: &[Arc<dyn Operation>], mode: Mode) -> OpRecord {
+    let op = ops[0].as_ref();
     let started = Instant::now();
+    probes.prefetch(t, ops).await;
     let outcome: Result<Vec<ChangeRecord>, OpError> = async {
-        let plan = op.plan(t).await?;
+        let plan = op.plan(&probes.transport(t)).await?;
         let records = plan
             .changes
             .iter()
@@ -319,7 +339,8 @@ async fn run_op(t: &dyn Transport, op: &dyn Operation, mode: Mode) -> OpRecord {
                 commands: c.steps.iter().map(|s| s.display()).collect(),
             })
             .collect();
-        if mode == Mode::Apply {
+        if mode == Mode::Apply && !plan.is_unchanged() {
+            probes.invalidate(t.host());
             plan.apply(t).await?;
         }
         Ok(records)
@@ -358,6 +379,10 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
     progress.host_started(&name, host.ops.len());
     let mut handlers = HandlerQueue::default();
     let mut failed = false;
+    let probes = match &host.facts {
+        Some(facts) => ProbeSession::with_cache(facts.clone()),
+        None => ProbeSession::new(),
+    };
 
     let finish = |report: &mut HostReport, record: OpRecord| {
         progress.op_finished(&name, mode, &record);
@@ -366,7 +391,7 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
         status
     };
 
-    for op in &host.ops {
+    for (index, op) in host.ops.iter().enumerate() {
         if failed {
             report.push(skipped(op.as_ref()));
             continue;
@@ -374,7 +399,7 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
         let triggers = op.triggers();
         for handler in handlers.before(&triggers) {
             progress.op_started(&name, &handler.describe());
-            let record = run_op(t, handler.as_ref(), mode).await;
+            let record = run_op(t, &probes, &[handler], mode).await;
             failed |= finish(&mut report, record) == OpStatus::Failed;
         }
         if failed {
@@ -382,7 +407,7 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
             continue;
         }
         progress.op_started(&name, &op.describe());
-        let record = run_op(t, op.as_ref(), mode).await;
+        let record = run_op(t, &probes, &host.ops[index..], mode).await;
         match finish(&mut report, record) {
             OpStatus::Changed => handlers.record(&triggers),
             OpStatus::Failed => failed = true,
@@ -391,13 +416,13 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
     }
     match handlers.finish() {
         Ok(finishers) => {
-            for handler in finishers {
+            for (index, handler) in finishers.iter().enumerate() {
                 if failed {
                     report.push(skipped(handler.as_ref()));
                     continue;
                 }
                 progress.op_started(&name, &handler.describe());
-                let record = run_op(t, handler.as_ref(), mode).await;
+                let record = run_op(t, &probes, &finishers[index..], mode).await;
                 failed |= finish(&mut report, record) == OpStatus::Failed;
             }
         }

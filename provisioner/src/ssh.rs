@@ -320,6 +320,8 @@ impl SshTransport {
         opts: &ExecOptions,
     ) -> Result<ExecOutput, TransportError> {
         let wrapped = wrap_command(command, opts.privileged, &self.user, self.sudo);
+        // One line per round trip: `CAPSTAN_LOG=capstan_provisioner::ssh=debug` counts them.
+        tracing::debug!(host = %self.name, "exec {}", shorten(command));
         let _permit = self
             .channels
             .acquire()

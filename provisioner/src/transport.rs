@@ -116,3 +116,68 @@ pub trait Transport: Send + Sync {
     /// Close the connection. Further calls fail.
     async fn close(&self);
 }
+
+/// Wraps a transport and counts the commands run through it, for tests and
+/// benchmarks ("how many round trips does a no-op run cost?").
+pub struct CountingTransport {
+    inner: std::sync::Arc<dyn Transport>,
+    commands: std::sync::Mutex<Vec<String>>,
+}
+
+impl CountingTransport {
+    pub fn new(inner: std::sync::Arc<dyn Transport>) -> CountingTransport {
+        CountingTransport {
+            inner,
+            commands: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Commands run so far (`exec` and `exec_with_stdin` alike).
+    pub fn execs(&self) -> usize {
+        self.commands.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// The commands run so far, in order.
+    pub fn commands(&self) -> Vec<String> {
+        self.commands.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Forget the commands counted so far.
+    pub fn reset(&self) {
+        if let Ok(mut commands) = self.commands.lock() {
+            commands.clear();
+        }
+    }
+
+    fn count(&self, command: &str) {
+        if let Ok(mut commands) = self.commands.lock() {
+            commands.push(command.to_string());
+        }
+    }
+}
+
+#[async_trait]
+impl Transport for CountingTransport {
+    fn host(&self) -> &str {
+        self.inner.host()
+    }
+
+    async fn exec(&self, command: &str, opts: &ExecOptions) -> Result<ExecOutput, TransportError> {
+        self.count(command);
+        self.inner.exec(command, opts).await
+    }
+
+    async fn exec_with_stdin(
+        &self,
+        command: &str,
+        stdin: &mut (dyn AsyncRead + Send + Unpin),
+        opts: &ExecOptions,
+    ) -> Result<ExecOutput, TransportError> {
+        self.count(command);
+        self.inner.exec_with_stdin(command, stdin, opts).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}

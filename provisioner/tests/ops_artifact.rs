@@ -296,3 +296,28 @@ async fn http_downloads_are_verified_and_cached() {
     assert!(report.success(), "{report:#?}");
     assert_eq!(report.totals().changed, 0);
 }
+
+/// The local files are verified once per process, and fetched again when the local cache lost them.
+#[tokio::test]
+async fn a_local_cache_emptied_between_runs_is_filled_again() {
+    let work = tempfile::tempdir().unwrap();
+    let (url, sha) = make_release(work.path(), b"\x7fELF one", b"\x7fELF two");
+    let cache_dir = work.path().join("cache");
+    let bin = work.path().join("bin");
+    let op = || {
+        Artifact::new(&url, &sha, bin.to_str().unwrap())
+            .unwrap()
+            .extract(["etcd-v3.5.1-linux-amd64/etcd", "etcd-v3.5.1-linux-amd64/etcdctl"])
+            .unwrap()
+            .cache(ArtifactCache::at(&cache_dir))
+    };
+    let host = |op| vec![HostOps::new(Arc::new(LocalTransport::new("h"))).with(op)];
+    assert_eq!(runner(Mode::Apply).run(host(op())).await.totals().changed, 1);
+    fs::remove_dir_all(&cache_dir).unwrap();
+    fs::remove_file(bin.join("etcdctl")).unwrap();
+    let report = runner(Mode::Apply).run(host(op())).await;
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.totals().changed, 1, "{report:#?}");
+    assert_eq!(fs::read(bin.join("etcdctl")).unwrap(), b"\x7fELF two");
+    assert!(cache_dir.join(&sha).is_file());
+}

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use capstan_provisioner::local::LocalTransport;
-use capstan_provisioner::ops::{Absent, Command, Directory, File, OperationExt, Template};
+use capstan_provisioner::ops::{Absent, Command, Directory, File, OperationExt, Service, Template};
 use capstan_provisioner::report::{render_changes, OpStatus, RunReport};
 use capstan_provisioner::runner::{HostOps, Mode, NoProgress, RunOptions, Runner};
-use capstan_provisioner::transport::Transport;
+use capstan_provisioner::transport::{CountingTransport, Transport};
 
 fn runner(mode: Mode) -> Runner {
     Runner::new(RunOptions { mode, concurrency: 4 }, Arc::new(NoProgress))
@@ -288,4 +288,115 @@ async fn many_hosts_run_in_parallel_with_bars() {
         first.elapsed.as_secs_f64(),
         second.elapsed.as_secs_f64()
     );
+}
+
+/// The probes of a host's whole list cost one exec: a run with nothing to do is one round trip
+/// per host, however many path and service ops the list has.
+#[tokio::test]
+async fn a_no_op_run_costs_one_exec_per_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let counting = Arc::new(CountingTransport::new(local("localhost")));
+    let ops = || {
+        let mut ops = config_ops(dir.path(), "a");
+        ops.transport = counting.clone();
+        for i in 0..3 {
+            ops.push(File::new(&path(dir.path(), &format!("etc/app/extra-{i}")), format!("{i}\n")).mode(0o600));
+        }
+        ops.push(
+            Service::new("capstan-test-no-such-unit")
+                .unwrap()
+                .enabled(false)
+                .running(false),
+        );
+        ops.push(Command::new("marker", "true").unless("true"));
+        ops
+    };
+    let probes: usize = ops().ops.iter().map(|op| op.probes().len()).sum();
+    assert_eq!(probes, 10, "one probe per op");
+
+    let first = runner(Mode::Apply).run(vec![ops()]).await;
+    assert!(first.success(), "{first:#?}");
+    assert_eq!(changed(&first), 7, "{first:#?}");
+    let first_execs = counting.execs();
+
+    counting.reset();
+    let second = runner(Mode::Apply).run(vec![ops()]).await;
+    assert!(second.success(), "{second:#?}");
+    assert_eq!((changed(&second), second.totals().ok), (0, 10), "{second:#?}");
+    assert_eq!(counting.execs(), 1, "{:#?}", counting.commands());
+
+    counting.reset();
+    std::fs::write(path(dir.path(), "etc/app/extra-2"), "drift\n").unwrap();
+    let dry = runner(Mode::DryRun).run(vec![ops()]).await;
+    assert_eq!(changed(&dry), 1, "{dry:#?}");
+    let dry_execs = counting.commands();
+    assert_eq!(dry_execs.len(), 2, "the batch and `cat` for the diff: {dry_execs:#?}");
+    assert!(dry_execs[1].starts_with("cat -- "), "{dry_execs:#?}");
+    eprintln!("{probes} probes: first apply {first_execs} execs, no-op re-apply 1, dry run with a diff 2");
+}
+
+/// After a step changed the host, later ops plan from what the host is now, never from what
+/// was read before the change; and the run costs no more execs than one per probe.
+#[tokio::test]
+async fn ops_after_a_change_see_the_changed_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = path(dir.path(), "a.conf");
+    let counting = Arc::new(CountingTransport::new(local("localhost")));
+    let ops = HostOps::new(counting.clone())
+        .with(Directory::new(&path(dir.path(), "d")))
+        .with(File::new(&a, "one\n"))
+        .with(File::new(&a, "two\n"))
+        .with(Absent::new(&a))
+        .with(File::new(&path(dir.path(), "d/x"), "x\n"));
+    let report = runner(Mode::Apply).run(vec![ops]).await;
+    assert!(report.success(), "{report:#?}");
+    let summaries: Vec<String> = report.hosts[0]
+        .ops
+        .iter()
+        .flat_map(|o| &o.changes)
+        .map(|c| c.summary.clone())
+        .collect();
+    let d = path(dir.path(), "d");
+    let x = path(dir.path(), "d/x");
+    assert_eq!(
+        summaries,
+        vec![
+            format!("create directory {d}"),
+            format!("create {a}"),
+            format!("update {a}"),
+            format!("remove file {a}"),
+            format!("create {x}"),
+        ]
+    );
+    assert!(!Path::new(&a).exists());
+    // One exec per probe, one `cat` for the diff and one per step would be 11.
+    assert!(counting.execs() <= 11, "{:#?}", counting.commands());
+}
+
+/// Probes read ahead (e.g. together with other probes of the host) are used by the run.
+#[tokio::test]
+async fn a_run_plans_from_facts_read_before_it() {
+    use capstan_provisioner::facts::FactCache;
+    use capstan_provisioner::ops::probe_batch::prefetch_commands;
+
+    let dir = tempfile::tempdir().unwrap();
+    assert!(runner(Mode::Apply)
+        .run(vec![config_ops(dir.path(), "a")])
+        .await
+        .success());
+    let counting = Arc::new(CountingTransport::new(local("localhost")));
+    let facts = Arc::new(FactCache::new());
+    let probes: Vec<String> = config_ops(dir.path(), "a")
+        .ops
+        .iter()
+        .flat_map(|op| op.probes())
+        .collect();
+    prefetch_commands(counting.as_ref(), &facts, &probes).await.unwrap();
+    assert_eq!(counting.execs(), 1);
+
+    let mut ops = config_ops(dir.path(), "a").with_facts(facts);
+    ops.transport = counting.clone();
+    let report = runner(Mode::Apply).run(vec![ops]).await;
+    assert_eq!((changed(&report), report.totals().ok), (0, 5), "{report:#?}");
+    assert_eq!(counting.execs(), 1, "nothing read twice: {:#?}", counting.commands());
 }

@@ -620,3 +620,45 @@ async fn connect_timeout_covers_a_silent_server() {
     assert!(err.to_string().contains("timed out"), "{err}");
     drop(silent);
 }
+
+/// Over a real SSH connection, the probes of a host's list travel in one exec, and a run with
+/// nothing to do costs exactly that one.
+#[tokio::test]
+async fn a_no_op_run_over_ssh_is_one_exec() {
+    use capstan_provisioner::ops::{Absent, Directory, File, Service};
+    use capstan_provisioner::runner::{HostOps, Mode, NoProgress, RunOptions, Runner};
+    use capstan_provisioner::transport::CountingTransport;
+
+    let sshd = sshd_or_skip!();
+    let ssh: Arc<dyn Transport> = Arc::new(SshTransport::connect(&sshd.target("local")).await.unwrap());
+    let counting = Arc::new(CountingTransport::new(ssh.clone()));
+    let base = sshd.dir.path().join("probe batch");
+    let path = |rel: &str| base.join(rel).display().to_string();
+    let ops = || {
+        let mut ops = HostOps::new(counting.clone()).with(Directory::new(&path("conf")).mode(0o750));
+        for i in 0..8 {
+            ops.push(File::new(&path(&format!("conf/file-{i}")), format!("it's file {i}\n")).mode(0o640));
+        }
+        ops.push(Absent::new(&path("conf/old")));
+        ops.push(Service::new("capstan-test-no-such-unit").unwrap().enabled(false));
+        ops
+    };
+    let runner = || {
+        Runner::new(
+            RunOptions {
+                mode: Mode::Apply,
+                concurrency: 1,
+            },
+            Arc::new(NoProgress),
+        )
+    };
+    let first = runner().run(vec![ops()]).await;
+    assert!(first.success(), "{first:#?}");
+    assert_eq!(first.totals().changed, 9);
+    counting.reset();
+    let second = runner().run(vec![ops()]).await;
+    assert!(second.success(), "{second:#?}");
+    assert_eq!((second.totals().changed, second.totals().ok), (0, 11));
+    assert_eq!(counting.execs(), 1, "{:#?}", counting.commands());
+    ssh.close().await;
+}

@@ -1,8 +1,12 @@
 //! Install a pinned download (or binaries from inside a pinned tar.gz).
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use async_trait::async_trait;
 
-use super::file::{plan_desired_file, DesiredFile};
+use super::file::{path_probes, plan_desired_file, DesiredFile};
 use super::{validate_remote_path, Content, OpError, Operation, Plan};
 use crate::artifact::{normalize_sha256, sha256_file, validate_url, ArtifactCache, ArtifactError};
 use crate::transport::{RemoteFile, Transport};
@@ -103,38 +107,98 @@ impl Artifact {
                 Some(cache) => cache.clone(),
                 None => ArtifactCache::from_env()?,
             };
-            let archive = cache.fetch(&this.url, &this.sha256)?;
-            let desired = |path: String, local: std::path::PathBuf, sha256: String, size: u64| DesiredFile {
-                file: this.remote_file(path),
-                content: Content::LocalFile(local),
-                sha256,
-                size,
-                sensitive: false,
+            let local_files = verified_local_files(&cache, &this.url, &this.sha256, this.extract.as_deref())?;
+            let dest = |member: Option<&String>| match member {
+                None => this.dest_path.clone(),
+                Some(member) => format!("{}/{}", this.dest_path, base_name(member)),
             };
-            match &this.extract {
-                None => {
-                    let (_, size) = sha256_file(&archive)?;
-                    Ok(vec![desired(
-                        this.dest_path.clone(),
-                        archive,
-                        this.sha256.clone(),
-                        size,
-                    )])
-                }
-                Some(members) => Ok(cache
-                    .extract(&this.url, &archive, &this.sha256, members)?
-                    .into_iter()
-                    .map(|f| {
-                        let path = format!("{}/{}", this.dest_path, base_name(&f.member));
-                        desired(path, f.local_path, f.sha256, f.size)
-                    })
-                    .collect()),
-            }
+            Ok(local_files
+                .iter()
+                .map(|f| DesiredFile {
+                    file: this.remote_file(dest(f.member.as_ref())),
+                    content: Content::LocalFile(f.local_path.clone()),
+                    sha256: f.sha256.clone(),
+                    size: f.size,
+                    sensitive: false,
+                })
+                .collect())
         })
         .await
         .map_err(|e| OpError::Invalid(format!("artifact preparation task failed: {e}")))??;
         Ok(prepared)
     }
+}
+
+/// A verified local file to install: the download itself (`member` None) or one extracted member.
+#[derive(Debug, Clone)]
+struct LocalFile {
+    member: Option<String>,
+    local_path: PathBuf,
+    sha256: String,
+    size: u64,
+}
+
+type PreparedKey = (PathBuf, String, String, Option<Vec<String>>);
+
+/// Verified local files by (cache dir, url, sha256, members), once per process: every host of a
+/// run installs the same artifact, and hashing it again for each (tens of MB for etcd) only
+/// re-proves what the first verification showed. Each host still verifies the sha256 of what
+/// arrives ([`super::write_file_command`]).
+static PREPARED: OnceLock<Mutex<HashMap<PreparedKey, Arc<Mutex<Option<Vec<LocalFile>>>>>>> = OnceLock::new();
+
+fn verified_local_files(
+    cache: &ArtifactCache,
+    url: &str,
+    sha256: &str,
+    extract: Option<&[String]>,
+) -> Result<Vec<LocalFile>, ArtifactError> {
+    let key = (
+        cache.dir().to_path_buf(),
+        url.to_string(),
+        sha256.to_string(),
+        extract.map(<[String]>::to_vec),
+    );
+    let slot = {
+        let mut prepared = PREPARED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        prepared.entry(key).or_default().clone()
+    };
+    // One host verifies while the others wait for its result.
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    let still_there = |files: &[LocalFile]| {
+        files
+            .iter()
+            .all(|f| std::fs::metadata(&f.local_path).is_ok_and(|m| m.is_file() && m.len() == f.size))
+    };
+    if let Some(files) = slot.as_ref().filter(|files| still_there(files)) {
+        return Ok(files.clone());
+    }
+    let archive = cache.fetch(url, sha256)?;
+    let files = match extract {
+        None => {
+            let (_, size) = sha256_file(&archive)?;
+            vec![LocalFile {
+                member: None,
+                local_path: archive,
+                sha256: sha256.to_string(),
+                size,
+            }]
+        }
+        Some(members) => cache
+            .extract(url, &archive, sha256, members)?
+            .into_iter()
+            .map(|f| LocalFile {
+                member: Some(f.member),
+                local_path: f.local_path,
+                sha256: f.sha256,
+                size: f.size,
+            })
+            .collect(),
+    };
+    *slot = Some(files.clone());
+    Ok(files)
 }
 
 fn base_name(member: &str) -> &str {
@@ -151,6 +215,16 @@ impl Operation for Artifact {
                 format!("artifact {}/{{{}}}", self.dest_path, names.join(","))
             }
         }
+    }
+    fn probes(&self) -> Vec<String> {
+        let paths: Vec<String> = match &self.extract {
+            None => vec![self.dest_path.clone()],
+            Some(members) => members
+                .iter()
+                .map(|m| format!("{}/{}", self.dest_path, base_name(m)))
+                .collect(),
+        };
+        path_probes(paths.iter().map(String::as_str))
     }
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
         let mut plan = Plan::unchanged();

@@ -34,6 +34,9 @@ impl Operation for Command {
     fn describe(&self) -> String {
         self.description.clone()
     }
+    fn probes(&self) -> Vec<String> {
+        self.check.iter().cloned().collect()
+    }
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
         if let Some(check) = &self.check {
             let output = t.exec(check, &ExecOptions::default()).await?;

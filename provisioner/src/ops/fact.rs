@@ -1,5 +1,6 @@
 //! The one fact every path operation needs: what is at a path, with which
-//! attributes and (for regular files) which sha256. One round trip per path.
+//! attributes and (for regular files) which sha256. One command per path; the runner
+//! batches the commands of a host's ops into one round trip (see [`super::probe_batch`]).
 
 use super::shell::quote;
 

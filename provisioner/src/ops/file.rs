@@ -34,6 +34,15 @@ pub(crate) async fn probe_path(t: &dyn Transport, path: &str) -> Result<PathStat
     })
 }
 
+/// The probes [`probe_path`] runs for `paths` (none for a path that planning refuses anyway).
+pub(crate) fn path_probes<'a>(paths: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    paths
+        .into_iter()
+        .filter(|path| validate_remote_path(path).is_ok())
+        .map(path_state_command)
+        .collect()
+}
+
 fn validate_mode(path: &str, mode: u32) -> Result<(), OpError> {
     if mode > 0o7777 {
         return Err(OpError::Invalid(format!(
@@ -229,6 +238,9 @@ impl Operation for File {
     fn describe(&self) -> String {
         format!("file {}", self.desired.file.path)
     }
+    fn probes(&self) -> Vec<String> {
+        path_probes([self.desired.file.path.as_str()])
+    }
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
         plan_desired_file(t, &self.desired, Some(&self.bytes)).await
     }
@@ -336,12 +348,23 @@ impl Operation for Directory {
     fn describe(&self) -> String {
         format!("directory {}", self.desired.path)
     }
+    fn probes(&self) -> Vec<String> {
+        path_probes([self.desired.path.as_str()])
+    }
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
         validate_remote_path(&self.desired.path)?;
         validate_mode(&self.desired.path, self.desired.mode)?;
         let state = probe_path(t, &self.desired.path).await?;
         self.plan_from_state(t.host(), &state)
     }
+}
+
+/// A cheap probe: no checksum of what is about to be deleted.
+fn absent_probe_command(path: &str) -> String {
+    let path = quote(path);
+    format!(
+        "if [ -d {path} ] && [ ! -L {path} ]; then echo dir; elif [ -e {path} ] || [ -L {path} ]; then echo present; else echo absent; fi"
+    )
 }
 
 /// Nothing at `path`: a file, symlink or whole directory tree is removed.
@@ -361,13 +384,16 @@ impl Operation for Absent {
     fn describe(&self) -> String {
         format!("absent {}", self.path)
     }
+    fn probes(&self) -> Vec<String> {
+        match validate_remote_path(&self.path) {
+            Ok(()) => vec![absent_probe_command(&self.path)],
+            Err(_) => Vec::new(),
+        }
+    }
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
         validate_remote_path(&self.path)?;
         let path = quote(&self.path);
-        // A cheap probe: no checksum of what is about to be deleted.
-        let output =
-            run_checked(t, &format!("if [ -d {path} ] && [ ! -L {path} ]; then echo dir; elif [ -e {path} ] || [ -L {path} ]; then echo present; else echo absent; fi"))
-                .await?;
+        let output = run_checked(t, &absent_probe_command(&self.path)).await?;
         let found = output.stdout_str();
         let noun = match found.trim() {
             "absent" => return Ok(Plan::unchanged()),

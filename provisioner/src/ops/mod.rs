@@ -12,6 +12,7 @@ mod diff;
 mod fact;
 mod file;
 pub mod handlers;
+pub mod probe_batch;
 pub mod shell;
 mod systemd;
 
@@ -134,6 +135,14 @@ pub trait Operation: Send + Sync {
     fn describe(&self) -> String;
     /// Probe the host and compute the changes. Must not modify the host.
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError>;
+    /// The read-only commands `plan` runs on an unchanged host (privileged, through
+    /// [`run_checked`] or `exec` with default options), so that the runner can run the probes of
+    /// a host's whole list in one round trip ([`probe_batch`]) before planning. Commands
+    /// missing here still work (`plan` runs them itself); listed commands must never change
+    /// the host.
+    fn probes(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Follow-up work to queue when the plan was not empty.
     fn triggers(&self) -> Vec<Trigger> {
         Vec::new()
@@ -153,6 +162,9 @@ impl<O: Operation> Operation for Notifying<O> {
     }
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
         self.inner.plan(t).await
+    }
+    fn probes(&self) -> Vec<String> {
+        self.inner.probes()
     }
     fn triggers(&self) -> Vec<Trigger> {
         let mut triggers = self.inner.triggers();

@@ -75,6 +75,9 @@ impl Operation for SystemdUnit {
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
         self.file.plan(t).await
     }
+    fn probes(&self) -> Vec<String> {
+        self.file.probes()
+    }
     fn triggers(&self) -> Vec<Trigger> {
         vec![Trigger::DaemonReload]
     }
@@ -217,6 +220,9 @@ impl Service {
 impl Operation for Service {
     fn describe(&self) -> String {
         format!("service {}", self.name)
+    }
+    fn probes(&self) -> Vec<String> {
+        vec![service_probe_command(&self.name)]
     }
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
         let probe_error = |reason: String| OpError::Probe {
