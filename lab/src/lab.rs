@@ -267,6 +267,9 @@ pub fn up(opts: UpOptions) -> Result<Lab> {
         progress(&format!("inventory copied to {}", out.display()));
     }
 
+    if let Some(raised) = sys::raise_inotify_limits()? {
+        progress(&raised);
+    }
     progress(&format!("booting {} machines", lab.machines.len()));
     for i in 0..lab.machines.len() {
         let pid = spawn_machine(&lab, &lab.machines[i])?;
