@@ -53,7 +53,7 @@ fn capstan_ok(inventory: &Path, args: &[&str]) -> Run {
 fn inventory(lab: &Lab, count: usize) -> String {
     let mut yaml = format!(
         "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\n\
-         artifacts:\n  mirror: \"file://{MIRROR}\"\n\
+         artifacts:\n  mirror: \"file://{MIRROR}\"\n  apt_source: \"deb [trusted=yes] file:/srv/capstan-debs ./\"\n\
          versions:\n  etcd: \"3.5.1\"\n  containerd: \"1.6.20\"\n  runc: \"1.1.5\"\n  crun: \"1.8.1\"\n  cni_plugins: \"1.1.1\"\n\
          network:\n  pod_cidr: 10.244.0.0/16\n  node_prefix: 24\n\
          runtime:\n  lab_cgroupless: auto\n\
@@ -69,17 +69,7 @@ fn inventory(lab: &Lab, count: usize) -> String {
             m.name, m.ip
         ));
     }
-    if let Some(source) = apt_source() {
-        yaml.push_str(&format!("packages:\n  apt_source: {source:?}\n"));
-    }
     yaml
-}
-
-/// The local Debian repository the lab machines see (see docs/lab.md).
-fn apt_source() -> Option<String> {
-    Path::new("/var/cache/capstan/debs/Packages")
-        .exists()
-        .then(|| "deb [trusted=yes] file:/srv/capstan-debs ./".to_string())
 }
 
 fn tar_entry(builder: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {

@@ -61,6 +61,7 @@ hosts:
               cni_plugins: 1.9.1
             artifacts:
               mirror: null
+              apt_source: null
             etcd:
               allow_even_members: false
               data_dir: /var/lib/etcd
@@ -199,6 +200,7 @@ drill:
               cni_plugins: 1.9.1
             artifacts:
               mirror: https://mirror.example.com
+              apt_source: null
             etcd:
               allow_even_members: false
               data_dir: /data/etcd
@@ -363,6 +365,7 @@ hosts:
               cni_plugins: 1.9.1
             artifacts:
               mirror: null
+              apt_source: null
             etcd:
               allow_even_members: true
               data_dir: /var/lib/etcd
@@ -701,6 +704,23 @@ fn network_and_runtime_sections() {
         &format!("{head}{hosts}network: {{pod_cidr: 10.32.0.0/23, node_prefix: 24}}\n"),
         expect![[r#"
             inventory.yaml:7:10: error: 3 hosts run pods (roles `node`, `control_plane`) but `10.32.0.0/23` has room for 2 subnets of /24: expected a larger `pod_cidr` or a longer `node_prefix`
+        "#]],
+    );
+}
+
+#[test]
+fn apt_source_is_one_sources_line() {
+    check(
+        r#"
+cluster: {name: gap}
+ssh: {agent: true}
+artifacts:
+  apt_source: "deb http://repo.example/debian bookworm"
+hosts:
+  - {name: a, address: 10.0.0.1, roles: [etcd]}
+"#,
+        expect![[r#"
+            inventory.yaml:5:15: error: `apt_source`: suite `bookworm` needs at least one component (such as `main`)
         "#]],
     );
 }

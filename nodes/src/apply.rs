@@ -22,7 +22,9 @@ use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::component::{ComponentOutcome, PhaseReport, RunContext};
 use capstan_provisioner::hint::Hint;
 use capstan_provisioner::ops::shell::quote;
-use capstan_provisioner::ops::{Artifact, Command, File, OpError, OperationExt, Service, SystemdUnit};
+use capstan_provisioner::ops::{
+    apt_source_file, Artifact, Command, File, OpError, OperationExt, Package, Service, SystemdUnit,
+};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::releases::ReleaseError;
@@ -304,7 +306,7 @@ impl Phase<NodesRun> for NodesPhase {
         for node in &run.nodes {
             let mut ops = HostOps::new(node.transport.clone());
             match self.0 {
-                Step::Prepare => prepare_ops(&mut ops, node, &phase)?,
+                Step::Prepare => prepare_ops(&mut ops, node, &run.cluster)?,
                 Step::Runtime => runtime_ops(&mut ops, node, &run.cluster, &phase)?,
                 Step::Network => network_ops(&mut ops, node, run.pod_cidr, &phase)?,
             }
@@ -314,7 +316,16 @@ impl Phase<NodesRun> for NodesPhase {
     }
 }
 
-fn prepare_ops(ops: &mut HostOps, node: &NodeHost, phase: &str) -> Result<(), PhaseError> {
+fn prepare_ops(ops: &mut HostOps, node: &NodeHost, cluster: &Cluster) -> Result<(), PhaseError> {
+    let apt_source = cluster.artifacts.apt_source.as_deref();
+    if let Some(line) = apt_source {
+        ops.push(apt_source_file(line));
+    }
+    let mut packages: Vec<&str> = config::PACKAGES.to_vec();
+    if node.runtime == RuntimeKind::LabCgroupless {
+        packages.extend(config::CRUN_PACKAGES);
+    }
+    ops.push(Package::new(packages).from_source(apt_source));
     ops.push(File::new(config::MODULES_FILE, render("modules file", config::modules_file())?).mode(0o644));
     let loaded = "grep -qw overlay /proc/filesystems && [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]";
     let modprobe: Vec<String> = config::MODULES.iter().map(|m| format!("modprobe {m}")).collect();
@@ -340,7 +351,6 @@ fn prepare_ops(ops: &mut HostOps, node: &NodeHost, phase: &str) -> Result<(), Ph
             .unless("[ -z \"$(tail -n +2 /proc/swaps)\" ]"),
         );
     }
-    let _ = phase;
     Ok(())
 }
 
