@@ -51,12 +51,16 @@ fn capstan_ok(inventory: &Path, args: &[&str]) -> Run {
 
 /// The inventory: the first machine runs etcd and pods, the others pods.
 fn inventory(lab: &Lab, count: usize) -> String {
+    inventory_with(lab, count, "auto")
+}
+
+fn inventory_with(lab: &Lab, count: usize, lab_cgroupless: &str) -> String {
     let mut yaml = format!(
         "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\n\
          artifacts:\n  mirror: \"file://{MIRROR}\"\n  apt_source: \"deb [trusted=yes] file:/srv/capstan-debs ./\"\n\
          versions:\n  etcd: \"3.5.1\"\n  containerd: \"1.6.20\"\n  runc: \"1.1.5\"\n  crun: \"1.8.1\"\n  cni_plugins: \"1.1.1\"\n\
          network:\n  pod_cidr: 10.244.0.0/16\n  node_prefix: 24\n\
-         runtime:\n  lab_cgroupless: auto\n\
+         runtime:\n  lab_cgroupless: {lab_cgroupless}\n\
          hosts:\n",
         lab.name,
         lab.key_path.display().to_string(),
@@ -295,8 +299,24 @@ fn containers_on_two_nodes_reach_each_other_and_a_new_node_changes_only_itself_a
     let inventory_path = dir.path().join("inventory.yaml");
     let [m1, m2, m3] = [0, 1, 2].map(|i| lab.machines[i].name.clone());
 
-    // Two nodes: runtime and pod network from nothing.
+    // Without the lab-only setting, the lab's machines (read-only cgroups) are refused, with the
+    // setting named, before any node changes (etcd, which comes first, converges).
+    std::fs::write(&inventory_path, inventory_with(lab, 2, "never")).unwrap();
+    let refused = run_capstan(Some(&inventory_path), &["apply"], &[]);
+    assert_ne!(refused.code, 0, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("read-only") && refused.stderr.contains("runtime.lab_cgroupless: auto"),
+        "{}",
+        refused.stderr
+    );
+    let untouched = "test ! -e /etc/containerd && test ! -e /etc/cni && echo untouched";
+    assert_eq!(remote(lab, &m1, untouched), "untouched");
+
+    // Two nodes: the plan changes nothing; apply sets up runtime and pod network from nothing.
     std::fs::write(&inventory_path, inventory(lab, 2)).unwrap();
+    let plan = json(&capstan_ok(&inventory_path, &["plan", "--output", "json"]));
+    assert!(total_changed(&plan) > 0, "the plan shows the changes");
+    assert_eq!(remote(lab, &m2, untouched), "untouched");
     let first = json(&capstan_ok(&inventory_path, &["apply", "--output", "json"]));
     assert!(total_changed(&first) > 0);
     let subnets = pod_subnets(&inventory_path);

@@ -154,9 +154,13 @@ containerd_from_debian() {
     make_tarball "$stage/out" bin "$dest"
 }
 
-# single_binary_from_debian DEB BINARY DEST: a release that is one executable (runc, crun).
-single_binary_from_debian() {
-    local deb="$1" binary="$2" dest="$3" stage
+# binary_from_debian DEB BINARY PATH: a release that is one executable (runc, crun) at PATH under the mirror,
+# where PATH may use {version} (the package's upstream version).
+binary_from_debian() {
+    local deb="$1" binary="$2" version dest stage
+    version="$(deb_version "$deb")"
+    dest="$OUTDIR/${3//\{version\}/$version}"
+    if [ -f "$dest" ]; then log "$deb $version present"; return; fi
     stage="$WORK/$deb"
     extract_debs "$stage" "$deb"
     mkdir -p "$(dirname "$dest")"
@@ -165,22 +169,6 @@ single_binary_from_debian() {
     touch -d "@$SOURCE_DATE_EPOCH" "$dest.tmp"
     mv "$dest.tmp" "$dest"
     log "wrote ${dest#"$OUTDIR"/}"
-}
-
-runc_from_debian() {
-    local version dest
-    version="$(deb_version runc)"
-    dest="$OUTDIR/opencontainers/runc/releases/download/v$version/runc.amd64"
-    if [ -f "$dest" ]; then log "runc $version present"; return; fi
-    single_binary_from_debian runc runc "$dest"
-}
-
-crun_from_debian() {
-    local version dest
-    version="$(deb_version crun)"
-    dest="$OUTDIR/containers/crun/releases/download/$version/crun-$version-linux-amd64"
-    if [ -f "$dest" ]; then log "crun $version present"; return; fi
-    single_binary_from_debian crun crun "$dest"
 }
 
 # cni_plugins_from_debian: cni-plugins-linux-amd64-vVERSION.tgz, the plugins at the top (./bridge, ...).
@@ -206,8 +194,8 @@ prometheus_from_debian prometheus prometheus prometheus
 prometheus_from_debian prometheus-node-exporter node_exporter prometheus-node-exporter
 prometheus_from_debian prometheus-alertmanager alertmanager prometheus-alertmanager
 containerd_from_debian
-runc_from_debian
-crun_from_debian
+binary_from_debian runc runc 'opencontainers/runc/releases/download/v{version}/runc.amd64'
+binary_from_debian crun crun 'containers/crun/releases/download/{version}/crun-{version}-linux-amd64'
 cni_plugins_from_debian
 
 (cd "$OUTDIR" && find . -type f ! -name SHA256SUMS ! -name '*.tmp' | sed 's|^\./||' | LC_ALL=C sort |
