@@ -359,6 +359,37 @@ mod tests {
     }
 
     #[test]
+    fn renders_the_pod_network_script() {
+        let routes = [PodRoute {
+            subnet: "10.244.1.0/24".into(),
+            via: "10.0.0.2".into(),
+        }];
+        let script = pod_network_script(
+            "a",
+            "10.244.0.0/24".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+            &routes,
+        )
+        .unwrap();
+        assert!(
+            script.contains("WANT_ROUTES='10.244.1.0/24 via 10.0.0.2\n'"),
+            "{script}"
+        );
+        assert!(script.contains("-s 10.244.0.0/24 -m comment"));
+        assert!(script.contains("-d 10.244.0.0/16 -j RETURN"));
+        assert!(script.contains("PROTO=203"));
+        // A single node has no routes, and its script still checks and applies.
+        let alone = pod_network_script(
+            "a",
+            "10.244.0.0/24".parse().unwrap(),
+            "10.244.0.0/16".parse().unwrap(),
+            &[],
+        )
+        .unwrap();
+        assert!(alone.contains("WANT_ROUTES=''"), "{alone}");
+    }
+
+    #[test]
     fn renders_the_cni_config() {
         let text = cni_config("10.244.3.0/24".parse().unwrap()).unwrap();
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
