@@ -355,6 +355,19 @@ fn containers_on_two_nodes_reach_each_other_and_a_new_node_changes_only_itself_a
     let again = json(&capstan_ok(&inventory_path, &["apply", "--output", "json"]));
     assert_eq!(total_changed(&again), 0, "{:#?}", changed_ops(&again));
 
+    // A route lost on a node (deleted by hand) is found and put back, and only that changes.
+    remote(lab, &m1, &format!("ip -4 route del {} proto 203", subnets[&m2]));
+    assert!(routes(lab, &m1).is_empty());
+    let mended = json(&capstan_ok(&inventory_path, &["apply", "--output", "json"]));
+    let mended_ops = changed_ops(&mended);
+    assert_eq!(
+        mended_ops[m1.as_str()],
+        ["pod network: 1 route(s) and masquerading"],
+        "{mended_ops:#?}"
+    );
+    assert!(mended_ops[m2.as_str()].is_empty(), "{mended_ops:#?}");
+    assert_eq!(routes(lab, &m1), expected_routes(lab, &m1, &subnets));
+
     // A third node: it gets everything; the others only their routes; no subnet moves.
     std::fs::write(&inventory_path, inventory(lab, 3)).unwrap();
     let grown = json(&capstan_ok(&inventory_path, &["apply", "--output", "json"]));
