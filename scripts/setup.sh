@@ -12,8 +12,9 @@ fi
 
 # libprotobuf-dev: protoc's well-known types (google/protobuf/*.proto), which etcd-client's build needs; only a
 # Recommends of protobuf-compiler, so --no-install-recommends would leave it out.
+# busybox-static: the static busybox the nodes lab test packs into an OCI image for containerd.
 packages=(protobuf-compiler libprotobuf-dev debootstrap systemd-container iproute2 openssh-client openssh-server
-          age etcd-server etcd-client ca-certificates curl python3-pip sudo)
+          age etcd-server etcd-client ca-certificates curl python3-pip sudo busybox-static)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
