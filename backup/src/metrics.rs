@@ -4,8 +4,8 @@
 use std::io::Write;
 use std::path::Path;
 
-/// Where node-exporter's textfile collector looks (Debian's prometheus-node-exporter default).
-pub const DEFAULT_METRICS_FILE: &str = "/var/lib/prometheus/node-exporter/capstan_backup.prom";
+/// The scheduled backups' metrics, in the monitoring component's textfile directory.
+pub const DEFAULT_METRICS_FILE: &str = capstan_monitoring::textfile_path!("capstan_backup.prom");
 
 /// The outcome of one scheduled backup attempt, as exported.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,7 +22,7 @@ pub struct BackupMetrics {
 
 /// Written by every scheduled run, leader or not, next to [`DEFAULT_METRICS_FILE`]: shows that
 /// each member's timer fires and which member led.
-pub const SCHEDULER_METRICS_FILE: &str = "/var/lib/prometheus/node-exporter/capstan_backup_scheduler.prom";
+pub const SCHEDULER_METRICS_FILE: &str = capstan_monitoring::textfile_path!("capstan_backup_scheduler.prom");
 
 /// The scheduler textfile: when this member's timer last ran capstan and whether it led.
 pub fn render_scheduler(cluster: &str, member: &str, run_at: f64, leader: bool) -> String {

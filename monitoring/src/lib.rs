@@ -1,1 +1,24 @@
-//! capstan-monitoring: see ARCHITECTURE.md. Filled in by later issues.
+//! capstan-monitoring: the monitoring component (node_exporter, Prometheus, Alertmanager; see
+//! ARCHITECTURE.md). Today it owns one thing other components rely on: the node_exporter textfile
+//! collector directory, where backup and drill schedules leave their metrics.
+
+/// node_exporter's `--collector.textfile.directory` on every host (Debian's prometheus-node-exporter
+/// default). Components write `<name>.prom` files here, atomically (temp file + rename).
+pub const TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
+
+/// The path of a metrics file in [`TEXTFILE_DIR`], as a `&'static str` usable in constants:
+/// `textfile_path!("capstan_backup.prom")`.
+#[macro_export]
+macro_rules! textfile_path {
+    ($name:literal) => {
+        concat!("/var/lib/prometheus/node-exporter/", $name)
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn textfile_paths_are_in_the_textfile_dir() {
+        assert_eq!(textfile_path!("x.prom"), format!("{}/x.prom", super::TEXTFILE_DIR));
+    }
+}

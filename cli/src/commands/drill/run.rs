@@ -30,7 +30,6 @@ use crate::commands::inventory::load;
 use crate::commands::restore::{fetch, private_tempdir, restore_options, run_restore, PrivateDir};
 use crate::output::{Failure, Output};
 
-const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/prometheus/node-exporter";
 /// The etcd unit `capstan apply` installs.
 const ETCD_SERVICE: &str = "etcd";
 
@@ -433,7 +432,7 @@ fn finish_drill(args: &DrillArgs, report: &DrillReport, out: &Output) -> anyhow:
     let textfile_dir = std::env::var_os("CAPSTAN_TEXTFILE_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_TEXTFILE_DIR));
+        .unwrap_or_else(|| PathBuf::from(capstan_monitoring::TEXTFILE_DIR));
     let metrics = prometheus_text(report, unix_now());
     match write_atomic(&textfile_dir, DRILL_METRICS_FILE, metrics.as_bytes(), 0o644) {
         Ok(path) => out.status(format!("metrics: {}", path.display())),
