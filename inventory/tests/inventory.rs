@@ -63,6 +63,8 @@ hosts:
             backup: null
             drill:
               expect_keys: []
+            api_endpoint:
+              mode: local
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -200,6 +202,8 @@ drill:
               expect_keys:
               - /registry/namespaces/default
               - app/*
+            api_endpoint:
+              mode: local
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -341,6 +345,8 @@ hosts:
             backup: null
             drill:
               expect_keys: []
+            api_endpoint:
+              mode: local
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -385,7 +391,7 @@ fn missing_and_mistyped_sections() {
     check(
         "- just\n- a list\n",
         expect![[r#"
-            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill), found a sequence
+            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, api_endpoint), found a sequence
         "#]],
     );
     check(
@@ -404,7 +410,7 @@ extra: 1
             inventory.yaml:5:18: error: `etcd`: invalid version `3.5`: expected MAJOR.MINOR.PATCH such as `3.5.1`
             inventory.yaml:6:18: error: `target`: expected file:///absolute/path (three slashes), found `file://relative`
             inventory.yaml:6:49: error: `recipients`: expected at least one age recipient; backups are always encrypted
-            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill
+            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, api_endpoint
         "#]],
     );
     check(

@@ -34,6 +34,15 @@ const TEMPLATES: &[(&str, &str)] = &[
         "drill/capstan-drill.timer",
         include_str!("../files/drill/capstan-drill.timer.j2"),
     ),
+    ("endpoint/haproxy.cfg", include_str!("../files/endpoint/haproxy.cfg.j2")),
+    (
+        "endpoint/keepalived.conf",
+        include_str!("../files/endpoint/keepalived.conf.j2"),
+    ),
+    (
+        "endpoint/check-endpoint.sh",
+        include_str!("../files/endpoint/check-endpoint.sh.j2"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
