@@ -70,7 +70,7 @@ if [ -n "$(ls -A "${CAPSTAN_LAB_ROOT:-/var/lib/capstan/lab}" 2>/dev/null)" ]; th
   say "note: labs exist under ${CAPSTAN_LAB_ROOT:-/var/lib/capstan/lab}; keeping the lab images they are built on"
   images=""
 fi
-for path in "${CAPSTAN_MIRROR_DIR:-$cache_root/mirror}" /opt/etcd-3.5.1 $images; do
+for path in "${CAPSTAN_MIRROR_DIR:-$cache_root/mirror}" "$cache_root/debs" /opt/etcd-3.5.1 $images; do
   if [ -e "$path" ]; then
     say "removing $path (rebuilt by setup.sh or the lab when missing)"
     rm -rf "$path"

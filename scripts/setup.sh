@@ -66,6 +66,10 @@ if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then apt-get update -qq; 
 bash lab/mirror/build-mirror.sh "${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
 if [ $((SECONDS - mirror_start)) -gt 5 ]; then echo "setup: artifact mirror ready in $((SECONDS - mirror_start))s" >&2; fi
 
+# The lab's local apt repository: Debian packages capstan installs on hosts (lab/mirror/debs.txt), for lab
+# machines that reach no Debian mirror.
+bash lab/mirror/build-debs.sh "${CAPSTAN_CACHE_DIR:-/var/cache/capstan}/debs"
+
 # etcd 3.5.1 for the local etcd tests (3.4.23 comes from Debian's etcd-server): the official binaries from
 # the mirror's release tarball.
 mirror="${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"

@@ -167,6 +167,10 @@ pub struct Versions {
 pub struct Artifacts {
     /// Replaces the `scheme://host` prefix of every upstream artifact URL; no trailing slash.
     pub mirror: Option<String>,
+    /// One apt sources line (`deb [options] URI SUITE [COMPONENT…]`) for the Debian packages capstan
+    /// installs (haproxy, keepalived, …): an air-gapped site's own repository, or the lab's. When
+    /// unset, hosts use the repositories they already have.
+    pub apt_source: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -469,26 +469,36 @@ impl Checker<'_, '_> {
     }
 
     fn artifacts(&mut self, node: &Node) -> Artifacts {
-        let mirror = self
-            .section(node, "`artifacts`", &["mirror"])
-            .and_then(|section| section.get("mirror"))
-            .and_then(|node| {
-                let text = self.string(node, "mirror")?;
-                let schemes = ["file:///", "http://", "https://"];
-                if schemes.iter().any(|scheme| text.starts_with(scheme)) {
-                    Some(text.trim_end_matches('/').to_string())
-                } else {
-                    self.error(
-                        node.pos,
-                        format!(
-                            "`mirror`: expected a URL starting with file:///, http:// or https://, found `{}`",
-                            show(&text)
-                        ),
-                    );
+        let Some(section) = self.section(node, "`artifacts`", &["mirror", "apt_source"]) else {
+            return Artifacts::default();
+        };
+        let mirror = section.get("mirror").and_then(|node| {
+            let text = self.string(node, "mirror")?;
+            let schemes = ["file:///", "http://", "https://"];
+            if schemes.iter().any(|scheme| text.starts_with(scheme)) {
+                Some(text.trim_end_matches('/').to_string())
+            } else {
+                self.error(
+                    node.pos,
+                    format!(
+                        "`mirror`: expected a URL starting with file:///, http:// or https://, found `{}`",
+                        show(&text)
+                    ),
+                );
+                None
+            }
+        });
+        let apt_source = section.get("apt_source").and_then(|node| {
+            let text = self.string(node, "apt_source")?;
+            match values::check_apt_source(&text) {
+                Ok(line) => Some(line),
+                Err(why) => {
+                    self.error(node.pos, format!("`apt_source`: {why}"));
                     None
                 }
-            });
-        Artifacts { mirror }
+            }
+        });
+        Artifacts { mirror, apt_source }
     }
 
     fn etcd(&mut self, node: &Node) -> EtcdSettings {

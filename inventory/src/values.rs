@@ -311,6 +311,45 @@ pub fn check_version(version: &str) -> Result<(), String> {
     }
 }
 
+/// One apt sources line in the one-line format: `deb [OPTIONS] URI SUITE [COMPONENT…]`. Returns it
+/// with surrounding blanks removed.
+pub fn check_apt_source(line: &str) -> Result<String, String> {
+    let line = line.trim();
+    if line.contains(['\n', '\r', '\0']) {
+        return Err("expected one line, found a line break".to_string());
+    }
+    let expected = "expected `deb [OPTIONS] URI SUITE [COMPONENT…]` such as \
+                    `deb http://repo.example/debian bookworm main` or `deb [trusted=yes] file:/srv/debs ./`";
+    let Some(rest) = line.strip_prefix("deb ") else {
+        return Err(format!("{expected}, found `{}`", show(line)));
+    };
+    let rest = rest.trim_start();
+    let rest = match rest.strip_prefix('[') {
+        Some(options) => match options.split_once(']') {
+            Some((_, after)) => after,
+            None => return Err(format!("unclosed `[` in `{}`", show(line))),
+        },
+        None => rest,
+    };
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let uri_ok = words.first().is_some_and(|uri| {
+        ["http://", "https://", "file:/", "cdrom:"]
+            .iter()
+            .any(|s| uri.starts_with(s))
+    });
+    if words.len() < 2 || !uri_ok {
+        return Err(format!("{expected}, found `{}`", show(line)));
+    }
+    // A suite that is a path (flat repository, `./`) takes no components; a named suite needs one.
+    if !words[1].ends_with('/') && words.len() < 3 {
+        return Err(format!(
+            "suite `{}` needs at least one component (such as `main`)",
+            show(words[1])
+        ));
+    }
+    Ok(line.to_string())
+}
+
 /// S3 bucket naming rules (the subset that matters for building URLs).
 pub fn check_bucket(bucket: &str) -> Result<(), String> {
     let valid = (3..=63).contains(&bucket.len())
@@ -416,5 +455,26 @@ mod tests {
         let started = std::time::Instant::now();
         assert_eq!(closest(&huge, keys), None);
         assert!(started.elapsed() < std::time::Duration::from_millis(200));
+    }
+
+    #[test]
+    fn apt_source_lines() {
+        for ok in [
+            "deb http://deb.debian.org/debian bookworm main",
+            "deb [trusted=yes] file:/srv/capstan-debs ./",
+            "  deb [arch=amd64 signed-by=/k.gpg] https://r.example/d bookworm main contrib ",
+        ] {
+            assert!(check_apt_source(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("http://deb.debian.org/debian bookworm main", "expected `deb"),
+            ("deb [trusted=yes file:/srv ./", "unclosed"),
+            ("deb ftp.example bookworm main", "expected `deb"),
+            ("deb http://r.example/d bookworm", "needs at least one component"),
+            ("deb http://r.example/d ./\ndeb http://x/ ./", "line break"),
+        ] {
+            let err = check_apt_source(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }

@@ -57,6 +57,7 @@ hosts:
               etcd: 3.5.33
             artifacts:
               mirror: null
+              apt_source: null
             etcd:
               allow_even_members: false
               data_dir: /var/lib/etcd
@@ -185,6 +186,7 @@ drill:
               etcd: 3.5.17
             artifacts:
               mirror: https://mirror.example.com
+              apt_source: null
             etcd:
               allow_even_members: false
               data_dir: /data/etcd
@@ -339,6 +341,7 @@ hosts:
               etcd: 3.5.33
             artifacts:
               mirror: null
+              apt_source: null
             etcd:
               allow_even_members: true
               data_dir: /var/lib/etcd
@@ -626,6 +629,23 @@ fn kubespray_errors_point_at_the_source() {
         "all: [unclosed\n",
         expect![[r#"
             inventory/prod/hosts.yaml:1:6: error: invalid YAML: `[` is never closed: expected `,` or `]`
+        "#]],
+    );
+}
+
+#[test]
+fn apt_source_is_one_sources_line() {
+    check(
+        r#"
+cluster: {name: gap}
+ssh: {agent: true}
+artifacts:
+  apt_source: "deb http://repo.example/debian bookworm"
+hosts:
+  - {name: a, address: 10.0.0.1, roles: [etcd]}
+"#,
+        expect![[r#"
+            inventory.yaml:5:15: error: `apt_source`: suite `bookworm` needs at least one component (such as `main`)
         "#]],
     );
 }

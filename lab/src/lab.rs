@@ -44,9 +44,16 @@ pub struct Lab {
     pub known_hosts_path: PathBuf,
     pub inventory_path: PathBuf,
     pub artifact_mirror: Option<PathBuf>,
+    /// Local flat apt repository (lab/mirror/build-debs.sh) bind-mounted read-only into every
+    /// machine at [`APT_REPO_IN_MACHINE`] and named in the inventory's `artifacts.apt_source`.
+    #[serde(default)]
+    pub apt_repo: Option<PathBuf>,
     pub roles: Vec<String>,
     pub machines: Vec<Machine>,
 }
+
+/// Where every machine sees the lab's apt repository.
+pub const APT_REPO_IN_MACHINE: &str = "/srv/capstan-debs";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Machine {
@@ -305,7 +312,11 @@ fn allocate(opts: &UpOptions, image: PathBuf) -> Result<Lab> {
         let default = paths.default_mirror_dir();
         default.is_dir().then_some(default)
     });
-    let lab = lab_from_plan(&opts.name, &dir, &plan, image, artifact_mirror, &opts.roles)?;
+    // The lab machines reach no package mirror: Debian packages capstan installs come from a
+    // local repository when one was built (it has an index).
+    let apt_repo = Some(paths.default_apt_repo_dir()).filter(|dir| dir.join("Packages").is_file());
+    let mut lab = lab_from_plan(&opts.name, &dir, &plan, image, artifact_mirror, &opts.roles)?;
+    lab.apt_repo = apt_repo;
     std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
         .ctx(|| format!("chmod {}", dir.display()))?;
@@ -357,6 +368,7 @@ fn lab_from_plan(
         known_hosts_path: dir.join(KNOWN_HOSTS_FILE),
         inventory_path: dir.join(INVENTORY_FILE),
         artifact_mirror,
+        apt_repo: None,
         roles: roles.to_vec(),
         machines,
     })
@@ -477,6 +489,11 @@ fn spawn_machine(lab: &Lab, m: &Machine) -> Result<u32> {
         .arg(format!("--network-bridge={}", lab.bridge))
         .arg(format!("--machine={}", m.nspawn_name))
         .arg(format!("--hostname={}", m.name))
+        .args(
+            lab.apt_repo
+                .iter()
+                .map(|dir| format!("--bind-ro={}:{APT_REPO_IN_MACHINE}", dir.display())),
+        )
         .arg(format!("--uuid={}", m.machine_id))
         .arg("-D")
         .arg(&m.root)
@@ -594,12 +611,19 @@ pub fn write_inventory(lab: &Lab, path: &Path) -> Result<()> {
             m.name, m.ip
         ));
     }
+    if lab.artifact_mirror.is_some() || lab.apt_repo.is_some() {
+        yaml.push_str("artifacts:\n");
+    }
     if let Some(mirror) = &lab.artifact_mirror {
         let abs = std::path::absolute(mirror).unwrap_or_else(|_| mirror.clone());
+        yaml.push_str(&format!("  mirror: {}\n", q(&format!("file://{}", abs.display()))));
+    }
+    if lab.apt_repo.is_some() {
         yaml.push_str(&format!(
-            "artifacts:\n  mirror: {}\n",
-            q(&format!("file://{}", abs.display()))
+            "  apt_source: \"deb [trusted=yes] file:{APT_REPO_IN_MACHINE} ./\"\n"
         ));
+    }
+    if lab.artifact_mirror.is_some() {
         // The newest etcd the lab mirror carries (lab/mirror/build-mirror.sh).
         yaml.push_str(&format!("versions:\n  etcd: \"{LAB_ETCD_VERSION}\"\n"));
     }

@@ -73,6 +73,11 @@ impl Paths {
         self.cache_root.join("lab").join("images")
     }
 
+    /// The local apt repository lab machines install Debian packages from (lab/mirror/build-debs.sh).
+    pub fn default_apt_repo_dir(&self) -> PathBuf {
+        self.cache_root.join("debs")
+    }
+
     /// Default artifact mirror directory, used when it exists and none is given.
     pub fn default_mirror_dir(&self) -> PathBuf {
         self.cache_root.join("mirror")

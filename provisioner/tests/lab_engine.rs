@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use capstan_lab::{LabGuard, UpOptions};
 use capstan_provisioner::facts::{gather_host_facts, FactCache};
-use capstan_provisioner::ops::{Artifact, Directory, File, OperationExt, Service, SystemdUnit};
+use capstan_provisioner::ops::{
+    apt_source_file, Artifact, Directory, File, OperationExt, Package, Service, SystemdUnit,
+};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::report::RunReport;
 use capstan_provisioner::runner::{HostOps, Mode, NoProgress, RunOptions, Runner};
@@ -21,7 +23,13 @@ mod require;
 use require::{need, require};
 
 /// The ops one host gets: every kind the engine has.
-fn host_ops(transport: Arc<dyn Transport>, cluster: &str, marker: &str, artifact_dir: &Path) -> HostOps {
+fn host_ops(
+    transport: Arc<dyn Transport>,
+    cluster: &str,
+    marker: &str,
+    artifact_dir: &Path,
+    apt_source: &str,
+) -> HostOps {
     let motd = capstan_templates::render("lab/motd", serde_json::json!({ "cluster": cluster })).unwrap();
     let unit = capstan_templates::render(
         "lab/test-unit.service",
@@ -31,6 +39,9 @@ fn host_ops(transport: Arc<dyn Transport>, cluster: &str, marker: &str, artifact
     let tarball = artifact_dir.join("tool.tar.gz");
     let sha = hex_sha256(&std::fs::read(&tarball).unwrap());
     HostOps::new(transport)
+        // A Debian package from the site's (here: the lab's) own apt repository.
+        .with(apt_source_file(apt_source))
+        .with(Package::new(["iptables"]).from_source(Some(apt_source)))
         .with(Directory::new("/etc/capstan-test").mode(0o750))
         .with(File::new("/etc/capstan-test/motd", motd.into_bytes()).mode(0o644))
         .with(
@@ -68,10 +79,21 @@ fn make_artifact(dir: &Path) {
     tar.into_inner().unwrap().finish().unwrap();
 }
 
-async fn run(runner: &Runner, conns: &Connections, cluster: &str, marker: &str, dir: &Path) -> RunReport {
+async fn run(
+    runner: &Runner,
+    conns: &Connections,
+    cluster: &capstan_inventory::Cluster,
+    marker: &str,
+    dir: &Path,
+) -> RunReport {
+    let apt_source = cluster
+        .artifacts
+        .apt_source
+        .as_deref()
+        .expect("the lab inventory names its apt repository");
     let lists = conns
         .hosts()
-        .map(|(_, t)| host_ops(t.clone(), cluster, marker, dir))
+        .map(|(_, t)| host_ops(t.clone(), &cluster.name, marker, dir, apt_source))
         .collect();
     runner.run(lists).await
 }
@@ -84,7 +106,19 @@ async fn sh(t: &dyn Transport, cmd: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lab_engine_converges_and_is_idempotent() {
-    if !require(&[need("lab prerequisites missing", capstan_lab::check_prerequisites())]) {
+    let apt_repo = capstan_lab::Paths::from_env().default_apt_repo_dir().join("Packages");
+    let repo_missing = if apt_repo.is_file() {
+        Ok(())
+    } else {
+        Err(format!(
+            "no {} (scripts/setup.sh builds it with lab/mirror/build-debs.sh)",
+            apt_repo.display()
+        ))
+    };
+    if !require(&[
+        need("lab prerequisites missing", capstan_lab::check_prerequisites()),
+        need("lab apt repository missing", repo_missing),
+    ]) {
         return;
     }
     let guard = LabGuard::up(UpOptions::new(format!("eng-{}", std::process::id()), 3)).expect("lab up");
@@ -128,11 +162,11 @@ async fn lab_engine_converges_and_is_idempotent() {
     );
 
     // First run: everything changes, the service runs.
-    let first = run(&apply, &conns, &cluster.name, "one", work.path()).await;
+    let first = run(&apply, &conns, &cluster, "one", work.path()).await;
     assert!(first.success(), "{first:#?}");
     for host in &first.hosts {
-        // directory, file, artifact, unit, service; plus the notified restart.
-        assert!(host.changed >= 5, "{}: {host:#?}", host.host);
+        // apt source, package, directory, file, artifact, unit, service; plus the notified restart.
+        assert!(host.changed >= 7, "{}: {host:#?}", host.host);
     }
     let t1 = conns.get(&lab.machines[0].name).unwrap();
     assert_eq!(sh(t1.as_ref(), "systemctl is-active capstan-test").await, "active");
@@ -141,10 +175,11 @@ async fn lab_engine_converges_and_is_idempotent() {
         "capstan-test-tool 1.0"
     );
     assert_eq!(sh(t1.as_ref(), "stat -c %a /etc/capstan-test").await, "750");
+    assert!(sh(t1.as_ref(), "iptables --version").await.starts_with("iptables v"));
     let pid_before = sh(t1.as_ref(), "systemctl show -p MainPID --value capstan-test").await;
 
     // Second run: nothing to do, nothing restarted.
-    let second = run(&apply, &conns, &cluster.name, "one", work.path()).await;
+    let second = run(&apply, &conns, &cluster, "one", work.path()).await;
     assert!(second.success(), "{second:#?}");
     assert_eq!(second.totals().changed, 0, "{second:#?}");
     assert_eq!(
@@ -154,7 +189,7 @@ async fn lab_engine_converges_and_is_idempotent() {
 
     // Drift on one host plus a new desired unit: the dry run reports both and changes nothing.
     sh(t1.as_ref(), "echo tampered > /etc/capstan-test/motd").await;
-    let planned = run(&dry, &conns, &cluster.name, "two", work.path()).await;
+    let planned = run(&dry, &conns, &cluster, "two", work.path()).await;
     assert!(planned.success(), "{planned:#?}");
     let host1 = planned.hosts.iter().find(|h| h.host == lab.machines[0].name).unwrap();
     let diffs: Vec<String> = host1
@@ -177,14 +212,14 @@ async fn lab_engine_converges_and_is_idempotent() {
     );
 
     // Applying it converges: the handler restarts the service because its unit changed.
-    let third = run(&apply, &conns, &cluster.name, "two", work.path()).await;
+    let third = run(&apply, &conns, &cluster, "two", work.path()).await;
     assert!(third.success(), "{third:#?}");
     assert_ne!(
         sh(t1.as_ref(), "systemctl show -p MainPID --value capstan-test").await,
         pid_before
     );
     assert_eq!(sh(t1.as_ref(), "cat /etc/capstan-test/motd").await.lines().count(), 1);
-    let fourth = run(&apply, &conns, &cluster.name, "two", work.path()).await;
+    let fourth = run(&apply, &conns, &cluster, "two", work.path()).await;
     assert_eq!(fourth.totals().changed, 0, "{fourth:#?}");
     conns.close_all().await;
 

@@ -12,6 +12,7 @@ mod diff;
 mod fact;
 mod file;
 pub mod handlers;
+mod package;
 pub mod probe_batch;
 pub mod shell;
 mod systemd;
@@ -30,6 +31,7 @@ pub use command::Command;
 pub use diff::{render_file_diff, DIFF_LIMIT_BYTES};
 pub use fact::{parse_path_state, path_state_command, PathKind, PathState};
 pub use file::{plan_file, plan_path_attributes, Absent, DesiredFile, Directory, File, Template};
+pub use package::{apt_source_file, missing_packages, Package, APT_SOURCE_FILE};
 pub use systemd::{
     parse_service_state, plan_service, ActiveState, DaemonReload, EnablementState, Restart, Service, ServiceState,
     SystemdUnit, SYSTEMD_UNIT_DIR,
@@ -259,9 +261,13 @@ async fn execute_step(t: &dyn Transport, step: &Step) -> Result<(), OpError> {
     match step {
         Step::Run(command) => run_checked(t, command).await.map(|_| ()),
         Step::WriteFile {
-            file, content, sha256, ..
+            file,
+            content,
+            sha256,
+            size,
+            ..
         } => {
-            let command = write_file_command(file, sha256);
+            let command = write_file_command(file, sha256, *size);
             // Large uploads over slow links need more than the default budget.
             let opts = ExecOptions {
                 timeout: std::time::Duration::from_secs(1800),
@@ -286,8 +292,9 @@ async fn execute_step(t: &dyn Transport, step: &Step) -> Result<(), OpError> {
 }
 
 /// The remote side of [`Step::WriteFile`]: temp file beside the target,
-/// checksum check, attributes, atomic rename. The temp file never outlives a failure.
-pub fn write_file_command(file: &RemoteFile, sha256: &str) -> String {
+/// checksum check, attributes, atomic rename. The temp file never outlives a failure. A large
+/// file's checksum is remembered ([`fact::CHECKSUM_DIR`]) so later probes need not read it again.
+pub fn write_file_command(file: &RemoteFile, sha256: &str, size: u64) -> String {
     use shell::quote;
     let (dir, name) = split_parent(&file.path);
     let mut script = format!(
@@ -305,6 +312,10 @@ pub fn write_file_command(file: &RemoteFile, sha256: &str) -> String {
         script.push_str(&format!("chown {} \"$tmp\"; ", quote(&chown)));
     }
     script.push_str(&format!("mv -f -- \"$tmp\" {}; trap - EXIT", quote(&file.path)));
+    if size >= fact::REMEMBER_CHECKSUM_FROM {
+        script.push_str("; ");
+        script.push_str(&fact::remember_checksum_command(&file.path, sha256));
+    }
     script
 }
 
