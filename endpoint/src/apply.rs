@@ -19,7 +19,7 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use capstan_inventory::{ApiEndpoint, Cluster, Host, Role};
 use capstan_provisioner::component::{ComponentError, ComponentOutcome, PhaseReport, RunContext};
-use capstan_provisioner::ops::{Command, Directory, File, Service};
+use capstan_provisioner::ops::{apt_source_file, Directory, File, Package, Service};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, IssuedCert};
 use capstan_provisioner::pool::Connections;
@@ -53,6 +53,8 @@ struct EndpointRun {
     ca: CertificateAuthority,
     /// keepalived's health check of the local endpoint.
     check_script: String,
+    /// The inventory's `artifacts.apt_source`.
+    apt_source: Option<String>,
     hosts: Vec<EndpointHost>,
     vip: bool,
 }
@@ -150,6 +152,7 @@ async fn inspect_and_run(
     let state = EndpointRun {
         ca,
         check_script: render_check_script().map_err(|e| refuse(e.to_string(), None))?,
+        apt_source: cluster.artifacts.apt_source.clone(),
         vip: matches!(cluster.api_endpoint, ApiEndpoint::Vip { .. }),
         hosts: run_hosts,
     };
@@ -261,23 +264,6 @@ fn root_file(path: &str, content: &str, mode: u32) -> File {
         .group("root")
 }
 
-/// Debian packages, installed when missing.
-fn packages(names: &[&str]) -> Command {
-    let check = names
-        .iter()
-        .map(|n| format!("dpkg-query -W -f='${{Status}}' {n} 2>/dev/null | grep -q 'install ok installed'"))
-        .collect::<Vec<_>>()
-        .join(" && ");
-    Command::new(
-        &format!("install {}", names.join(", ")),
-        &format!(
-            "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
-            names.join(" ")
-        ),
-    )
-    .unless(&check)
-}
-
 struct PackagesPhase;
 
 #[async_trait]
@@ -296,7 +282,12 @@ impl Phase<EndpointRun> for PackagesPhase {
                 } else {
                     &["haproxy"]
                 };
-                HostOps::new(h.transport.clone()).with(packages(names))
+                let mut ops = HostOps::new(h.transport.clone());
+                if let Some(source) = &run.apt_source {
+                    ops.push(apt_source_file(source));
+                }
+                ops.push(Package::new(names.iter().copied()).from_source(run.apt_source.as_deref()));
+                ops
             })
             .collect())
     }

@@ -16,6 +16,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../files/lab/test-unit.service.j2"),
     ),
     ("lab/motd", include_str!("../files/lab/motd.j2")),
+    (
+        "lab/standin-apiserver.service",
+        include_str!("../files/lab/standin-apiserver.service.j2"),
+    ),
     ("etcd/etcd.conf.yml", include_str!("../files/etcd/etcd.conf.yml.j2")),
     ("etcd/etcd.service", include_str!("../files/etcd/etcd.service.j2")),
     (
