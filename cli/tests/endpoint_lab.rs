@@ -6,10 +6,11 @@
 //! API server certificate capstan issued, since capstan does not install the control plane yet.
 //!
 //! One lab of four machines, in order: the local endpoint answers from a node and re-applying
-//! changes nothing; a stopped control-plane machine is marked down within the check window while
+//! changes nothing (and a plan before it changed nothing); a stopped control-plane machine is marked down within the check window while
 //! requests keep succeeding, and up again when it returns; adding a node changes only that node;
-//! a long-lived request survives the reload a control-plane membership change causes (same haproxy
-//! master); the VIP, polled every 200 ms while its holder's haproxy is killed, is never on two
+//! a membership change whose config fails `haproxy -c` leaves the running config and every later
+//! host untouched; a long-lived request survives the reload a control-plane membership change
+//! causes (same haproxy master); the VIP, polled every 200 ms while its holder's haproxy is killed, is never on two
 //! machines and moves within 5 s; a last re-apply changes nothing.
 //!
 //! Needs root, the lab prerequisites and the lab apt repository with haproxy and keepalived
@@ -260,8 +261,13 @@ fn endpoint_on_lab_machines() {
     let inventory = work.path().join("inventory.yaml");
     let base = [(cp1, "[etcd, control_plane]"), (cp2, "[control_plane]"), (n1, "[node]")];
 
-    // 1. The endpoint on two control-plane machines and a node; a re-apply changes nothing.
+    // 1. The endpoint on two control-plane machines and a node: a plan changes nothing, apply
+    //    converges, a re-apply changes nothing.
     write_inventory(&lab, &inventory, &base, "");
+    let plan = capstan_json(&inventory, &["plan", "--only", "endpoint", "--output", "json"]);
+    assert!(changed(&plan) > 0, "{plan:#}");
+    let (installed, _) = try_remote(&lab, n1, "dpkg-query -W haproxy");
+    assert!(!installed, "plan installed haproxy");
     let first = apply(&inventory);
     assert!(changed(&first) > 0, "{first:#}");
     let again = apply(&inventory);
@@ -328,8 +334,36 @@ fn endpoint_on_lab_machines() {
         assert_eq!(added[host], 0, "adding {extra} changed {host}: {added:?}");
     }
 
-    // 5. A control-plane membership change re-renders and reloads haproxy everywhere (one host at
-    //    a time); a long-lived request through the endpoint survives it, with the same master.
+    // 5. A control-plane membership change whose config fails validation on the first host: the
+    //    running config there is untouched and haproxy keeps serving, and no later host is changed.
+    //    (`haproxy -c` fails because the haproxy user is gone; the running workers do not care.)
+    let grown = [base[0], base[1], base[2], (extra, "[control_plane, node]")];
+    let config_sum = |host: &str| remote(&lab, host, "sha256sum /etc/haproxy/haproxy.cfg");
+    let (cp1_config, n1_config, cp1_master) = (config_sum(cp1), config_sum(n1), haproxy_main_pid(&lab, cp1));
+    remote(&lab, cp1, "cp -p /etc/passwd /root/passwd.saved && sed -i '/^haproxy:/d' /etc/passwd");
+    write_inventory(&lab, &inventory, &grown, "");
+    let refused = run_capstan(Some(&inventory), &["apply", "--only", "endpoint"], &[]);
+    remote(&lab, cp1, "mv /root/passwd.saved /etc/passwd");
+    assert_ne!(refused.code, 0, "{}", refused.stderr);
+    // haproxy's own complaint, about the staging file.
+    assert!(
+        refused.stderr.contains("haproxy.cfg.capstan-new") && refused.stderr.contains("haproxy"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(config_sum(cp1), cp1_config, "the failed config replaced the running one");
+    assert_eq!(config_sum(n1), n1_config, "a host after the failing one was changed");
+    assert_eq!(haproxy_main_pid(&lab, cp1), cp1_master);
+    assert_eq!(
+        remote(&lab, cp1, "ls /etc/haproxy/ | grep -c capstan-new || true"),
+        "0",
+        "the staging file is removed"
+    );
+    let (ok, text) = try_remote(&lab, cp1, &readyz_command("127.0.0.1"));
+    assert!(ok, "{text}");
+
+    // 6. The same change, now valid, re-renders and reloads haproxy everywhere (one host at a
+    //    time); a long-lived request through the endpoint survives it, with the same master.
     let master_before = haproxy_main_pid(&lab, n1);
     let watch = {
         let lab = lab.clone();
@@ -343,8 +377,6 @@ fn endpoint_on_lab_machines() {
         })
     };
     std::thread::sleep(Duration::from_secs(2));
-    let grown = [base[0], base[1], base[2], (extra, "[control_plane, node]")];
-    write_inventory(&lab, &inventory, &grown, "");
     let membership = apply(&inventory);
     let reloaded = changed_by_host(&membership);
     assert!(reloaded[n1] > 0, "{reloaded:?}");
@@ -367,7 +399,7 @@ fn endpoint_on_lab_machines() {
     let (ok, text) = try_remote(&lab, n1, &readyz_command("127.0.0.1"));
     assert!(ok, "{text}");
 
-    // 6. A VIP on the control-plane machines: it moves within 5 s when its holder's haproxy is
+    // 7. A VIP on the control-plane machines: it moves within 5 s when its holder's haproxy is
     //    killed, and is never on two machines.
     let vip = {
         let prefix = lab.subnet.split('/').next().unwrap();
@@ -424,7 +456,7 @@ fn endpoint_on_lab_machines() {
     let (ok, text) = try_remote(&lab, n1, &readyz_command(&vip));
     assert!(ok, "readyz through the moved VIP failed: {text}");
 
-    // 7. Re-applying brings the killed haproxy back and changes nothing else; the VIP stays
+    // 8. Re-applying brings the killed haproxy back and changes nothing else; the VIP stays
     //    (nopreempt).
     let repaired = changed_by_host(&apply(&inventory));
     assert_eq!(repaired.values().sum::<u64>(), 1, "only the stopped haproxy is started: {repaired:?}");
