@@ -113,7 +113,10 @@ fn write_inventory(lab: &Lab, path: &Path, hosts: &[(&str, &str)], extra: &str) 
     );
     for (name, roles) in hosts {
         let m = lab.machines.iter().find(|m| m.name == *name).unwrap();
-        yaml.push_str(&format!("  - name: {name}\n    address: {}\n    roles: {roles}\n", m.ip));
+        yaml.push_str(&format!(
+            "  - name: {name}\n    address: {}\n    roles: {roles}\n",
+            m.ip
+        ));
     }
     yaml.push_str(&format!("artifacts:\n  {apt_source}\n{extra}"));
     std::fs::write(path, yaml).unwrap();
@@ -144,7 +147,9 @@ fn install_standin(lab: &Lab, host: &str) {
     let status = capstan_lab::ssh_command(
         &lab.name,
         host,
-        Some(&format!("cat > {STANDIN_BINARY}.tmp && chmod 755 {STANDIN_BINARY}.tmp && mv {STANDIN_BINARY}.tmp {STANDIN_BINARY}")),
+        Some(&format!(
+            "cat > {STANDIN_BINARY}.tmp && chmod 755 {STANDIN_BINARY}.tmp && mv {STANDIN_BINARY}.tmp {STANDIN_BINARY}"
+        )),
     )
     .unwrap()
     .stdin(std::fs::File::open(&exe).unwrap())
@@ -189,14 +194,13 @@ fn install_standin(lab: &Lab, host: &str) {
 /// haproxy's view of each API server from `host`'s statistics page: server name → status
 /// (`UP`, `DOWN`, `UP 1/2`, ...).
 fn server_states(lab: &Lab, host: &str) -> BTreeMap<String, String> {
-    let csv = remote(lab, host, &format!("curl -sS 'http://127.0.0.1:{STATS_PORT}/stats;csv'"));
+    let csv = remote(
+        lab,
+        host,
+        &format!("curl -sS 'http://127.0.0.1:{STATS_PORT}/stats;csv'"),
+    );
     let mut lines = csv.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .unwrap()
-        .trim_start_matches("# ")
-        .split(',')
-        .collect();
+    let header: Vec<&str> = lines.next().unwrap().trim_start_matches("# ").split(',').collect();
     let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let (proxy, server, status) = (column("pxname"), column("svname"), column("status"));
     lines
@@ -293,7 +297,9 @@ fn endpoint_on_lab_machines() {
     }
     assert_eq!(
         answered_by,
-        [format!("ok from {cp1}"), format!("ok from {cp2}")].into_iter().collect(),
+        [format!("ok from {cp1}"), format!("ok from {cp2}")]
+            .into_iter()
+            .collect(),
         "requests are spread over both API servers"
     );
 
@@ -304,12 +310,16 @@ fn endpoint_on_lab_machines() {
     capstan_lab::stop(&lab.name, cp2).unwrap();
     let stopped = Instant::now();
     let mut requests = 0;
-    let down_after = wait_for("the stopped machine marked down", window + Duration::from_secs(1), || {
-        let (ok, text) = try_remote(&lab, n1, &readyz_command("127.0.0.1"));
-        assert!(ok, "a request failed while {cp2} was down: {text}");
-        requests += 1;
-        server_states(&lab, n1).get(cp2).is_some_and(|s| s.starts_with("DOWN"))
-    });
+    let down_after = wait_for(
+        "the stopped machine marked down",
+        window + Duration::from_secs(1),
+        || {
+            let (ok, text) = try_remote(&lab, n1, &readyz_command("127.0.0.1"));
+            assert!(ok, "a request failed while {cp2} was down: {text}");
+            requests += 1;
+            server_states(&lab, n1).get(cp2).is_some_and(|s| s.starts_with("DOWN"))
+        },
+    );
     eprintln!(
         "{cp2} marked down {:.1}s after it was gone ({:.1}s after the power-off began; check window {:.0}s); \
          {requests} requests meanwhile, all answered",
@@ -340,7 +350,11 @@ fn endpoint_on_lab_machines() {
     let grown = [base[0], base[1], base[2], (extra, "[control_plane, node]")];
     let config_sum = |host: &str| remote(&lab, host, "sha256sum /etc/haproxy/haproxy.cfg");
     let (cp1_config, n1_config, cp1_master) = (config_sum(cp1), config_sum(n1), haproxy_main_pid(&lab, cp1));
-    remote(&lab, cp1, "cp -p /etc/passwd /root/passwd.saved && sed -i '/^haproxy:/d' /etc/passwd");
+    remote(
+        &lab,
+        cp1,
+        "cp -p /etc/passwd /root/passwd.saved && sed -i '/^haproxy:/d' /etc/passwd",
+    );
     write_inventory(&lab, &inventory, &grown, "");
     let refused = run_capstan(Some(&inventory), &["apply", "--only", "endpoint"], &[]);
     remote(&lab, cp1, "mv /root/passwd.saved /etc/passwd");
@@ -351,7 +365,11 @@ fn endpoint_on_lab_machines() {
         "{}",
         refused.stderr
     );
-    assert_eq!(config_sum(cp1), cp1_config, "the failed config replaced the running one");
+    assert_eq!(
+        config_sum(cp1),
+        cp1_config,
+        "the failed config replaced the running one"
+    );
     assert_eq!(config_sum(n1), n1_config, "a host after the failing one was changed");
     assert_eq!(haproxy_main_pid(&lab, cp1), cp1_master);
     assert_eq!(
@@ -383,18 +401,28 @@ fn endpoint_on_lab_machines() {
     let text = membership.to_string();
     assert!(text.contains("(validated, then reloaded)"), "{membership:#}");
     assert!(!text.contains("restart haproxy"), "{membership:#}");
-    assert_eq!(haproxy_main_pid(&lab, n1), master_before, "haproxy was restarted, not reloaded");
+    assert_eq!(
+        haproxy_main_pid(&lab, n1),
+        master_before,
+        "haproxy was restarted, not reloaded"
+    );
     let (ok, streamed) = watch.join().unwrap();
     assert!(ok, "the long-lived request failed: {streamed}");
     assert!(streamed.ends_with("done"), "{streamed}");
-    assert_eq!(streamed.lines().filter(|l| l.starts_with("tick ")).count(), 60, "{streamed}");
+    assert_eq!(
+        streamed.lines().filter(|l| l.starts_with("tick ")).count(),
+        60,
+        "{streamed}"
+    );
     assert!(
         remote(&lab, n1, "cat /etc/haproxy/haproxy.cfg").contains(&format!("server {extra} ")),
         "the new control-plane host is a backend"
     );
     // The new control-plane host runs no stand-in: it is marked down, requests still succeed.
     wait_for("the new API server marked down", Duration::from_secs(15), || {
-        server_states(&lab, n1).get(extra).is_some_and(|s| s.starts_with("DOWN"))
+        server_states(&lab, n1)
+            .get(extra)
+            .is_some_and(|s| s.starts_with("DOWN"))
     });
     let (ok, text) = try_remote(&lab, n1, &readyz_command("127.0.0.1"));
     assert!(ok, "{text}");
@@ -459,10 +487,18 @@ fn endpoint_on_lab_machines() {
     // 8. Re-applying brings the killed haproxy back and changes nothing else; the VIP stays
     //    (nopreempt).
     let repaired = changed_by_host(&apply(&inventory));
-    assert_eq!(repaired.values().sum::<u64>(), 1, "only the stopped haproxy is started: {repaired:?}");
+    assert_eq!(
+        repaired.values().sum::<u64>(),
+        1,
+        "only the stopped haproxy is started: {repaired:?}"
+    );
     assert_eq!(repaired[&holder], 1, "{repaired:?}");
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(vip_holders(&lab, &control_plane, &vip), [new_holder], "the VIP moved back");
+    assert_eq!(
+        vip_holders(&lab, &control_plane, &vip),
+        [new_holder],
+        "the VIP moved back"
+    );
     let last = apply(&inventory);
     assert_eq!(changed(&last), 0, "re-apply changed something: {last:#}");
     eprintln!("endpoint lab test took {:.0}s", started.elapsed().as_secs_f64());

@@ -59,6 +59,20 @@ struct EndpointRun {
     vip: bool,
 }
 
+impl EndpointRun {
+    /// One op list per host, filled by `fill`.
+    fn per_host(&self, fill: impl Fn(&EndpointHost, &mut HostOps)) -> Vec<HostOps> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let mut ops = HostOps::new(h.transport.clone());
+                fill(h, &mut ops);
+                ops
+            })
+            .collect()
+    }
+}
+
 fn refuse(message: impl Into<String>, hint: Option<&str>) -> ComponentError {
     ComponentError {
         component: NAME,
@@ -237,23 +251,17 @@ impl Phase<EndpointRun> for PkiPhase {
     }
     async fn host_ops(&self, ctx: &PhaseContext<EndpointRun>) -> Result<Vec<HostOps>, PhaseError> {
         let run = &ctx.state;
-        Ok(run
-            .hosts
-            .iter()
-            .map(|h| {
-                let mut ops = HostOps::new(h.transport.clone());
-                ops.push(Directory::new(PKI_DIR).mode(0o755).owner("root").group("root"));
-                ops.push(root_file(CA_CERT, run.ca.cert_pem(), 0o644));
-                if h.control_plane {
-                    ops.push(root_file(CA_KEY, run.ca.key_pem(), 0o600).sensitive(true));
-                    if let Some(cert) = &h.apiserver {
-                        ops.push(root_file(APISERVER_CERT, &cert.cert_pem, 0o644));
-                        ops.push(root_file(APISERVER_KEY, &cert.key_pem, 0o600).sensitive(true));
-                    }
+        Ok(run.per_host(|h, ops| {
+            ops.push(Directory::new(PKI_DIR).mode(0o755).owner("root").group("root"));
+            ops.push(root_file(CA_CERT, run.ca.cert_pem(), 0o644));
+            if h.control_plane {
+                ops.push(root_file(CA_KEY, run.ca.key_pem(), 0o600).sensitive(true));
+                if let Some(cert) = &h.apiserver {
+                    ops.push(root_file(APISERVER_CERT, &cert.cert_pem, 0o644));
+                    ops.push(root_file(APISERVER_KEY, &cert.key_pem, 0o600).sensitive(true));
                 }
-                ops
-            })
-            .collect())
+            }
+        }))
     }
 }
 
@@ -273,23 +281,17 @@ impl Phase<EndpointRun> for PackagesPhase {
     }
     async fn host_ops(&self, ctx: &PhaseContext<EndpointRun>) -> Result<Vec<HostOps>, PhaseError> {
         let run = &ctx.state;
-        Ok(run
-            .hosts
-            .iter()
-            .map(|h| {
-                let names: &[&str] = if run.vip && h.control_plane {
-                    &["haproxy", "keepalived", "curl"]
-                } else {
-                    &["haproxy"]
-                };
-                let mut ops = HostOps::new(h.transport.clone());
-                if let Some(source) = &run.apt_source {
-                    ops.push(apt_source_file(source));
-                }
-                ops.push(Package::new(names.iter().copied()).from_source(run.apt_source.as_deref()));
-                ops
-            })
-            .collect())
+        Ok(run.per_host(|h, ops| {
+            let names: &[&str] = if run.vip && h.control_plane {
+                &["haproxy", "keepalived", "curl"]
+            } else {
+                &["haproxy"]
+            };
+            if let Some(source) = &run.apt_source {
+                ops.push(apt_source_file(source));
+            }
+            ops.push(Package::new(names.iter().copied()).from_source(run.apt_source.as_deref()));
+        }))
     }
 }
 
@@ -311,16 +313,11 @@ struct HaproxyPhase;
 
 impl HaproxyPhase {
     fn ops(ctx: &PhaseContext<EndpointRun>) -> Vec<HostOps> {
-        ctx.state
-            .hosts
-            .iter()
-            .map(|h| {
-                let file = root_file(HAPROXY_CONFIG, &h.haproxy_config, 0o644);
-                HostOps::new(h.transport.clone())
-                    .with(ValidatedConfig::new(file, "haproxy -c -q -f {}", "haproxy"))
-                    .with(running("haproxy"))
-            })
-            .collect()
+        ctx.state.per_host(|h, ops| {
+            let file = root_file(HAPROXY_CONFIG, &h.haproxy_config, 0o644);
+            ops.push(ValidatedConfig::new(file, "haproxy -c -q -f {}", "haproxy"));
+            ops.push(running("haproxy"));
+        })
     }
 }
 

@@ -255,14 +255,7 @@ mod tests {
     use std::path::Path;
 
     fn cluster(api_endpoint: &str) -> Cluster {
-        let text = format!(
-            "cluster: {{name: demo}}\nssh: {{agent: true}}\nhosts:\n\
-             - {{name: cp1, address: 10.0.0.11, roles: [etcd, control_plane]}}\n\
-             - {{name: cp2, address: 10.0.0.12, private_address: 192.168.0.12, roles: [control_plane]}}\n\
-             - {{name: cp3, address: 10.0.0.13, roles: [control_plane, node]}}\n\
-             - {{name: n1, address: 10.0.0.21, roles: [node]}}\n{api_endpoint}"
-        );
-        capstan_inventory::parse_str(&text, "inventory.yaml", Path::new("/inv")).unwrap()
+        crate::test_cluster(api_endpoint)
     }
 
     #[test]

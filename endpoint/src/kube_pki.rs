@@ -68,19 +68,12 @@ pub fn apiserver_request(cluster: &Cluster, extra: &[San]) -> CertRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
     use std::time::SystemTime;
 
     use capstan_provisioner::pki::needs_reissue;
 
     fn cluster(api_endpoint: &str) -> Cluster {
-        let text = format!(
-            "cluster: {{name: demo}}\nssh: {{agent: true}}\nhosts:\n\
-             - {{name: cp1, address: 10.0.0.11, roles: [etcd, control_plane]}}\n\
-             - {{name: cp2, address: 10.0.0.12, private_address: 192.168.0.12, roles: [control_plane]}}\n\
-             - {{name: n1, address: 10.0.0.21, roles: [node]}}\n{api_endpoint}"
-        );
-        capstan_inventory::parse_str(&text, "inventory.yaml", Path::new("/inv")).unwrap()
+        crate::test_cluster(api_endpoint)
     }
 
     fn sans(request: &CertRequest) -> Vec<String> {
@@ -105,6 +98,8 @@ mod tests {
                 "DNS:cp2",
                 "IP:10.0.0.12",
                 "IP:192.168.0.12",
+                "DNS:cp3",
+                "IP:10.0.0.13",
             ]
         );
         let vip = apiserver_request(&cluster("api_endpoint: {mode: vip, address: 10.0.0.250}\n"), &[]);
@@ -113,7 +108,7 @@ mod tests {
             &cluster("api_endpoint: {mode: external, address: api.example.com}\n"),
             &[San::Ip("10.96.0.1".parse().unwrap())],
         );
-        assert_eq!(sans(&external)[11..], ["DNS:api.example.com", "IP:10.96.0.1"]);
+        assert_eq!(sans(&external)[13..], ["DNS:api.example.com", "IP:10.96.0.1"]);
     }
 
     #[test]

@@ -19,3 +19,17 @@ pub mod ops;
 pub mod probe;
 
 pub use component::EndpointComponent;
+
+/// An inventory for unit tests: three control-plane hosts (one with a separate private address,
+/// one also a node), one node, and `api_endpoint` (YAML, may be empty).
+#[cfg(test)]
+pub(crate) fn test_cluster(api_endpoint: &str) -> capstan_inventory::Cluster {
+    let text = format!(
+        "cluster: {{name: demo}}\nssh: {{agent: true}}\nhosts:\n\
+         - {{name: cp1, address: 10.0.0.11, roles: [etcd, control_plane]}}\n\
+         - {{name: cp2, address: 10.0.0.12, private_address: 192.168.0.12, roles: [control_plane]}}\n\
+         - {{name: cp3, address: 10.0.0.13, roles: [control_plane, node]}}\n\
+         - {{name: n1, address: 10.0.0.21, roles: [node]}}\n{api_endpoint}"
+    );
+    capstan_inventory::parse_str(&text, "inventory.yaml", std::path::Path::new("/inv")).unwrap()
+}

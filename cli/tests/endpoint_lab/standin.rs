@@ -69,7 +69,9 @@ async fn respond<S: AsyncWriteExt + Unpin>(stream: &mut S, path: &str, name: &st
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
             .await?;
         for tick in 0..seconds * 5 {
-            stream.write_all(format!("tick {tick} from {name}\n").as_bytes()).await?;
+            stream
+                .write_all(format!("tick {tick} from {name}\n").as_bytes())
+                .await?;
             stream.flush().await?;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
