@@ -11,7 +11,8 @@ use capstan_inventory::{Cluster, Host, Role};
 use super::client::{EtcdEndpoint, EtcdTls};
 use super::config::{ClusterMember, MemberSettings, PkiPaths, DEFAULT_CLIENT_PORT, DEFAULT_PKI_DIR};
 use super::pki::ADMIN_CLIENT_CN;
-use super::probe::{ca_key_path, probe_member, MemberProbe};
+use super::probe::{ca_key_path, probe_member_and_versions, MemberProbe};
+use super::upgrade::VersionFacts;
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::OpError;
 use capstan_provisioner::pki::{CertRequest, CertificateAuthority, PkiError};
@@ -41,6 +42,8 @@ pub struct EtcdHost {
     pub connect_error: Option<String>,
     pub connect_hint: Option<&'static str>,
     pub probe: Option<MemberProbe>,
+    /// Installed and running etcd versions, read in the same round trip as `probe`.
+    pub versions: Option<VersionFacts>,
     pub probe_error: Option<String>,
 }
 
@@ -102,7 +105,9 @@ pub async fn inspect_hosts(
         let pki = &pki;
         async move {
             match transport {
-                Some(t) => Some(probe_member(t.as_ref(), &settings.data_dir, pki).await),
+                Some(t) => {
+                    Some(probe_member_and_versions(t.as_ref(), &settings.data_dir, pki, settings.metrics_port).await)
+                }
                 None => None,
             }
         }
@@ -112,10 +117,10 @@ pub async fn inspect_hosts(
         .into_iter()
         .zip(probes)
         .map(|(host, probe)| {
-            let (probe, probe_error) = match probe {
-                Some(Ok(p)) => (Some(p), None),
-                Some(Err(e)) => (None, Some(e.to_string())),
-                None => (None, None),
+            let (probe, versions, probe_error) = match probe {
+                Some(Ok((p, v))) => (Some(p), v, None),
+                Some(Err(e)) => (None, None, Some(e.to_string())),
+                None => (None, None, None),
             };
             let failure = failures.remove(&host.name);
             EtcdHost {
@@ -123,6 +128,7 @@ pub async fn inspect_hosts(
                 connect_hint: failure.as_ref().and_then(TransportError::hint),
                 connect_error: failure.map(|e| e.to_string()),
                 probe,
+                versions,
                 probe_error,
                 host,
             }

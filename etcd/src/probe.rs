@@ -6,7 +6,10 @@
 //! The parser is pure and tested from captured output.
 
 use capstan_provisioner::facts::{normalize_arch, split_sections};
+use capstan_provisioner::ops::probe_batch::run_batch;
 use capstan_provisioner::ops::run_checked;
+
+use crate::upgrade::{facts_script, parse_facts, VersionFacts};
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::OpError;
 use capstan_provisioner::transport::Transport;
@@ -112,6 +115,39 @@ pub async fn probe_member(t: &dyn Transport, data_dir: &str, pki: &PkiPaths) -> 
         what: "etcd member state".into(),
         reason,
     })
+}
+
+/// [`probe_member`] and the versions ([`crate::upgrade::probe_versions`]) in one round trip.
+/// The versions are `None` when only that part could not be read (a planner that needs them
+/// asks again).
+pub async fn probe_member_and_versions(
+    t: &dyn Transport,
+    data_dir: &str,
+    pki: &PkiPaths,
+    metrics_port: Option<u16>,
+) -> Result<(MemberProbe, Option<VersionFacts>), OpError> {
+    let commands = [
+        probe_script(data_dir, pki),
+        facts_script(crate::config::DEFAULT_ETCD_BINARY, metrics_port),
+    ];
+    let outputs = run_batch(t, &commands).await?;
+    let [member, versions] = &outputs[..] else {
+        return Err(OpError::Probe {
+            host: t.host().to_string(),
+            what: "etcd member state".into(),
+            reason: format!("expected 2 outputs, got {}", outputs.len()),
+        });
+    };
+    let probe = parse_probe(&member.stdout_str()).map_err(|reason| OpError::Probe {
+        host: t.host().to_string(),
+        what: "etcd member state".into(),
+        reason,
+    })?;
+    let versions = versions
+        .success()
+        .then(|| parse_facts(&versions.stdout_str()).ok())
+        .flatten();
+    Ok((probe, versions))
 }
 
 /// The values of an existing config that only matter for a member's first start.

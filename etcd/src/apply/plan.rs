@@ -328,7 +328,14 @@ async fn decide_upgrade(
     let facts = futures::future::join_all(current.iter().map(|&i| {
         let transport = members[i].transport.clone();
         let port = settings.metrics_port;
-        async move { probe_versions(transport.as_ref(), crate::config::DEFAULT_ETCD_BINARY, port).await }
+        // Read with the member's probe when that worked (one round trip per host).
+        let known = members[i].host.versions.clone();
+        async move {
+            match known {
+                Some(facts) => Ok(facts),
+                None => probe_versions(transport.as_ref(), crate::config::DEFAULT_ETCD_BINARY, port).await,
+            }
+        }
     }))
     .await;
     let mut states = Vec::new();
