@@ -11,7 +11,7 @@
 //! a membership change whose config fails `haproxy -c` leaves the running config and every later
 //! host untouched; a long-lived request survives the reload a control-plane membership change
 //! causes (same haproxy master); the VIP, polled every 200 ms while its holder's haproxy is killed, is never on two
-//! machines and moves within 5 s; a last re-apply changes nothing.
+//! machines and moves within 5 s; a last re-apply changes nothing, in two SSH execs per host.
 //!
 //! Needs root, the lab prerequisites and the lab apt repository with haproxy and keepalived
 //! (scripts/setup.sh); skips naming what is missing.
@@ -499,7 +499,48 @@ fn endpoint_on_lab_machines() {
         [new_holder],
         "the VIP moved back"
     );
+
+    // 9. A no-op re-apply changes nothing and costs each host two SSH execs (its probe, and every
+    //    op's probes in one batch), the CA holder one more (its key). sshd logs one line per exec.
+    let hosts = [cp1, cp2, n1, extra];
+    for host in hosts {
+        remote(
+            &lab,
+            host,
+            "sed -i '/^LogLevel/d' /etc/ssh/sshd_config && echo 'LogLevel VERBOSE' >>/etc/ssh/sshd_config && systemctl reload ssh",
+        );
+    }
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let since = epoch() + 1;
+    while epoch() < since {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let last = apply(&inventory);
     assert_eq!(changed(&last), 0, "re-apply changed something: {last:#}");
+    let until = epoch() + 1;
+    std::thread::sleep(Duration::from_secs(2));
+    let execs: BTreeMap<&str, u32> = hosts
+        .iter()
+        .map(|host| {
+            let count = remote(
+                &lab,
+                host,
+                &format!(
+                    "journalctl -u ssh --since @{since} --until @{until} --no-pager -o cat | grep -c 'Starting session: command' || true"
+                ),
+            );
+            (*host, count.parse().unwrap())
+        })
+        .collect();
+    eprintln!("SSH execs of a no-op re-apply per host: {execs:?}");
+    assert_eq!(execs[cp1], 3, "{execs:?}");
+    for host in [cp2, n1, extra] {
+        assert_eq!(execs[host], 2, "{execs:?}");
+    }
     eprintln!("endpoint lab test took {:.0}s", started.elapsed().as_secs_f64());
 }

@@ -19,6 +19,8 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use capstan_inventory::{ApiEndpoint, Cluster, Host, Role};
 use capstan_provisioner::component::{ComponentError, ComponentOutcome, PhaseReport, RunContext};
+use capstan_provisioner::facts::FactCache;
+use capstan_provisioner::ops::probe_batch::prefetch_commands;
 use capstan_provisioner::ops::{apt_source_file, Directory, File, Package, Service};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, IssuedCert};
@@ -41,6 +43,8 @@ const NAME: &str = "endpoint";
 /// One host of the run and what it gets.
 struct EndpointHost {
     transport: Arc<dyn Transport>,
+    /// Probe results of this run (see [`EndpointRun::prefetch_probes`]).
+    facts: Arc<FactCache>,
     control_plane: bool,
     /// A new API server certificate, when the host's no longer fits.
     apiserver: Option<IssuedCert>,
@@ -60,15 +64,17 @@ struct EndpointRun {
 }
 
 impl EndpointRun {
-    /// One op list per host, filled by `fill`.
-    fn per_host(&self, fill: impl Fn(&EndpointHost, &mut HostOps)) -> Vec<HostOps> {
+    /// One op list per host, filled by `fill` (hosts it gives nothing are left out), planned
+    /// from the probes [`EndpointRun::prefetch_probes`] read.
+    fn per_host(&self, fill: FillOps) -> Vec<HostOps> {
         self.hosts
             .iter()
             .map(|h| {
-                let mut ops = HostOps::new(h.transport.clone());
-                fill(h, &mut ops);
+                let mut ops = HostOps::new(h.transport.clone()).with_facts(h.facts.clone());
+                fill(self, h, &mut ops);
                 ops
             })
+            .filter(|ops| !ops.ops.is_empty())
             .collect()
     }
 }
@@ -157,6 +163,7 @@ async fn inspect_and_run(
         };
         run_hosts.push(EndpointHost {
             transport,
+            facts: Arc::new(FactCache::new()),
             control_plane,
             apiserver,
             haproxy_config,
@@ -170,6 +177,7 @@ async fn inspect_and_run(
         vip: matches!(cluster.api_endpoint, ApiEndpoint::Vip { .. }),
         hosts: run_hosts,
     };
+    state.prefetch_probes().await;
     let runner = Runner::new(
         RunOptions {
             mode: ctx.mode,
@@ -242,6 +250,84 @@ async fn cluster_ca(
     }
 }
 
+/// What each phase puts on a host, as op lists the phases run and the inspection prefetches.
+impl EndpointRun {
+    fn pki_ops(&self, h: &EndpointHost, ops: &mut HostOps) {
+        ops.push(Directory::new(PKI_DIR).mode(0o755).owner("root").group("root"));
+        ops.push(root_file(CA_CERT, self.ca.cert_pem(), 0o644));
+        if h.control_plane {
+            ops.push(root_file(CA_KEY, self.ca.key_pem(), 0o600).sensitive(true));
+            if let Some(cert) = &h.apiserver {
+                ops.push(root_file(APISERVER_CERT, &cert.cert_pem, 0o644));
+                ops.push(root_file(APISERVER_KEY, &cert.key_pem, 0o600).sensitive(true));
+            }
+        }
+    }
+
+    fn package_ops(&self, h: &EndpointHost, ops: &mut HostOps) {
+        let names: &[&str] = if self.vip && h.control_plane {
+            &["haproxy", "keepalived", "curl"]
+        } else {
+            &["haproxy"]
+        };
+        if let Some(source) = &self.apt_source {
+            ops.push(apt_source_file(source));
+        }
+        ops.push(Package::new(names.iter().copied()).from_source(self.apt_source.as_deref()));
+    }
+
+    fn haproxy_ops(&self, h: &EndpointHost, ops: &mut HostOps) {
+        let file = root_file(HAPROXY_CONFIG, &h.haproxy_config, 0o644);
+        ops.push(ValidatedConfig::new(file, "haproxy -c -q -f {}", "haproxy"));
+        ops.push(running("haproxy"));
+    }
+
+    fn keepalived_ops(&self, h: &EndpointHost, ops: &mut HostOps) {
+        let Some(config) = &h.keepalived_config else {
+            return;
+        };
+        // The script first: keepalived's config test rejects a config whose check script is missing.
+        ops.push(root_file(CHECK_SCRIPT, &self.check_script, 0o755));
+        ops.push(ValidatedConfig::new(
+            root_file(KEEPALIVED_CONFIG, config, 0o644),
+            "keepalived --config-test -f {}",
+            "keepalived",
+        ));
+        ops.push(running("keepalived"));
+    }
+
+    /// Every phase's probes of every host, in one round trip per host, into the host's cache
+    /// (a host a phase changes is probed again before the next op plans). A failed batch only
+    /// costs the ops their own probes.
+    async fn prefetch_probes(&self) {
+        futures::future::join_all(self.hosts.iter().map(|h| async move {
+            let mut all = HostOps::new(h.transport.clone());
+            for fill in PHASE_OPS {
+                fill(self, h, &mut all);
+            }
+            let mut seen = std::collections::HashSet::new();
+            let commands: Vec<String> = all
+                .ops
+                .iter()
+                .flat_map(|op| op.probes())
+                .filter(|command| seen.insert(command.clone()))
+                .collect();
+            let _ = prefetch_commands(h.transport.as_ref(), &h.facts, &commands).await;
+        }))
+        .await;
+    }
+}
+
+type FillOps = fn(&EndpointRun, &EndpointHost, &mut HostOps);
+
+/// The phases' op lists, in phase order.
+const PHASE_OPS: [FillOps; 4] = [
+    EndpointRun::pki_ops,
+    EndpointRun::package_ops,
+    EndpointRun::haproxy_ops,
+    EndpointRun::keepalived_ops,
+];
+
 struct PkiPhase;
 
 #[async_trait]
@@ -250,18 +336,7 @@ impl Phase<EndpointRun> for PkiPhase {
         "pki".into()
     }
     async fn host_ops(&self, ctx: &PhaseContext<EndpointRun>) -> Result<Vec<HostOps>, PhaseError> {
-        let run = &ctx.state;
-        Ok(run.per_host(|h, ops| {
-            ops.push(Directory::new(PKI_DIR).mode(0o755).owner("root").group("root"));
-            ops.push(root_file(CA_CERT, run.ca.cert_pem(), 0o644));
-            if h.control_plane {
-                ops.push(root_file(CA_KEY, run.ca.key_pem(), 0o600).sensitive(true));
-                if let Some(cert) = &h.apiserver {
-                    ops.push(root_file(APISERVER_CERT, &cert.cert_pem, 0o644));
-                    ops.push(root_file(APISERVER_KEY, &cert.key_pem, 0o600).sensitive(true));
-                }
-            }
-        }))
+        Ok(ctx.state.per_host(EndpointRun::pki_ops))
     }
 }
 
@@ -280,18 +355,7 @@ impl Phase<EndpointRun> for PackagesPhase {
         "packages".into()
     }
     async fn host_ops(&self, ctx: &PhaseContext<EndpointRun>) -> Result<Vec<HostOps>, PhaseError> {
-        let run = &ctx.state;
-        Ok(run.per_host(|h, ops| {
-            let names: &[&str] = if run.vip && h.control_plane {
-                &["haproxy", "keepalived", "curl"]
-            } else {
-                &["haproxy"]
-            };
-            if let Some(source) = &run.apt_source {
-                ops.push(apt_source_file(source));
-            }
-            ops.push(Package::new(names.iter().copied()).from_source(run.apt_source.as_deref()));
-        }))
+        Ok(ctx.state.per_host(EndpointRun::package_ops))
     }
 }
 
@@ -309,18 +373,6 @@ async fn one_host_at_a_time(
     Ok(())
 }
 
-struct HaproxyPhase;
-
-impl HaproxyPhase {
-    fn ops(ctx: &PhaseContext<EndpointRun>) -> Vec<HostOps> {
-        ctx.state.per_host(|h, ops| {
-            let file = root_file(HAPROXY_CONFIG, &h.haproxy_config, 0o644);
-            ops.push(ValidatedConfig::new(file, "haproxy -c -q -f {}", "haproxy"));
-            ops.push(running("haproxy"));
-        })
-    }
-}
-
 /// `service` enabled at boot and running.
 fn running(service: &str) -> Service {
     Service::new(service)
@@ -329,41 +381,22 @@ fn running(service: &str) -> Service {
         .running(true)
 }
 
+struct HaproxyPhase;
+
 #[async_trait]
 impl Phase<EndpointRun> for HaproxyPhase {
     fn name(&self) -> String {
         "haproxy".into()
     }
     async fn run(&self, ctx: &PhaseContext<EndpointRun>) -> Result<(), PhaseError> {
-        one_host_at_a_time(ctx, &self.name(), Self::ops(ctx)).await
+        one_host_at_a_time(ctx, &self.name(), ctx.state.per_host(EndpointRun::haproxy_ops)).await
     }
     async fn dry_run(&self, ctx: &PhaseContext<EndpointRun>) -> Result<(), PhaseError> {
-        one_host_at_a_time(ctx, &self.name(), Self::ops(ctx)).await
+        one_host_at_a_time(ctx, &self.name(), ctx.state.per_host(EndpointRun::haproxy_ops)).await
     }
 }
 
 struct KeepalivedPhase;
-
-impl KeepalivedPhase {
-    fn ops(ctx: &PhaseContext<EndpointRun>) -> Vec<HostOps> {
-        let run = &ctx.state;
-        run.hosts
-            .iter()
-            .filter_map(|h| h.keepalived_config.as_ref().map(|config| (h, config)))
-            .map(|(h, config)| {
-                // The script first: keepalived's config test rejects a config whose check script is missing.
-                HostOps::new(h.transport.clone())
-                    .with(root_file(CHECK_SCRIPT, &run.check_script, 0o755))
-                    .with(ValidatedConfig::new(
-                        root_file(KEEPALIVED_CONFIG, config, 0o644),
-                        "keepalived --config-test -f {}",
-                        "keepalived",
-                    ))
-                    .with(running("keepalived"))
-            })
-            .collect()
-    }
-}
 
 #[async_trait]
 impl Phase<EndpointRun> for KeepalivedPhase {
@@ -374,9 +407,9 @@ impl Phase<EndpointRun> for KeepalivedPhase {
         Ok(ctx.state.vip)
     }
     async fn run(&self, ctx: &PhaseContext<EndpointRun>) -> Result<(), PhaseError> {
-        one_host_at_a_time(ctx, &self.name(), Self::ops(ctx)).await
+        one_host_at_a_time(ctx, &self.name(), ctx.state.per_host(EndpointRun::keepalived_ops)).await
     }
     async fn dry_run(&self, ctx: &PhaseContext<EndpointRun>) -> Result<(), PhaseError> {
-        one_host_at_a_time(ctx, &self.name(), Self::ops(ctx)).await
+        one_host_at_a_time(ctx, &self.name(), ctx.state.per_host(EndpointRun::keepalived_ops)).await
     }
 }
