@@ -11,7 +11,8 @@
 //! a membership change whose config fails `haproxy -c` leaves the running config and every later
 //! host untouched; a long-lived request survives the reload a control-plane membership change
 //! causes (same haproxy master); the VIP, polled every 200 ms while its holder's haproxy is killed, is never on two
-//! machines and moves within 5 s; a last re-apply changes nothing, in two SSH execs per host.
+//! machines and moves within 5 s; back in local mode keepalived stops and the VIP is gone; a last
+//! re-apply changes nothing, in two SSH execs per host.
 //!
 //! Needs root, the lab prerequisites and the lab apt repository with haproxy and keepalived
 //! (scripts/setup.sh); skips naming what is missing.
@@ -500,7 +501,23 @@ fn endpoint_on_lab_machines() {
         "the VIP moved back"
     );
 
-    // 9. A no-op re-apply changes nothing and costs each host two SSH execs (its probe, and every
+    // 9. Back to the local mode: keepalived stops and the VIP is gone everywhere.
+    write_inventory(&lab, &inventory, &grown, "");
+    let retired = changed_by_host(&apply(&inventory));
+    let vip_gone = wait_for("the VIP released", Duration::from_secs(5), || {
+        vip_holders(&lab, &control_plane, &vip).is_empty()
+    });
+    eprintln!(
+        "back to local mode: the VIP was released {:.1}s after the apply",
+        vip_gone.as_secs_f64()
+    );
+    for host in control_plane {
+        assert!(retired[host] > 0, "{retired:?}");
+        assert_eq!(remote(&lab, host, "systemctl is-active keepalived || true"), "inactive");
+    }
+    assert_eq!(retired[n1], 0, "{retired:?}");
+
+    // 10. A no-op re-apply changes nothing and costs each host two SSH execs (its probe, and every
     //    op's probes in one batch), the CA holder one more (its key). sshd logs one line per exec.
     let hosts = [cp1, cp2, n1, extra];
     for host in hosts {

@@ -21,7 +21,7 @@ use capstan_inventory::{ApiEndpoint, Cluster, Host, Role};
 use capstan_provisioner::component::{ComponentError, ComponentOutcome, PhaseReport, RunContext};
 use capstan_provisioner::facts::FactCache;
 use capstan_provisioner::ops::probe_batch::prefetch_commands;
-use capstan_provisioner::ops::{apt_source_file, Directory, File, Package, Service};
+use capstan_provisioner::ops::{apt_source_file, Absent, Directory, File, Package, Service};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, IssuedCert};
 use capstan_provisioner::pool::Connections;
@@ -51,6 +51,8 @@ struct EndpointHost {
     haproxy_config: String,
     /// keepalived's config, in VIP mode on control-plane hosts.
     keepalived_config: Option<String>,
+    /// keepalived runs capstan's config here, but the inventory no longer asks for a VIP.
+    retire_keepalived: bool,
 }
 
 struct EndpointRun {
@@ -167,6 +169,7 @@ async fn inspect_and_run(
             control_plane,
             apiserver,
             haproxy_config,
+            retire_keepalived: keepalived_config.is_none() && probe.capstan_keepalived,
             keepalived_config,
         });
     }
@@ -283,6 +286,18 @@ impl EndpointRun {
     }
 
     fn keepalived_ops(&self, h: &EndpointHost, ops: &mut HostOps) {
+        if h.retire_keepalived {
+            // The VIP was given up: stop holding it, and leave no config that would bring it back.
+            ops.push(
+                Service::new("keepalived")
+                    .expect("a constant, valid unit name")
+                    .enabled(false)
+                    .running(false),
+            );
+            ops.push(Absent::new(KEEPALIVED_CONFIG));
+            ops.push(Absent::new(CHECK_SCRIPT));
+            return;
+        }
         let Some(config) = &h.keepalived_config else {
             return;
         };
@@ -404,7 +419,7 @@ impl Phase<EndpointRun> for KeepalivedPhase {
         "keepalived".into()
     }
     async fn should_run(&self, ctx: &PhaseContext<EndpointRun>) -> Result<bool, PhaseError> {
-        Ok(ctx.state.vip)
+        Ok(ctx.state.vip || ctx.state.hosts.iter().any(|h| h.retire_keepalived))
     }
     async fn run(&self, ctx: &PhaseContext<EndpointRun>) -> Result<(), PhaseError> {
         one_host_at_a_time(ctx, &self.name(), ctx.state.per_host(EndpointRun::keepalived_ops)).await

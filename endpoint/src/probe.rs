@@ -7,6 +7,7 @@ use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::{run_checked, OpError};
 use capstan_provisioner::transport::Transport;
 
+use crate::config::KEEPALIVED_CONFIG;
 use crate::kube_pki::{APISERVER_CERT, APISERVER_KEY, CA_CERT, CA_KEY};
 
 const MARK: &str = "@@capstan:";
@@ -19,6 +20,8 @@ pub struct HostProbe {
     pub has_apiserver_key: bool,
     /// `ip -o -4 addr show`.
     pub addresses: String,
+    /// keepalived's config is capstan's (a VIP was configured here).
+    pub capstan_keepalived: bool,
 }
 
 pub fn probe_script() -> String {
@@ -31,6 +34,13 @@ pub fn probe_script() -> String {
         section(name, &format!("base64 -w0 {} 2>/dev/null; echo", quote(path)));
     }
     section("addresses", "ip -o -4 addr show 2>/dev/null");
+    section(
+        "keepalived",
+        &format!(
+            "grep -qs '^# Written by capstan' {} && echo yes || echo no",
+            quote(KEEPALIVED_CONFIG)
+        ),
+    );
     section("end", "true");
     script
 }
@@ -59,6 +69,7 @@ pub fn parse_probe(text: &str) -> Result<HostProbe, String> {
         apiserver_cert: content("apiserver-cert")?,
         has_apiserver_key: get("apiserver-key") == "yes",
         addresses: sections.get("addresses").cloned().unwrap_or_default(),
+        capstan_keepalived: get("keepalived") == "yes",
     })
 }
 
@@ -85,7 +96,7 @@ mod tests {
     fn probe_output_parses() {
         let text = "@@capstan:ca-key\nyes\n@@capstan:apiserver-key\nno\n@@capstan:ca-cert\nQ0EK\n\
                     @@capstan:apiserver-cert\n\n@@capstan:addresses\n2: host0    inet 10.1.0.2/24 scope global host0\n\
-                    @@capstan:end\n";
+                    @@capstan:keepalived\nyes\n@@capstan:end\n";
         let probe = parse_probe(text).unwrap();
         assert_eq!(
             probe,
@@ -95,6 +106,7 @@ mod tests {
                 apiserver_cert: None,
                 has_apiserver_key: false,
                 addresses: "2: host0    inet 10.1.0.2/24 scope global host0\n".into(),
+                capstan_keepalived: true,
             }
         );
         assert!(parse_probe("@@capstan:ca-key\nyes\n").is_err());
