@@ -137,7 +137,7 @@ async fn inspect_and_run(
         probed.push((host, transport, probe));
     }
     let ca = cluster_ca(cluster, &probed).await?;
-    let request = kube_pki::apiserver_request(cluster, &[]);
+    let request = kube_pki::apiserver_request(cluster);
     let now = SystemTime::now();
     let backends = backends(cluster);
     let mut run_hosts = Vec::new();

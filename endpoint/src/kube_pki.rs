@@ -40,10 +40,14 @@ pub fn generate_ca(cluster_name: &str) -> Result<CertificateAuthority, PkiError>
 
 /// What the API server's serving certificate must say: the service names, every control-plane
 /// host's name and addresses, loopback (the local endpoint forwards TLS unchanged, so clients
-/// of `https://127.0.0.1:6443` verify this certificate), the API endpoint's outside address (VIP
-/// or external load balancer) and `extra` (e.g. the service network's first address, which the
-/// control plane adds).
-pub fn apiserver_request(cluster: &Cluster, extra: &[San]) -> CertRequest {
+/// of `https://127.0.0.1:6443` verify this certificate) and the API endpoint's outside address
+/// (VIP or external load balancer).
+///
+/// Everything comes from the inventory, so the endpoint and the control plane, which both call
+/// this, always ask for the same certificate (two different requests would re-issue it on every
+/// run). The `kubernetes` service's ClusterIP belongs here too, derived from the inventory's
+/// service network once the inventory has one.
+pub fn apiserver_request(cluster: &Cluster) -> CertRequest {
     let mut sans: Vec<San> = SERVICE_NAMES.iter().map(|n| San::Dns(n.to_string())).collect();
     sans.push(San::Dns("localhost".into()));
     sans.push(San::Ip(IpAddr::from([127, 0, 0, 1])));
@@ -55,7 +59,6 @@ pub fn apiserver_request(cluster: &Cluster, extra: &[San]) -> CertRequest {
     if let Some(address) = cluster.api_endpoint.address() {
         sans.push(San::from_host(address));
     }
-    sans.extend(extra.iter().cloned());
     let mut seen = std::collections::BTreeSet::new();
     sans.retain(|san| seen.insert(san.to_string().to_ascii_lowercase()));
     CertRequest {
@@ -82,7 +85,7 @@ mod tests {
 
     #[test]
     fn the_apiserver_certificate_names_every_way_to_reach_it() {
-        let local = apiserver_request(&cluster(""), &[]);
+        let local = apiserver_request(&cluster(""));
         assert_eq!(local.kind, CertKind::Server);
         assert_eq!(
             sans(&local),
@@ -102,23 +105,20 @@ mod tests {
                 "IP:10.0.0.13",
             ]
         );
-        let vip = apiserver_request(&cluster("api_endpoint: {mode: vip, address: 10.0.0.250}\n"), &[]);
+        let vip = apiserver_request(&cluster("api_endpoint: {mode: vip, address: 10.0.0.250}\n"));
         assert_eq!(sans(&vip).last().unwrap(), "IP:10.0.0.250");
-        let external = apiserver_request(
-            &cluster("api_endpoint: {mode: external, address: api.example.com}\n"),
-            &[San::Ip("10.96.0.1".parse().unwrap())],
-        );
-        assert_eq!(sans(&external)[13..], ["DNS:api.example.com", "IP:10.96.0.1"]);
+        let external = apiserver_request(&cluster("api_endpoint: {mode: external, address: api.example.com}\n"));
+        assert_eq!(sans(&external)[13..], ["DNS:api.example.com"]);
     }
 
     #[test]
     fn a_new_vip_reissues_the_certificate() {
         let ca = generate_ca("demo").unwrap();
-        let local = apiserver_request(&cluster(""), &[]);
+        let local = apiserver_request(&cluster(""));
         let issued = ca.issue(&local).unwrap();
         let now = SystemTime::now();
         assert_eq!(needs_reissue(Some(&issued.cert_pem), &ca, &local, now), None);
-        let vip = apiserver_request(&cluster("api_endpoint: {mode: vip, address: 10.0.0.250}\n"), &[]);
+        let vip = apiserver_request(&cluster("api_endpoint: {mode: vip, address: 10.0.0.250}\n"));
         assert!(needs_reissue(Some(&issued.cert_pem), &ca, &vip, now).is_some());
     }
 }
