@@ -5,7 +5,8 @@
 //! test binary re-run on the machine as a systemd unit): a TLS server answering `/readyz` with the
 //! API server certificate capstan issued, since capstan does not install the control plane yet.
 //!
-//! One lab of four machines, in order: the local endpoint answers from a node and re-applying
+//! One lab of four machines, in order: the local endpoint answers from a node, preflight passes its
+//! ports (held by haproxy), and re-applying
 //! changes nothing (and a plan before it changed nothing); a stopped control-plane machine is marked down within the check window while
 //! requests keep succeeding, and up again when it returns; adding a node changes only that node;
 //! a membership change whose config fails `haproxy -c` leaves the running config and every later
@@ -282,6 +283,22 @@ fn endpoint_on_lab_machines() {
         "127.0.0.1:6443",
         "a node's endpoint listens on loopback only"
     );
+
+    // Preflight knows the endpoint's ports: held by haproxy now, they pass.
+    let check = run_capstan(Some(&inventory), &["check", "--output", "json"], &[]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    for host in json(&check)["hosts"].as_array().unwrap() {
+        for port in ["port 6443", "port 8404"] {
+            let result = host["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == port)
+                .unwrap_or_else(|| panic!("{port} checked: {host:#}"));
+            assert_eq!(result["status"], "pass", "{result:#}");
+            assert!(result["detail"].as_str().unwrap().contains("haproxy"), "{result:#}");
+        }
+    }
 
     // 2. Stand-ins for kube-apiserver on the control-plane machines, with capstan's certificate.
     for cp in [cp1, cp2] {
