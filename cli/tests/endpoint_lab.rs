@@ -5,13 +5,13 @@
 //! test binary re-run on the machine as a systemd unit): a TLS server answering `/readyz` with the
 //! API server certificate capstan issued, since capstan does not install the control plane yet.
 //!
-//! One lab of four machines, in order: the local endpoint answers from a node, preflight passes its
-//! ports (held by haproxy), and re-applying
-//! changes nothing (and a plan before it changed nothing); a stopped control-plane machine is marked down within the check window while
-//! requests keep succeeding, and up again when it returns; adding a node changes only that node;
-//! a membership change whose config fails `haproxy -c` leaves the running config and every later
-//! host untouched; a long-lived request survives the reload a control-plane membership change
-//! causes (same haproxy master); the VIP, polled every 200 ms while its holder's haproxy is killed, is never on two
+//! One lab of four machines, in order: a plan changes nothing; the local endpoint answers from a
+//! node, preflight passes its ports (held by haproxy) and re-applying changes nothing; a stopped
+//! control-plane machine is marked down within the check window while requests keep succeeding,
+//! and up again when it returns; adding a node changes only that node; a membership change whose
+//! config fails `haproxy -c` leaves the running config and every later host untouched; a
+//! long-lived request survives the reload a control-plane membership change causes (same haproxy
+//! master); the VIP, polled every 200 ms while its holder's haproxy is killed, is never on two
 //! machines and moves within 5 s; back in local mode keepalived stops and the VIP is gone; a last
 //! re-apply changes nothing, in two SSH execs per host.
 //!
