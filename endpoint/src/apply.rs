@@ -126,16 +126,18 @@ async fn inspect_and_run(
             Some("every control_plane and node host must be reachable over SSH; check them with `capstan check`"),
         ));
     }
-    let mut probed = Vec::new();
-    for host in hosts {
+    // Every host at once: one round trip each.
+    let probes = futures::future::join_all(hosts.into_iter().map(|host| async move {
         let transport = connections
             .get(&host.name)
             .ok_or_else(|| refuse(format!("{}: no connection", host.name), None))?;
         let probe = probe_host(transport.as_ref())
             .await
             .map_err(|e| refuse(e.to_string(), None))?;
-        probed.push((host, transport, probe));
-    }
+        Ok::<_, ComponentError>((host, transport, probe))
+    }))
+    .await;
+    let probed: Vec<(Host, Arc<dyn Transport>, HostProbe)> = probes.into_iter().collect::<Result<_, _>>()?;
     let ca = cluster_ca(cluster, &probed).await?;
     let request = kube_pki::apiserver_request(cluster);
     let now = SystemTime::now();
