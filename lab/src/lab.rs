@@ -20,6 +20,13 @@ const KEY_FILE: &str = "id_ed25519";
 const KNOWN_HOSTS_FILE: &str = "known_hosts";
 /// etcd version written into lab inventories when a mirror is used: the newest one the mirror has.
 pub const LAB_ETCD_VERSION: &str = "3.5.1";
+/// The container runtime the lab mirror builds from Debian's packages (lab/mirror/build-mirror.sh).
+pub const LAB_RUNTIME_VERSIONS: [(&str, &str); 4] = [
+    ("containerd", "1.6.20"),
+    ("runc", "1.1.5"),
+    ("crun", "1.8.1"),
+    ("cni_plugins", "1.1.1"),
+];
 const INVENTORY_FILE: &str = "inventory.yaml";
 /// How long a machine gets to power off after SIGTERM before it is killed.
 const POWEROFF_GRACE: Duration = Duration::from_secs(30);
@@ -267,6 +274,9 @@ pub fn up(opts: UpOptions) -> Result<Lab> {
         progress(&format!("inventory copied to {}", out.display()));
     }
 
+    if let Some(raised) = sys::raise_inotify_limits()? {
+        progress(&raised);
+    }
     progress(&format!("booting {} machines", lab.machines.len()));
     for i in 0..lab.machines.len() {
         let pid = spawn_machine(&lab, &lab.machines[i])?;
@@ -623,9 +633,21 @@ pub fn write_inventory(lab: &Lab, path: &Path) -> Result<()> {
             "  apt_source: \"deb [trusted=yes] file:{APT_REPO_IN_MACHINE} ./\"\n"
         ));
     }
+    let runs_pods = lab.roles.iter().any(|r| r == "node" || r == "control_plane");
     if lab.artifact_mirror.is_some() {
-        // The newest etcd the lab mirror carries (lab/mirror/build-mirror.sh).
+        // The newest etcd the lab mirror carries (lab/mirror/build-mirror.sh), and the container
+        // runtime it builds from Debian's packages.
         yaml.push_str(&format!("versions:\n  etcd: \"{LAB_ETCD_VERSION}\"\n"));
+        if runs_pods {
+            for (name, version) in LAB_RUNTIME_VERSIONS {
+                yaml.push_str(&format!("  {name}: \"{version}\"\n"));
+            }
+        }
+    }
+    if runs_pods {
+        // Lab machines are nspawn containers on a cgroup v1 host with read-only controllers: only
+        // crun without cgroups runs containers there (docs/nodes.md, "Lab-only runtime setting").
+        yaml.push_str("runtime:\n  lab_cgroupless: auto\n");
     }
     let etcd_members = if lab.roles.iter().any(|r| r == "etcd") {
         lab.machines.len()
@@ -879,6 +901,9 @@ mod tests {
         assert!(text.contains("mirror: \"file:///srv/mirror\""));
         // Two machines, both etcd: the lab allows the even member count explicitly.
         assert!(text.contains("etcd:\n  allow_even_members: true\n"), "{text}");
+        // Node machines: the mirror's container runtime, and the lab-only runtime setting.
+        assert!(text.contains("  containerd: \"1.6.20\"\n"), "{text}");
+        assert!(text.contains("runtime:\n  lab_cgroupless: auto\n"), "{text}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

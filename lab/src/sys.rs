@@ -325,3 +325,31 @@ mod tests {
         assert_eq!(unescape_mount_path("/end\\"), "/end\\");
     }
 }
+
+/// Every machine's systemd (and journald, udev, ...) holds inotify instances of the one user they
+/// all are on the build machine (root); the kernel's default of 128 instances runs out at about
+/// a dozen machines, and the next ones boot without sshd ("Failed to create inotify object: Too
+/// many open files"). Raises the limits (not persistently) when they are lower than a
+/// 40-machine lab needs; returns what it did.
+pub fn raise_inotify_limits() -> Result<Option<String>> {
+    const WANT: [(&str, u64); 2] = [
+        ("/proc/sys/fs/inotify/max_user_instances", 8192),
+        ("/proc/sys/fs/inotify/max_user_watches", 1_048_576),
+    ];
+    let mut raised = Vec::new();
+    for (path, want) in WANT {
+        let current: u64 = std::fs::read_to_string(path)
+            .ctx(|| format!("reading {path}"))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if current < want {
+            std::fs::write(path, want.to_string()).ctx(|| format!("writing {path}"))?;
+            raised.push(format!(
+                "{} {current} -> {want}",
+                path.rsplit('/').next().unwrap_or(path)
+            ));
+        }
+    }
+    Ok((!raised.is_empty()).then(|| format!("raised the build machine's inotify limits ({})", raised.join(", "))))
+}

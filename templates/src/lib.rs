@@ -47,6 +47,33 @@ const TEMPLATES: &[(&str, &str)] = &[
         "endpoint/check-endpoint.sh",
         include_str!("../files/endpoint/check-endpoint.sh.j2"),
     ),
+    (
+        "nodes/containerd.service",
+        include_str!("../files/nodes/containerd.service.j2"),
+    ),
+    (
+        "nodes/containerd-config.toml",
+        include_str!("../files/nodes/containerd-config.toml.j2"),
+    ),
+    (
+        "nodes/registry-hosts.toml",
+        include_str!("../files/nodes/registry-hosts.toml.j2"),
+    ),
+    (
+        "nodes/crun-lab-cgroupless",
+        include_str!("../files/nodes/crun-lab-cgroupless.j2"),
+    ),
+    (
+        "nodes/modules-load.conf",
+        include_str!("../files/nodes/modules-load.conf.j2"),
+    ),
+    ("nodes/sysctl.conf", include_str!("../files/nodes/sysctl.conf.j2")),
+    ("nodes/cni.conflist", include_str!("../files/nodes/cni.conflist.j2")),
+    ("nodes/pod-network.sh", include_str!("../files/nodes/pod-network.sh.j2")),
+    (
+        "nodes/capstan-pod-network.service",
+        include_str!("../files/nodes/capstan-pod-network.service.j2"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use capstan_etcd::status::{status as etcd_status, write_credentials, StatusReport};
+use capstan_nodes::status::{pod_network_status, PodNetworkStatus};
 use capstan_provisioner::cluster_plan::ClusterPlan;
 use capstan_provisioner::component::RunContext;
 use capstan_provisioner::report::{render_changes, render_summary};
@@ -77,10 +78,26 @@ pub fn status(args: StatusArgs, inventory: Option<&Path>, out: &Output) -> anyho
         Failure::new(e.to_string())
             .hint("check that the etcd hosts are reachable (`capstan check`) and that `capstan apply` ran")
     })?;
+    // The pod network's record lives in etcd: read it only when some host runs pods and etcd answers.
+    let pods = (report.healthy && !capstan_nodes::apply::pod_hosts(&cluster).is_empty())
+        .then(|| runtime.block_on(pod_network_status(&cluster, limit)));
     if out.json() {
-        out.print_json(&report)?;
+        let mut value = serde_json::to_value(&report)?;
+        if let (Some(map), Some(pods)) = (value.as_object_mut(), &pods) {
+            let pods = match pods {
+                Ok(status) => serde_json::to_value(status)?,
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            map.insert("pod_network".into(), pods);
+        }
+        out.print_json(&value)?;
     } else {
         print!("{}", render_status(&report));
+        match &pods {
+            Some(Ok(status)) => print!("\n{}", render_pod_network(status)),
+            Some(Err(e)) => println!("\npod network: {e}"),
+            None => {}
+        }
     }
     if report.healthy {
         return Ok(ExitCode::SUCCESS);
@@ -99,6 +116,23 @@ pub fn status(args: StatusArgs, inventory: Option<&Path>, out: &Output) -> anyho
     Err(Failure::new(message)
         .hint("start the members that are down; if a host is gone for good, remove it from the inventory and run `capstan apply`")
         .into())
+}
+
+fn render_pod_network(status: &PodNetworkStatus) -> String {
+    let mut rows = vec![header(&["NODE", "POD SUBNET"])];
+    for row in &status.nodes {
+        rows.push(vec![row.host.clone(), or_dash(row.pod_subnet.as_ref())]);
+    }
+    let mut text = format!(
+        "pod network {} (/{} per node)\n{}",
+        status.pod_cidr,
+        status.node_prefix,
+        table(&rows)
+    );
+    for host in &status.not_in_inventory {
+        text.push_str(&format!("{host} is in the record but not in the inventory\n"));
+    }
+    text
 }
 
 fn render_status(report: &StatusReport) -> String {

@@ -93,8 +93,16 @@ fn up(args: LabUpArgs, out: &Output) -> anyhow::Result<ExitCode> {
         return Err(Failure::new("--hosts must be at least 1").code(2).into());
     }
     capstan_lab::check_prerequisites().map_err(lab_failure)?;
+    let known: Vec<&str> = capstan_inventory::Role::ALL.iter().map(|r| r.as_str()).collect();
+    if let Some(unknown) = args.roles.iter().find(|r| !known.contains(&r.as_str())) {
+        return Err(Failure::new(format!("--roles: unknown role `{unknown}`"))
+            .hint(format!("roles are {}", known.join(", ")))
+            .code(2)
+            .into());
+    }
     let mut opts = UpOptions::new(args.lab.name.clone(), args.hosts);
     opts.artifact_mirror = args.mirror;
+    opts.roles = args.roles.clone();
     opts.inventory_out = args.inventory_out.clone();
     opts.progress = out.lab_progress();
     let started = std::time::Instant::now();

@@ -6,7 +6,7 @@ use super::shell::quote;
 use super::{run_checked, Change, File, OpError, Operation, Plan, Step};
 use crate::transport::Transport;
 
-/// Where capstan writes the apt source the inventory names (`packages.apt_source`).
+/// Where capstan writes the apt source the inventory names (`artifacts.apt_source`).
 pub const APT_SOURCE_FILE: &str = "/etc/apt/sources.list.d/capstan.list";
 
 /// Ensure Debian packages are installed: probes `dpkg-query`, and installs only the missing ones
@@ -85,11 +85,11 @@ pub fn missing_packages<'a>(wanted: &'a [String], dpkg_query_output: &str) -> Ve
         .collect()
 }
 
-/// The apt source file for an inventory's `packages.apt_source` line.
+/// The apt source file for an inventory's `artifacts.apt_source` line.
 pub fn apt_source_file(line: &str) -> File {
     File::new(
         APT_SOURCE_FILE,
-        format!("# written by capstan (inventory: packages.apt_source)\n{line}\n"),
+        format!("# written by capstan (inventory: artifacts.apt_source)\n{line}\n"),
     )
     .mode(0o644)
 }
