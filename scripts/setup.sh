@@ -13,8 +13,10 @@ fi
 # libprotobuf-dev: protoc's well-known types (google/protobuf/*.proto), which etcd-client's build needs; only a
 # Recommends of protobuf-compiler, so --no-install-recommends would leave it out.
 # busybox-static: the static busybox the nodes lab test packs into an OCI image for containerd.
+# haproxy, keepalived: the API endpoint's unit tests validate rendered configs with `haproxy -c` and
+# `keepalived --config-test`; the policy-rc.d below keeps their services from starting here.
 packages=(protobuf-compiler libprotobuf-dev debootstrap systemd-container iproute2 openssh-client openssh-server
-          age etcd-server etcd-client ca-certificates curl python3-pip sudo busybox-static)
+          age etcd-server etcd-client ca-certificates curl python3-pip sudo busybox-static haproxy keepalived)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

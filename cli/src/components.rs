@@ -2,6 +2,7 @@
 //! it this list, and it learns each component's roles and needs through
 //! [`capstan_provisioner::component::Component`].
 
+use capstan_endpoint::EndpointComponent;
 use capstan_etcd::EtcdComponent;
 use capstan_nodes::NodesComponent;
 use capstan_provisioner::check::RequiredPort;
@@ -11,11 +12,12 @@ use capstan_provisioner::component::Component;
 /// dependency order ([`Component::after`]): etcd → API endpoint → control plane → nodes → addons →
 /// monitoring → logging, as those components arrive. Preflight checks ports in this order within
 /// a role.
-pub static ALL: &[&dyn Component] = &[&EtcdComponent, &NodesComponent, &KubernetesPorts];
+pub static ALL: &[&dyn Component] = &[&EtcdComponent, &EndpointComponent, &NodesComponent, &KubernetesPorts];
 
 /// The ports of a Kubernetes control plane (`control_plane` hosts) and kubelet (`node` hosts).
 /// capstan does not install Kubernetes yet; preflight already checks that hosts given those roles
-/// have the ports free for it (or held by it).
+/// have the ports free for it (or held by it). The API server's secure port is 6444
+/// (`capstan_endpoint::config::APISERVER_PORT`): 6443 is the API endpoint's (haproxy) on every host.
 pub struct KubernetesPorts;
 
 impl Component for KubernetesPorts {
@@ -31,7 +33,7 @@ impl Component for KubernetesPorts {
         vec![
             RequiredPort {
                 role: "control_plane",
-                port: 6443,
+                port: capstan_endpoint::config::APISERVER_PORT,
                 purpose: "kube-apiserver",
                 owner: "kube-apiserver",
             },
@@ -101,7 +103,7 @@ mod tests {
         .iter()
         .map(|p| p.port)
         .collect();
-        assert_eq!(ports, vec![2379, 2380, 6443, 10257, 10259, 10250]);
+        assert_eq!(ports, vec![2379, 2380, 6443, 8404, 6444, 10257, 10259, 10250]);
     }
 
     /// Real `ss -ltnpH` output (sshd and etcd as root; the last line from `ss -ltnH` without -p).

@@ -39,6 +39,8 @@ pub struct Cluster {
     pub drill: DrillSettings,
     pub network: NetworkSettings,
     pub runtime: RuntimeSettings,
+    /// How clients reach the Kubernetes API (`api_endpoint`).
+    pub api_endpoint: ApiEndpoint,
     /// The inventory file this model was read from.
     pub source_path: PathBuf,
     /// Problems that do not reject the inventory, such as an `identity_file` that does not exist.
@@ -240,6 +242,42 @@ pub struct Artifacts {
 pub struct EtcdSettings {
     pub allow_even_members: bool,
     pub data_dir: PathBuf,
+}
+
+/// Port of the API endpoint every host serves on 127.0.0.1 (and an external load balancer's
+/// default port).
+pub const DEFAULT_API_PORT: u16 = 6443;
+
+/// How clients outside the cluster reach the Kubernetes API. Every host always runs the local
+/// endpoint (haproxy on 127.0.0.1); this says what fronts the control plane for everyone else.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum ApiEndpoint {
+    /// Only the per-host local endpoint; outside clients use a control-plane host's address.
+    #[default]
+    Local,
+    /// A virtual IP held by one control-plane host at a time (keepalived, unicast VRRP).
+    Vip {
+        /// An IPv4 address, in canonical form.
+        address: String,
+        /// The network interface carrying the VIP; by default the one holding the host's
+        /// `private_address`.
+        interface: Option<String>,
+        /// VRRP virtual router id (1-255); by default derived from the cluster name.
+        router_id: Option<u8>,
+    },
+    /// A load balancer capstan does not manage, in front of the control-plane hosts.
+    External { address: String, port: u16 },
+}
+
+impl ApiEndpoint {
+    /// The address outside clients use, when there is one besides the control-plane hosts.
+    pub fn address(&self) -> Option<&str> {
+        match self {
+            ApiEndpoint::Local => None,
+            ApiEndpoint::Vip { address, .. } | ApiEndpoint::External { address, .. } => Some(address),
+        }
+    }
 }
 
 /// What every restore drill of this cluster checks, besides capstan's own verification.

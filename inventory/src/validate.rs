@@ -45,6 +45,7 @@ pub(crate) fn cluster(
         "drill",
         "network",
         "runtime",
+        "api_endpoint",
     ];
     let top = cx.section(root, "the inventory", TOP)?;
 
@@ -76,6 +77,9 @@ pub(crate) fn cluster(
         .require(&mut cx, "hosts", "a list of hosts")
         .and_then(|node| cx.hosts(node, &ssh_defaults, etcd.allow_even_members));
     let network = cx.network_fits(network, hosts.as_deref());
+    let api_endpoint = top
+        .get("api_endpoint")
+        .and_then(|node| cx.api_endpoint(node, hosts.as_deref()));
 
     // A partially converted model is never handed out: any diagnostic means no cluster.
     if cx.sink.has_errors() {
@@ -91,6 +95,7 @@ pub(crate) fn cluster(
         drill,
         network,
         runtime,
+        api_endpoint: api_endpoint.unwrap_or_default(),
         source_path,
         warnings: Default::default(),
     })
@@ -576,6 +581,123 @@ impl Checker<'_, '_> {
             }
         }
         drill
+    }
+
+    /// `api_endpoint`: `mode` (local, vip, external) and that mode's keys. `hosts` (when they
+    /// parsed) are checked against a VIP: control-plane hosts to hold it, none using its address.
+    fn api_endpoint(&mut self, node: &Node, hosts: Option<&[Host]>) -> Option<ApiEndpoint> {
+        #[derive(Clone, Copy)]
+        enum Mode {
+            Local,
+            Vip,
+            External,
+        }
+        let section = self.section(
+            node,
+            "`api_endpoint`",
+            &["mode", "address", "interface", "router_id", "port"],
+        )?;
+        let modes = [("local", Mode::Local), ("vip", Mode::Vip), ("external", Mode::External)];
+        let mode = match section.get("mode") {
+            Some(node) => self.choice(node, "mode", &modes)?,
+            None => Mode::Local,
+        };
+        let allowed: &[&str] = match mode {
+            Mode::Local => &["mode"],
+            Mode::Vip => &["mode", "address", "interface", "router_id"],
+            Mode::External => &["mode", "address", "port"],
+        };
+        let mode_name = match mode {
+            Mode::Local => "local",
+            Mode::Vip => "vip",
+            Mode::External => "external",
+        };
+        for (key, value) in &section.entries {
+            if !allowed.contains(key) && !value.is_null() {
+                self.error(
+                    value.pos,
+                    format!(
+                        "`{key}` does not apply to `api_endpoint.mode: {mode_name}`; expected only: {}",
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+        match mode {
+            Mode::Local => Some(ApiEndpoint::Local),
+            Mode::External => {
+                let address = section
+                    .require(self, "address", "the address or DNS name of the load balancer")
+                    .and_then(|node| self.checked(node, "address", values::check_address));
+                let port = match section.get("port") {
+                    Some(node) => self.port(node, "port")?,
+                    None => DEFAULT_API_PORT,
+                };
+                Some(ApiEndpoint::External {
+                    address: address?,
+                    port,
+                })
+            }
+            Mode::Vip => {
+                let address_node = section.require(self, "address", "the virtual IPv4 address")?;
+                let address =
+                    self.string(address_node, "address")
+                        .and_then(|text| match text.parse::<std::net::Ipv4Addr>() {
+                            Ok(ip)
+                                if !(ip.is_unspecified()
+                                    || ip.is_broadcast()
+                                    || ip.is_multicast()
+                                    || ip.is_loopback()) =>
+                            {
+                                Some(ip.to_string())
+                            }
+                            _ => {
+                                self.error(
+                                    address_node.pos,
+                                    format!(
+                                        "`address`: expected a unicast IPv4 address for the virtual IP, found `{}`",
+                                        show(&text)
+                                    ),
+                                );
+                                None
+                            }
+                        });
+                let interface = section
+                    .get("interface")
+                    .and_then(|node| self.checked(node, "interface", values::check_interface));
+                let router_id = section
+                    .get("router_id")
+                    .and_then(|node| self.unsigned(node, "router_id", 1, 255))
+                    .map(|id| id as u8);
+                let address = address?;
+                if let Some(hosts) = hosts {
+                    if !hosts.iter().any(|h| h.has_role(Role::ControlPlane)) {
+                        self.error(
+                            address_node.pos,
+                            "`api_endpoint.mode: vip` needs hosts to hold the address: expected at least one host with the `control_plane` role",
+                        );
+                    }
+                    if let Some(host) = hosts.iter().find(|h| {
+                        [&h.address, &h.private_address]
+                            .iter()
+                            .any(|a| values::canonical_address(a) == address)
+                    }) {
+                        self.error(
+                            address_node.pos,
+                            format!(
+                                "`address`: the virtual IP `{address}` is host `{}`'s address; expected an unused address in the hosts' subnet",
+                                host.name
+                            ),
+                        );
+                    }
+                }
+                Some(ApiEndpoint::Vip {
+                    address,
+                    interface,
+                    router_id,
+                })
+            }
+        }
     }
 
     fn backup_target(&mut self, node: &Node) -> Option<BackupTarget> {

@@ -216,6 +216,23 @@ pub fn canonical_address(address: &str) -> String {
     }
 }
 
+/// A Linux network interface name: 1-15 bytes, no `/`, whitespace or `:`, not `.` or `..`.
+pub fn check_interface(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid interface name `{}`: expected 1-15 characters without `/`, `:` or spaces, such as `eth0`",
+            show(name)
+        ))
+    }
+}
+
 /// An age X25519 recipient (`age1...`), the only kind capstan's backups encrypt to.
 pub fn check_recipient(text: &str) -> Result<(), String> {
     if text.starts_with("ssh-") {

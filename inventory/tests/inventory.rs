@@ -76,6 +76,8 @@ hosts:
               registry_mirrors: {}
               lab_cgroupless: never
               disable_swap: false
+            api_endpoint:
+              mode: local
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -226,6 +228,8 @@ drill:
               registry_mirrors: {}
               lab_cgroupless: never
               disable_swap: false
+            api_endpoint:
+              mode: local
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -380,6 +384,8 @@ hosts:
               registry_mirrors: {}
               lab_cgroupless: never
               disable_swap: false
+            api_endpoint:
+              mode: local
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -424,7 +430,7 @@ fn missing_and_mistyped_sections() {
     check(
         "- just\n- a list\n",
         expect![[r#"
-            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime), found a sequence
+            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint), found a sequence
         "#]],
     );
     check(
@@ -443,7 +449,7 @@ extra: 1
             inventory.yaml:5:18: error: `etcd`: invalid version `3.5`: expected MAJOR.MINOR.PATCH such as `3.5.1`
             inventory.yaml:6:18: error: `target`: expected file:///absolute/path (three slashes), found `file://relative`
             inventory.yaml:6:49: error: `recipients`: expected at least one age recipient; backups are always encrypted
-            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime
+            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint
         "#]],
     );
     check(

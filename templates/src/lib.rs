@@ -16,6 +16,10 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../files/lab/test-unit.service.j2"),
     ),
     ("lab/motd", include_str!("../files/lab/motd.j2")),
+    (
+        "lab/standin-apiserver.service",
+        include_str!("../files/lab/standin-apiserver.service.j2"),
+    ),
     ("etcd/etcd.conf.yml", include_str!("../files/etcd/etcd.conf.yml.j2")),
     ("etcd/etcd.service", include_str!("../files/etcd/etcd.service.j2")),
     (
@@ -33,6 +37,15 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "drill/capstan-drill.timer",
         include_str!("../files/drill/capstan-drill.timer.j2"),
+    ),
+    ("endpoint/haproxy.cfg", include_str!("../files/endpoint/haproxy.cfg.j2")),
+    (
+        "endpoint/keepalived.conf",
+        include_str!("../files/endpoint/keepalived.conf.j2"),
+    ),
+    (
+        "endpoint/check-endpoint.sh",
+        include_str!("../files/endpoint/check-endpoint.sh.j2"),
     ),
     (
         "nodes/containerd.service",
