@@ -31,7 +31,8 @@ fn capstan_ok(inventory: &Path, args: &[&str]) -> Run {
     run
 }
 
-/// The lab's inventory with only `etcd_hosts` in the etcd role (the others are `node`s).
+/// The lab's inventory with only `etcd_hosts` in the etcd role (the others are `node`s, spare machines
+/// for scaling: tests that use them run `--only etcd`, the nodes component is not what they test).
 fn write_inventory(lab: &Lab, path: &Path, etcd_hosts: &[&str], version: &str) {
     let mut yaml = format!(
         "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
@@ -276,11 +277,11 @@ async fn lab_etcd_scales_up_and_down_without_losing_writes() {
     let inventory = work.path().join("inventory.yaml");
     let hosts: Vec<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();
     write_inventory(&lab, &inventory, &hosts[..3], "3.5.1");
-    capstan_ok(&inventory, &["apply"]);
+    capstan_ok(&inventory, &["apply", "--only", "etcd"]);
 
     // Credentials for all five machines' endpoints (the writer follows the membership).
     write_inventory(&lab, &inventory, &hosts, "3.5.1");
-    let plan = capstan_ok(&inventory, &["plan"]);
+    let plan = capstan_ok(&inventory, &["plan", "--only", "etcd"]);
     assert!(
         plan.stdout.contains(&format!("add member {}", hosts[3])),
         "{}",
@@ -317,7 +318,7 @@ async fn lab_etcd_scales_up_and_down_without_losing_writes() {
 
     // Grow 3 → 5, one member at a time.
     write_inventory(&lab, &inventory, &hosts, "3.5.1");
-    let grow = capstan_ok(&inventory, &["apply"]);
+    let grow = capstan_ok(&inventory, &["apply", "--only", "etcd"]);
     assert_eq!(
         grow.stderr.matches("joined and caught up").count(),
         2,
@@ -333,7 +334,7 @@ async fn lab_etcd_scales_up_and_down_without_losing_writes() {
 
     // Shrink 5 → 3 by removing two of the original members.
     write_inventory(&lab, &inventory, &hosts[2..], "3.5.1");
-    let shrink = capstan_ok(&inventory, &["apply"]);
+    let shrink = capstan_ok(&inventory, &["apply", "--only", "etcd"]);
     assert!(
         shrink.stderr.contains(&format!("remove member {}", hosts[0])),
         "{}",
@@ -355,7 +356,7 @@ async fn lab_etcd_scales_up_and_down_without_losing_writes() {
     // members down, adding a member (quorum 3 of 4 while it joins) is not safe.
     capstan_lab::stop(&lab.name, hosts[3]).unwrap();
     write_inventory(&lab, &inventory, &[hosts[0], hosts[2], hosts[4]], "3.5.1");
-    let refused = capstan(&inventory, &["apply"]);
+    let refused = capstan(&inventory, &["apply", "--only", "etcd"]);
     assert_ne!(refused.code, 0);
     assert!(
         refused
