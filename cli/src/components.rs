@@ -4,6 +4,7 @@
 
 use capstan_endpoint::EndpointComponent;
 use capstan_etcd::EtcdComponent;
+use capstan_monitoring::MonitoringComponent;
 use capstan_nodes::NodesComponent;
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::Component;
@@ -12,7 +13,18 @@ use capstan_provisioner::component::Component;
 /// dependency order ([`Component::after`]): etcd → API endpoint → control plane → nodes → addons →
 /// monitoring → logging, as those components arrive. Preflight checks ports in this order within
 /// a role.
-pub static ALL: &[&dyn Component] = &[&EtcdComponent, &EndpointComponent, &NodesComponent, &KubernetesPorts];
+pub static ALL: &[&dyn Component] = &[
+    &EtcdComponent,
+    &EndpointComponent,
+    &NodesComponent,
+    &MonitoringComponent { sources: all },
+    &KubernetesPorts,
+];
+
+/// [`ALL`], for monitoring, which scrapes every component's targets.
+fn all() -> &'static [&'static dyn Component] {
+    ALL
+}
 
 /// The ports of a Kubernetes control plane (`control_plane` hosts) and kubelet (`node` hosts).
 /// capstan does not install Kubernetes yet; preflight already checks that hosts given those roles
@@ -103,7 +115,10 @@ mod tests {
         .iter()
         .map(|p| p.port)
         .collect();
-        assert_eq!(ports, vec![2379, 2380, 6443, 8404, 6444, 10257, 10259, 10250]);
+        assert_eq!(
+            ports,
+            vec![2379, 2380, 9100, 6443, 8404, 6444, 10257, 10259, 10250, 9090]
+        );
     }
 
     /// Real `ss -ltnpH` output (sshd and etcd as root; the last line from `ss -ltnH` without -p).

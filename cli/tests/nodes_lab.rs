@@ -18,7 +18,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 mod support;
-use support::{file, json, lab, mirror, remote, require, run_capstan, Need, Run, MIRROR};
+use support::{capstan_ok, file, json, lab, mirror, remote, require, run_capstan, Need, MIRROR};
 
 const BUSYBOX: &str = "/bin/busybox";
 const IMAGE: &str = "capstan.test/busybox:1";
@@ -37,16 +37,6 @@ fn mirror_runtime() -> Need {
         }
     }
     Ok(())
-}
-
-fn capstan_ok(inventory: &Path, args: &[&str]) -> Run {
-    let run = run_capstan(Some(inventory), args, &[]);
-    assert_eq!(
-        run.code, 0,
-        "capstan {args:?} failed\nstdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    run
 }
 
 /// The inventory: the first machine runs etcd and pods, the others pods.

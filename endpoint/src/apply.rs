@@ -18,15 +18,14 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use capstan_inventory::{ApiEndpoint, Cluster, Host, Role};
-use capstan_provisioner::component::{ComponentError, ComponentOutcome, PhaseReport, RunContext};
+use capstan_provisioner::component::{ComponentError, ComponentOutcome, RunContext};
 use capstan_provisioner::facts::FactCache;
 use capstan_provisioner::ops::probe_batch::prefetch_commands;
 use capstan_provisioner::ops::{apt_source_file, Absent, Directory, File, Package, Service};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, IssuedCert};
 use capstan_provisioner::pool::Connections;
-use capstan_provisioner::report::RunReport;
-use capstan_provisioner::runner::{HostOps, RunOptions, Runner};
+use capstan_provisioner::runner::HostOps;
 use capstan_provisioner::targets::ssh_target;
 use capstan_provisioner::transport::Transport;
 
@@ -183,38 +182,16 @@ async fn inspect_and_run(
         hosts: run_hosts,
     };
     state.prefetch_probes().await;
-    let runner = Runner::new(
-        RunOptions {
-            mode: ctx.mode,
-            concurrency: ctx.concurrency.max(1),
-        },
-        ctx.progress.clone(),
-    );
-    let phase_ctx = PhaseContext::with_output(state, runner, ctx.out.clone().into());
     let phases = PhaseRunner::new()
         .phase(PkiPhase)
         .phase(PackagesPhase)
         .phase(HaproxyPhase)
         .phase(KeepalivedPhase);
-    let result = phases.run(&phase_ctx).await;
-    let reports: Vec<PhaseReport> = phase_ctx
-        .reports()
-        .into_iter()
-        .map(|(phase, report)| PhaseReport { phase, report })
-        .collect();
-    let merged: Vec<&RunReport> = reports.iter().map(|r| &r.report).collect();
-    let summary = RunReport::merged(ctx.mode, &merged, started.elapsed());
-    Ok(ComponentOutcome {
-        component: NAME,
-        phases: result.phases,
-        reports,
-        summary,
-        hint: result
-            .error
-            .as_ref()
-            .map(|_| "fix the failing host and run `capstan apply --only endpoint` again".to_string()),
-        error: result.error.map(|e| e.to_string()),
-    })
+    let mut outcome = ctx.run_phases(NAME, state, phases, started).await;
+    if outcome.error.is_some() {
+        outcome.hint = Some("fix the failing host and run `capstan apply --only endpoint` again".to_string());
+    }
+    Ok(outcome)
 }
 
 /// The cluster's Kubernetes CA: read from the first control-plane host that has it (all hosts

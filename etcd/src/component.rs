@@ -2,12 +2,13 @@
 
 use async_trait::async_trait;
 use capstan_inventory::Cluster;
+use capstan_inventory::Role;
 use capstan_provisioner::check::RequiredPort;
-use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext};
+use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext, ScrapeTarget};
 use capstan_provisioner::hint::Hint;
 
 use crate::apply::{apply, ApplyOptions};
-use crate::config::{DEFAULT_CLIENT_PORT, DEFAULT_PEER_PORT};
+use crate::config::{host_for_url, DEFAULT_CLIENT_PORT, DEFAULT_METRICS_PORT, DEFAULT_PEER_PORT};
 
 /// The etcd component: runs on hosts with the `etcd` role.
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,6 +49,19 @@ impl Component for EtcdComponent {
         &["etcd.service"]
     }
 
+    /// Every member's metrics-only listener (plain HTTP, no keys), on its private address.
+    fn scrape_targets(&self, cluster: &Cluster) -> Vec<ScrapeTarget> {
+        cluster
+            .hosts_with_role(Role::Etcd)
+            .map(|host| ScrapeTarget {
+                job: "etcd".into(),
+                address: format!("{}:{DEFAULT_METRICS_PORT}", host_for_url(&host.private_address)),
+                scheme: "http",
+                path: "/metrics",
+            })
+            .collect()
+    }
+
     async fn converge(&self, cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {
         let mut options = ApplyOptions::new(ctx.mode);
         options.concurrency = ctx.concurrency.max(1);
@@ -72,7 +86,33 @@ impl Component for EtcdComponent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use capstan_inventory::Role;
+
+    #[test]
+    fn scrapes_every_member_on_its_private_address() {
+        let cluster = capstan_inventory::parse_str(
+            "cluster: {name: demo}\nssh: {agent: true}\nhosts:\n\
+             - {name: e1, address: 10.0.0.11, private_address: 192.168.0.11, roles: [etcd]}\n\
+             - {name: e2, address: 10.0.0.12, roles: [etcd, monitoring]}\n\
+             - {name: e3, address: 10.0.0.13, roles: [etcd]}\n\
+             - {name: m1, address: 10.0.0.14, roles: [monitoring]}\n",
+            "inventory.yaml",
+            std::path::Path::new("/inv"),
+        )
+        .unwrap();
+        let targets: Vec<(String, &str)> = EtcdComponent
+            .scrape_targets(&cluster)
+            .into_iter()
+            .map(|t| (t.address, t.scheme))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("192.168.0.11:2381".to_string(), "http"),
+                ("10.0.0.12:2381".to_string(), "http"),
+                ("10.0.0.13:2381".to_string(), "http")
+            ]
+        );
+    }
 
     #[test]
     fn runs_on_the_etcd_role_with_its_two_ports() {

@@ -91,7 +91,7 @@ impl ClusterMember {
     }
 }
 
-fn host_for_url(host: &str) -> String {
+pub fn host_for_url(host: &str) -> String {
     match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(ip)) => format!("[{ip}]"),
         _ => host.to_string(),
@@ -100,6 +100,10 @@ fn host_for_url(host: &str) -> String {
 
 fn https_url(host: &str, port: u16) -> String {
     format!("https://{}:{port}", host_for_url(host))
+}
+
+fn http_url(host: &str, port: u16) -> String {
+    format!("http://{}:{port}", host_for_url(host))
 }
 
 /// `name=peer-url,...` as etcd's `initial-cluster` wants it.
@@ -148,7 +152,8 @@ pub enum InitialClusterState {
 pub struct MemberSettings {
     pub data_dir: String,
     pub pki: PkiPaths,
-    /// Plain-HTTP metrics/health listener on 127.0.0.1; `None` disables it.
+    /// Plain-HTTP metrics/health listener on the member's private address and 127.0.0.1; `None`
+    /// disables it.
     pub metrics_port: Option<u16>,
     /// Hours of history kept by periodic auto-compaction.
     pub auto_compaction_retention_hours: u32,
@@ -225,11 +230,16 @@ impl MemberConfig {
         if !listen_ip.is_loopback() && !listen_ip.is_unspecified() {
             listen_client_urls.push(https_url("127.0.0.1", me.client_port));
         }
-        let listen_metrics_urls = settings
-            .metrics_port
-            .map(|port| format!("http://127.0.0.1:{port}"))
-            .into_iter()
-            .collect();
+        // Metrics only (no keys): on the member's private address for monitoring, and on
+        // 127.0.0.1 for local checks (upgrade facts).
+        let listen_metrics_urls = match settings.metrics_port {
+            Some(port) if !listen_ip.is_loopback() && !listen_ip.is_unspecified() => {
+                vec![http_url(&listen_ip.to_string(), port), http_url("127.0.0.1", port)]
+            }
+            // A member known by name listens on every address (0.0.0.0), which covers both.
+            Some(port) => vec![http_url(&listen_ip.to_string(), port)],
+            None => Vec::new(),
+        };
 
         Ok(MemberConfig {
             name: me.name.clone(),
@@ -312,7 +322,7 @@ mod tests {
             initial-advertise-peer-urls: "https://192.168.0.11:2380"
             listen-client-urls: "https://192.168.0.11:2379,https://127.0.0.1:2379"
             advertise-client-urls: "https://192.168.0.11:2379"
-            listen-metrics-urls: "http://127.0.0.1:2381"
+            listen-metrics-urls: "http://192.168.0.11:2381,http://127.0.0.1:2381"
 
             initial-cluster: "demo-1=https://192.168.0.11:2380,demo-2=https://192.168.0.12:2380,demo-3=https://etcd-3.internal:2380"
             initial-cluster-state: "new"

@@ -27,6 +27,14 @@ pub const DEFAULT_CRUN_VERSION: &str = "1.8.1";
 pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
 pub const DEFAULT_NODE_PREFIX: u8 = 24;
 pub const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
+/// Monitoring releases used when `versions` omits them. capstan pins no upstream checksum for them
+/// yet, so they come from a mirror (the lab's builds these versions from Debian's packages).
+pub const DEFAULT_PROMETHEUS_VERSION: &str = "2.42.0";
+pub const DEFAULT_NODE_EXPORTER_VERSION: &str = "1.5.0";
+/// How long Prometheus keeps samples when `monitoring.retention_days` is omitted.
+pub const DEFAULT_RETENTION_DAYS: u32 = 15;
+/// Prometheus's TSDB directory on `monitoring` hosts when `monitoring.storage_path` is omitted.
+pub const DEFAULT_PROMETHEUS_STORAGE: &str = "/var/lib/prometheus/data";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cluster {
@@ -39,6 +47,8 @@ pub struct Cluster {
     pub drill: DrillSettings,
     pub network: NetworkSettings,
     pub runtime: RuntimeSettings,
+    /// Prometheus on the `monitoring` hosts (`monitoring`).
+    pub monitoring: MonitoringSettings,
     /// How clients reach the Kubernetes API (`api_endpoint`).
     pub api_endpoint: ApiEndpoint,
     /// The inventory file this model was read from.
@@ -177,6 +187,26 @@ pub struct Versions {
     pub runc: String,
     pub crun: String,
     pub cni_plugins: String,
+    pub prometheus: String,
+    pub node_exporter: String,
+}
+
+/// Prometheus on the hosts with role `monitoring` (each one a full replica).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MonitoringSettings {
+    /// Days of samples kept (`--storage.tsdb.retention.time`).
+    pub retention_days: u32,
+    /// The TSDB directory on the hosts (absolute).
+    pub storage_path: PathBuf,
+}
+
+impl Default for MonitoringSettings {
+    fn default() -> Self {
+        MonitoringSettings {
+            retention_days: DEFAULT_RETENTION_DAYS,
+            storage_path: PathBuf::from(DEFAULT_PROMETHEUS_STORAGE),
+        }
+    }
 }
 
 /// The pod network: every `node`/`control_plane` host gets a `/node_prefix` of `pod_cidr`.

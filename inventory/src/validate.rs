@@ -9,6 +9,7 @@ use crate::model::*;
 use crate::values::{self, show};
 use crate::yaml::{Node, Pos};
 
+mod monitoring;
 mod nodes;
 
 /// Accepted `connect_timeout` values: long enough for any handshake, short enough to be a timeout.
@@ -46,6 +47,7 @@ pub(crate) fn cluster(
         "network",
         "runtime",
         "api_endpoint",
+        "monitoring",
     ];
     let top = cx.section(root, "the inventory", TOP)?;
 
@@ -67,6 +69,10 @@ pub(crate) fn cluster(
     let network = top.get("network").map(|node| cx.network(node));
     let runtime = top.get("runtime").map(|node| cx.runtime(node)).unwrap_or_default();
     let artifacts = top.get("artifacts").map(|node| cx.artifacts(node));
+    let monitoring = top
+        .get("monitoring")
+        .map(|node| cx.monitoring(node))
+        .unwrap_or_default();
     let etcd = top.get("etcd").map(|node| cx.etcd(node)).unwrap_or(EtcdSettings {
         allow_even_members: false,
         data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
@@ -95,6 +101,7 @@ pub(crate) fn cluster(
         drill,
         network,
         runtime,
+        monitoring,
         api_endpoint: api_endpoint.unwrap_or_default(),
         source_path,
         warnings: Default::default(),

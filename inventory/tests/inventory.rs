@@ -59,6 +59,8 @@ hosts:
               runc: 1.4.3
               crun: 1.8.1
               cni_plugins: 1.9.1
+              prometheus: 2.42.0
+              node_exporter: 1.5.0
             artifacts:
               mirror: null
               apt_source: null
@@ -76,6 +78,9 @@ hosts:
               registry_mirrors: {}
               lab_cgroupless: never
               disable_swap: false
+            monitoring:
+              retention_days: 15
+              storage_path: /var/lib/prometheus/data
             api_endpoint:
               mode: local
             source_path: /inv/inventory.yaml
@@ -200,6 +205,8 @@ drill:
               runc: 1.4.3
               crun: 1.8.1
               cni_plugins: 1.9.1
+              prometheus: 2.42.0
+              node_exporter: 1.5.0
             artifacts:
               mirror: https://mirror.example.com
               apt_source: null
@@ -228,6 +235,9 @@ drill:
               registry_mirrors: {}
               lab_cgroupless: never
               disable_swap: false
+            monitoring:
+              retention_days: 15
+              storage_path: /var/lib/prometheus/data
             api_endpoint:
               mode: local
             source_path: /inv/inventory.yaml
@@ -367,6 +377,8 @@ hosts:
               runc: 1.4.3
               crun: 1.8.1
               cni_plugins: 1.9.1
+              prometheus: 2.42.0
+              node_exporter: 1.5.0
             artifacts:
               mirror: null
               apt_source: null
@@ -384,6 +396,9 @@ hosts:
               registry_mirrors: {}
               lab_cgroupless: never
               disable_swap: false
+            monitoring:
+              retention_days: 15
+              storage_path: /var/lib/prometheus/data
             api_endpoint:
               mode: local
             source_path: /inv/inventory.yaml
@@ -430,7 +445,7 @@ fn missing_and_mistyped_sections() {
     check(
         "- just\n- a list\n",
         expect![[r#"
-            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint), found a sequence
+            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring), found a sequence
         "#]],
     );
     check(
@@ -449,7 +464,7 @@ extra: 1
             inventory.yaml:5:18: error: `etcd`: invalid version `3.5`: expected MAJOR.MINOR.PATCH such as `3.5.1`
             inventory.yaml:6:18: error: `target`: expected file:///absolute/path (three slashes), found `file://relative`
             inventory.yaml:6:49: error: `recipients`: expected at least one age recipient; backups are always encrypted
-            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint
+            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring
         "#]],
     );
     check(
@@ -727,6 +742,26 @@ hosts:
 "#,
         expect![[r#"
             inventory.yaml:5:15: error: `apt_source`: suite `bookworm` needs at least one component (such as `main`)
+        "#]],
+    );
+}
+
+#[test]
+fn monitoring_section_is_checked() {
+    check(
+        r#"
+cluster: {name: m}
+ssh: {agent: true}
+hosts:
+  - {name: a, address: 10.0.0.1, roles: [etcd, monitoring]}
+monitoring: {retention_days: 0, storage_path: data, replicas: 2}
+versions: {prometheus: "2.42"}
+"#,
+        expect![[r#"
+            inventory.yaml:6:30: error: `retention_days`: expected an integer from 1 to 3650, found `0`
+            inventory.yaml:6:47: error: `storage_path`: expected an absolute path on the hosts (not `/`), found `data`
+            inventory.yaml:6:53: error: unknown key `replicas` in `monitoring`; expected one of: retention_days, storage_path
+            inventory.yaml:7:24: error: `prometheus`: invalid version `2.42`: expected MAJOR.MINOR.PATCH such as `3.5.1`
         "#]],
     );
 }

@@ -1,6 +1,18 @@
-//! capstan-monitoring: the monitoring component (node_exporter, Prometheus, Alertmanager; see
-//! ARCHITECTURE.md). Today it owns one thing other components rely on: the node_exporter textfile
-//! collector directory, where backup and drill schedules leave their metrics.
+//! capstan-monitoring: the monitoring component — node_exporter on every host and Prometheus on
+//! the hosts with role `monitoring` (each one a full replica, differing only in the `replica`
+//! external label), scraping every component's targets ([`config::scrape_targets`]). See
+//! docs/monitoring.md. Alertmanager and alert rules are not there yet.
+//!
+//! Decide purely ([`config`]), resolve the artifacts ([`release`]), then converge in phases of
+//! ops ([`apply`]). It also owns the node_exporter textfile collector directory, where backup and
+//! drill schedules leave their metrics.
+
+pub mod apply;
+mod component;
+pub mod config;
+pub mod release;
+
+pub use component::MonitoringComponent;
 
 /// node_exporter's `--collector.textfile.directory` on every host (Debian's prometheus-node-exporter
 /// default). Components write `<name>.prom` files here, atomically (temp file + rename).

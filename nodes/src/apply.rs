@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use capstan_inventory::{Cluster, Host, Role};
-use capstan_provisioner::component::{ComponentOutcome, PhaseReport, RunContext};
+use capstan_provisioner::component::{ComponentOutcome, RunContext};
 use capstan_provisioner::hint::Hint;
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::{
@@ -28,8 +28,7 @@ use capstan_provisioner::ops::{
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::releases::ReleaseError;
-use capstan_provisioner::report::RunReport;
-use capstan_provisioner::runner::{HostOps, Mode, RunOptions, Runner};
+use capstan_provisioner::runner::{HostOps, Mode};
 use capstan_provisioner::targets::ssh_target;
 use capstan_provisioner::transport::Transport;
 use ipnet::Ipv4Net;
@@ -474,37 +473,11 @@ pub async fn converge(cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOu
             node.routes.len()
         ));
     }
-    let runner = Runner::new(
-        RunOptions {
-            mode: ctx.mode,
-            concurrency: ctx.concurrency.max(1),
-        },
-        ctx.progress.clone(),
-    );
-    let phase_ctx = PhaseContext::with_output(run, runner, Box::new(ctx.out.clone()));
     let phases = PhaseRunner::new()
         .phase(NodesPhase(Step::Prepare))
         .phase(NodesPhase(Step::Runtime))
         .phase(NodesPhase(Step::Network));
-    let result = phases.run(&phase_ctx).await;
+    let outcome = ctx.run_phases(crate::component::NAME, run, phases, started).await;
     conns.close_all().await;
-    let reports: Vec<PhaseReport> = phase_ctx
-        .reports()
-        .into_iter()
-        .map(|(phase, report)| PhaseReport { phase, report })
-        .collect();
-    let refs: Vec<&RunReport> = reports.iter().map(|r| &r.report).collect();
-    let summary = RunReport::merged(ctx.mode, &refs, started.elapsed());
-    let hint = result
-        .error
-        .as_ref()
-        .map(|_| "fix the cause shown above and run `capstan apply` again".to_string());
-    Ok(ComponentOutcome {
-        component: crate::component::NAME,
-        phases: result.phases,
-        reports,
-        summary,
-        error: result.error.map(|e| e.to_string()),
-        hint,
-    })
+    Ok(outcome)
 }

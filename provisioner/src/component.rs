@@ -12,15 +12,16 @@
 //! [`crate::cluster_plan`] composes every component the inventory enables into one plan.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use capstan_inventory::Cluster;
 use serde::Serialize;
 
 use crate::check::RequiredPort;
-use crate::phases::PhaseOutcome;
+use crate::phases::{PhaseContext, PhaseOutcome, PhaseRunner};
 use crate::report::{Reporter, RunReport};
-use crate::runner::{Mode, Progress};
+use crate::runner::{Mode, Progress, RunOptions, Runner};
 
 /// A component as the engine sees it. Implementations are stateless descriptions; `Send + Sync`
 /// so a list of them can be a `static` and be shared across tasks.
@@ -99,6 +100,48 @@ pub struct RunContext {
     pub progress: Arc<dyn Progress>,
     /// Phase headers and step lines (stderr, or a sink when quiet).
     pub out: Reporter,
+}
+
+impl RunContext {
+    /// Run `phases` over `state` in this context (mode, concurrency, progress, output) and gather
+    /// what they did into `component`'s outcome, timed from `started`. The component's own
+    /// inspection and refusals come before; closing its connections after.
+    pub async fn run_phases<S: Send + Sync + 'static>(
+        &self,
+        component: &'static str,
+        state: S,
+        phases: PhaseRunner<S>,
+        started: Instant,
+    ) -> ComponentOutcome {
+        let runner = Runner::new(
+            RunOptions {
+                mode: self.mode,
+                concurrency: self.concurrency.max(1),
+            },
+            self.progress.clone(),
+        );
+        let phase_ctx = PhaseContext::with_output(state, runner, Box::new(self.out.clone()));
+        let result = phases.run(&phase_ctx).await;
+        let reports: Vec<PhaseReport> = phase_ctx
+            .reports()
+            .into_iter()
+            .map(|(phase, report)| PhaseReport { phase, report })
+            .collect();
+        let refs: Vec<&RunReport> = reports.iter().map(|r| &r.report).collect();
+        let summary = RunReport::merged(self.mode, &refs, started.elapsed());
+        let hint = result
+            .error
+            .as_ref()
+            .map(|_| "fix the cause shown above and run `capstan apply` again".to_string());
+        ComponentOutcome {
+            component,
+            phases: result.phases,
+            reports,
+            summary,
+            error: result.error.map(|e| e.to_string()),
+            hint,
+        }
+    }
 }
 
 /// One phase's operations report.

@@ -74,6 +74,18 @@ const TEMPLATES: &[(&str, &str)] = &[
         "nodes/capstan-pod-network.service",
         include_str!("../files/nodes/capstan-pod-network.service.j2"),
     ),
+    (
+        "monitoring/node_exporter.service",
+        include_str!("../files/monitoring/node_exporter.service.j2"),
+    ),
+    (
+        "monitoring/prometheus.service",
+        include_str!("../files/monitoring/prometheus.service.j2"),
+    ),
+    (
+        "monitoring/prometheus.yml",
+        include_str!("../files/monitoring/prometheus.yml.j2"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -50,6 +50,17 @@ pub fn run_capstan(inventory: Option<&Path>, args: &[&str], env: &[(&str, &str)]
     run
 }
 
+/// [`run_capstan`] with an inventory, asserting that it succeeds (panics with its output otherwise).
+pub fn capstan_ok(inventory: &Path, args: &[&str]) -> Run {
+    let run = run_capstan(Some(inventory), args, &[]);
+    assert_eq!(
+        run.code, 0,
+        "capstan {args:?} failed\nstdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
+    run
+}
+
 /// The artifact mirror scripts/setup.sh builds (etcd 3.4.23, 3.5.0, 3.5.1).
 pub const MIRROR: &str = "/var/cache/capstan/mirror";
 

@@ -44,8 +44,18 @@ impl Checker<'_, '_> {
             runc: DEFAULT_RUNC_VERSION.into(),
             crun: DEFAULT_CRUN_VERSION.into(),
             cni_plugins: DEFAULT_CNI_PLUGINS_VERSION.into(),
+            prometheus: DEFAULT_PROMETHEUS_VERSION.into(),
+            node_exporter: DEFAULT_NODE_EXPORTER_VERSION.into(),
         };
-        const KEYS: &[&str] = &["etcd", "containerd", "runc", "crun", "cni_plugins"];
+        const KEYS: &[&str] = &[
+            "etcd",
+            "containerd",
+            "runc",
+            "crun",
+            "cni_plugins",
+            "prometheus",
+            "node_exporter",
+        ];
         let Some(section) = node.and_then(|node| self.section(node, "`versions`", KEYS)) else {
             return versions;
         };
@@ -62,6 +72,8 @@ impl Checker<'_, '_> {
                 "runc" => versions.runc = version,
                 "crun" => versions.crun = version,
                 "cni_plugins" => versions.cni_plugins = version,
+                "prometheus" => versions.prometheus = version,
+                "node_exporter" => versions.node_exporter = version,
                 _ => unreachable!("key list and match arms are in sync"),
             }
         }
