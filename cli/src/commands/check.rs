@@ -1,11 +1,12 @@
 //! `capstan check`: connect to every host in parallel, gather facts, run preflight checks (ports:
-//! those [`components::ALL`] declare for each host's roles).
+//! those the inventory enables among [`components::ALL`] declare for each host's roles).
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use capstan_provisioner::check::{run_checks, CheckConfig, CheckReport, CheckStatus, CheckTarget};
+use capstan_provisioner::component::Component;
 use capstan_provisioner::targets::ssh_target;
 
 use crate::cli::CheckArgs;
@@ -26,10 +27,17 @@ pub fn run(args: CheckArgs, inventory: Option<&Path>, out: &Output) -> anyhow::R
         .collect();
     out.status(format!("checking {} hosts of cluster {}", targets.len(), cluster.name));
     let started = Instant::now();
+    // Only what the inventory enables: monitoring's node_exporter port on every host, say, only
+    // when some host is `monitoring`.
+    let enabled: Vec<&dyn Component> = components::ALL
+        .iter()
+        .copied()
+        .filter(|c| c.enabled(&cluster))
+        .collect();
     let runtime = tokio::runtime::Runtime::new()?;
     let reports = runtime.block_on(run_checks(
         &targets,
-        components::ALL,
+        &enabled,
         &CheckConfig::default(),
         args.concurrency,
     ));
