@@ -354,6 +354,34 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_on_the_private_address_and_loopback() {
+        let urls = |member: &str, members: &[ClusterMember]| {
+            MemberConfig::new(
+                "t",
+                members,
+                member,
+                InitialClusterState::New,
+                &MemberSettings::default(),
+            )
+            .unwrap()
+            .listen_metrics_urls
+        };
+        assert_eq!(
+            urls("demo-2", &three_members()),
+            ["http://192.168.0.12:2381", "http://127.0.0.1:2381"]
+        );
+        assert_eq!(urls("demo-3", &three_members()), ["http://0.0.0.0:2381"]);
+        assert_eq!(
+            urls("local", &[ClusterMember::new("local", "127.0.0.1")]),
+            ["http://127.0.0.1:2381"]
+        );
+        assert_eq!(
+            urls("v6", &[ClusterMember::new("v6", "fd00::11")]),
+            ["http://[fd00::11]:2381", "http://127.0.0.1:2381"]
+        );
+    }
+
+    #[test]
     fn member_known_by_dns_name_listens_on_all_interfaces_and_joins_existing_cluster() {
         let settings = MemberSettings {
             metrics_port: None,
