@@ -207,6 +207,9 @@ fn base_name(member: &str) -> &str {
 
 #[async_trait]
 impl Operation for Artifact {
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         match &self.extract {
             None => format!("artifact {}", self.dest_path),

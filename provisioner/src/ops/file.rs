@@ -235,6 +235,9 @@ impl File {
 
 #[async_trait]
 impl Operation for File {
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("file {}", self.desired.file.path)
     }
@@ -345,6 +348,9 @@ impl Directory {
 
 #[async_trait]
 impl Operation for Directory {
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("directory {}", self.desired.path)
     }
@@ -381,6 +387,9 @@ impl Absent {
 
 #[async_trait]
 impl Operation for Absent {
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("absent {}", self.path)
     }

@@ -6,6 +6,7 @@
 //! Applying runs the steps; a dry run shows them. Because both come from the
 //! same plan, re-running after an apply yields an empty plan by construction.
 
+pub mod apply_batch;
 mod artifact_op;
 mod command;
 mod diff;
@@ -149,6 +150,21 @@ pub trait Operation: Send + Sync {
     fn triggers(&self) -> Vec<Trigger> {
         Vec::new()
     }
+    /// True when the op's plan depends only on state that no *other* op of a host's list changes
+    /// (its own path(s), its own packages), and its steps change nothing another op plans from.
+    /// The runner may then plan it before the changes of the self-contained ops before it are
+    /// applied, and apply their steps together in one exec ([`apply_batch`]); ops that are not
+    /// self-contained are planned only after everything before them is applied.
+    ///
+    /// So: files, directories, removals, artifacts, unit files and packages are; commands (their
+    /// checks may read anything), services (their state follows unit files and packages) and
+    /// handlers are not. A host's list must not give two self-contained ops the same path, or
+    /// one path inside another's removed tree (`Absent` of a directory, then a `File` in it),
+    /// nor manage a path after a `Package` that installs it: the later op would be planned
+    /// before the earlier one is applied. Wrappers delegate.
+    fn self_contained(&self) -> bool {
+        false
+    }
 }
 
 /// Wraps an operation to restart services when it changed something.
@@ -167,6 +183,9 @@ impl<O: Operation> Operation for Notifying<O> {
     }
     fn probes(&self) -> Vec<String> {
         self.inner.probes()
+    }
+    fn self_contained(&self) -> bool {
+        self.inner.self_contained()
     }
     fn triggers(&self) -> Vec<Trigger> {
         let mut triggers = self.inner.triggers();

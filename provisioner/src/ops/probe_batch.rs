@@ -84,7 +84,8 @@ fn script_end(nonce: &str) -> String {
     format!("printf '%s\\n' '{MARK_PREFIX}{nonce} end'\n")
 }
 
-fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+/// Where `needle` first occurs in `haystack` at or after `from`.
+pub(crate) fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     haystack
         .get(from..)?
         .windows(needle.len())

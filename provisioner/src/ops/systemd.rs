@@ -69,6 +69,9 @@ impl SystemdUnit {
 
 #[async_trait]
 impl Operation for SystemdUnit {
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("systemd unit {}", self.name)
     }
