@@ -408,6 +408,17 @@ impl HostRun<'_> {
         status
     }
 
+    /// Whether `op` may plan differently once a queued change is applied (see
+    /// [`Operation::footprint`]).
+    fn meets_queued_change(&self, op: &dyn Operation) -> bool {
+        let footprint = op.footprint();
+        self.queue
+            .iter()
+            .filter(|queued| !queued.plan.is_unchanged())
+            .flat_map(|queued| queued.op.footprint())
+            .any(|queued| footprint.iter().any(|mine| mine.meets(&queued)))
+    }
+
     /// Apply the queued ops' steps in order, in as few execs as possible, and report them:
     /// changed once their steps ran; the op whose step failed as failed, the ones after it as
     /// skipped. True when one failed.
@@ -468,7 +479,8 @@ impl HostRun<'_> {
 /// In [`Mode::Apply`], the changes of consecutive self-contained ops
 /// ([`Operation::self_contained`]) are queued and applied together ([`apply_plans`]) before the
 /// next op that is not self-contained, before any handler and at the end of the list, so that
-/// a list of files costs one exec rather than one per step and a probe batch per change.
+/// a list of files costs one exec rather than one per step and a probe batch per change. An op
+/// whose footprint meets a queued change's is planned after that change is applied.
 pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> HostReport {
     let started = Instant::now();
     let t = host.transport.as_ref();
@@ -496,7 +508,7 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
         let triggers = op.triggers();
         let due = handlers.before(&triggers);
         let queue_it = mode == Mode::Apply && op.self_contained();
-        if !due.is_empty() || !queue_it {
+        if !due.is_empty() || !queue_it || run.meets_queued_change(op.as_ref()) {
             failed = run.flush(t, &probes).await;
         }
         for handler in due {

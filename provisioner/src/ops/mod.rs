@@ -158,12 +158,43 @@ pub trait Operation: Send + Sync {
     ///
     /// So: files, directories, removals, artifacts, unit files and packages are; commands (their
     /// checks may read anything), services (their state follows unit files and packages) and
-    /// handlers are not. A host's list must not give two self-contained ops the same path, or
-    /// one path inside another's removed tree (`Absent` of a directory, then a `File` in it),
-    /// nor manage a path after a `Package` that installs it: the later op would be planned
-    /// before the earlier one is applied. Wrappers delegate.
+    /// handlers are not. Two self-contained ops may still meet on a path (the same file twice, a
+    /// file inside a removed tree): each lists its paths in [`Operation::footprint`], and the
+    /// runner applies what is queued before planning an op whose footprint meets a queued
+    /// change's. A package's files are not in its footprint: a list must not manage a path after
+    /// a `Package` that installs it. Wrappers delegate both.
     fn self_contained(&self) -> bool {
         false
+    }
+    /// What a self-contained op plans from and changes on the host (see
+    /// [`Operation::self_contained`]).
+    fn footprint(&self) -> Vec<Footprint> {
+        Vec::new()
+    }
+}
+
+/// A remote path a self-contained op plans from and changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Footprint {
+    /// The path itself (making it may make its missing parents, which changes no plan of theirs:
+    /// `mkdir -p` leaves an existing directory as it is, and a directory op sets its attributes
+    /// either way).
+    Path(String),
+    /// The path and everything under it (a removal).
+    Tree(String),
+}
+
+impl Footprint {
+    /// Whether an op with this footprint may plan differently once an op with `other` is applied:
+    /// the same path, or one at or under the other's removed tree.
+    pub fn meets(&self, other: &Footprint) -> bool {
+        let within =
+            |path: &str, tree: &str| path == tree || path.strip_prefix(tree).is_some_and(|rest| rest.starts_with('/'));
+        match (self, other) {
+            (Footprint::Path(a), Footprint::Path(b)) => a == b,
+            (Footprint::Path(a), Footprint::Tree(t)) | (Footprint::Tree(t), Footprint::Path(a)) => within(a, t),
+            (Footprint::Tree(a), Footprint::Tree(b)) => within(a, b) || within(b, a),
+        }
     }
 }
 
@@ -186,6 +217,9 @@ impl<O: Operation> Operation for Notifying<O> {
     }
     fn self_contained(&self) -> bool {
         self.inner.self_contained()
+    }
+    fn footprint(&self) -> Vec<Footprint> {
+        self.inner.footprint()
     }
     fn triggers(&self) -> Vec<Trigger> {
         let mut triggers = self.inner.triggers();
@@ -415,6 +449,28 @@ mod tests {
     fn parents_are_split() {
         assert_eq!(split_parent("/a/b/c"), ("/a/b", "c"));
         assert_eq!(split_parent("/a"), ("/", "a"));
+    }
+
+    #[test]
+    fn footprints_meet_on_a_path_or_in_a_removed_tree() {
+        use Footprint::{Path, Tree};
+        let p = |s: &str| Path(s.to_string());
+        let t = |s: &str| Tree(s.to_string());
+        for (a, b, meet) in [
+            (p("/etc/a"), p("/etc/a"), true),
+            (p("/etc/a"), p("/etc/b"), false),
+            // A directory and a file in it: making either leaves the other's plan as it was.
+            (p("/etc/d"), p("/etc/d/x"), false),
+            (p("/etc/d/x"), t("/etc/d"), true),
+            (p("/etc/d"), t("/etc/d"), true),
+            (p("/etc/dx"), t("/etc/d"), false),
+            (p("/etc"), t("/etc/d"), false),
+            (t("/etc/d"), t("/etc/d/sub"), true),
+            (t("/etc/d"), t("/etc/e"), false),
+        ] {
+            assert_eq!(a.meets(&b), meet, "{a:?} {b:?}");
+            assert_eq!(b.meets(&a), meet, "{b:?} {a:?}");
+        }
     }
 
     #[test]
