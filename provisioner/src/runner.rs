@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::facts::FactCache;
-use crate::ops::apply_batch::apply_plans;
+use crate::ops::apply_batch::{apply_plans, apply_plans_then_probe};
 use crate::ops::handlers::HandlerQueue;
 use crate::ops::probe_batch::ProbeSession;
 use crate::ops::{OpError, Operation, Plan};
@@ -422,7 +422,9 @@ impl HostRun<'_> {
     /// Apply the queued ops' steps in order, in as few execs as possible, and report them:
     /// changed once their steps ran; the op whose step failed as failed, the ones after it as
     /// skipped. True when one failed.
-    async fn flush(&mut self, t: &dyn Transport, probes: &ProbeSession) -> bool {
+    /// `rest` are the ops to plan next (none before a handler, which changes the host again):
+    /// their probes are read in the last exec of the flush, after its steps.
+    async fn flush(&mut self, t: &dyn Transport, probes: &ProbeSession, rest: &[Arc<dyn Operation>]) -> bool {
         if self.queue.is_empty() {
             return false;
         }
@@ -432,8 +434,13 @@ impl HostRun<'_> {
             Ok(())
         } else {
             probes.invalidate(t.host());
+            let wanted = probes.wanted(t.host(), rest);
             let plans: Vec<&Plan> = queue.iter().map(|q| &q.plan).collect();
-            apply_plans(t, &plans).await
+            apply_plans_then_probe(t, &plans, &wanted).await.map(|probed| {
+                if let Some(outputs) = probed {
+                    probes.record(t.host(), &wanted, outputs);
+                }
+            })
         };
         let applied_in = started.elapsed();
         let failed_at = outcome.as_ref().err().map(|(index, _)| *index);
@@ -509,7 +516,8 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
         let due = handlers.before(&triggers);
         let queue_it = mode == Mode::Apply && op.self_contained();
         if !due.is_empty() || !queue_it || run.meets_queued_change(op.as_ref()) {
-            failed = run.flush(t, &probes).await;
+            let rest = if due.is_empty() { &host.ops[index..] } else { &[] };
+            failed = run.flush(t, &probes, rest).await;
         }
         for handler in due {
             if failed {
@@ -549,13 +557,13 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
                 run.queue.push(queued);
                 // Nothing to apply yet: report at once.
                 if run.queue.iter().all(|q| q.plan.is_unchanged()) {
-                    run.flush(t, &probes).await;
+                    run.flush(t, &probes, &[]).await;
                 }
             }
             Err(e) => {
                 let elapsed = planning.elapsed();
                 // What was planned before it is applied, as without queueing.
-                let record = if run.flush(t, &probes).await {
+                let record = if run.flush(t, &probes, &[]).await {
                     skipped(op.as_ref())
                 } else {
                     OpRecord {
@@ -572,7 +580,7 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
         }
     }
     if !failed {
-        failed = run.flush(t, &probes).await;
+        failed = run.flush(t, &probes, &[]).await;
     }
     match handlers.finish() {
         Ok(finishers) => {
@@ -741,8 +749,9 @@ n1: done: 0 ok, 1 changed, 0 failed in 1.2s
         );
         assert_eq!(std::fs::read_to_string(path("d/c")).unwrap(), "a\n");
         assert_eq!(std::fs::read_to_string(path("d/e")).unwrap(), "e\n");
-        // Probe batch; d, a, b in one script; probes again, the command; probes again, e alone.
-        assert_eq!(t.execs(), 6, "{:#?}", t.commands());
+        // Probe batch; d, a, b in one script with the probes after it; the command; probes
+        // again; e alone.
+        assert_eq!(t.execs(), 5, "{:#?}", t.commands());
         assert_progress_in_order(&events, &report);
         let again = run_host(host(t.clone()), Mode::Apply, &NoProgress).await;
         assert_eq!(again.changed, 0, "{:#?}", statuses(&again));

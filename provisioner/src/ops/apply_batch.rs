@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use super::probe_batch::{find, new_nonce};
+use super::probe_batch::{batch_script, find, new_nonce, parse_batch};
 use super::shell::quote;
 use super::{ensure_success, execute_step, write_file_command, Content, OpError, Plan, Step};
 use crate::transport::{ExecOptions, ExecOutput, Transport};
@@ -201,12 +201,14 @@ fn failure(t: &dyn Transport, nonce: &str, steps: &[(StepRef, &Step)], output: E
     (at.plan, error)
 }
 
+/// Runs one script; on success returns its output and where its stdout goes on after the last
+/// step's marker.
 async fn run_script(
     t: &dyn Transport,
     nonce: &str,
     script: &str,
     steps: &[(StepRef, &Step)],
-) -> Result<(), (usize, OpError)> {
+) -> Result<(ExecOutput, usize), (usize, OpError)> {
     let first = steps[0].0.plan;
     let opts = ExecOptions {
         timeout: APPLY_TIMEOUT,
@@ -218,27 +220,57 @@ async fn run_script(
         .await
         .map_err(|e| (first, OpError::from(e)))?;
     let refs: Vec<StepRef> = steps.iter().map(|(at, _)| *at).collect();
-    if completed_steps(nonce, &refs, &output.stdout).0 == steps.len() {
-        return Ok(());
+    match completed_steps(nonce, &refs, &output.stdout) {
+        (done, after) if done == steps.len() => Ok((output, after)),
+        _ => Err(failure(t, nonce, steps, output)),
     }
-    Err(failure(t, nonce, steps, output))
 }
 
 /// Carries out every step of `plans` in order, in as few execs as [`batch_execs`] allows;
 /// stops at the first failing step and returns the index of its plan with the error.
 pub async fn apply_plans(t: &dyn Transport, plans: &[&Plan]) -> Result<(), (usize, OpError)> {
-    for exec in batch_execs(plans, APPLY_SCRIPT_LIMIT) {
+    apply_plans_then_probe(t, plans, &[]).await.map(|_| ())
+}
+
+/// [`apply_plans`], and then, in the same exec as the last steps when they run in a script, the
+/// read-only `probes` (as [`super::probe_batch::run_batch`] runs them): their outputs, or None
+/// when they could not ride along (the last step ran alone, or their output did not parse).
+pub async fn apply_plans_then_probe(
+    t: &dyn Transport,
+    plans: &[&Plan],
+    probes: &[String],
+) -> Result<Option<Vec<ExecOutput>>, (usize, OpError)> {
+    let execs = batch_execs(plans, APPLY_SCRIPT_LIMIT);
+    let count = execs.len();
+    let mut probed = None;
+    for (index, exec) in execs.into_iter().enumerate() {
+        let with_probes = index + 1 == count && !probes.is_empty();
         match exec {
             // One step alone costs one exec either way: run it as Plan::apply would.
-            BatchExec::Script { steps, .. } if steps.len() == 1 => {
+            BatchExec::Script { steps, .. } if steps.len() == 1 && !with_probes => {
                 let (at, step) = steps[0];
                 execute_step(t, step).await.map_err(|e| (at.plan, e))?;
             }
-            BatchExec::Script { nonce, script, steps } => run_script(t, &nonce, &script, &steps).await?,
+            BatchExec::Script {
+                nonce,
+                mut script,
+                steps,
+            } => {
+                let probe_nonce = with_probes.then(new_nonce);
+                if let Some(probe_nonce) = &probe_nonce {
+                    // A failing probe is an answer, not a failed apply.
+                    script.push_str("set +e\n");
+                    script.push_str(&batch_script(probe_nonce, probes));
+                }
+                let (output, after) = run_script(t, &nonce, &script, &steps).await?;
+                if let Some(probe_nonce) = probe_nonce {
+                    probed = parse_batch(&probe_nonce, probes.len(), &output.stdout[after..]).ok();
+                }
+            }
             BatchExec::Alone { at, step } => execute_step(t, step).await.map_err(|e| (at.plan, e))?,
         }
     }
-    Ok(())
+    Ok(probed)
 }
 
 #[cfg(test)]
@@ -465,6 +497,38 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("cannot create directory"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn probes_ride_along_after_the_last_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let probes = vec![
+            format!("cat {}/a", d.display()),
+            "echo err >&2; exit 4".to_string(),
+            format!("test -e {}/b", d.display()),
+        ];
+        let plans = [plan(vec![write(&d.join("a"), bytes(b"new\n"), 0o644)])];
+        let refs: Vec<&Plan> = plans.iter().collect();
+        let t = counting();
+        let outputs = apply_plans_then_probe(&t, &refs, &probes).await.unwrap().unwrap();
+        assert_eq!(t.execs(), 1);
+        // Read after the step: the host as it is now.
+        assert_eq!(outputs[0].stdout_str(), "new\n");
+        assert_eq!(
+            (outputs[1].stderr_str().as_str(), outputs[1].exit_code),
+            ("err\n", Some(4))
+        );
+        assert_eq!(outputs[2].exit_code, Some(1));
+
+        // A last step that runs alone (streamed) leaves the probes to the caller.
+        let local = d.join("src");
+        std::fs::write(&local, b"x").unwrap();
+        let plans = [plan(vec![write(&d.join("b"), Content::LocalFile(local), 0o644)])];
+        let refs: Vec<&Plan> = plans.iter().collect();
+        t.reset();
+        assert!(apply_plans_then_probe(&t, &refs, &probes).await.unwrap().is_none());
+        assert_eq!(t.execs(), 1);
     }
 
     #[test]
