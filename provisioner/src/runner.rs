@@ -422,6 +422,7 @@ impl HostRun<'_> {
     /// Apply the queued ops' steps in order, in as few execs as possible, and report them:
     /// changed once their steps ran; the op whose step failed as failed, the ones after it as
     /// skipped. True when one failed.
+    ///
     /// `rest` are the ops to plan next (none before a handler, which changes the host again):
     /// their probes are read in the last exec of the flush, after its steps.
     async fn flush(&mut self, t: &dyn Transport, probes: &ProbeSession, rest: &[Arc<dyn Operation>]) -> bool {
