@@ -14,9 +14,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::facts::FactCache;
+use crate::ops::apply_batch::{apply_plans, apply_plans_then_probe};
 use crate::ops::handlers::HandlerQueue;
 use crate::ops::probe_batch::ProbeSession;
-use crate::ops::{OpError, Operation};
+use crate::ops::{OpError, Operation, Plan};
 use crate::report::{ChangeRecord, HostReport, OpRecord, OpStatus, RunReport};
 use crate::transport::Transport;
 
@@ -322,26 +323,36 @@ impl Runner {
     }
 }
 
+/// Plan `ops[0]` (the rest is what follows it in the host's list) from the session's
+/// prefetched probes.
+async fn plan_op(
+    t: &dyn Transport,
+    probes: &ProbeSession,
+    ops: &[Arc<dyn Operation>],
+) -> Result<(Plan, Vec<ChangeRecord>), OpError> {
+    probes.prefetch(t, ops).await;
+    let plan = ops[0].plan(&probes.transport(t)).await?;
+    let records = plan
+        .changes
+        .iter()
+        .map(|c| ChangeRecord {
+            summary: c.summary.clone(),
+            diff: c.diff.clone(),
+            commands: c.steps.iter().map(|s| s.display()).collect(),
+        })
+        .collect();
+    Ok((plan, records))
+}
+
 /// One op (`ops[0]`, the rest is what follows it in the host's list): plan, then apply
 /// unless dry run. The op plans from the session's prefetched probes; applying drops them.
 async fn run_op(t: &dyn Transport, probes: &ProbeSession, ops: &[Arc<dyn Operation>], mode: Mode) -> OpRecord {
-    let op = ops[0].as_ref();
     let started = Instant::now();
-    probes.prefetch(t, ops).await;
     let outcome: Result<Vec<ChangeRecord>, OpError> = async {
-        let plan = op.plan(&probes.transport(t)).await?;
-        let records = plan
-            .changes
-            .iter()
-            .map(|c| ChangeRecord {
-                summary: c.summary.clone(),
-                diff: c.diff.clone(),
-                commands: c.steps.iter().map(|s| s.display()).collect(),
-            })
-            .collect();
+        let (plan, records) = plan_op(t, probes, ops).await?;
         if mode == Mode::Apply && !plan.is_unchanged() {
             probes.invalidate(t.host());
-            plan.apply(t).await?;
+            apply_plans(t, &[&plan]).await.map_err(|(_, e)| e)?;
         }
         Ok(records)
     }
@@ -352,7 +363,7 @@ async fn run_op(t: &dyn Transport, probes: &ProbeSession, ops: &[Arc<dyn Operati
         Err(e) => (OpStatus::Failed, Vec::new(), Some(e.to_string())),
     };
     OpRecord {
-        op: op.describe(),
+        op: ops[0].describe(),
         status,
         changes,
         error,
@@ -370,13 +381,126 @@ fn skipped(op: &dyn Operation) -> OpRecord {
     }
 }
 
+/// A planned self-contained op whose steps (if any) wait for the next flush, and whose record
+/// waits with them so that records stay in the list's order.
+struct Queued {
+    op: Arc<dyn Operation>,
+    plan: Plan,
+    changes: Vec<ChangeRecord>,
+    planned_in: Duration,
+}
+
+/// One host's run: its report and where progress goes.
+struct HostRun<'a> {
+    name: String,
+    mode: Mode,
+    progress: &'a dyn Progress,
+    report: HostReport,
+    /// Planned self-contained ops, not applied yet (Mode::Apply only).
+    queue: Vec<Queued>,
+}
+
+impl HostRun<'_> {
+    fn finish(&mut self, record: OpRecord) -> OpStatus {
+        self.progress.op_finished(&self.name, self.mode, &record);
+        let status = record.status;
+        self.report.push(record);
+        status
+    }
+
+    /// Whether `op` may plan differently once a queued change is applied (see
+    /// [`Operation::footprint`]).
+    fn meets_queued_change(&self, op: &dyn Operation) -> bool {
+        let footprint = op.footprint();
+        self.queue
+            .iter()
+            .filter(|queued| !queued.plan.is_unchanged())
+            .flat_map(|queued| queued.op.footprint())
+            .any(|queued| footprint.iter().any(|mine| mine.meets(&queued)))
+    }
+
+    /// Apply the queued ops' steps in order, in as few execs as possible, and report them:
+    /// changed once their steps ran; the op whose step failed as failed, the ones after it as
+    /// skipped. True when one failed.
+    ///
+    /// `rest` are the ops to plan next (none before a handler, which changes the host again):
+    /// their probes are read in the last exec of the flush, after its steps.
+    async fn flush(&mut self, t: &dyn Transport, probes: &ProbeSession, rest: &[Arc<dyn Operation>]) -> bool {
+        if self.queue.is_empty() {
+            return false;
+        }
+        let queue = std::mem::take(&mut self.queue);
+        let started = Instant::now();
+        let outcome = if queue.iter().all(|q| q.plan.is_unchanged()) {
+            Ok(())
+        } else {
+            probes.invalidate(t.host());
+            let wanted = probes.wanted(t.host(), rest);
+            let plans: Vec<&Plan> = queue.iter().map(|q| &q.plan).collect();
+            apply_plans_then_probe(t, &plans, &wanted).await.map(|probed| {
+                if let Some(outputs) = probed {
+                    probes.record(t.host(), &wanted, outputs);
+                }
+            })
+        };
+        let applied_in = started.elapsed();
+        let failed_at = outcome.as_ref().err().map(|(index, _)| *index);
+        let mut error = outcome.err().map(|(_, e)| e.to_string());
+        for (index, queued) in queue.into_iter().enumerate() {
+            let op = queued.op.describe();
+            // Each changed op took its planning plus the exec(s) it shared with the others.
+            let elapsed = queued.planned_in
+                + if queued.changes.is_empty() {
+                    Duration::ZERO
+                } else {
+                    applied_in
+                };
+            let record = match failed_at {
+                Some(at) if index == at => OpRecord {
+                    op,
+                    status: OpStatus::Failed,
+                    changes: Vec::new(),
+                    error: error.take(),
+                    elapsed,
+                },
+                Some(at) if index > at => skipped(queued.op.as_ref()),
+                _ => OpRecord {
+                    op,
+                    status: if queued.changes.is_empty() {
+                        OpStatus::Ok
+                    } else {
+                        OpStatus::Changed
+                    },
+                    changes: queued.changes,
+                    error: None,
+                    elapsed,
+                },
+            };
+            self.finish(record);
+        }
+        failed_at.is_some()
+    }
+}
+
 /// Run one host's list in order, with handlers; stops at the first failure.
+///
+/// In [`Mode::Apply`], the changes of consecutive self-contained ops
+/// ([`Operation::self_contained`]) are queued and applied together ([`apply_plans`]) before the
+/// next op that is not self-contained, before any handler and at the end of the list, so that
+/// a list of files costs one exec rather than one per step and a probe batch per change. An op
+/// whose footprint meets a queued change's is planned after that change is applied.
 pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> HostReport {
     let started = Instant::now();
     let t = host.transport.as_ref();
     let name = t.host().to_string();
-    let mut report = HostReport::new(&name);
     progress.host_started(&name, host.ops.len());
+    let mut run = HostRun {
+        report: HostReport::new(&name),
+        name,
+        mode,
+        progress,
+        queue: Vec::new(),
+    };
     let mut handlers = HandlerQueue::default();
     let mut failed = false;
     let probes = match &host.facts {
@@ -384,49 +508,94 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
         None => ProbeSession::new(),
     };
 
-    let finish = |report: &mut HostReport, record: OpRecord| {
-        progress.op_finished(&name, mode, &record);
-        let status = record.status;
-        report.push(record);
-        status
-    };
-
     for (index, op) in host.ops.iter().enumerate() {
         if failed {
-            report.push(skipped(op.as_ref()));
+            run.report.push(skipped(op.as_ref()));
             continue;
         }
         let triggers = op.triggers();
-        for handler in handlers.before(&triggers) {
-            progress.op_started(&name, &handler.describe());
+        let due = handlers.before(&triggers);
+        let queue_it = mode == Mode::Apply && op.self_contained();
+        if !due.is_empty() || !queue_it || run.meets_queued_change(op.as_ref()) {
+            let rest = if due.is_empty() { &host.ops[index..] } else { &[] };
+            failed = run.flush(t, &probes, rest).await;
+        }
+        for handler in due {
+            if failed {
+                run.report.push(skipped(handler.as_ref()));
+                continue;
+            }
+            progress.op_started(&run.name, &handler.describe());
             let record = run_op(t, &probes, &[handler], mode).await;
-            failed |= finish(&mut report, record) == OpStatus::Failed;
+            failed |= run.finish(record) == OpStatus::Failed;
         }
         if failed {
-            report.push(skipped(op.as_ref()));
+            run.report.push(skipped(op.as_ref()));
             continue;
         }
-        progress.op_started(&name, &op.describe());
-        let record = run_op(t, &probes, &host.ops[index..], mode).await;
-        match finish(&mut report, record) {
-            OpStatus::Changed => handlers.record(&triggers),
-            OpStatus::Failed => failed = true,
-            OpStatus::Ok | OpStatus::Skipped => {}
+        progress.op_started(&run.name, &op.describe());
+        if !queue_it {
+            let record = run_op(t, &probes, &host.ops[index..], mode).await;
+            match run.finish(record) {
+                OpStatus::Changed => handlers.record(&triggers),
+                OpStatus::Failed => failed = true,
+                OpStatus::Ok | OpStatus::Skipped => {}
+            }
+            continue;
         }
+        let planning = Instant::now();
+        match plan_op(t, &probes, &host.ops[index..]).await {
+            Ok((plan, changes)) => {
+                if !changes.is_empty() {
+                    handlers.record(&triggers);
+                }
+                let queued = Queued {
+                    op: op.clone(),
+                    plan,
+                    changes,
+                    planned_in: planning.elapsed(),
+                };
+                run.queue.push(queued);
+                // Nothing to apply yet: report at once.
+                if run.queue.iter().all(|q| q.plan.is_unchanged()) {
+                    run.flush(t, &probes, &[]).await;
+                }
+            }
+            Err(e) => {
+                let elapsed = planning.elapsed();
+                // What was planned before it is applied, as without queueing.
+                let record = if run.flush(t, &probes, &[]).await {
+                    skipped(op.as_ref())
+                } else {
+                    OpRecord {
+                        op: op.describe(),
+                        status: OpStatus::Failed,
+                        changes: Vec::new(),
+                        error: Some(e.to_string()),
+                        elapsed,
+                    }
+                };
+                run.finish(record);
+                failed = true;
+            }
+        }
+    }
+    if !failed {
+        failed = run.flush(t, &probes, &[]).await;
     }
     match handlers.finish() {
         Ok(finishers) => {
             for (index, handler) in finishers.iter().enumerate() {
                 if failed {
-                    report.push(skipped(handler.as_ref()));
+                    run.report.push(skipped(handler.as_ref()));
                     continue;
                 }
-                progress.op_started(&name, &handler.describe());
+                progress.op_started(&run.name, &handler.describe());
                 let record = run_op(t, &probes, &finishers[index..], mode).await;
-                failed |= finish(&mut report, record) == OpStatus::Failed;
+                failed |= run.finish(record) == OpStatus::Failed;
             }
         }
-        Err(e) => report.push(OpRecord {
+        Err(e) => run.report.push(OpRecord {
             op: "handlers".into(),
             status: OpStatus::Failed,
             changes: Vec::new(),
@@ -434,8 +603,9 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
             elapsed: Duration::ZERO,
         }),
     }
+    let mut report = run.report;
     report.elapsed = started.elapsed();
-    progress.host_finished(&name, &report);
+    progress.host_finished(&run.name, &report);
     report
 }
 
@@ -504,5 +674,118 @@ n1: done: 0 ok, 1 changed, 0 failed in 1.2s
         assert!(String::from_utf8(out.0.lock().unwrap().clone())
             .unwrap()
             .ends_with("\u{1b}[0m x\n"));
+    }
+    /// Every progress call, in order.
+    #[derive(Default)]
+    struct Events(Mutex<Vec<String>>);
+
+    impl Progress for Events {
+        fn host_started(&self, _: &str, _: usize) {}
+        fn op_started(&self, _: &str, op: &str) {
+            self.0.lock().unwrap().push(format!("start {op}"));
+        }
+        fn op_finished(&self, _: &str, _: Mode, record: &OpRecord) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{:?} {}", record.status, record.op));
+        }
+        fn host_finished(&self, _: &str, _: &HostReport) {}
+    }
+
+    fn statuses(report: &HostReport) -> Vec<(OpStatus, String)> {
+        report.ops.iter().map(|r| (r.status, r.op.clone())).collect()
+    }
+
+    /// Each op of `report` started once and finished once, in the report's order, and finished
+    /// after it started.
+    fn assert_progress_in_order(events: &Events, report: &HostReport) {
+        let events = events.0.lock().unwrap().clone();
+        let started: Vec<&String> = events.iter().filter(|e| e.starts_with("start ")).collect();
+        let finished: Vec<&String> = events.iter().filter(|e| !e.starts_with("start ")).collect();
+        let want_started: Vec<String> = report.ops.iter().map(|r| format!("start {}", r.op)).collect();
+        let want_finished: Vec<String> = report.ops.iter().map(|r| format!("{:?} {}", r.status, r.op)).collect();
+        assert_eq!(started, want_started.iter().collect::<Vec<_>>(), "{events:#?}");
+        assert_eq!(finished, want_finished.iter().collect::<Vec<_>>(), "{events:#?}");
+        for (start, end) in want_started.iter().zip(&want_finished) {
+            let at = |e: &String| events.iter().position(|x| x == e).unwrap();
+            assert!(at(start) < at(end), "{events:#?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn self_contained_changes_are_applied_together_in_order() {
+        use crate::local::LocalTransport;
+        use crate::ops::{Absent, Command, Directory, File};
+        use crate::transport::CountingTransport;
+        let dir = tempfile::tempdir().unwrap();
+        let path = |rel: &str| dir.path().join(rel).display().to_string();
+        let t = Arc::new(CountingTransport::new(Arc::new(LocalTransport::new("localhost"))));
+        let host = |t: Arc<CountingTransport>| {
+            HostOps::new(t)
+                .with(Directory::new(&path("d")).mode(0o750))
+                .with(File::new(&path("d/a"), "a\n"))
+                .with(File::new(&path("d/b"), "b\n").mode(0o600))
+                // Sees what the files before it made.
+                .with(
+                    Command::new("copy a", &format!("cp {} {}", path("d/a"), path("d/c")))
+                        .unless(&format!("test -e {}", path("d/c"))),
+                )
+                .with(File::new(&path("d/e"), "e\n"))
+                .with(Absent::new(&path("gone")))
+        };
+        let events = Events::default();
+        let report = run_host(host(t.clone()), Mode::Apply, &events).await;
+        use OpStatus::*;
+        assert_eq!(
+            statuses(&report),
+            vec![
+                (Changed, format!("directory {}", path("d"))),
+                (Changed, format!("file {}", path("d/a"))),
+                (Changed, format!("file {}", path("d/b"))),
+                (Changed, "copy a".to_string()),
+                (Changed, format!("file {}", path("d/e"))),
+                (Ok, format!("absent {}", path("gone"))),
+            ]
+        );
+        assert_eq!(std::fs::read_to_string(path("d/c")).unwrap(), "a\n");
+        assert_eq!(std::fs::read_to_string(path("d/e")).unwrap(), "e\n");
+        // Probe batch; d, a, b in one script with the probes after it; the command; probes
+        // again; e alone.
+        assert_eq!(t.execs(), 5, "{:#?}", t.commands());
+        assert_progress_in_order(&events, &report);
+        let again = run_host(host(t.clone()), Mode::Apply, &NoProgress).await;
+        assert_eq!(again.changed, 0, "{:#?}", statuses(&again));
+    }
+
+    #[tokio::test]
+    async fn a_failed_step_fails_its_op_and_skips_the_queued_ones_after_it() {
+        use crate::local::LocalTransport;
+        use crate::ops::{Directory, File};
+        let dir = tempfile::tempdir().unwrap();
+        let path = |rel: &str| dir.path().join(rel).display().to_string();
+        let host = HostOps::new(Arc::new(LocalTransport::new("localhost")))
+            .with(File::new(&path("a"), "a\n"))
+            .with(Directory::new(&path("sub")).owner("capstan-no-such-user"))
+            .with(File::new(&path("b"), "b\n"))
+            .with(File::new(&path("c"), "c\n"));
+        let events = Events::default();
+        let report = run_host(host, Mode::Apply, &events).await;
+        use OpStatus::*;
+        assert_eq!(
+            statuses(&report),
+            vec![
+                (Changed, format!("file {}", path("a"))),
+                (Failed, format!("directory {}", path("sub"))),
+                (Skipped, format!("file {}", path("b"))),
+                (Skipped, format!("file {}", path("c"))),
+            ]
+        );
+        let error = report.ops[1].error.clone().unwrap();
+        assert!(error.starts_with("localhost: `mkdir -p -- "), "{error}");
+        assert!(error.contains("capstan-no-such-user"), "{error}");
+        assert!(std::path::Path::new(&path("a")).exists());
+        assert!(!std::path::Path::new(&path("b")).exists());
+        assert_progress_in_order(&events, &report);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use async_trait::async_trait;
 
 use super::file::{path_probes, plan_desired_file, DesiredFile};
-use super::{validate_remote_path, Content, OpError, Operation, Plan};
+use super::{validate_remote_path, Content, Footprint, OpError, Operation, Plan};
 use crate::artifact::{normalize_sha256, sha256_file, validate_url, ArtifactCache, ArtifactError};
 use crate::transport::{RemoteFile, Transport};
 
@@ -96,6 +96,17 @@ impl Artifact {
             mode: self.mode,
             owner: self.owner.clone(),
             group: self.group.clone(),
+        }
+    }
+
+    /// The installed files' remote paths.
+    fn dest_paths(&self) -> Vec<String> {
+        match &self.extract {
+            None => vec![self.dest_path.clone()],
+            Some(members) => members
+                .iter()
+                .map(|m| format!("{}/{}", self.dest_path, base_name(m)))
+                .collect(),
         }
     }
 
@@ -207,6 +218,12 @@ fn base_name(member: &str) -> &str {
 
 #[async_trait]
 impl Operation for Artifact {
+    fn footprint(&self) -> Vec<Footprint> {
+        self.dest_paths().into_iter().map(Footprint::Path).collect()
+    }
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         match &self.extract {
             None => format!("artifact {}", self.dest_path),
@@ -217,14 +234,7 @@ impl Operation for Artifact {
         }
     }
     fn probes(&self) -> Vec<String> {
-        let paths: Vec<String> = match &self.extract {
-            None => vec![self.dest_path.clone()],
-            Some(members) => members
-                .iter()
-                .map(|m| format!("{}/{}", self.dest_path, base_name(m)))
-                .collect(),
-        };
-        path_probes(paths.iter().map(String::as_str))
+        path_probes(self.dest_paths().iter().map(String::as_str))
     }
     async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
         let mut plan = Plan::unchanged();

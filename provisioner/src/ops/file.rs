@@ -9,7 +9,8 @@ use super::diff::{render_file_diff, DIFF_LIMIT_BYTES};
 use super::fact::{parse_path_state, path_state_command, principal_matches, PathKind, PathState};
 use super::shell::quote;
 use super::{
-    chown_spec, run_checked, sha256_hex, validate_remote_path, Change, Content, OpError, Operation, Plan, Step,
+    chown_spec, run_checked, sha256_hex, validate_remote_path, Change, Content, Footprint, OpError, Operation, Plan,
+    Step,
 };
 use crate::transport::{RemoteFile, Transport};
 
@@ -235,6 +236,12 @@ impl File {
 
 #[async_trait]
 impl Operation for File {
+    fn footprint(&self) -> Vec<Footprint> {
+        vec![Footprint::Path(self.desired.file.path.clone())]
+    }
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("file {}", self.desired.file.path)
     }
@@ -345,6 +352,12 @@ impl Directory {
 
 #[async_trait]
 impl Operation for Directory {
+    fn footprint(&self) -> Vec<Footprint> {
+        vec![Footprint::Path(self.desired.path.clone())]
+    }
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("directory {}", self.desired.path)
     }
@@ -381,6 +394,12 @@ impl Absent {
 
 #[async_trait]
 impl Operation for Absent {
+    fn footprint(&self) -> Vec<Footprint> {
+        vec![Footprint::Tree(self.path.clone())]
+    }
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("absent {}", self.path)
     }

@@ -6,6 +6,7 @@
 //! Applying runs the steps; a dry run shows them. Because both come from the
 //! same plan, re-running after an apply yields an empty plan by construction.
 
+pub mod apply_batch;
 mod artifact_op;
 mod command;
 mod diff;
@@ -149,6 +150,52 @@ pub trait Operation: Send + Sync {
     fn triggers(&self) -> Vec<Trigger> {
         Vec::new()
     }
+    /// True when the op's plan depends only on state that no *other* op of a host's list changes
+    /// (its own path(s), its own packages), and its steps change nothing another op plans from.
+    /// The runner may then plan it before the changes of the self-contained ops before it are
+    /// applied, and apply their steps together in one exec ([`apply_batch`]); ops that are not
+    /// self-contained are planned only after everything before them is applied.
+    ///
+    /// So: files, directories, removals, artifacts, unit files and packages are; commands (their
+    /// checks may read anything), services (their state follows unit files and packages) and
+    /// handlers are not. Two self-contained ops may still meet on a path (the same file twice, a
+    /// file inside a removed tree): each lists its paths in [`Operation::footprint`], and the
+    /// runner applies what is queued before planning an op whose footprint meets a queued
+    /// change's. A package's files are not in its footprint: a list must not manage a path after
+    /// a `Package` that installs it. Wrappers delegate both.
+    fn self_contained(&self) -> bool {
+        false
+    }
+    /// What a self-contained op plans from and changes on the host (see
+    /// [`Operation::self_contained`]).
+    fn footprint(&self) -> Vec<Footprint> {
+        Vec::new()
+    }
+}
+
+/// A remote path a self-contained op plans from and changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Footprint {
+    /// The path itself (making it may make its missing parents, which changes no plan of theirs:
+    /// `mkdir -p` leaves an existing directory as it is, and a directory op sets its attributes
+    /// either way).
+    Path(String),
+    /// The path and everything under it (a removal).
+    Tree(String),
+}
+
+impl Footprint {
+    /// Whether an op with this footprint may plan differently once an op with `other` is applied:
+    /// the same path, or one at or under the other's removed tree.
+    pub fn meets(&self, other: &Footprint) -> bool {
+        let within =
+            |path: &str, tree: &str| path == tree || path.strip_prefix(tree).is_some_and(|rest| rest.starts_with('/'));
+        match (self, other) {
+            (Footprint::Path(a), Footprint::Path(b)) => a == b,
+            (Footprint::Path(a), Footprint::Tree(t)) | (Footprint::Tree(t), Footprint::Path(a)) => within(a, t),
+            (Footprint::Tree(a), Footprint::Tree(b)) => within(a, b) || within(b, a),
+        }
+    }
 }
 
 /// Wraps an operation to restart services when it changed something.
@@ -167,6 +214,12 @@ impl<O: Operation> Operation for Notifying<O> {
     }
     fn probes(&self) -> Vec<String> {
         self.inner.probes()
+    }
+    fn self_contained(&self) -> bool {
+        self.inner.self_contained()
+    }
+    fn footprint(&self) -> Vec<Footprint> {
+        self.inner.footprint()
     }
     fn triggers(&self) -> Vec<Trigger> {
         let mut triggers = self.inner.triggers();
@@ -396,6 +449,28 @@ mod tests {
     fn parents_are_split() {
         assert_eq!(split_parent("/a/b/c"), ("/a/b", "c"));
         assert_eq!(split_parent("/a"), ("/", "a"));
+    }
+
+    #[test]
+    fn footprints_meet_on_a_path_or_in_a_removed_tree() {
+        use Footprint::{Path, Tree};
+        let p = |s: &str| Path(s.to_string());
+        let t = |s: &str| Tree(s.to_string());
+        for (a, b, meet) in [
+            (p("/etc/a"), p("/etc/a"), true),
+            (p("/etc/a"), p("/etc/b"), false),
+            // A directory and a file in it: making either leaves the other's plan as it was.
+            (p("/etc/d"), p("/etc/d/x"), false),
+            (p("/etc/d/x"), t("/etc/d"), true),
+            (p("/etc/d"), t("/etc/d"), true),
+            (p("/etc/dx"), t("/etc/d"), false),
+            (p("/etc"), t("/etc/d"), false),
+            (t("/etc/d"), t("/etc/d/sub"), true),
+            (t("/etc/d"), t("/etc/e"), false),
+        ] {
+            assert_eq!(a.meets(&b), meet, "{a:?} {b:?}");
+            assert_eq!(b.meets(&a), meet, "{b:?} {a:?}");
+        }
     }
 
     #[test]

@@ -96,6 +96,9 @@ pub fn apt_source_file(line: &str) -> File {
 
 #[async_trait]
 impl Operation for Package {
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("packages {}", self.names.join(", "))
     }

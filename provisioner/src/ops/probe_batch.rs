@@ -84,7 +84,8 @@ fn script_end(nonce: &str) -> String {
     format!("printf '%s\\n' '{MARK_PREFIX}{nonce} end'\n")
 }
 
-fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+/// Where `needle` first occurs in `haystack` at or after `from`.
+pub(crate) fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     haystack
         .get(from..)?
         .windows(needle.len())
@@ -205,16 +206,27 @@ impl ProbeSession {
     /// probes of all of `ops` (the rest of the list) in one batch. A single missing probe is
     /// left to the op itself: that costs the same one exec.
     pub async fn prefetch(&self, t: &dyn Transport, ops: &[Arc<dyn Operation>]) {
-        let Some(next) = ops.first() else { return };
-        if self.disabled.load(Ordering::Relaxed) {
+        let commands = self.wanted(t.host(), ops);
+        if commands.is_empty() {
             return;
         }
-        let host = t.host();
+        if let Err(error) = prefetch_commands(t, &self.cache, &commands).await {
+            self.batch_failed(t.host(), &error);
+        }
+    }
+
+    /// The probes [`ProbeSession::prefetch`] would run in a batch before planning `ops[0]`
+    /// (none when it would not run one).
+    pub fn wanted(&self, host: &str, ops: &[Arc<dyn Operation>]) -> Vec<String> {
+        let Some(next) = ops.first() else { return Vec::new() };
+        if self.disabled.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
         let missing = |command: &String| {
             !command.contains('\0') && self.cache.cached(host, &CommandFact::new(command.as_str())).is_none()
         };
         if !next.probes().iter().any(missing) {
-            return;
+            return Vec::new();
         }
         let mut seen = HashSet::new();
         let commands: Vec<String> = ops
@@ -223,12 +235,21 @@ impl ProbeSession {
             .filter(|command| missing(command) && seen.insert(command.clone()))
             .collect();
         if commands.len() < 2 {
-            return;
+            return Vec::new();
         }
-        if let Err(error) = prefetch_commands(t, &self.cache, &commands).await {
-            tracing::debug!(host, "batched probes failed, probing one op at a time: {error}");
-            self.disabled.store(true, Ordering::Relaxed);
+        commands
+    }
+
+    /// Outputs of `commands` read by a batch run elsewhere (e.g. at the end of an apply script).
+    pub fn record(&self, host: &str, commands: &[String], outputs: Vec<ExecOutput>) {
+        for (command, output) in commands.iter().zip(outputs) {
+            self.cache.insert(host, &CommandFact::new(command.as_str()), output);
         }
+    }
+
+    fn batch_failed(&self, host: &str, error: &OpError) {
+        tracing::debug!(host, "batched probes failed, probing one op at a time: {error}");
+        self.disabled.store(true, Ordering::Relaxed);
     }
 
     /// The host is about to change: forget what was read.

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::file::File;
 use super::shell::quote;
-use super::{run_checked, Change, OpError, Operation, Plan, Step, Trigger};
+use super::{run_checked, Change, Footprint, OpError, Operation, Plan, Step, Trigger};
 use crate::transport::Transport;
 
 pub const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
@@ -69,6 +69,12 @@ impl SystemdUnit {
 
 #[async_trait]
 impl Operation for SystemdUnit {
+    fn footprint(&self) -> Vec<Footprint> {
+        self.file.footprint()
+    }
+    fn self_contained(&self) -> bool {
+        true
+    }
     fn describe(&self) -> String {
         format!("systemd unit {}", self.name)
     }
