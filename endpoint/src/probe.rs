@@ -2,7 +2,7 @@
 //! parts; the CA key only as "present"), and its IPv4 addresses per interface (for keepalived).
 //! The parser is pure and tested from captured output.
 
-use capstan_provisioner::facts::split_sections;
+use capstan_provisioner::facts::ProbeSections;
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::{run_checked, OpError};
 use capstan_provisioner::transport::Transport;
@@ -46,29 +46,15 @@ pub fn probe_script() -> String {
 }
 
 pub fn parse_probe(text: &str) -> Result<HostProbe, String> {
-    let sections = split_sections(text);
-    if !sections.contains_key("end") {
-        return Err("output is truncated (no end marker)".into());
-    }
-    let get = |name: &str| sections.get(name).map(|s| s.trim()).unwrap_or("");
-    let content = |name: &str| -> Result<Option<String>, String> {
-        let encoded = get(name);
-        if encoded.is_empty() {
-            return Ok(None);
-        }
-        let bytes = data_encoding::BASE64
-            .decode(encoded.as_bytes())
-            .map_err(|e| format!("{name}: invalid base64: {e}"))?;
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| format!("{name}: not UTF-8 text"))
-    };
+    let sections = ProbeSections::parse(text)?;
+    let get = |name: &str| sections.get(name);
+    let content = |name: &str| sections.base64_text(name);
     Ok(HostProbe {
         ca_cert: content("ca-cert")?,
         has_ca_key: get("ca-key") == "yes",
         apiserver_cert: content("apiserver-cert")?,
         has_apiserver_key: get("apiserver-key") == "yes",
-        addresses: sections.get("addresses").cloned().unwrap_or_default(),
+        addresses: sections.raw("addresses").to_string(),
         capstan_keepalived: get("keepalived") == "yes",
     })
 }

@@ -5,7 +5,7 @@
 //!
 //! The parser is pure and tested from captured output.
 
-use capstan_provisioner::facts::{normalize_arch, split_sections};
+use capstan_provisioner::facts::{normalize_arch, ProbeSections};
 use capstan_provisioner::ops::probe_batch::run_batch;
 use capstan_provisioner::ops::run_checked;
 
@@ -16,7 +16,7 @@ use capstan_provisioner::transport::Transport;
 
 use super::config::{InitialClusterState, PkiPaths, DEFAULT_CONFIG_FILE};
 
-/// Marker understood by [`split_sections`].
+/// Marker understood by [`ProbeSections`].
 const MARK: &str = "@@capstan:";
 
 /// The probed state of one etcd host.
@@ -75,24 +75,10 @@ pub fn ca_key_path(pki: &PkiPaths) -> String {
 }
 
 pub fn parse_probe(text: &str) -> Result<MemberProbe, String> {
-    let sections = split_sections(text);
-    if !sections.contains_key("end") {
-        return Err("output is truncated (no end marker)".into());
-    }
-    let get = |name: &str| sections.get(name).map(|s| s.trim()).unwrap_or("");
-    let content = |name: &str| -> Result<Option<String>, String> {
-        let encoded = get(name);
-        if encoded.is_empty() {
-            return Ok(None);
-        }
-        let bytes = data_encoding::BASE64
-            .decode(encoded.as_bytes())
-            .map_err(|e| format!("{name}: invalid base64: {e}"))?;
-        String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| format!("{name}: not UTF-8 text"))
-    };
-    let yes = |name: &str| get(name) == "yes";
+    let sections = ProbeSections::parse(text)?;
+    let get = |name: &str| sections.get(name);
+    let content = |name: &str| sections.base64_text(name);
+    let yes = |name: &str| sections.yes(name);
     Ok(MemberProbe {
         arch: normalize_arch(get("arch")),
         has_data: yes("data"),

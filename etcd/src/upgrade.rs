@@ -14,11 +14,11 @@ use std::fmt;
 
 use serde::Serialize;
 
-use capstan_provisioner::facts::split_sections;
+use capstan_provisioner::facts::ProbeSections;
 use capstan_provisioner::ops::{run_checked, OpError};
 use capstan_provisioner::transport::Transport;
 
-/// Marker understood by [`split_sections`].
+/// Marker understood by [`ProbeSections`].
 const MARK: &str = "@@capstan:";
 
 /// An etcd release version; a cluster version has patch 0 (etcd reports it as `3.5` or `3.5.0`).
@@ -121,15 +121,12 @@ fn label_value<'a>(line: &'a str, label: &str) -> Option<&'a str> {
 }
 
 pub fn parse_facts(text: &str) -> Result<VersionFacts, String> {
-    let sections = split_sections(text);
-    if !sections.contains_key("end") {
-        return Err("output is truncated (no end marker)".into());
-    }
+    let sections = ProbeSections::parse(text)?;
     let installed = sections
         .get("installed")
-        .and_then(|s| s.trim().strip_prefix("etcd Version:"))
+        .strip_prefix("etcd Version:")
         .and_then(Version::parse);
-    let metrics = sections.get("metrics").map(String::as_str).unwrap_or("");
+    let metrics = sections.get("metrics");
     let mut facts = VersionFacts {
         installed,
         ..VersionFacts::default()

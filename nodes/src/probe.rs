@@ -2,7 +2,7 @@
 //! systemd-nspawn machine with read-only cgroup controllers (the lab), swap, and the pod subnet
 //! its CNI configuration already has. The parser is pure and tested from captured output.
 
-use capstan_provisioner::facts::{normalize_arch, split_sections};
+use capstan_provisioner::facts::{normalize_arch, ProbeSections};
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::{run_checked, OpError};
 use capstan_provisioner::transport::Transport;
@@ -59,11 +59,8 @@ pub fn probe_script() -> String {
 }
 
 pub fn parse_probe(text: &str) -> Result<NodeProbe, String> {
-    let sections = split_sections(text);
-    if !sections.contains_key("end") {
-        return Err("output is truncated (no end marker)".into());
-    }
-    let get = |name: &str| sections.get(name).map(|s| s.trim().to_string()).unwrap_or_default();
+    let sections = ProbeSections::parse(text)?;
+    let get = |name: &str| sections.get(name).to_string();
     let arch = get("arch");
     if arch.is_empty() {
         return Err("no architecture (uname -m printed nothing)".into());

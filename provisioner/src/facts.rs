@@ -260,12 +260,54 @@ pub fn split_sections(text: &str) -> BTreeMap<String, String> {
     sections
 }
 
-pub fn parse_host_facts(text: &str, timing: ExecTiming) -> Result<HostFacts, String> {
-    let sections = split_sections(text);
-    if !sections.contains_key("end") {
-        return Err("output is truncated (no end marker)".into());
+/// A probe script's output split into its sections ([`split_sections`]), refused when the `end`
+/// section is missing (the output was cut short). Every component's probe parser reads through it.
+#[derive(Debug, Clone)]
+pub struct ProbeSections(BTreeMap<String, String>);
+
+impl ProbeSections {
+    pub fn parse(text: &str) -> Result<ProbeSections, String> {
+        let sections = split_sections(text);
+        if !sections.contains_key("end") {
+            return Err("output is truncated (no end marker)".into());
+        }
+        Ok(ProbeSections(sections))
     }
-    let section = |name: &str| sections.get(name).map(|s| s.trim()).unwrap_or("");
+
+    /// A section's text without surrounding blanks; empty when the section is missing.
+    pub fn get(&self, name: &str) -> &str {
+        self.0.get(name).map(|s| s.trim()).unwrap_or("")
+    }
+
+    /// A section's text as printed (line ends kept); empty when the section is missing.
+    pub fn raw(&self, name: &str) -> &str {
+        self.0.get(name).map(String::as_str).unwrap_or("")
+    }
+
+    /// The section says `yes`.
+    pub fn yes(&self, name: &str) -> bool {
+        self.get(name) == "yes"
+    }
+
+    /// A section holding a file's content in base64: `None` when empty, an error when it is not
+    /// base64 of UTF-8 text.
+    pub fn base64_text(&self, name: &str) -> Result<Option<String>, String> {
+        let encoded = self.get(name);
+        if encoded.is_empty() {
+            return Ok(None);
+        }
+        let bytes = data_encoding::BASE64
+            .decode(encoded.as_bytes())
+            .map_err(|e| format!("{name}: invalid base64: {e}"))?;
+        String::from_utf8(bytes)
+            .map(Some)
+            .map_err(|_| format!("{name}: not UTF-8 text"))
+    }
+}
+
+pub fn parse_host_facts(text: &str, timing: ExecTiming) -> Result<HostFacts, String> {
+    let sections = ProbeSections::parse(text)?;
+    let section = |name: &str| sections.get(name);
     let os = parse_os_release(section("os-release"));
     let arch = section("arch");
     if arch.is_empty() {
