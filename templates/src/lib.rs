@@ -86,6 +86,14 @@ const TEMPLATES: &[(&str, &str)] = &[
         "monitoring/prometheus.yml",
         include_str!("../files/monitoring/prometheus.yml.j2"),
     ),
+    (
+        "kubernetes/kubeconfig.yaml",
+        include_str!("../files/kubernetes/kubeconfig.yaml.j2"),
+    ),
+    (
+        "kubernetes/encryption-config.yaml",
+        include_str!("../files/kubernetes/encryption-config.yaml.j2"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
