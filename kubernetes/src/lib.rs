@@ -8,11 +8,25 @@
 //! - `pki.rs`: the credentials (who signs them, what they say, where they go).
 //! - `kubeconfig.rs`: kubeconfigs, rendered and read back.
 //! - `encryption.rs`: secrets encryption at rest.
+//! - `config.rs`: pure rendering of units and component configurations.
+//! - `release.rs`: the server and node tarballs (sha512-pinned) and their members.
+//! - `probe.rs`: one read-only probe per host.
+//! - `apply.rs`: inspection, refusals and the phases (binaries → pki → configs → control plane →
+//!   node agents); `unavailable.rs`: a tarball a plan cannot have, shown, never faked.
+//! - `component.rs`: [`KubernetesComponent`] (roles, ports, scrape targets, log units).
 
+mod apply;
+pub mod component;
+pub mod config;
 pub mod encryption;
 pub mod kubeconfig;
 pub mod paths;
 pub mod pki;
+pub mod probe;
+pub mod release;
+mod unavailable;
+
+pub use component::KubernetesComponent;
 
 /// An inventory for unit tests: three control-plane hosts (one with a separate private address,
 /// one also a node), one node, and `extra` (YAML, may be empty).
