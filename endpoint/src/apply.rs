@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use capstan_inventory::{ApiEndpoint, Cluster, Host, Role};
 use capstan_provisioner::component::{ComponentError, ComponentOutcome, RunContext};
 use capstan_provisioner::facts::FactCache;
-use capstan_provisioner::ops::probe_batch::prefetch_commands;
+use capstan_provisioner::ops::probe_batch::prefetch_ops;
 use capstan_provisioner::ops::{apt_source_file, Absent, Directory, File, Package, Service};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, IssuedCert};
@@ -299,14 +299,7 @@ impl EndpointRun {
             for fill in PHASE_OPS {
                 fill(self, h, &mut all);
             }
-            let mut seen = std::collections::HashSet::new();
-            let commands: Vec<String> = all
-                .ops
-                .iter()
-                .flat_map(|op| op.probes())
-                .filter(|command| seen.insert(command.clone()))
-                .collect();
-            let _ = prefetch_commands(h.transport.as_ref(), &h.facts, &commands).await;
+            prefetch_ops(h.transport.as_ref(), &h.facts, &all.ops).await;
         }))
         .await;
     }

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::component::{ComponentError, ComponentOutcome, RunContext};
 use capstan_provisioner::facts::FactCache;
-use capstan_provisioner::ops::probe_batch::prefetch_commands;
+use capstan_provisioner::ops::probe_batch::prefetch_ops;
 use capstan_provisioner::ops::{Artifact, Directory, File, Operation, OperationExt, Service, SystemdUnit};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, SigningKey};
@@ -352,55 +352,34 @@ async fn inspect_and_run(
         }
         let mut configs = Vec::new();
         let mut units = Vec::new();
+        let render_file = |(path, render, restarts): &config::ConfigFile| {
+            render(cluster, &host)
+                .map(|text| Planned::new(path, text, 0o644, restarts))
+                .map_err(render_error)
+        };
+        let render_unit = |(name, render): &(&str, config::Render)| {
+            render(cluster, &host)
+                .map(|text| (name.to_string(), text))
+                .map_err(render_error)
+        };
         if control_plane {
-            if cluster.kubernetes.audit_log {
-                configs.push(Planned::new(
-                    AUDIT_POLICY,
-                    config::audit_policy().map_err(render_error)?,
-                    0o644,
-                    &[APISERVER],
-                ));
+            for file in config::CONTROL_PLANE_CONFIGS
+                .iter()
+                .filter(|(path, _, _)| *path != AUDIT_POLICY || cluster.kubernetes.audit_log)
+            {
+                configs.push(render_file(file)?);
             }
-            configs.push(Planned::new(
-                SCHEDULER_CONFIG,
-                config::scheduler_config(cluster, &host).map_err(render_error)?,
-                0o644,
-                &[SCHEDULER],
-            ));
-            units.push((
-                config::APISERVER_UNIT.to_string(),
-                config::apiserver_unit(cluster, &host).map_err(render_error)?,
-            ));
-            units.push((
-                config::CONTROLLER_MANAGER_UNIT.to_string(),
-                config::controller_manager_unit(cluster, &host).map_err(render_error)?,
-            ));
-            units.push((
-                config::SCHEDULER_UNIT.to_string(),
-                config::scheduler_unit(cluster, &host).map_err(render_error)?,
-            ));
+            for unit in &config::CONTROL_PLANE_UNITS {
+                units.push(render_unit(unit)?);
+            }
         }
         if node_host {
-            configs.push(Planned::new(
-                KUBELET_CONFIG,
-                config::kubelet_config(cluster, &host).map_err(render_error)?,
-                0o644,
-                &[KUBELET],
-            ));
-            configs.push(Planned::new(
-                KUBE_PROXY_CONFIG,
-                config::kube_proxy_config(cluster, &host).map_err(render_error)?,
-                0o644,
-                &[KUBE_PROXY],
-            ));
-            units.push((
-                config::KUBELET_UNIT.to_string(),
-                config::kubelet_unit(cluster, &host).map_err(render_error)?,
-            ));
-            units.push((
-                config::KUBE_PROXY_UNIT.to_string(),
-                config::kube_proxy_unit(cluster, &host).map_err(render_error)?,
-            ));
+            for file in &config::NODE_CONFIGS {
+                configs.push(render_file(file)?);
+            }
+            for unit in &config::NODE_UNITS {
+                units.push(render_unit(unit)?);
+            }
         }
         run_hosts.push(KubeHost {
             transport,
@@ -653,14 +632,7 @@ impl KubeRun {
             for fill in PHASE_OPS {
                 fill(self, h, &mut all);
             }
-            let mut seen = std::collections::HashSet::new();
-            let commands: Vec<String> = all
-                .ops
-                .iter()
-                .flat_map(|op| op.probes())
-                .filter(|command| seen.insert(command.clone()))
-                .collect();
-            let _ = prefetch_commands(h.transport.as_ref(), &h.facts, &commands).await;
+            prefetch_ops(h.transport.as_ref(), &h.facts, &all.ops).await;
         }))
         .await;
     }
