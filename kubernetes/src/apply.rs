@@ -679,3 +679,78 @@ async fn one_host_at_a_time(ctx: &PhaseContext<KubeRun>, phase: &str) -> Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::Signer;
+
+    fn signers() -> Signers {
+        Signers {
+            cluster: capstan_endpoint::kube_pki::generate_ca("demo").unwrap(),
+            front_proxy: pki::generate_front_proxy_ca("demo").unwrap(),
+            etcd: capstan_etcd::pki::generate_ca("demo").unwrap(),
+        }
+    }
+
+    /// The files written for `credential` when the host holds `probe`, as paths.
+    fn written(signers: &Signers, credential: &Credential, probe: &HostProbe) -> Vec<String> {
+        let cluster = crate::test_cluster("");
+        credential_files(&cluster, signers, credential, probe, SystemTime::now())
+            .unwrap()
+            .into_iter()
+            .map(|p| format!("{} {:o}", p.path, p.mode))
+            .collect()
+    }
+
+    #[test]
+    fn credentials_are_written_only_when_the_host_has_none_that_fits() {
+        let cluster = crate::test_cluster("");
+        let signers = signers();
+        let credentials = host_credentials(cluster.host("cp3").unwrap());
+        let etcd_client = credentials.iter().find(|c| c.signer == Signer::Etcd).unwrap();
+        let kubelet = credentials
+            .iter()
+            .find(|c| c.placement.path() == KUBELET_KUBECONFIG)
+            .unwrap();
+
+        // Nothing on the host: certificate and key (0600), or the kubeconfig (0600).
+        let empty = HostProbe::default();
+        assert_eq!(
+            written(&signers, etcd_client, &empty),
+            [
+                "/etc/kubernetes/pki/apiserver-etcd-client.crt 644",
+                "/etc/kubernetes/pki/apiserver-etcd-client.key 600"
+            ]
+        );
+        assert_eq!(written(&signers, kubelet, &empty), ["/etc/kubernetes/kubelet.conf 600"]);
+
+        // What a first run wrote fits: nothing to write.
+        let mut host = HostProbe::default();
+        for credential in [etcd_client, kubelet] {
+            for file in credential_files(&cluster, &signers, credential, &empty, SystemTime::now()).unwrap() {
+                host.files.insert(file.path.clone(), file.content.clone());
+            }
+        }
+        assert!(written(&signers, etcd_client, &host).is_empty());
+        assert!(written(&signers, kubelet, &host).is_empty());
+
+        // Another etcd CA (a restored etcd with a new CA): reissued; the kubeconfig is unaffected.
+        let other_etcd = Signers {
+            etcd: capstan_etcd::pki::generate_ca("demo").unwrap(),
+            ..signers.clone()
+        };
+        assert_eq!(written(&other_etcd, etcd_client, &host).len(), 2);
+        assert!(written(&other_etcd, kubelet, &host).is_empty());
+
+        // A kubeconfig pointing elsewhere is rewritten even though its certificate still fits.
+        let moved = Credential {
+            placement: Placement::Kubeconfig {
+                path: KUBELET_KUBECONFIG,
+                server: "https://127.0.0.1:7443".into(),
+            },
+            ..kubelet.clone()
+        };
+        assert_eq!(written(&signers, &moved, &host), ["/etc/kubernetes/kubelet.conf 600"]);
+    }
+}
