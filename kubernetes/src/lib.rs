@@ -2,3 +2,5 @@
 //! systemd services on the `control_plane` hosts, kubelet and kube-proxy on every `node`, from
 //! the official release tarballs; the cluster PKI and kubeconfigs; cluster DNS; version-skew-safe
 //! upgrades. See docs/kubernetes.md.
+
+pub mod skew;
