@@ -7,7 +7,7 @@ use capstan_etcd::EtcdComponent;
 use capstan_monitoring::MonitoringComponent;
 use capstan_nodes::NodesComponent;
 use capstan_provisioner::check::RequiredPort;
-use capstan_provisioner::component::Component;
+use capstan_provisioner::component::{Component, RoleUnit, StateFile};
 
 /// All components. `capstan plan`/`apply` run the installable ones the inventory enables in
 /// dependency order ([`Component::after`]): etcd → API endpoint → control plane → nodes → addons →
@@ -39,6 +39,14 @@ impl Component for KubernetesPorts {
 
     fn roles(&self) -> &'static [&'static str] {
         &["control_plane", "node"]
+    }
+
+    fn state_files(&self, cluster: &capstan_inventory::Cluster) -> Vec<StateFile> {
+        capstan_kubernetes::backup::state_files(cluster)
+    }
+
+    fn restore_stopped_units(&self) -> Vec<RoleUnit> {
+        capstan_kubernetes::backup::restore_stopped_units()
     }
 
     fn required_ports(&self) -> Vec<RequiredPort> {

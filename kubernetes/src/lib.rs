@@ -3,4 +3,5 @@
 //! the official release tarballs; the cluster PKI and kubeconfigs; cluster DNS; version-skew-safe
 //! upgrades. See docs/kubernetes.md.
 
+pub mod backup;
 pub mod skew;
