@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
+use capstan_endpoint::hosts::{connect_kube_hosts, KubeHostsError, UNREACHABLE_HINT};
 use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::component::{ComponentError, ComponentOutcome, RunContext};
 use capstan_provisioner::facts::FactCache;
@@ -35,7 +36,6 @@ use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, SigningKey};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::releases::ResolvedArtifact;
 use capstan_provisioner::runner::{HostOps, Mode};
-use capstan_provisioner::targets::ssh_target;
 use capstan_provisioner::transport::Transport;
 
 use crate::config;
@@ -187,28 +187,17 @@ fn credential_files(
 /// Converge (or, in [`Mode::DryRun`], plan) Kubernetes on `cluster`.
 pub async fn converge(cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {
     let started = Instant::now();
-    let hosts: Vec<Host> = cluster
-        .hosts
-        .iter()
-        .filter(|h| h.has_role(Role::ControlPlane) || h.has_role(Role::Node))
-        .cloned()
-        .collect();
-    if !hosts.iter().any(|h| h.has_role(Role::ControlPlane)) {
-        return Err(refuse(
-            "no host has the control_plane role: there is nowhere to run the API server",
-            Some("give the API server hosts the control_plane role in the inventory"),
-        ));
-    }
-    let targets: Vec<_> = hosts.iter().map(ssh_target).collect();
-    let (connections, failures) = Connections::connect(&targets, ctx.concurrency.max(1)).await;
-    if !failures.is_empty() {
-        connections.close_all().await;
-        let detail: Vec<String> = failures.iter().map(|(h, e)| format!("{h}: {e}")).collect();
-        return Err(refuse(
-            format!("cannot reach {}", detail.join("; ")),
-            Some("every control_plane and node host must be reachable over SSH; check them with `capstan check`"),
-        ));
-    }
+    let (hosts, connections) = connect_kube_hosts(cluster, ctx.concurrency)
+        .await
+        .map_err(|e| match e {
+            KubeHostsError::NoControlPlane => refuse(
+                "no host has the control_plane role: there is nowhere to run the API server",
+                Some("give the API server hosts the control_plane role in the inventory"),
+            ),
+            KubeHostsError::Unreachable(detail) => {
+                refuse(format!("cannot reach {}", detail.join("; ")), Some(UNREACHABLE_HINT))
+            }
+        })?;
     let result = inspect_and_run(cluster, ctx, hosts, &connections, started).await;
     connections.close_all().await;
     result
