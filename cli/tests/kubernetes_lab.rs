@@ -79,6 +79,8 @@ fn inventory(lab: &Lab) -> String {
 fn prerequisites() -> Vec<Need> {
     vec![
         lab(),
+        support::tool("kubectl", "kubectl"),
+        support::tool("openssl", "openssl"),
         mirror(),
         mirror_runtime(),
         file(
@@ -269,6 +271,55 @@ fn plan_shows_every_step_and_the_units_verify() {
         assert_eq!(remote(lab, &node, untouched), "untouched");
     }
 
+    // The whole cluster plan: every component in dependency order, the ones already applied
+    // without changes, Kubernetes last.
+    let whole = json(&capstan_ok(&inventory_path, &["plan", "--output", "json"]));
+    let components: Vec<&str> = whole["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap())
+        .collect();
+    assert_eq!(components, ["etcd", "endpoint", "nodes", "kubernetes"], "{whole:#}");
+
+    // `capstan kubeconfig`: the RBAC-bound admin, for the endpoint, 0600, signed by the host's CA.
+    let kubeconfig = dir.path().join("admin.conf");
+    capstan_ok(&inventory_path, &["kubeconfig", "--out", kubeconfig.to_str().unwrap()]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let view = Command::new("kubectl")
+        .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert!(view.status.success(), "{}", String::from_utf8_lossy(&view.stderr));
+    let view: Value = serde_json::from_slice(&view.stdout).unwrap();
+    assert_eq!(
+        view["clusters"][0]["cluster"]["server"],
+        format!("https://{}:6443", lab.machines[0].ip)
+    );
+    assert_eq!(view["users"][0]["name"], "capstan-admin");
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let config = capstan_kubernetes::kubeconfig::Kubeconfig::parse(&text).expect("capstan's kubeconfig reads back");
+    assert_eq!(config.ca_pem, remote(lab, &cp, "cat /etc/kubernetes/pki/ca.crt") + "\n");
+    let subject = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(config.cert_pem.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&subject.stdout).trim(),
+        "subject=CN=capstan-admin,O=capstan:cluster-admins"
+    );
+
     // Every unit, on the machine that would run it, through systemd-analyze verify.
     let cluster = cluster(&inventory_path);
     let cp_host = cluster.host(&cp).unwrap();
@@ -347,7 +398,6 @@ fn real_release_brings_up_a_cluster() {
     let mut needs = prerequisites();
     let artifacts = kube_artifacts();
     needs.push(artifacts.as_ref().map(|_| ()).map_err(Clone::clone));
-    needs.push(support::tool("kubectl", "kubectl"));
     if !require(&needs) {
         return;
     }
