@@ -31,6 +31,7 @@ pub const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
 /// yet, so they come from a mirror (the lab's builds these versions from Debian's packages).
 pub const DEFAULT_PROMETHEUS_VERSION: &str = "2.42.0";
 pub const DEFAULT_NODE_EXPORTER_VERSION: &str = "1.5.0";
+pub const DEFAULT_ALERTMANAGER_VERSION: &str = "0.25.0";
 /// How long Prometheus keeps samples when `monitoring.retention_days` is omitted.
 pub const DEFAULT_RETENTION_DAYS: u32 = 15;
 /// Prometheus's TSDB directory on `monitoring` hosts when `monitoring.storage_path` is omitted.
@@ -196,6 +197,7 @@ pub struct Versions {
     pub cni_plugins: String,
     pub prometheus: String,
     pub node_exporter: String,
+    pub alertmanager: String,
 }
 
 /// Prometheus on the hosts with role `monitoring` (each one a full replica).
@@ -205,6 +207,41 @@ pub struct MonitoringSettings {
     pub retention_days: u32,
     /// The TSDB directory on the hosts (absolute).
     pub storage_path: PathBuf,
+    /// Where Alertmanager sends alerts (`receivers`); none: alerts are only visible in its UI/API.
+    pub receivers: Vec<AlertReceiver>,
+    /// The mail relay for email receivers (`smtp`).
+    pub smtp: Option<SmtpSettings>,
+    /// When set (`alert_for`, a Prometheus duration such as `10s`), every shipped alert rule waits
+    /// this long instead of its own `for:` (labs and tests, to see alerts fire quickly).
+    pub alert_for: Option<String>,
+}
+
+/// Alert severities capstan's rules use; `none` is the Watchdog's.
+pub const ALERT_SEVERITIES: &[&str] = &["critical", "warning", "info", "none"];
+/// The severities a receiver gets when it names none.
+pub const DEFAULT_RECEIVER_SEVERITIES: &[&str] = &["critical", "warning"];
+
+/// One Alertmanager receiver: alerts of `severities` go to every webhook and email address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertReceiver {
+    pub name: String,
+    /// http(s) URLs that get Alertmanager's webhook JSON.
+    pub webhooks: Vec<String>,
+    /// Addresses mailed through `monitoring.smtp`.
+    pub emails: Vec<String>,
+    /// Routed by the alerts' `severity` label (each of [`ALERT_SEVERITIES`]).
+    pub severities: Vec<String>,
+}
+
+/// The SMTP relay Alertmanager mails through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SmtpSettings {
+    /// `host:port`.
+    pub smarthost: String,
+    /// The sender address.
+    pub from: String,
+    /// STARTTLS required (default true).
+    pub require_tls: bool,
 }
 
 impl Default for MonitoringSettings {
@@ -212,6 +249,9 @@ impl Default for MonitoringSettings {
         MonitoringSettings {
             retention_days: DEFAULT_RETENTION_DAYS,
             storage_path: PathBuf::from(DEFAULT_PROMETHEUS_STORAGE),
+            receivers: Vec::new(),
+            smtp: None,
+            alert_for: None,
         }
     }
 }

@@ -130,6 +130,27 @@ const TEMPLATES: &[(&str, &str)] = &[
         "kubernetes/audit-policy.yaml",
         include_str!("../files/kubernetes/audit-policy.yaml.j2"),
     ),
+    (
+        "monitoring/alertmanager.service",
+        include_str!("../files/monitoring/alertmanager.service.j2"),
+    ),
+    (
+        "monitoring/alertmanager.yml",
+        include_str!("../files/monitoring/alertmanager.yml.j2"),
+    ),
+    ("monitoring/rules.yml", include_str!("../files/monitoring/rules.yml.j2")),
+    (
+        "monitoring/capstan-cert-expiry.sh",
+        include_str!("../files/monitoring/capstan-cert-expiry.sh.j2"),
+    ),
+    (
+        "monitoring/capstan-cert-expiry.service",
+        include_str!("../files/monitoring/capstan-cert-expiry.service.j2"),
+    ),
+    (
+        "monitoring/capstan-cert-expiry.timer",
+        include_str!("../files/monitoring/capstan-cert-expiry.timer.j2"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
