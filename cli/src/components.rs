@@ -4,6 +4,7 @@
 
 use capstan_endpoint::EndpointComponent;
 use capstan_etcd::EtcdComponent;
+use capstan_logging::LoggingComponent;
 use capstan_monitoring::MonitoringComponent;
 use capstan_nodes::NodesComponent;
 use capstan_provisioner::check::RequiredPort;
@@ -18,6 +19,7 @@ pub static ALL: &[&dyn Component] = &[
     &EndpointComponent,
     &NodesComponent,
     &MonitoringComponent { sources: all },
+    &LoggingComponent,
     &KubernetesPorts,
 ];
 

@@ -35,6 +35,11 @@ pub const DEFAULT_NODE_EXPORTER_VERSION: &str = "1.5.0";
 pub const DEFAULT_RETENTION_DAYS: u32 = 15;
 /// Prometheus's TSDB directory on `monitoring` hosts when `monitoring.storage_path` is omitted.
 pub const DEFAULT_PROMETHEUS_STORAGE: &str = "/var/lib/prometheus/data";
+/// journald's on-disk budget on every host when `logging.journal_max_mib` is omitted: a day of a
+/// busy host's logs at the lab's measured rates with a wide margin (docs/logging.md, "Sizing").
+pub const DEFAULT_JOURNAL_MAX_MIB: u32 = 2048;
+/// The stored journals' budget on each `logging` host when `logging.aggregator_max_mib` is omitted.
+pub const DEFAULT_AGGREGATOR_MAX_MIB: u32 = 16384;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cluster {
@@ -51,6 +56,8 @@ pub struct Cluster {
     pub monitoring: MonitoringSettings,
     /// How clients reach the Kubernetes API (`api_endpoint`).
     pub api_endpoint: ApiEndpoint,
+    /// Journals kept on every host and on the `logging` hosts (`logging`).
+    pub logging: LoggingSettings,
     /// The inventory file this model was read from.
     pub source_path: PathBuf,
     /// Problems that do not reject the inventory, such as an `identity_file` that does not exist.
@@ -205,6 +212,25 @@ impl Default for MonitoringSettings {
         MonitoringSettings {
             retention_days: DEFAULT_RETENTION_DAYS,
             storage_path: PathBuf::from(DEFAULT_PROMETHEUS_STORAGE),
+        }
+    }
+}
+
+/// Journal budgets (`logging`): every host's own journal is the buffer while the aggregators are
+/// unreachable; the `logging` hosts keep every host's shipped journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoggingSettings {
+    /// journald's `SystemMaxUse` on every host, in MiB.
+    pub journal_max_mib: u32,
+    /// What each `logging` host keeps of all hosts' journals together, in MiB.
+    pub aggregator_max_mib: u32,
+}
+
+impl Default for LoggingSettings {
+    fn default() -> Self {
+        LoggingSettings {
+            journal_max_mib: DEFAULT_JOURNAL_MAX_MIB,
+            aggregator_max_mib: DEFAULT_AGGREGATOR_MAX_MIB,
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::model::*;
 use crate::values::{self, show};
 use crate::yaml::{Node, Pos};
 
+mod logging;
 mod monitoring;
 mod nodes;
 
@@ -48,6 +49,7 @@ pub(crate) fn cluster(
         "runtime",
         "api_endpoint",
         "monitoring",
+        "logging",
     ];
     let top = cx.section(root, "the inventory", TOP)?;
 
@@ -73,6 +75,7 @@ pub(crate) fn cluster(
         .get("monitoring")
         .map(|node| cx.monitoring(node))
         .unwrap_or_default();
+    let logging = top.get("logging").map(|node| cx.logging(node)).unwrap_or_default();
     let etcd = top.get("etcd").map(|node| cx.etcd(node)).unwrap_or(EtcdSettings {
         allow_even_members: false,
         data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
@@ -103,6 +106,7 @@ pub(crate) fn cluster(
         runtime,
         monitoring,
         api_endpoint: api_endpoint.unwrap_or_default(),
+        logging,
         source_path,
         warnings: Default::default(),
     })

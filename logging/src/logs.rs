@@ -1,0 +1,1 @@
+//! `capstan logs`: reading the journals back.
