@@ -5,6 +5,7 @@
 use capstan_endpoint::EndpointComponent;
 use capstan_etcd::EtcdComponent;
 use capstan_kubernetes::KubernetesComponent;
+use capstan_logging::LoggingComponent;
 use capstan_monitoring::MonitoringComponent;
 use capstan_nodes::NodesComponent;
 use capstan_provisioner::component::Component;
@@ -19,6 +20,7 @@ pub static ALL: &[&dyn Component] = &[
     &NodesComponent,
     &KubernetesComponent,
     &MonitoringComponent { sources: all },
+    &LoggingComponent,
 ];
 
 /// [`ALL`], for monitoring, which scrapes every component's targets.

@@ -35,12 +35,17 @@ pub const DEFAULT_ALERTMANAGER_VERSION: &str = "0.25.0";
 /// How long Prometheus keeps samples when `monitoring.retention_days` is omitted.
 pub const DEFAULT_RETENTION_DAYS: u32 = 15;
 /// Prometheus's TSDB directory on `monitoring` hosts when `monitoring.storage_path` is omitted.
+pub const DEFAULT_PROMETHEUS_STORAGE: &str = "/var/lib/prometheus/data";
 /// Kubernetes (`kubernetes:`): the release installed, and the cluster's service network.
 pub const DEFAULT_KUBERNETES_VERSION: &str = "1.32.5";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_DNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.11.3";
-pub const DEFAULT_PROMETHEUS_STORAGE: &str = "/var/lib/prometheus/data";
+/// journald's on-disk budget on every host when `logging.journal_max_mib` is omitted: a day of a
+/// busy host's logs at the lab's measured rates with a wide margin (docs/logging.md, "Sizing").
+pub const DEFAULT_JOURNAL_MAX_MIB: u32 = 2048;
+/// The stored journals' budget on each `logging` host when `logging.aggregator_max_mib` is omitted.
+pub const DEFAULT_AGGREGATOR_MAX_MIB: u32 = 16384;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cluster {
@@ -59,6 +64,8 @@ pub struct Cluster {
     pub api_endpoint: ApiEndpoint,
     /// Kubernetes itself (`kubernetes`).
     pub kubernetes: KubernetesSettings,
+    /// Journals kept on every host and on the `logging` hosts (`logging`).
+    pub logging: LoggingSettings,
     /// The inventory file this model was read from.
     pub source_path: PathBuf,
     /// Problems that do not reject the inventory, such as an `identity_file` that does not exist.
@@ -288,6 +295,25 @@ impl Default for KubernetesSettings {
             dns_image: DEFAULT_DNS_IMAGE.into(),
             secrets_encryption: SecretsEncryption::Secretbox,
             audit_log: false,
+        }
+    }
+}
+
+/// Journal budgets (`logging`): every host's own journal is the buffer while the aggregators are
+/// unreachable; the `logging` hosts keep every host's shipped journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoggingSettings {
+    /// journald's `SystemMaxUse` on every host, in MiB.
+    pub journal_max_mib: u32,
+    /// What each `logging` host keeps of all hosts' journals together, in MiB.
+    pub aggregator_max_mib: u32,
+}
+
+impl Default for LoggingSettings {
+    fn default() -> Self {
+        LoggingSettings {
+            journal_max_mib: DEFAULT_JOURNAL_MAX_MIB,
+            aggregator_max_mib: DEFAULT_AGGREGATOR_MAX_MIB,
         }
     }
 }

@@ -94,6 +94,9 @@ hosts:
               dns_image: registry.k8s.io/coredns/coredns:v1.11.3
               secrets_encryption: secretbox
               audit_log: false
+            logging:
+              journal_max_mib: 2048
+              aggregator_max_mib: 16384
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -262,6 +265,9 @@ drill:
               dns_image: registry.k8s.io/coredns/coredns:v1.11.3
               secrets_encryption: secretbox
               audit_log: false
+            logging:
+              journal_max_mib: 2048
+              aggregator_max_mib: 16384
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -434,6 +440,9 @@ hosts:
               dns_image: registry.k8s.io/coredns/coredns:v1.11.3
               secrets_encryption: secretbox
               audit_log: false
+            logging:
+              journal_max_mib: 2048
+              aggregator_max_mib: 16384
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -478,7 +487,7 @@ fn missing_and_mistyped_sections() {
     check(
         "- just\n- a list\n",
         expect![[r#"
-            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring, kubernetes), found a sequence
+            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring, kubernetes, logging), found a sequence
         "#]],
     );
     check(
@@ -497,7 +506,7 @@ extra: 1
             inventory.yaml:5:18: error: `etcd`: invalid version `3.5`: expected MAJOR.MINOR.PATCH such as `3.5.1`
             inventory.yaml:6:18: error: `target`: expected file:///absolute/path (three slashes), found `file://relative`
             inventory.yaml:6:49: error: `recipients`: expected at least one age recipient; backups are always encrypted
-            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring, kubernetes
+            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring, kubernetes, logging
         "#]],
     );
     check(
