@@ -73,6 +73,8 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Disaster-recovery drill: restore a backup into a throwaway cluster, verify it, report RTO/RPO.
     Drill(DrillArgs),
+    /// Remove the cluster lock another run holds (a run that died frees it by itself within 30s).
+    Unlock(UnlockArgs),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -197,6 +199,13 @@ pub struct ApplyArgs {
     /// Also print the commands each change runs (plan) or ran (apply).
     #[arg(long)]
     pub show_commands: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Required: remove the lock whoever holds it (prints whom it overrode).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

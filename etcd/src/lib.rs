@@ -12,6 +12,7 @@ pub mod client;
 mod component;
 pub mod config;
 pub mod inspect;
+pub mod lock;
 pub mod pki;
 pub mod probe;
 pub mod release;

@@ -13,6 +13,7 @@ pub mod facts;
 pub mod hint;
 pub mod known_hosts;
 pub mod local;
+pub mod lock;
 pub mod ops;
 pub mod phases;
 pub mod pki;

@@ -9,11 +9,13 @@ use capstan_etcd::status::{status as etcd_status, write_credentials, StatusRepor
 use capstan_nodes::status::{pod_network_status, PodNetworkStatus};
 use capstan_provisioner::cluster_plan::ClusterPlan;
 use capstan_provisioner::component::RunContext;
+use capstan_provisioner::lock::LockMode;
 use capstan_provisioner::report::{render_changes, render_summary};
 use capstan_provisioner::runner::Mode;
 
 use crate::cli::{ApplyArgs, EtcdCommand, StatusArgs};
 use crate::commands::inventory::load;
+use crate::commands::lock::locked_unless_dry_run;
 use crate::format::{header, human_bytes, or_dash, table, yes_no};
 use crate::output::{Failure, Output};
 
@@ -28,9 +30,12 @@ pub fn apply(args: ApplyArgs, dry_run: bool, inventory: Option<&Path>, out: &Out
         out: out.reporter(),
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    let outcome = runtime
-        .block_on(plan.run(&cluster, &ctx))
-        .map_err(|e| Failure::new(e.message).maybe_hint(e.hint))?;
+    let run = async {
+        plan.run(&cluster, &ctx)
+            .await
+            .map_err(|e| anyhow::Error::from(Failure::new(e.message).maybe_hint(e.hint)))
+    };
+    let outcome = runtime.block_on(locked_unless_dry_run(dry_run, &cluster, LockMode::Change, out, run))?;
 
     if out.json() {
         out.print_json(&outcome)?;
