@@ -18,8 +18,7 @@ use capstan_provisioner::artifact::sha256_file;
 use capstan_provisioner::hint::Hint;
 use capstan_provisioner::lock::{ClusterLock, LockHolder, LockMode, LockStore, DEFAULT_LOCK_TTL};
 use capstan_provisioner::ops::{
-    parse_path_state, path_state_command, plan_file, run_checked, Absent, Content, DesiredFile, OpError, Operation,
-    Plan, Trigger, SYSTEMD_UNIT_DIR,
+    parse_path_state, path_state_command, plan_file, run_checked, Content, DesiredFile, OpError, Operation, Plan,
 };
 use capstan_provisioner::pki::{CertRequest, CertificateAuthority};
 use capstan_provisioner::report::Reporter;
@@ -458,32 +457,6 @@ impl Operation for InstalledBinary {
             reason,
         })?;
         plan_file(t.host(), &self.desired, None, &state, None)
-    }
-}
-
-/// A removed unit file: like [`Absent`], plus `systemctl daemon-reload` when it was there.
-pub struct RemovedUnit {
-    inner: Absent,
-}
-
-impl RemovedUnit {
-    pub fn new(unit: &str) -> RemovedUnit {
-        RemovedUnit {
-            inner: Absent::new(&format!("{SYSTEMD_UNIT_DIR}/{unit}")),
-        }
-    }
-}
-
-#[async_trait]
-impl Operation for RemovedUnit {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
-        self.inner.plan(t).await
-    }
-    fn triggers(&self) -> Vec<Trigger> {
-        vec![Trigger::DaemonReload]
     }
 }
 

@@ -73,6 +73,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Disaster-recovery drill: restore a backup into a throwaway cluster, verify it, report RTO/RPO.
     Drill(DrillArgs),
+    /// Remove what capstan installed (services, binaries, config, certificates, data), component by
+    /// component in reverse order, after a confirmation; `--dry-run` shows it.
+    Reset(ResetArgs),
     /// Remove the cluster lock another run holds (a run that died frees it by itself within 30s).
     Unlock(UnlockArgs),
     /// Print shell completions.
@@ -199,6 +202,28 @@ pub struct ApplyArgs {
     /// Also print the commands each change runs (plan) or ran (apply).
     #[arg(long)]
     pub show_commands: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Reset only these hosts (comma-separated inventory names); default: every host.
+    #[arg(long, value_delimiter = ',', value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Do not ask for confirmation (scripts).
+    #[arg(long)]
+    pub yes: bool,
+    /// Reset even when the other hosts would be left broken (e.g. etcd without quorum).
+    #[arg(long)]
+    pub force: bool,
+    /// Show what would be removed on each host and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Take a backup to the inventory's backup target first (asked interactively otherwise).
+    #[arg(long)]
+    pub final_backup: bool,
+    /// How many hosts to work on at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Args)]

@@ -10,10 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use capstan_lab::{LabGuard, UpOptions};
-
 mod support;
-use support::{capstan_ok, lab, lab_inventory, mirror_and_version, mirror_etcd, remote, require, run_capstan};
+use support::{capstan_ok, etcd_lab, lab, mirror_etcd, remote, require, run_capstan, EtcdLab};
 
 /// The lease/expiry time of the lock (capstan_provisioner::lock::DEFAULT_LOCK_TTL).
 const TTL: Duration = Duration::from_secs(30);
@@ -109,15 +107,12 @@ fn lock_lab_one_apply_at_a_time_and_a_killed_holder_frees_it() {
     if !require(&[lab(), mirror_etcd(&["3.5.1"])]) {
         return;
     }
-    let guard = LabGuard::up(UpOptions::new(format!("lk{}", std::process::id() % 10000), 3)).expect("lab up");
-    let lab = guard.lab().clone();
-    let work = tempfile::tempdir().unwrap();
-    let inventory = work.path().join("inventory.yaml");
-    std::fs::write(
-        &inventory,
-        lab_inventory(&lab, &lab.name, &lab.machines, &mirror_and_version("3.5.1")),
-    )
-    .unwrap();
+    let EtcdLab {
+        guard: _guard,
+        lab,
+        inventory,
+        work: _work,
+    } = etcd_lab("lk", "3.5.1");
     let first = lab.machines[0].name.clone();
 
     // Fresh machines: no etcd yet, so the lock is the file on the first host.

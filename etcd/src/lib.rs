@@ -16,6 +16,7 @@ pub mod lock;
 pub mod pki;
 pub mod probe;
 pub mod release;
+pub mod reset;
 pub mod restore;
 pub mod status;
 pub mod upgrade;

@@ -21,7 +21,7 @@ use crate::commands::inventory::load;
 use crate::output::{Failure, Output};
 
 /// The stores the lock lives in for `cluster`, and a note for each store left out.
-async fn stores(cluster: &Cluster) -> Result<(Vec<Arc<dyn LockStore>>, Vec<String>), Failure> {
+async fn stores(cluster: &Cluster, with_etcd: bool) -> Result<(Vec<Arc<dyn LockStore>>, Vec<String>), Failure> {
     let mut notes = Vec::new();
     let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
     let mut errors = Vec::new();
@@ -46,7 +46,7 @@ async fn stores(cluster: &Cluster) -> Result<(Vec<Arc<dyn LockStore>>, Vec<Strin
         .into_iter()
         .map(|t| Arc::new(HostFileLock::new(t)) as Arc<dyn LockStore>)
         .collect();
-    if cluster.hosts_with_role(Role::Etcd).next().is_some() {
+    if with_etcd && cluster.hosts_with_role(Role::Etcd).next().is_some() {
         match EtcdLockStore::for_cluster(cluster).await {
             Ok(etcd) => stores.push(Arc::new(etcd)),
             Err(why) => notes.push(format!("etcd not used for the lock: {}", why.0)),
@@ -80,7 +80,27 @@ pub async fn locked<T>(
     out: &Output,
     work: impl Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let (stores, notes) = stores(cluster).await?;
+    lock_and_run(cluster, mode, false, out, work).await
+}
+
+/// [`locked`], for a run that removes etcd itself (`reset`): the lock is the host file alone,
+/// since a key in the etcd being torn down could not be renewed or released.
+pub async fn locked_without_etcd<T>(
+    cluster: &Cluster,
+    out: &Output,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    lock_and_run(cluster, LockMode::Fence, true, out, work).await
+}
+
+async fn lock_and_run<T>(
+    cluster: &Cluster,
+    mode: LockMode,
+    tears_down_etcd: bool,
+    out: &Output,
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let (stores, notes) = stores(cluster, !tears_down_etcd).await?;
     for note in notes {
         out.status(format!("lock: {note}"));
     }
@@ -128,7 +148,7 @@ pub fn unlock(args: UnlockArgs, inventory: Option<&Path>, out: &Output) -> anyho
     let cluster = load(inventory)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let (stores, notes) = stores(&cluster).await?;
+        let (stores, notes) = stores(&cluster, true).await?;
         for note in notes {
             out.status(format!("lock: {note}"));
         }

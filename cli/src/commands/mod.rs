@@ -10,4 +10,5 @@ pub mod init;
 pub mod inventory;
 pub mod lab;
 pub mod lock;
+pub mod reset;
 pub mod restore;

@@ -17,7 +17,7 @@ use crate::cli::RestoreArgs;
 use crate::commands::backup::{open, parse_which, target_url};
 use crate::commands::inventory::load;
 use crate::commands::lock::locked_unless_dry_run;
-use crate::format::{header, or_dash, table, yes_no};
+use crate::format::{changes_or_none, header, or_dash, table, yes_no};
 use crate::output::{Failure, Output};
 
 pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
@@ -177,14 +177,7 @@ fn print_plan(outcome: &RestoreOutcome, total: f64, out: &Output) -> anyhow::Res
         out.print_json(&serde_json::json!({ "outcome": outcome, "total_seconds": total }))?;
     } else {
         let changes = render_changes(&outcome.summary, out.color, true);
-        print!(
-            "{}",
-            if changes.is_empty() {
-                "no changes\n".into()
-            } else {
-                changes
-            }
-        );
+        print!("{}", changes_or_none(changes));
         println!();
         print!("{}", render_summary(&outcome.summary, out.color));
         for line in &outcome.not_run {

@@ -2,7 +2,7 @@
 //! age-encrypted, to S3 or a local directory (see docs/backup.md). One module per subcommand;
 //! here the dispatch and what they (and restore and drill) share: the target and its store.
 
-mod create;
+pub(crate) mod create;
 mod list;
 mod prune;
 mod schedule;
