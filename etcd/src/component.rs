@@ -55,6 +55,10 @@ impl Component for EtcdComponent {
         crate::reset::teardown(cluster, host)
     }
 
+    fn resets(&self) -> bool {
+        true
+    }
+
     fn check_reset(&self, cluster: &Cluster, hosts: &[&Host]) -> Result<(), ComponentError> {
         crate::reset::check_reset(cluster, hosts)
     }

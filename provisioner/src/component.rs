@@ -77,6 +77,13 @@ pub trait Component: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Whether [`Component::teardown`] knows everything this component installs. `capstan reset`
+    /// refuses (unless forced) to reset a cluster whose inventory enables an installed component
+    /// that cannot be torn down yet, rather than report success and leave it behind.
+    fn resets(&self) -> bool {
+        false
+    }
+
     /// Refuse a reset of `hosts` (a subset of the inventory's) that would break what keeps running
     /// on the others, e.g. a datastore's quorum. Checked before anything changes, unless forced.
     fn check_reset(&self, _cluster: &Cluster, _hosts: &[&Host]) -> Result<(), ComponentError> {

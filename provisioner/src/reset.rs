@@ -93,12 +93,31 @@ impl<'c> ResetPlan<'c> {
         self.hosts.len() == cluster.hosts.len()
     }
 
-    /// Every component's refusal of this reset (none when forced).
-    pub fn check(&self, cluster: &Cluster) -> Result<(), ResetError> {
+    /// Every reason to refuse this reset (all overridden by `--force`): an installed component
+    /// the inventory enables on these hosts that cannot be torn down yet, and each component's own
+    /// check (e.g. quorum).
+    pub fn refusals(&self, cluster: &Cluster) -> Vec<ComponentError> {
+        let mut refusals = Vec::new();
         for component in &self.components {
-            component.check_reset(cluster, &self.hosts)?;
+            let on_these_hosts = self
+                .hosts
+                .iter()
+                .any(|h| h.roles.iter().any(|r| component.roles().contains(&r.as_str())));
+            if component.installs() && !component.resets() && component.enabled(cluster) && on_these_hosts {
+                refusals.push(ComponentError {
+                    component: component.name(),
+                    message: "capstan reset cannot remove this component yet; nothing was changed".into(),
+                    hint: Some(format!(
+                        "remove {} by hand first, or pass --force to reset everything else and leave it installed",
+                        component.name()
+                    )),
+                });
+            }
+            if let Err(refusal) = component.check_reset(cluster, &self.hosts) {
+                refusals.push(refusal);
+            }
         }
-        Ok(())
+        refusals
     }
 
     /// Tear down in `ctx.mode`. Every host must be reachable before anything changes; a
@@ -214,4 +233,97 @@ fn engine_teardown() -> Vec<Arc<dyn Operation>> {
             .unless(&format!("[ ! -d {dir} ] || [ -n \"$(ls -A -- {dir})\" ]")),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::RequiredPort;
+
+    struct Fake {
+        name: &'static str,
+        after: &'static [&'static str],
+        resets: bool,
+    }
+
+    impl Component for Fake {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn roles(&self) -> &'static [&'static str] {
+            &["etcd"]
+        }
+        fn required_ports(&self) -> Vec<RequiredPort> {
+            Vec::new()
+        }
+        fn after(&self) -> &'static [&'static str] {
+            self.after
+        }
+        fn installs(&self) -> bool {
+            true
+        }
+        fn resets(&self) -> bool {
+            self.resets
+        }
+        fn check_reset(&self, cluster: &Cluster, hosts: &[&Host]) -> Result<(), ComponentError> {
+            if hosts.len() < cluster.hosts.len() {
+                return Err(ComponentError {
+                    component: self.name,
+                    message: "partial".into(),
+                    hint: None,
+                });
+            }
+            Ok(())
+        }
+    }
+
+    static STORE: Fake = Fake {
+        name: "store",
+        after: &[],
+        resets: true,
+    };
+    static APP: Fake = Fake {
+        name: "app",
+        after: &["store"],
+        resets: true,
+    };
+    static NEW: Fake = Fake {
+        name: "new",
+        after: &["store"],
+        resets: false,
+    };
+
+    fn cluster() -> Cluster {
+        let text = "cluster:\n  name: t\nssh:\n  user: root\n  identity_file: /dev/null\nhosts:\n  - name: a\n    address: 10.0.0.1\n    roles: [etcd]\n  - name: b\n    address: 10.0.0.2\n    roles: [etcd]\n  - name: c\n    address: 10.0.0.3\n    roles: [etcd]\n";
+        capstan_inventory::parse_str(text, "inventory.yaml", std::path::Path::new("/tmp")).expect("valid inventory")
+    }
+
+    #[test]
+    fn reverse_order_hosts_and_refusals() {
+        let cluster = cluster();
+        let plan = ResetPlan::new(&[&STORE, &APP], &cluster, &[]).unwrap();
+        let names: Vec<&str> = plan.components.iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["app", "store"], "last installed first");
+        assert_eq!(plan.hosts(), ["a", "b", "c"]);
+        assert!(plan.whole_cluster(&cluster));
+        assert!(plan.refusals(&cluster).is_empty());
+
+        let partial = ResetPlan::new(&[&STORE, &APP], &cluster, &["b".into()]).unwrap();
+        let refusals: Vec<String> = partial.refusals(&cluster).iter().map(|e| e.to_string()).collect();
+        assert_eq!(refusals, ["app: partial", "store: partial"]);
+
+        let unknown = ResetPlan::new(&[&STORE], &cluster, &["d".into()]).err().unwrap();
+        assert_eq!(unknown.to_string(), "unknown host(s) d: the inventory has a, b, c");
+
+        let without_teardown = ResetPlan::new(&[&STORE, &NEW], &cluster, &[]).unwrap();
+        let refusals: Vec<String> = without_teardown
+            .refusals(&cluster)
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            refusals,
+            ["new: capstan reset cannot remove this component yet; nothing was changed"]
+        );
+    }
 }

@@ -26,12 +26,16 @@ pub fn reset(args: ResetArgs, inventory: Option<&Path>, out: &Output) -> anyhow:
             _ => failure,
         }
     })?;
+    let refusals = plan.refusals(&cluster);
     if args.force {
-        if let Err(e) = plan.check(&cluster) {
-            out.status(format!("warning: --force: {e}"));
+        for refusal in &refusals {
+            out.status(format!("warning: --force overrides: {refusal}"));
         }
-    } else {
-        plan.check(&cluster).map_err(|e| Failure::of(&e))?;
+    } else if let Some(first) = refusals.first() {
+        for other in &refusals[1..] {
+            out.status(format!("also: {other}"));
+        }
+        return Err(Failure::of(first).into());
     }
     let hosts = plan.hosts();
     let takes_etcd = cluster
