@@ -276,6 +276,21 @@ async fn leadership(local_endpoint: &str, tls: &EtcdTls) -> Result<(bool, Vec<Et
     Ok((true, endpoints))
 }
 
+/// When the backup timer fires next, asked of this member's systemd (`None` outside a timer).
+fn next_timer_run() -> Option<f64> {
+    let output = std::process::Command::new("systemctl")
+        .args([
+            "show",
+            "--timestamp=unix",
+            "--property=NextElapseUSecRealtime",
+            "--value",
+        ])
+        .arg(TIMER_UNIT)
+        .output()
+        .ok()?;
+    crate::metrics::parse_next_elapse(&String::from_utf8_lossy(&output.stdout))
+}
+
 /// One scheduled run on a member: leader check, backup, prune. Every member writes the
 /// scheduler metrics (timer ran, led or not); the leader also the backup's (success or failure).
 /// Warnings (metrics not written) go to `report`.
@@ -289,7 +304,7 @@ pub async fn run_scheduled(config: &ScheduleConfig, report: &Reporter) -> Result
         .with_file_name(Path::new(SCHEDULER_METRICS_FILE).file_name().unwrap_or_default());
     if let Err(e) = write_atomic(
         &scheduler_file,
-        &render_scheduler(&config.cluster, &config.member, attempt, leader),
+        &render_scheduler(&config.cluster, &config.member, attempt, leader, next_timer_run()),
     ) {
         report.line(format_args!(
             "warning: writing metrics to {}: {e}",
@@ -396,6 +411,9 @@ async fn backup_and_prune(
         encryption,
         pki_files,
         inventory,
+        // A member reads only its own files; other components' state is on other hosts (taken by
+        // `capstan backup create` from the operator's machine).
+        state: Vec::new(),
         progress: None,
     };
     let manifest = create(&store, request).await?;

@@ -10,5 +10,6 @@ pub mod init;
 pub mod inventory;
 pub mod lab;
 pub mod lock;
+pub mod logs;
 pub mod reset;
 pub mod restore;
