@@ -73,14 +73,14 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Disaster-recovery drill: restore a backup into a throwaway cluster, verify it, report RTO/RPO.
     Drill(DrillArgs),
+    /// Read the cluster's journals: from a logging host (merged by time across hosts), or from
+    /// each host's own journal when no logging host is configured or reachable.
+    Logs(LogsArgs),
     /// Remove what capstan installed (services, binaries, config, certificates, data), component by
     /// component in reverse order, after a confirmation; `--dry-run` shows it.
     Reset(ResetArgs),
     /// Remove the cluster lock another run holds (a run that died frees it by itself within 30s).
     Unlock(UnlockArgs),
-    /// Read the cluster's journals: from a logging host (merged by time across hosts), or from
-    /// each host's own journal when no logging host is configured or reachable.
-    Logs(LogsArgs),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -208,6 +208,31 @@ pub struct ApplyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Only this host's entries (an inventory name; repeat for more).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only this systemd unit's entries (repeat for more).
+    #[arg(short = 'u', long = "unit", value_name = "UNIT")]
+    pub units: Vec<String>,
+    /// Entries from this time on (journalctl's syntax: `2026-12-01 10:00`, `-1h`, `today`).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// Entries up to this time (journalctl's syntax).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub until: Option<String>,
+    /// Only entries whose message matches this regular expression.
+    #[arg(short = 'g', long, value_name = "RE")]
+    pub grep: Option<String>,
+    /// The last N entries of all hosts together (default 500 without --since).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub lines: Option<usize>,
+    /// Keep printing new entries (polls every 2 s; stop with Ctrl-C).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ResetArgs {
     /// Reset only these hosts (comma-separated inventory names); default: every host.
     #[arg(long, value_delimiter = ',', value_name = "HOST")]
@@ -234,31 +259,6 @@ pub struct UnlockArgs {
     /// Required: remove the lock whoever holds it (prints whom it overrode).
     #[arg(long)]
     pub force: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct LogsArgs {
-    /// Only this host's entries (an inventory name; repeat for more).
-    #[arg(long = "host", value_name = "HOST")]
-    pub hosts: Vec<String>,
-    /// Only this systemd unit's entries (repeat for more).
-    #[arg(short = 'u', long = "unit", value_name = "UNIT")]
-    pub units: Vec<String>,
-    /// Entries from this time on (journalctl's syntax: `2026-12-01 10:00`, `-1h`, `today`).
-    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
-    pub since: Option<String>,
-    /// Entries up to this time (journalctl's syntax).
-    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
-    pub until: Option<String>,
-    /// Only entries whose message matches this regular expression.
-    #[arg(short = 'g', long, value_name = "RE")]
-    pub grep: Option<String>,
-    /// The last N entries of all hosts together (default 500 without --since).
-    #[arg(short = 'n', long, value_name = "N")]
-    pub lines: Option<usize>,
-    /// Keep printing new entries (polls every 2 s; stop with Ctrl-C).
-    #[arg(short = 'f', long)]
-    pub follow: bool,
 }
 
 #[derive(Debug, Args)]

@@ -21,8 +21,8 @@ pub static ALL: &[&dyn Component] = &[
     &NodesComponent,
     &KubernetesComponent,
     &MonitoringComponent { sources: all },
-    &ScheduleComponent,
     &LoggingComponent,
+    &ScheduleComponent,
 ];
 
 /// [`ALL`], for monitoring, which scrapes every component's targets.

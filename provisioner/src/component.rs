@@ -69,6 +69,20 @@ pub trait Component: Send + Sync {
         &[]
     }
 
+    /// Files on this component's hosts that a backup keeps (age-encrypted with the rest) and a
+    /// restore puts back byte for byte: key material the datastore does not hold, such as CA key
+    /// pairs. Read from the first reachable host of [`StateFile::role`] that has them; restored on
+    /// every host of that role.
+    fn state_files(&self, _cluster: &Cluster) -> Vec<StateFile> {
+        Vec::new()
+    }
+
+    /// systemd units that must not run while the datastore is restored: stopped (where present)
+    /// before the restore touches it, started again once [`Component::state_files`] are back.
+    fn restore_stopped_units(&self) -> Vec<RoleUnit> {
+        Vec::new()
+    }
+
     /// What capstan installed for this component on `host`, as ops that remove it, in order
     /// (`capstan reset`): stop and disable services, then remove units, files, directories, data.
     /// Empty when the component has nothing on that host. The ops converge like any others, so a
@@ -88,20 +102,6 @@ pub trait Component: Send + Sync {
     /// on the others, e.g. a datastore's quorum. Checked before anything changes, unless forced.
     fn check_reset(&self, _cluster: &Cluster, _hosts: &[&Host]) -> Result<(), ComponentError> {
         Ok(())
-    }
-
-    /// Files on this component's hosts that a backup keeps (age-encrypted with the rest) and a
-    /// restore puts back byte for byte: key material the datastore does not hold, such as CA key
-    /// pairs. Read from the first reachable host of [`StateFile::role`] that has them; restored on
-    /// every host of that role.
-    fn state_files(&self, _cluster: &Cluster) -> Vec<StateFile> {
-        Vec::new()
-    }
-
-    /// systemd units that must not run while the datastore is restored: stopped (where present)
-    /// before the restore touches it, started again once [`Component::state_files`] are back.
-    fn restore_stopped_units(&self) -> Vec<RoleUnit> {
-        Vec::new()
     }
 
     /// Converge the component on `cluster` (in [`Mode::DryRun`]: plan it, changing nothing):
