@@ -118,6 +118,43 @@ impl EtcdLockStore {
         Ok(Some(decode(current.as_deref())))
     }
 
+    /// Keep `lease` alive once; `false` when etcd no longer has it.
+    async fn lease_alive(&self, client: &mut Client, lease: i64) -> Result<bool, LockError> {
+        let gone =
+            |e: &etcd_client::Error| matches!(e, etcd_client::Error::LeaseKeepAliveError(m) if m.contains("not found"));
+        let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+            Ok(pair) => pair,
+            Err(e) if gone(&e) => return Ok(false),
+            Err(e) => return Err(self.error("keeping the lease alive", e)),
+        };
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| self.error("keeping the lease alive", e))?;
+        match stream.message().await {
+            Ok(answer) => Ok(answer.is_some_and(|a| a.ttl() > 0)),
+            Err(e) if gone(&e) => Ok(false),
+            Err(e) => Err(self.error("keeping the lease alive", e)),
+        }
+    }
+
+    /// Whether `holder`'s own key is there.
+    async fn holds(&self, holder: &LockHolder) -> Result<bool, LockError> {
+        let key = match holder.mode {
+            LockMode::Shared => format!("{SHARED_PREFIX}{}", holder.token),
+            LockMode::Change | LockMode::Fence => CLUSTER_KEY.to_string(),
+        };
+        let mut client = self.client.clone();
+        let response = client
+            .get(key, None)
+            .await
+            .map_err(|e| self.error("reading the lock", e))?;
+        Ok(response
+            .kvs()
+            .first()
+            .is_some_and(|kv| decode(Some(kv.value())).token == holder.token))
+    }
+
     /// Shared holders registered now (a fence backs out when there is one).
     async fn shared_holders(&self) -> Result<Vec<LockHolder>, LockError> {
         let mut client = self.client.clone();
@@ -203,25 +240,19 @@ impl LockStore for EtcdLockStore {
     }
 
     /// Keep the lease alive; when it is gone (etcd was restored from a snapshot, or the lease ran
-    /// out while etcd was unreachable), take the lock again under a new one if it is free.
+    /// out while etcd was unreachable), take the lock again under a new one if it is free. A key
+    /// removed by `unlock --force` under a live lease is [`LockError::Lost`], not taken again.
     async fn renew(&self, holder: &LockHolder, ttl: Duration) -> Result<(), LockError> {
         let lease = *self.lease.lock().await;
         if let Some(lease) = lease {
             let mut client = self.client.clone();
-            let (mut keeper, mut stream) = client
-                .lease_keep_alive(lease)
-                .await
-                .map_err(|e| self.error("keeping the lease alive", e))?;
-            keeper
-                .keep_alive()
-                .await
-                .map_err(|e| self.error("keeping the lease alive", e))?;
-            let answer = stream
-                .message()
-                .await
-                .map_err(|e| self.error("keeping the lease alive", e))?;
-            if answer.is_some_and(|a| a.ttl() > 0) {
-                return Ok(());
+            if self.lease_alive(&mut client, lease).await? {
+                // The lease lives; the key may still have been removed (`capstan unlock --force`):
+                // then the lock is lost, and not taken again behind the operator's back.
+                return match self.holds(holder).await? {
+                    true => Ok(()),
+                    false => Err(LockError::Lost { store: self.describe() }),
+                };
             }
         }
         match self.take(holder, ttl).await {

@@ -1,10 +1,13 @@
 //! The monitoring component as the engine sees it ([`capstan_provisioner::component::Component`]).
 
 use async_trait::async_trait;
-use capstan_inventory::{Cluster, Role};
+use std::sync::Arc;
+
+use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext, ScrapeTarget};
 use capstan_provisioner::hint::Hint;
+use capstan_provisioner::ops::Operation;
 
 use crate::config::{self, ALERTMANAGER_CLUSTER_PORT, ALERTMANAGER_PORT, NODE_EXPORTER_PORT, PROMETHEUS_PORT};
 
@@ -73,6 +76,14 @@ impl Component for MonitoringComponent {
 
     fn enabled(&self, cluster: &Cluster) -> bool {
         cluster.hosts_with_role(Role::Monitoring).next().is_some()
+    }
+
+    fn teardown(&self, cluster: &Cluster, _host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {
+        crate::reset::teardown(cluster)
+    }
+
+    fn resets(&self) -> bool {
+        true
     }
 
     fn scrape_targets(&self, cluster: &Cluster) -> Vec<ScrapeTarget> {

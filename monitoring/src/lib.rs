@@ -11,6 +11,7 @@ pub mod apply;
 mod component;
 pub mod config;
 pub mod release;
+mod reset;
 
 pub use component::MonitoringComponent;
 

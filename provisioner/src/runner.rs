@@ -198,7 +198,8 @@ impl Progress for PlainProgress {
     }
 }
 
-/// One indicatif bar per host; change and failure lines print above the bars.
+/// One indicatif line per host (its bar counts the current phase's ops, its message is the op
+/// being worked on); change and failure lines print above the bars.
 pub struct BarProgress {
     multi: MultiProgress,
     bars: Mutex<std::collections::HashMap<String, ProgressBar>>,
@@ -220,6 +221,15 @@ impl BarProgress {
 
 impl Progress for BarProgress {
     fn host_started(&self, host: &str, ops: usize) {
+        // One line per host for the whole run: a later phase (another run of ops) restarts the
+        // host's bar for its own ops instead of adding a line.
+        if let Some(bar) = self.bar(host) {
+            bar.reset();
+            bar.set_length(ops as u64);
+            bar.set_message("");
+            bar.enable_steady_tick(Duration::from_millis(120));
+            return;
+        }
         let bar = self.multi.add(ProgressBar::new(ops as u64));
         let style = ProgressStyle::with_template("{spinner} {prefix:<20!} [{bar:20}] {pos}/{len} {wide_msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
