@@ -9,6 +9,7 @@ use crate::model::*;
 use crate::values::{self, show};
 use crate::yaml::{Node, Pos};
 
+mod kubernetes;
 mod logging;
 mod monitoring;
 mod nodes;
@@ -50,6 +51,7 @@ pub(crate) fn cluster(
         "api_endpoint",
         "monitoring",
         "logging",
+        "kubernetes",
     ];
     let top = cx.section(root, "the inventory", TOP)?;
 
@@ -89,6 +91,10 @@ pub(crate) fn cluster(
     let api_endpoint = top
         .get("api_endpoint")
         .and_then(|node| cx.api_endpoint(node, hosts.as_deref()));
+    let kubernetes = top
+        .get("kubernetes")
+        .map(|node| cx.kubernetes(node, &network))
+        .unwrap_or_default();
 
     // A partially converted model is never handed out: any diagnostic means no cluster.
     if cx.sink.has_errors() {
@@ -107,6 +113,7 @@ pub(crate) fn cluster(
         monitoring,
         api_endpoint: api_endpoint.unwrap_or_default(),
         logging,
+        kubernetes,
         source_path,
         warnings: Default::default(),
     })

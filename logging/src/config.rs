@@ -365,6 +365,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn budgets_out_of_range_are_reported_where_they_are() {
+        let text = "cluster: {name: demo}\nssh: {agent: true}\nhosts:\n- {name: e1, address: 10.0.0.11, roles: [etcd, logging]}\n\
+                    logging:\n  journal_max_mib: 4\n  aggregator_mib: 9\n";
+        let error = capstan_inventory::parse_str(text, "inventory.yaml", std::path::Path::new("/inv"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("inventory.yaml:6:20"), "{error}");
+        assert!(
+            error.contains("`journal_max_mib`: expected an integer from 16 to 1048576"),
+            "{error}"
+        );
+        assert!(error.contains("unknown key `aggregator_mib`"), "{error}");
+    }
+
+    #[test]
     fn every_sender_has_its_own_backend_and_port() {
         let cluster = sample_cluster("");
         let senders = senders(&cluster);
