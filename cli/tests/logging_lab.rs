@@ -414,11 +414,25 @@ fn aggregator_storage_stays_within_budget_under_a_flood() {
             &sender,
             &format!("systemctl list-units --state=active --no-legend 'flood-{token}-*' | wc -l"),
         );
-        if active == "0" {
-            break remote(lab, &sender, &format!("journalctl -t {token} -o cat | wc -l"))
-                .parse()
-                .unwrap();
+        if active != "0" {
+            continue;
         }
+        // journald may still be reading what the units wrote: wait until the count settles.
+        let count = || -> u64 {
+            remote(lab, &sender, &format!("journalctl -t {token} -o cat | wc -l"))
+                .parse()
+                .unwrap()
+        };
+        let mut last = count();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = count();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        break last;
     };
     let mut max_bytes = 0u64;
     let shipped = loop {
@@ -463,7 +477,7 @@ fn aggregator_storage_stays_within_budget_under_a_flood() {
         started.elapsed().as_secs_f64()
     );
     assert!(
-        in_journal >= UNITS * LINES_PER_UNIT / 2,
+        in_journal >= UNITS * LINES_PER_UNIT * 9 / 10,
         "the flood did not reach the journal"
     );
     assert!(

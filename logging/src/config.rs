@@ -52,6 +52,8 @@ pub const METRICS_FILE: &str = capstan_monitoring::textfile_path!("capstan_loggi
 /// Prometheus rules for the lag, next to Prometheus's configuration on `monitoring` hosts.
 pub const ALERT_RULES_DIR: &str = "/etc/prometheus/rules";
 pub const ALERT_RULES_FILE: &str = "/etc/prometheus/rules/capstan-logging.rules.yml";
+/// Prometheus, restarted when logging's rules change (where monitoring installed it).
+pub const PROMETHEUS_SERVICE: &str = "prometheus";
 /// Alert when the oldest unacknowledged entry is older than this.
 pub const LAG_ALERT_SECONDS: u64 = 900;
 /// How soon a stopped uploader is started again.
