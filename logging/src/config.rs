@@ -42,7 +42,7 @@ pub const HAPROXY_CONFIG: &str = "/etc/capstan/logging/haproxy.cfg";
 pub const VACUUM_SCRIPT: &str = "/usr/local/lib/capstan/logging-vacuum.sh";
 pub const VACUUM_SERVICE_UNIT: &str = "capstan-journal-vacuum.service";
 pub const VACUUM_TIMER_UNIT: &str = "capstan-journal-vacuum.timer";
-pub const VACUUM_INTERVAL: &str = "30s";
+pub const VACUUM_INTERVAL: &str = "10s";
 pub const LAG_SCRIPT: &str = "/usr/local/lib/capstan/logging-lag.sh";
 pub const LAG_SERVICE_UNIT: &str = "capstan-logging-lag.service";
 pub const LAG_TIMER_UNIT: &str = "capstan-logging-lag.timer";
@@ -271,6 +271,7 @@ pub fn vacuum_script(cluster: &Cluster) -> RenderResult {
         per_host_mib: u64,
         roll_mib: u64,
         remote_dir: &'static str,
+        remote_binary: &'static str,
     }
     let (per_host_mib, roll_mib) = per_sender_budget(cluster);
     capstan_templates::render(
@@ -280,6 +281,7 @@ pub fn vacuum_script(cluster: &Cluster) -> RenderResult {
             per_host_mib,
             roll_mib,
             remote_dir: REMOTE_DIR,
+            remote_binary: REMOTE_BINARY,
         },
     )
 }
@@ -359,8 +361,8 @@ pub(crate) mod tests {
         );
         assert_eq!(per_sender_budget(&cluster), (100, 25));
         let script = vacuum_script(&cluster).unwrap();
-        assert!(script.contains("--vacuum-size=100M"), "{script}");
-        assert!(script.contains("-gt $((25 * 1024 * 1024))"), "{script}");
+        assert!(script.contains("share=$((100 * 1024 * 1024))"), "{script}");
+        assert!(script.contains("roll=$((25 * 1024 * 1024))"), "{script}");
         let defaults = sample_cluster("");
         assert_eq!(defaults.logging.journal_max_mib, 2048);
         assert_eq!(journal_file_mib(&defaults), 128);
