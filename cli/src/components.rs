@@ -2,6 +2,7 @@
 //! it this list, and it learns each component's roles and needs through
 //! [`capstan_provisioner::component::Component`].
 
+use capstan_backup::ScheduleComponent;
 use capstan_endpoint::EndpointComponent;
 use capstan_etcd::EtcdComponent;
 use capstan_kubernetes::KubernetesComponent;
@@ -21,6 +22,7 @@ pub static ALL: &[&dyn Component] = &[
     &KubernetesComponent,
     &MonitoringComponent { sources: all },
     &LoggingComponent,
+    &ScheduleComponent,
 ];
 
 /// [`ALL`], for monitoring, which scrapes every component's targets.
@@ -74,7 +76,7 @@ mod tests {
         .collect();
         assert_eq!(
             ports,
-            vec![2379, 2380, 9100, 6443, 8404, 6444, 10257, 10259, 10250, 9090]
+            vec![2379, 2380, 9100, 6443, 8404, 6444, 10257, 10259, 10250, 9090, 9093, 9094]
         );
     }
 

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command};
-use commands::{backup, check, completions, drill, etcd, init, inventory, lab, logs, restore};
+use commands::{backup, check, completions, drill, etcd, init, inventory, lab, lock, logs, reset, restore};
 use output::{Failure, Output};
 
 fn main() -> ExitCode {
@@ -54,6 +54,8 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Restore(args) => restore::restore(args, inventory, out),
         Command::Drill(args) => drill::run(args, inventory, out),
         Command::Logs(args) => logs::run(args, inventory, out),
+        Command::Reset(args) => reset::reset(args, inventory, out),
+        Command::Unlock(args) => lock::unlock(args, inventory, out),
         Command::Completions { shell } => completions::completions(shell),
         Command::Man { out_dir } => completions::man(out_dir, out),
     }

@@ -50,8 +50,8 @@ pub(crate) fn cluster(
         "runtime",
         "api_endpoint",
         "monitoring",
-        "logging",
         "kubernetes",
+        "logging",
     ];
     let top = cx.section(root, "the inventory", TOP)?;
 
@@ -112,8 +112,8 @@ pub(crate) fn cluster(
         runtime,
         monitoring,
         api_endpoint: api_endpoint.unwrap_or_default(),
-        logging,
         kubernetes,
+        logging,
         source_path,
         warnings: Default::default(),
     })

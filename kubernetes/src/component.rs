@@ -3,7 +3,9 @@
 use async_trait::async_trait;
 use capstan_inventory::{Cluster, Role};
 use capstan_provisioner::check::RequiredPort;
-use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext, ScrapeTarget};
+use capstan_provisioner::component::{
+    Component, ComponentError, ComponentOutcome, RoleUnit, RunContext, ScrapeTarget, StateFile,
+};
 
 use crate::config::{CONTROLLER_MANAGER_PORT, KUBELET_PORT, KUBE_PROXY_METRICS_PORT, SCHEDULER_PORT};
 
@@ -102,6 +104,14 @@ impl Component for KubernetesComponent {
             "kubelet.service",
             "kube-proxy.service",
         ]
+    }
+
+    fn state_files(&self, cluster: &Cluster) -> Vec<StateFile> {
+        crate::backup::state_files(cluster)
+    }
+
+    fn restore_stopped_units(&self) -> Vec<RoleUnit> {
+        crate::backup::restore_stopped_units()
     }
 
     async fn converge(&self, cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {

@@ -41,3 +41,6 @@ pub(crate) fn test_cluster(extra: &str) -> capstan_inventory::Cluster {
     );
     capstan_inventory::parse_str(&text, "inventory.yaml", std::path::Path::new("/inv")).unwrap()
 }
+
+pub mod backup;
+pub mod skew;

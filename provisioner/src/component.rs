@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use capstan_inventory::Cluster;
+use capstan_inventory::{Cluster, Host};
 use serde::Serialize;
 
 use crate::check::RequiredPort;
+use crate::ops::Operation;
 use crate::phases::{PhaseContext, PhaseOutcome, PhaseRunner};
 use crate::report::{Reporter, RunReport};
 use crate::runner::{Mode, Progress, RunOptions, Runner};
@@ -68,6 +69,41 @@ pub trait Component: Send + Sync {
         &[]
     }
 
+    /// Files on this component's hosts that a backup keeps (age-encrypted with the rest) and a
+    /// restore puts back byte for byte: key material the datastore does not hold, such as CA key
+    /// pairs. Read from the first reachable host of [`StateFile::role`] that has them; restored on
+    /// every host of that role.
+    fn state_files(&self, _cluster: &Cluster) -> Vec<StateFile> {
+        Vec::new()
+    }
+
+    /// systemd units that must not run while the datastore is restored: stopped (where present)
+    /// before the restore touches it, started again once [`Component::state_files`] are back.
+    fn restore_stopped_units(&self) -> Vec<RoleUnit> {
+        Vec::new()
+    }
+
+    /// What capstan installed for this component on `host`, as ops that remove it, in order
+    /// (`capstan reset`): stop and disable services, then remove units, files, directories, data.
+    /// Empty when the component has nothing on that host. The ops converge like any others, so a
+    /// second reset changes nothing and `--dry-run` shows what would go.
+    fn teardown(&self, _cluster: &Cluster, _host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {
+        Ok(Vec::new())
+    }
+
+    /// Whether [`Component::teardown`] knows everything this component installs. `capstan reset`
+    /// refuses (unless forced) to reset a cluster whose inventory enables an installed component
+    /// that cannot be torn down yet, rather than report success and leave it behind.
+    fn resets(&self) -> bool {
+        false
+    }
+
+    /// Refuse a reset of `hosts` (a subset of the inventory's) that would break what keeps running
+    /// on the others, e.g. a datastore's quorum. Checked before anything changes, unless forced.
+    fn check_reset(&self, _cluster: &Cluster, _hosts: &[&Host]) -> Result<(), ComponentError> {
+        Ok(())
+    }
+
     /// Converge the component on `cluster` (in [`Mode::DryRun`]: plan it, changing nothing):
     /// inspect, refuse unsafe changes before touching anything, then run its phases.
     async fn converge(&self, _cluster: &Cluster, _ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {
@@ -77,6 +113,27 @@ pub trait Component: Send + Sync {
             hint: None,
         })
     }
+}
+
+/// A file of a component's state (see [`Component::state_files`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateFile {
+    /// The inventory role whose hosts hold it.
+    pub role: &'static str,
+    /// Absolute path on those hosts.
+    pub path: String,
+    /// Its mode when restored (owner and group root).
+    pub mode: u32,
+    /// A file that may be missing (e.g. written only once some feature is used): a backup without
+    /// it is still complete.
+    pub optional: bool,
+}
+
+/// A systemd unit on the hosts of a role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoleUnit {
+    pub role: &'static str,
+    pub unit: &'static str,
 }
 
 /// A metrics endpoint a component serves.

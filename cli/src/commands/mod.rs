@@ -10,4 +10,6 @@ pub mod init;
 pub mod inventory;
 pub mod lab;
 pub mod logs;
+pub mod lock;
+pub mod reset;
 pub mod restore;

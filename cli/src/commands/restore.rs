@@ -6,16 +6,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use capstan_backup::restore::{fetch_decrypted, resolve, FetchedBackup};
+use capstan_backup::state::{default_revision_bump, StateRestore};
 use capstan_backup::{BackupId, Store};
 use capstan_etcd::restore::{restore as restore_etcd, RestoreInput, RestoreOptions, RestoreOutcome};
 use capstan_inventory::Cluster;
+use capstan_provisioner::component::PhaseReport;
+use capstan_provisioner::report::RunReport;
+use capstan_provisioner::lock::LockMode;
 use capstan_provisioner::report::{render_changes, render_summary};
 use capstan_provisioner::runner::Mode;
 
 use crate::cli::RestoreArgs;
 use crate::commands::backup::{open, parse_which, target_url};
 use crate::commands::inventory::load;
-use crate::format::{header, or_dash, table, yes_no};
+use crate::commands::lock::locked_unless_dry_run;
+use crate::format::{changes_or_none, header, or_dash, table, yes_no};
 use crate::output::{Failure, Output};
 
 pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
@@ -27,12 +32,15 @@ pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> any
         .validate()
         .map_err(|e| Failure::new(e.to_string()).maybe_hint(e.hint()).code(2))?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    let dry_run = args.dry_run;
+    let work = async {
         let store = open(&url, &args.target).await?;
         let id = resolve(&store, &which).await.map_err(|e| Failure::of(&e))?;
         let work = private_tempdir()?;
         let started = Instant::now();
-        out.status(format!("==> restore: downloading, verifying and decrypting backup {id}"));
+        out.status(format!(
+            "==> restore: downloading, verifying and decrypting backup {id}"
+        ));
         let fetched = fetch(&store, &id, args.identity.as_deref(), work.path()).await?;
         let fetch_seconds = started.elapsed().as_secs_f64();
         let outcome = run_restore(&cluster, &fetched, options).await?;
@@ -56,7 +64,8 @@ pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> any
                 .hint("check the members with `capstan status`; running the same restore again continues where it stopped")
                 .into())
         }
-    })
+    };
+    runtime.block_on(locked_unless_dry_run(dry_run, &cluster, LockMode::Fence, out, work))
 }
 
 pub(crate) fn restore_options(args: &RestoreArgs, out: &Output) -> RestoreOptions {
@@ -72,7 +81,70 @@ pub(crate) fn restore_options(args: &RestoreArgs, out: &Output) -> RestoreOption
     options
 }
 
+/// The restore: components' units that use etcd stopped first, etcd restored, then the
+/// components' backed-up state put back and their units started (`capstan_backup::state`).
 pub(crate) async fn run_restore(
+    cluster: &Cluster,
+    fetched: &FetchedBackup,
+    mut options: RestoreOptions,
+) -> anyhow::Result<RestoreOutcome> {
+    let components = crate::components::ALL;
+    if options.bump_revision.is_none() {
+        if let Some(bump) = default_revision_bump(cluster, components) {
+            options.bump_revision = Some(bump);
+            options.mark_compacted = true;
+        }
+    }
+    let out = options.out.clone();
+    let state = StateRestore::connect(
+        cluster,
+        components,
+        &fetched.state,
+        options.mode,
+        options.progress.clone(),
+    )
+    .await
+    .map_err(|e| Failure::of(&e))?;
+    out.line(format_args!("==> restore: components' state: {}", state.describe()));
+    for ignored in &state.ignored {
+        out.line(format_args!(
+            "    note: no enabled component declares {ignored}: left out"
+        ));
+    }
+    let result = restore_state_around_etcd(cluster, fetched, options, &state).await;
+    state.close().await;
+    result
+}
+
+async fn restore_state_around_etcd(
+    cluster: &Cluster,
+    fetched: &FetchedBackup,
+    options: RestoreOptions,
+    state: &StateRestore,
+) -> anyhow::Result<RestoreOutcome> {
+    let mut reports = vec![(
+        "stop the units that use etcd",
+        state.stop_units().await.map_err(|e| Failure::of(&e))?,
+    )];
+    let mut outcome = restore_etcd_only(cluster, fetched, options).await?;
+    let back = state.put_back_and_start().await.map_err(|e| Failure::of(&e))?;
+    reports.extend(
+        ["put the components' state back", "start the units again"]
+            .into_iter()
+            .zip(back),
+    );
+    for (phase, report) in reports {
+        outcome.reports.push(PhaseReport {
+            phase: phase.to_string(),
+            report,
+        });
+    }
+    let refs: Vec<&RunReport> = outcome.reports.iter().map(|r| &r.report).collect();
+    outcome.summary = RunReport::merged(outcome.mode, &refs, outcome.summary.elapsed);
+    Ok(outcome)
+}
+
+async fn restore_etcd_only(
     cluster: &Cluster,
     fetched: &FetchedBackup,
     options: RestoreOptions,
@@ -171,14 +243,7 @@ fn print_plan(outcome: &RestoreOutcome, total: f64, out: &Output) -> anyhow::Res
         out.print_json(&serde_json::json!({ "outcome": outcome, "total_seconds": total }))?;
     } else {
         let changes = render_changes(&outcome.summary, out.color, true);
-        print!(
-            "{}",
-            if changes.is_empty() {
-                "no changes\n".into()
-            } else {
-                changes
-            }
-        );
+        print!("{}", changes_or_none(changes));
         println!();
         print!("{}", render_summary(&outcome.summary, out.color));
         for line in &outcome.not_run {

@@ -18,14 +18,14 @@ use crate::output::{Failure, Output};
 /// Progress lines on stderr every this many snapshot bytes.
 const PROGRESS_STEP: u64 = 64 * 1024 * 1024;
 
-pub(super) struct CreateArgs {
+pub(crate) struct CreateArgs {
     pub target: BackupTargetArgs,
     pub recipients: Vec<String>,
     pub recipients_file: Option<PathBuf>,
     pub no_encryption: bool,
 }
 
-pub(super) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -> anyhow::Result<ExitCode> {
+pub(crate) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let mut explicit = args.recipients.clone();
     if let Some(file) = &args.recipients_file {
         let text =
@@ -37,6 +37,14 @@ pub(super) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -
     let inventory = std::fs::read(&cluster.source_path)
         .map_err(|e| Failure::new(format!("reading {}: {e}", cluster.source_path.display())))?;
     let access = operator_access(cluster).await.map_err(|e| Failure::of(&e))?;
+    let state = capstan_backup::state::collect(cluster, crate::components::ALL)
+        .await
+        .map_err(|e| Failure::of(&e))?;
+    for component in &state.not_installed {
+        out.status(format!(
+            "note: {component} is not installed yet: none of its state is in this backup"
+        ));
+    }
     let store = open(&url, &args.target).await?;
     out.status(format!("backing up etcd of cluster {} to {url}", cluster.name));
     let started = Instant::now();
@@ -46,6 +54,7 @@ pub(super) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -
         encryption,
         pki_files: access.pki_files,
         inventory,
+        state: state.entries,
         progress: progress(out),
     };
     let manifest = capstan_backup::create(&store, request)
