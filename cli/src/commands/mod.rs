@@ -9,7 +9,7 @@ pub mod etcd;
 pub mod init;
 pub mod inventory;
 pub mod lab;
-pub mod logs;
 pub mod lock;
+pub mod logs;
 pub mod reset;
 pub mod restore;

@@ -11,8 +11,8 @@ use capstan_backup::{BackupId, Store};
 use capstan_etcd::restore::{restore as restore_etcd, RestoreInput, RestoreOptions, RestoreOutcome};
 use capstan_inventory::Cluster;
 use capstan_provisioner::component::PhaseReport;
-use capstan_provisioner::report::RunReport;
 use capstan_provisioner::lock::LockMode;
+use capstan_provisioner::report::RunReport;
 use capstan_provisioner::report::{render_changes, render_summary};
 use capstan_provisioner::runner::Mode;
 
