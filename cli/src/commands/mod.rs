@@ -8,6 +8,7 @@ pub mod drill;
 pub mod etcd;
 pub mod init;
 pub mod inventory;
+pub mod kubeconfig;
 pub mod lab;
 pub mod lock;
 pub mod logs;
