@@ -121,14 +121,15 @@ fn missing_and_duplicates(seen: &[u64], last: u64) -> (u64, u64) {
 }
 
 /// Starts writing `"<token> <n>"` lines, `count` of them at about 20 a second, in a transient
-/// unit; each written number is recorded in /var/tmp/<token>.last.
+/// unit; each written number is recorded in /var/tmp/<token>.last (replaced by a rename, so a
+/// power-off never leaves it empty).
 fn start_writer(lab: &Lab, host: &str, token: &str, count: u64) {
     remote(
         lab,
         host,
         &format!(
             "systemd-run --quiet --unit=writer-{token} -p SyslogIdentifier=capstan-seq sh -c \
-             'i=0; while [ $i -lt {count} ]; do echo \"{token} $i\"; echo $i > /var/tmp/{token}.last; i=$((i+1)); sleep 0.05; done'"
+             'i=0; while [ $i -lt {count} ]; do echo \"{token} $i\"; echo $i > /var/tmp/{token}.next; mv /var/tmp/{token}.next /var/tmp/{token}.last; i=$((i+1)); sleep 0.05; done'"
         ),
     );
 }
@@ -321,6 +322,29 @@ fn ships_every_host_over_mutual_tls_and_loses_nothing_across_outages() {
         names[1]
     );
     assert!(pending > 100.0 && lag > 20.0, "pending {pending}, lag {lag}");
+    // With the aggregator away, `capstan logs` reads the hosts' own journals and says so.
+    let fallback_started = Instant::now();
+    let (entries, stderr) = logs(
+        &inventory_path,
+        &[
+            "--since",
+            "-10min",
+            "--grep",
+            &format!("^{token} "),
+            "--host",
+            &names[1],
+        ],
+    );
+    assert!(
+        stderr.contains("source: the hosts' own journals (no logging host reachable"),
+        "{stderr}"
+    );
+    assert!(!entries.is_empty() && entries.iter().all(|e| e["host"] == names[1].as_str()));
+    eprintln!(
+        "fallback to the hosts' journals: {} entries in {:.1}s",
+        entries.len(),
+        fallback_started.elapsed().as_secs_f64()
+    );
     std::thread::sleep(Duration::from_secs((outage + 5).saturating_sub(before_check)));
     let expected: BTreeMap<String, u64> = writers
         .iter()
@@ -414,11 +438,25 @@ fn aggregator_storage_stays_within_budget_under_a_flood() {
             &sender,
             &format!("systemctl list-units --state=active --no-legend 'flood-{token}-*' | wc -l"),
         );
-        if active == "0" {
-            break remote(lab, &sender, &format!("journalctl -t {token} -o cat | wc -l"))
-                .parse()
-                .unwrap();
+        if active != "0" {
+            continue;
         }
+        // journald may still be reading what the units wrote: wait until the count settles.
+        let count = || -> u64 {
+            remote(lab, &sender, &format!("journalctl -t {token} -o cat | wc -l"))
+                .parse()
+                .unwrap()
+        };
+        let mut last = count();
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = count();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        break last;
     };
     let mut max_bytes = 0u64;
     let shipped = loop {
@@ -444,6 +482,14 @@ fn aggregator_storage_stays_within_budget_under_a_flood() {
         std::thread::sleep(Duration::from_secs(1));
     }
     remote(lab, &aggregator, "systemctl start capstan-journal-vacuum.service");
+    // Retention drops the oldest entries, never the newest: the flood's last line is still there.
+    let newest = remote(lab, &sender, &format!("journalctl -t {token} -n 1 -o cat"));
+    let (entries, _) = logs(&inventory_path, &["--host", &sender, "--grep", &format!("^{newest}$")]);
+    assert_eq!(
+        entries.len(),
+        1,
+        "the newest flood line ({newest}) is gone after vacuuming"
+    );
     let after: u64 = remote(lab, &aggregator, "du -sb /var/log/journal/remote | cut -f1")
         .parse()
         .unwrap();
@@ -462,9 +508,11 @@ fn aggregator_storage_stays_within_budget_under_a_flood() {
         mib(after),
         started.elapsed().as_secs_f64()
     );
+    // journald itself may drop part of a flood (its stream buffers); what matters here is that the
+    // aggregator got more than a sender's share, so retention had work to do.
     assert!(
-        in_journal >= UNITS * LINES_PER_UNIT / 2,
-        "the flood did not reach the journal"
+        mib(max_bytes) > (BUDGET_MIB / 2) as f64,
+        "the flood ({in_journal} lines) never filled a sender's share"
     );
     assert!(
         mib(after) <= BUDGET_MIB as f64,

@@ -61,6 +61,8 @@ struct LoggingHost {
     transport: Arc<dyn Transport>,
     aggregator: bool,
     monitoring: bool,
+    /// Prometheus runs here: it reloads its rules when logging's change.
+    prometheus: bool,
     /// A new client certificate, when the host's no longer fits.
     client: Option<IssuedCert>,
     /// A new serving certificate (aggregators), when the host's no longer fits.
@@ -195,6 +197,7 @@ async fn inspect_and_run(
             transport,
             aggregator,
             monitoring: host.has_role(Role::Monitoring),
+            prometheus: probe.has_prometheus,
             client,
             server,
             haproxy_config,
@@ -421,7 +424,11 @@ impl LoggingRun {
                     .owner("root")
                     .group("root"),
             );
-            ops.push(root_file(config::ALERT_RULES_FILE, &r.alert_rules, 0o644));
+            let rules = root_file(config::ALERT_RULES_FILE, &r.alert_rules, 0o644);
+            match h.prometheus {
+                true => ops.push(rules.notify([config::PROMETHEUS_SERVICE])),
+                false => ops.push(rules),
+            }
         }
         Ok(())
     }

@@ -1,9 +1,12 @@
 //! The logging component as the engine sees it ([`capstan_provisioner::component::Component`]).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use capstan_inventory::{Cluster, Role};
+use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext};
+use capstan_provisioner::ops::Operation;
 
 use crate::apply::NAME;
 use crate::config::UPLOAD_PORT;
@@ -53,6 +56,14 @@ impl Component for LoggingComponent {
             "capstan-journal-remote@*.service",
             "capstan-logging-tls.service",
         ]
+    }
+
+    fn teardown(&self, cluster: &Cluster, host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {
+        Ok(crate::reset::teardown_ops(cluster, host))
+    }
+
+    fn resets(&self) -> bool {
+        true
     }
 
     async fn converge(&self, cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {

@@ -42,7 +42,7 @@ pub const HAPROXY_CONFIG: &str = "/etc/capstan/logging/haproxy.cfg";
 pub const VACUUM_SCRIPT: &str = "/usr/local/lib/capstan/logging-vacuum.sh";
 pub const VACUUM_SERVICE_UNIT: &str = "capstan-journal-vacuum.service";
 pub const VACUUM_TIMER_UNIT: &str = "capstan-journal-vacuum.timer";
-pub const VACUUM_INTERVAL: &str = "30s";
+pub const VACUUM_INTERVAL: &str = "10s";
 pub const LAG_SCRIPT: &str = "/usr/local/lib/capstan/logging-lag.sh";
 pub const LAG_SERVICE_UNIT: &str = "capstan-logging-lag.service";
 pub const LAG_TIMER_UNIT: &str = "capstan-logging-lag.timer";
@@ -52,6 +52,8 @@ pub const METRICS_FILE: &str = capstan_monitoring::textfile_path!("capstan_loggi
 /// Prometheus rules for the lag, next to Prometheus's configuration on `monitoring` hosts.
 pub const ALERT_RULES_DIR: &str = "/etc/prometheus/rules";
 pub const ALERT_RULES_FILE: &str = "/etc/prometheus/rules/capstan-logging.rules.yml";
+/// Prometheus, restarted when logging's rules change (where monitoring installed it).
+pub const PROMETHEUS_SERVICE: &str = "prometheus";
 /// Alert when the oldest unacknowledged entry is older than this.
 pub const LAG_ALERT_SECONDS: u64 = 900;
 /// How soon a stopped uploader is started again.
@@ -269,6 +271,7 @@ pub fn vacuum_script(cluster: &Cluster) -> RenderResult {
         per_host_mib: u64,
         roll_mib: u64,
         remote_dir: &'static str,
+        remote_binary: &'static str,
     }
     let (per_host_mib, roll_mib) = per_sender_budget(cluster);
     capstan_templates::render(
@@ -278,6 +281,7 @@ pub fn vacuum_script(cluster: &Cluster) -> RenderResult {
             per_host_mib,
             roll_mib,
             remote_dir: REMOTE_DIR,
+            remote_binary: REMOTE_BINARY,
         },
     )
 }
@@ -357,11 +361,26 @@ pub(crate) mod tests {
         );
         assert_eq!(per_sender_budget(&cluster), (100, 25));
         let script = vacuum_script(&cluster).unwrap();
-        assert!(script.contains("--vacuum-size=100M"), "{script}");
-        assert!(script.contains("-gt $((25 * 1024 * 1024))"), "{script}");
+        assert!(script.contains("share=$((100 * 1024 * 1024))"), "{script}");
+        assert!(script.contains("roll=$((25 * 1024 * 1024))"), "{script}");
         let defaults = sample_cluster("");
         assert_eq!(defaults.logging.journal_max_mib, 2048);
         assert_eq!(journal_file_mib(&defaults), 128);
+    }
+
+    #[test]
+    fn budgets_out_of_range_are_reported_where_they_are() {
+        let text = "cluster: {name: demo}\nssh: {agent: true}\nhosts:\n- {name: e1, address: 10.0.0.11, roles: [etcd, logging]}\n\
+                    logging:\n  journal_max_mib: 4\n  aggregator_mib: 9\n";
+        let error = capstan_inventory::parse_str(text, "inventory.yaml", std::path::Path::new("/inv"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("inventory.yaml:6:20"), "{error}");
+        assert!(
+            error.contains("`journal_max_mib`: expected an integer from 16 to 1048576"),
+            "{error}"
+        );
+        assert!(error.contains("unknown key `aggregator_mib`"), "{error}");
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod config;
 pub mod logs;
 pub mod pki;
 pub mod probe;
+pub mod reset;
 
 pub use component::LoggingComponent;

@@ -18,6 +18,8 @@ pub struct HostProbe {
     pub has_client_key: bool,
     pub server_cert: Option<String>,
     pub has_server_pem: bool,
+    /// Prometheus is installed (it must reload when the alert rules change).
+    pub has_prometheus: bool,
 }
 
 pub fn probe_script() -> String {
@@ -37,6 +39,10 @@ pub fn probe_script() -> String {
     ] {
         section(name, &format!("base64 -w0 {} 2>/dev/null; echo", quote(path)));
     }
+    section(
+        "prometheus",
+        "systemctl cat prometheus.service >/dev/null 2>&1 && echo yes || echo no",
+    );
     section("end", "true");
     script
 }
@@ -51,6 +57,7 @@ pub fn parse_probe(text: &str) -> Result<HostProbe, String> {
         has_client_key: yes("client-key"),
         server_cert: sections.base64_text("server-cert")?,
         has_server_pem: yes("server-pem"),
+        has_prometheus: yes("prometheus"),
     })
 }
 
@@ -76,12 +83,13 @@ mod tests {
     #[test]
     fn probe_output_parses() {
         let text = "@@capstan:ca-key\nno\n@@capstan:client-key\nyes\n@@capstan:server-pem\nno\n\
-                    @@capstan:ca-cert\nQ0EK\n@@capstan:client-cert\n\n@@capstan:server-cert\n\n@@capstan:end\n";
+                    @@capstan:ca-cert\nQ0EK\n@@capstan:client-cert\n\n@@capstan:server-cert\n\n@@capstan:prometheus\nyes\n@@capstan:end\n";
         assert_eq!(
             parse_probe(text).unwrap(),
             HostProbe {
                 ca_cert: Some("CA\n".into()),
                 has_client_key: true,
+                has_prometheus: true,
                 ..HostProbe::default()
             }
         );
