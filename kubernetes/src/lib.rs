@@ -3,5 +3,9 @@
 //! the official release tarballs; the cluster PKI and kubeconfigs; cluster DNS; version-skew-safe
 //! upgrades. See docs/kubernetes.md.
 
+pub mod addons;
 pub mod backup;
+pub mod client;
 pub mod skew;
+pub mod upgrade;
+pub mod upgrade_run;

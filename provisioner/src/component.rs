@@ -82,6 +82,12 @@ pub trait Component: Send + Sync {
         Vec::new()
     }
 
+    /// Checks a disaster-recovery drill runs on the restored cluster when this component is
+    /// enabled (e.g. "the API answers", "objects are readable"), after the datastore's own.
+    async fn drill_checks(&self, _cluster: &Cluster) -> Vec<CheckResult> {
+        Vec::new()
+    }
+
     /// Converge the component on `cluster` (in [`Mode::DryRun`]: plan it, changing nothing):
     /// inspect, refuse unsafe changes before touching anything, then run its phases.
     async fn converge(&self, _cluster: &Cluster, _ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {
@@ -105,6 +111,14 @@ pub struct StateFile {
     /// A file that may be missing (e.g. written only once some feature is used): a backup without
     /// it is still complete.
     pub optional: bool,
+}
+
+/// One check's outcome, as a drill reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
 }
 
 /// A systemd unit on the hosts of a role.
