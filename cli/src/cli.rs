@@ -63,6 +63,12 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Health of the cluster: every etcd member, leader, version, db size, raft index/term, cert expiry.
     Status(StatusArgs),
+    /// An admin kubeconfig (RBAC-bound `capstan-admin`, fresh certificate) for the API endpoint.
+    Kubeconfig {
+        /// Write it here (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// etcd operator tools.
     #[command(subcommand)]
     Etcd(EtcdCommand),

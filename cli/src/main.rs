@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command};
-use commands::{backup, check, completions, drill, etcd, init, inventory, lab, restore};
+use commands::{backup, check, completions, drill, etcd, init, inventory, kubeconfig, lab, restore};
 use output::{Failure, Output};
 
 fn main() -> ExitCode {
@@ -49,6 +49,7 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => etcd::apply(args, true, inventory, out),
         Command::Apply(args) => etcd::apply(args, false, inventory, out),
         Command::Status(args) => etcd::status(args, inventory, out),
+        Command::Kubeconfig { out: path } => kubeconfig::run(path.as_deref(), inventory, out),
         Command::Etcd(cmd) => etcd::etcd(cmd, inventory, out),
         Command::Backup(cmd) => backup::run(cmd, inventory, out),
         Command::Restore(args) => restore::restore(args, inventory, out),

@@ -34,6 +34,11 @@ pub const DEFAULT_NODE_EXPORTER_VERSION: &str = "1.5.0";
 /// How long Prometheus keeps samples when `monitoring.retention_days` is omitted.
 pub const DEFAULT_RETENTION_DAYS: u32 = 15;
 /// Prometheus's TSDB directory on `monitoring` hosts when `monitoring.storage_path` is omitted.
+/// Kubernetes (`kubernetes:`): the release installed, and the cluster's service network.
+pub const DEFAULT_KUBERNETES_VERSION: &str = "1.32.5";
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_DNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.11.3";
 pub const DEFAULT_PROMETHEUS_STORAGE: &str = "/var/lib/prometheus/data";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,6 +56,8 @@ pub struct Cluster {
     pub monitoring: MonitoringSettings,
     /// How clients reach the Kubernetes API (`api_endpoint`).
     pub api_endpoint: ApiEndpoint,
+    /// Kubernetes itself (`kubernetes`).
+    pub kubernetes: KubernetesSettings,
     /// The inventory file this model was read from.
     pub source_path: PathBuf,
     /// Problems that do not reject the inventory, such as an `identity_file` that does not exist.
@@ -206,6 +213,65 @@ impl Default for MonitoringSettings {
             retention_days: DEFAULT_RETENTION_DAYS,
             storage_path: PathBuf::from(DEFAULT_PROMETHEUS_STORAGE),
         }
+    }
+}
+
+/// Kubernetes itself (`kubernetes`): the version of the official release tarballs installed, the
+/// service network (its first address is the `kubernetes` service, its tenth cluster DNS), the
+/// cluster's DNS domain and image, and how secrets are encrypted at rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KubernetesSettings {
+    pub version: String,
+    /// IPv4 network in canonical form (`10.96.0.0/12`), disjoint from the pod network.
+    pub service_cidr: String,
+    pub cluster_domain: String,
+    pub dns_image: String,
+    pub secrets_encryption: SecretsEncryption,
+    /// The API server writes an audit log (`/var/log/kubernetes/audit.log`, metadata level).
+    pub audit_log: bool,
+}
+
+/// The EncryptionConfiguration provider that encrypts secrets in etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretsEncryption {
+    Secretbox,
+    Aescbc,
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            version: DEFAULT_KUBERNETES_VERSION.into(),
+            service_cidr: DEFAULT_SERVICE_CIDR.into(),
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
+            dns_image: DEFAULT_DNS_IMAGE.into(),
+            secrets_encryption: SecretsEncryption::Secretbox,
+            audit_log: false,
+        }
+    }
+}
+
+impl KubernetesSettings {
+    /// The `n`th address of the service network (1: the `kubernetes` service, 10: cluster DNS).
+    /// Validation guarantees the network is IPv4 and holds at least 16 addresses.
+    pub fn service_ip(&self, n: u32) -> std::net::Ipv4Addr {
+        let net: ipnet::Ipv4Net = self.service_cidr.parse().unwrap_or_else(|_| {
+            DEFAULT_SERVICE_CIDR
+                .parse()
+                .expect("the default service network parses")
+        });
+        std::net::Ipv4Addr::from(u32::from(net.network()) + n)
+    }
+
+    /// The `kubernetes` service's ClusterIP (the first address of the service network).
+    pub fn apiserver_service_ip(&self) -> std::net::Ipv4Addr {
+        self.service_ip(1)
+    }
+
+    /// Cluster DNS's ClusterIP (the tenth address, as kubeadm chooses).
+    pub fn dns_service_ip(&self) -> std::net::Ipv4Addr {
+        self.service_ip(10)
     }
 }
 

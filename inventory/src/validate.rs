@@ -9,6 +9,7 @@ use crate::model::*;
 use crate::values::{self, show};
 use crate::yaml::{Node, Pos};
 
+mod kubernetes;
 mod monitoring;
 mod nodes;
 
@@ -48,6 +49,7 @@ pub(crate) fn cluster(
         "runtime",
         "api_endpoint",
         "monitoring",
+        "kubernetes",
     ];
     let top = cx.section(root, "the inventory", TOP)?;
 
@@ -86,6 +88,10 @@ pub(crate) fn cluster(
     let api_endpoint = top
         .get("api_endpoint")
         .and_then(|node| cx.api_endpoint(node, hosts.as_deref()));
+    let kubernetes = top
+        .get("kubernetes")
+        .map(|node| cx.kubernetes(node, &network))
+        .unwrap_or_default();
 
     // A partially converted model is never handed out: any diagnostic means no cluster.
     if cx.sink.has_errors() {
@@ -103,6 +109,7 @@ pub(crate) fn cluster(
         runtime,
         monitoring,
         api_endpoint: api_endpoint.unwrap_or_default(),
+        kubernetes,
         source_path,
         warnings: Default::default(),
     })

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
 /// The group the admin kubeconfig's user belongs to.
-pub const ADMINS_GROUP: &str = "capstan:cluster-admins";
+pub use crate::pki::ADMIN_GROUP as ADMINS_GROUP;
 /// The ClusterRoleBinding granting it `cluster-admin`.
 pub const ADMINS_BINDING: &str = "capstan:cluster-admins";
 /// Where cluster DNS runs.
@@ -48,6 +48,20 @@ pub struct DnsSettings {
     pub cluster_domain: String,
     /// Hosts that run pods (`node`/`control_plane`): sizes the replicas.
     pub nodes: usize,
+}
+
+impl DnsSettings {
+    /// From the inventory: `kubernetes.dns_image`, the DNS service IP (the service network's
+    /// tenth address), `kubernetes.cluster_domain`, and the hosts that run pods.
+    pub fn from_cluster(cluster: &capstan_inventory::Cluster) -> DnsSettings {
+        use capstan_inventory::Role;
+        DnsSettings {
+            image: cluster.kubernetes.dns_image.clone(),
+            service_ip: IpAddr::V4(cluster.kubernetes.dns_service_ip()),
+            cluster_domain: cluster.kubernetes.cluster_domain.clone(),
+            nodes: cluster.hosts_with_role(Role::Node).count(),
+        }
+    }
 }
 
 /// `max(2, ⌈nodes/16⌉)`: two for availability, then one per 16 nodes.
@@ -461,6 +475,18 @@ mod tests {
             cluster_domain: "cluster.local".into(),
             nodes,
         }
+    }
+
+    #[test]
+    fn settings_come_from_the_inventory() {
+        let cluster = crate::test_cluster("kubernetes: {service_cidr: 10.32.0.0/16, cluster_domain: k.example}\n");
+        let dns = DnsSettings::from_cluster(&cluster);
+        assert_eq!(dns.service_ip.to_string(), "10.32.0.10");
+        assert_eq!(dns.cluster_domain, "k.example");
+        assert_eq!(dns.image, cluster.kubernetes.dns_image);
+        assert_eq!(dns.nodes, 2);
+        let service = coredns(&dns).service;
+        assert_eq!(service.spec.unwrap().cluster_ip.as_deref(), Some("10.32.0.10"));
     }
 
     #[test]

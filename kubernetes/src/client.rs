@@ -318,7 +318,11 @@ pub async fn drill_checks(client: &KubeClient) -> Vec<capstan_provisioner::compo
         ok: result.is_ok(),
         detail: result.unwrap_or_else(|e| e),
     };
-    let ready = client.readyz().await.map(|_| "readyz ok".to_string()).map_err(|e| e.to_string());
+    let ready = client
+        .readyz()
+        .await
+        .map(|_| "readyz ok".to_string())
+        .map_err(|e| e.to_string());
     let namespaces = match client.namespaces().await {
         Ok(found) => {
             let missing: Vec<&str> = EXPECTED_NAMESPACES

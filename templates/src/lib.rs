@@ -86,6 +86,50 @@ const TEMPLATES: &[(&str, &str)] = &[
         "monitoring/prometheus.yml",
         include_str!("../files/monitoring/prometheus.yml.j2"),
     ),
+    (
+        "kubernetes/kubeconfig.yaml",
+        include_str!("../files/kubernetes/kubeconfig.yaml.j2"),
+    ),
+    (
+        "kubernetes/encryption-config.yaml",
+        include_str!("../files/kubernetes/encryption-config.yaml.j2"),
+    ),
+    (
+        "kubernetes/kube-apiserver.service",
+        include_str!("../files/kubernetes/kube-apiserver.service.j2"),
+    ),
+    (
+        "kubernetes/kube-controller-manager.service",
+        include_str!("../files/kubernetes/kube-controller-manager.service.j2"),
+    ),
+    (
+        "kubernetes/kube-scheduler.service",
+        include_str!("../files/kubernetes/kube-scheduler.service.j2"),
+    ),
+    (
+        "kubernetes/kube-scheduler.yaml",
+        include_str!("../files/kubernetes/kube-scheduler.yaml.j2"),
+    ),
+    (
+        "kubernetes/kubelet.service",
+        include_str!("../files/kubernetes/kubelet.service.j2"),
+    ),
+    (
+        "kubernetes/kubelet-config.yaml",
+        include_str!("../files/kubernetes/kubelet-config.yaml.j2"),
+    ),
+    (
+        "kubernetes/kube-proxy.service",
+        include_str!("../files/kubernetes/kube-proxy.service.j2"),
+    ),
+    (
+        "kubernetes/kube-proxy-config.yaml",
+        include_str!("../files/kubernetes/kube-proxy-config.yaml.j2"),
+    ),
+    (
+        "kubernetes/audit-policy.yaml",
+        include_str!("../files/kubernetes/audit-policy.yaml.j2"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

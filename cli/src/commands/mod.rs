@@ -8,5 +8,6 @@ pub mod drill;
 pub mod etcd;
 pub mod init;
 pub mod inventory;
+pub mod kubeconfig;
 pub mod lab;
 pub mod restore;
