@@ -24,14 +24,16 @@ pub struct BackupMetrics {
 /// each member's timer fires and which member led.
 pub const SCHEDULER_METRICS_FILE: &str = capstan_monitoring::textfile_path!("capstan_backup_scheduler.prom");
 
-/// The scheduler textfile: when this member's timer last ran capstan and whether it led.
-pub fn render_scheduler(cluster: &str, member: &str, run_at: f64, leader: bool) -> String {
+/// The scheduler textfile: when this member's timer last ran capstan, whether it led, and when
+/// the timer fires next (`next_run`, from systemd; the alert rules take `next - last` as the
+/// schedule's interval).
+pub fn render_scheduler(cluster: &str, member: &str, run_at: f64, leader: bool, next_run: Option<f64>) -> String {
     let label = format!(
         "{{cluster=\"{}\",member=\"{}\"}}",
         escape_label(cluster),
         escape_label(member)
     );
-    format!(
+    let mut text = format!(
         "# HELP capstan_backup_scheduler_last_run_timestamp_seconds Unix time this member's backup timer last ran.\n\
          # TYPE capstan_backup_scheduler_last_run_timestamp_seconds gauge\n\
          capstan_backup_scheduler_last_run_timestamp_seconds{label} {}\n\
@@ -40,7 +42,16 @@ pub fn render_scheduler(cluster: &str, member: &str, run_at: f64, leader: bool) 
          capstan_backup_scheduler_leader{label} {}\n",
         number(run_at),
         u8::from(leader)
-    )
+    );
+    if let Some(next) = next_run {
+        text.push_str(&format!(
+            "# HELP capstan_backup_scheduler_next_run_timestamp_seconds Unix time this member's backup timer fires next.\n\
+             # TYPE capstan_backup_scheduler_next_run_timestamp_seconds gauge\n\
+             capstan_backup_scheduler_next_run_timestamp_seconds{label} {}\n",
+            number(next)
+        ));
+    }
+    text
 }
 
 const LAST_SUCCESS: &str = "capstan_backup_last_success_timestamp_seconds";
@@ -178,14 +189,15 @@ mod tests {
 
     #[test]
     fn scheduler_metrics_name_the_member() {
-        let text = render_scheduler("demo", "demo-2", 1_700_000_000.0, false);
+        let text = render_scheduler("demo", "demo-2", 1_700_000_000.0, false, Some(1_700_003_600.0));
         assert!(text.contains(
             "capstan_backup_scheduler_last_run_timestamp_seconds{cluster=\"demo\",member=\"demo-2\"} 1700000000\n"
         ));
         assert!(text.contains("capstan_backup_scheduler_leader{cluster=\"demo\",member=\"demo-2\"} 0\n"));
-        assert!(
-            render_scheduler("demo", "demo-1", 1.0, true).contains("_leader{cluster=\"demo\",member=\"demo-1\"} 1\n")
-        );
+        assert!(text.contains("_next_run_timestamp_seconds{cluster=\"demo\",member=\"demo-2\"} 1700003600\n"));
+        let without_next = render_scheduler("demo", "demo-1", 1.0, true, None);
+        assert!(without_next.contains("_leader{cluster=\"demo\",member=\"demo-1\"} 1\n"));
+        assert!(!without_next.contains("next_run"), "{without_next}");
     }
 
     #[test]
@@ -206,5 +218,22 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+}
+
+/// `systemctl show --timestamp=unix` of a timer's `NextElapseUSecRealtime` (`@1733058000`) as
+/// Unix seconds; `None` for an empty or unset value.
+pub fn parse_next_elapse(stdout: &str) -> Option<f64> {
+    let value = stdout.trim().strip_prefix('@')?;
+    value.parse::<f64>().ok().filter(|v| *v > 0.0)
+}
+
+#[cfg(test)]
+mod next_elapse_tests {
+    #[test]
+    fn parses_systemds_unix_timestamps() {
+        assert_eq!(super::parse_next_elapse("@1733058000\n"), Some(1_733_058_000.0));
+        assert_eq!(super::parse_next_elapse("\n"), None);
+        assert_eq!(super::parse_next_elapse("n/a"), None);
     }
 }

@@ -2,9 +2,11 @@
 //! it this list, and it learns each component's roles and needs through
 //! [`capstan_provisioner::component::Component`].
 
+use capstan_backup::ScheduleComponent;
 use capstan_endpoint::EndpointComponent;
 use capstan_etcd::EtcdComponent;
 use capstan_kubernetes::KubernetesComponent;
+use capstan_logging::LoggingComponent;
 use capstan_monitoring::MonitoringComponent;
 use capstan_nodes::NodesComponent;
 use capstan_provisioner::component::Component;
@@ -19,6 +21,8 @@ pub static ALL: &[&dyn Component] = &[
     &NodesComponent,
     &KubernetesComponent,
     &MonitoringComponent { sources: all },
+    &LoggingComponent,
+    &ScheduleComponent,
 ];
 
 /// [`ALL`], for monitoring, which scrapes every component's targets.
@@ -72,7 +76,7 @@ mod tests {
         .collect();
         assert_eq!(
             ports,
-            vec![2379, 2380, 9100, 6443, 8404, 6444, 10257, 10259, 10250, 9090]
+            vec![2379, 2380, 9100, 6443, 8404, 6444, 10257, 10259, 10250, 9090, 9093, 9094]
         );
     }
 

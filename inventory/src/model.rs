@@ -31,15 +31,21 @@ pub const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
 /// yet, so they come from a mirror (the lab's builds these versions from Debian's packages).
 pub const DEFAULT_PROMETHEUS_VERSION: &str = "2.42.0";
 pub const DEFAULT_NODE_EXPORTER_VERSION: &str = "1.5.0";
+pub const DEFAULT_ALERTMANAGER_VERSION: &str = "0.25.0";
 /// How long Prometheus keeps samples when `monitoring.retention_days` is omitted.
 pub const DEFAULT_RETENTION_DAYS: u32 = 15;
 /// Prometheus's TSDB directory on `monitoring` hosts when `monitoring.storage_path` is omitted.
+pub const DEFAULT_PROMETHEUS_STORAGE: &str = "/var/lib/prometheus/data";
 /// Kubernetes (`kubernetes:`): the release installed, and the cluster's service network.
 pub const DEFAULT_KUBERNETES_VERSION: &str = "1.32.5";
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_DNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.11.3";
-pub const DEFAULT_PROMETHEUS_STORAGE: &str = "/var/lib/prometheus/data";
+/// journald's on-disk budget on every host when `logging.journal_max_mib` is omitted: a day of a
+/// busy host's logs at the lab's measured rates with a wide margin (docs/logging.md, "Sizing").
+pub const DEFAULT_JOURNAL_MAX_MIB: u32 = 2048;
+/// The stored journals' budget on each `logging` host when `logging.aggregator_max_mib` is omitted.
+pub const DEFAULT_AGGREGATOR_MAX_MIB: u32 = 16384;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cluster {
@@ -58,6 +64,8 @@ pub struct Cluster {
     pub api_endpoint: ApiEndpoint,
     /// Kubernetes itself (`kubernetes`).
     pub kubernetes: KubernetesSettings,
+    /// Journals kept on every host and on the `logging` hosts (`logging`).
+    pub logging: LoggingSettings,
     /// The inventory file this model was read from.
     pub source_path: PathBuf,
     /// Problems that do not reject the inventory, such as an `identity_file` that does not exist.
@@ -196,6 +204,7 @@ pub struct Versions {
     pub cni_plugins: String,
     pub prometheus: String,
     pub node_exporter: String,
+    pub alertmanager: String,
 }
 
 /// Prometheus on the hosts with role `monitoring` (each one a full replica).
@@ -205,6 +214,41 @@ pub struct MonitoringSettings {
     pub retention_days: u32,
     /// The TSDB directory on the hosts (absolute).
     pub storage_path: PathBuf,
+    /// Where Alertmanager sends alerts (`receivers`); none: alerts are only visible in its UI/API.
+    pub receivers: Vec<AlertReceiver>,
+    /// The mail relay for email receivers (`smtp`).
+    pub smtp: Option<SmtpSettings>,
+    /// When set (`alert_for`, a Prometheus duration such as `10s`), every shipped alert rule waits
+    /// this long instead of its own `for:` (labs and tests, to see alerts fire quickly).
+    pub alert_for: Option<String>,
+}
+
+/// Alert severities capstan's rules use; `none` is the Watchdog's.
+pub const ALERT_SEVERITIES: &[&str] = &["critical", "warning", "info", "none"];
+/// The severities a receiver gets when it names none.
+pub const DEFAULT_RECEIVER_SEVERITIES: &[&str] = &["critical", "warning"];
+
+/// One Alertmanager receiver: alerts of `severities` go to every webhook and email address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertReceiver {
+    pub name: String,
+    /// http(s) URLs that get Alertmanager's webhook JSON.
+    pub webhooks: Vec<String>,
+    /// Addresses mailed through `monitoring.smtp`.
+    pub emails: Vec<String>,
+    /// Routed by the alerts' `severity` label (each of [`ALERT_SEVERITIES`]).
+    pub severities: Vec<String>,
+}
+
+/// The SMTP relay Alertmanager mails through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SmtpSettings {
+    /// `host:port`.
+    pub smarthost: String,
+    /// The sender address.
+    pub from: String,
+    /// STARTTLS required (default true).
+    pub require_tls: bool,
 }
 
 impl Default for MonitoringSettings {
@@ -212,6 +256,9 @@ impl Default for MonitoringSettings {
         MonitoringSettings {
             retention_days: DEFAULT_RETENTION_DAYS,
             storage_path: PathBuf::from(DEFAULT_PROMETHEUS_STORAGE),
+            receivers: Vec::new(),
+            smtp: None,
+            alert_for: None,
         }
     }
 }
@@ -248,6 +295,25 @@ impl Default for KubernetesSettings {
             dns_image: DEFAULT_DNS_IMAGE.into(),
             secrets_encryption: SecretsEncryption::Secretbox,
             audit_log: false,
+        }
+    }
+}
+
+/// Journal budgets (`logging`): every host's own journal is the buffer while the aggregators are
+/// unreachable; the `logging` hosts keep every host's shipped journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoggingSettings {
+    /// journald's `SystemMaxUse` on every host, in MiB.
+    pub journal_max_mib: u32,
+    /// What each `logging` host keeps of all hosts' journals together, in MiB.
+    pub aggregator_max_mib: u32,
+}
+
+impl Default for LoggingSettings {
+    fn default() -> Self {
+        LoggingSettings {
+            journal_max_mib: DEFAULT_JOURNAL_MAX_MIB,
+            aggregator_max_mib: DEFAULT_AGGREGATOR_MAX_MIB,
         }
     }
 }

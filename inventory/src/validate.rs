@@ -10,6 +10,7 @@ use crate::values::{self, show};
 use crate::yaml::{Node, Pos};
 
 mod kubernetes;
+mod logging;
 mod monitoring;
 mod nodes;
 
@@ -50,6 +51,7 @@ pub(crate) fn cluster(
         "api_endpoint",
         "monitoring",
         "kubernetes",
+        "logging",
     ];
     let top = cx.section(root, "the inventory", TOP)?;
 
@@ -75,6 +77,7 @@ pub(crate) fn cluster(
         .get("monitoring")
         .map(|node| cx.monitoring(node))
         .unwrap_or_default();
+    let logging = top.get("logging").map(|node| cx.logging(node)).unwrap_or_default();
     let etcd = top.get("etcd").map(|node| cx.etcd(node)).unwrap_or(EtcdSettings {
         allow_even_members: false,
         data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
@@ -110,6 +113,7 @@ pub(crate) fn cluster(
         monitoring,
         api_endpoint: api_endpoint.unwrap_or_default(),
         kubernetes,
+        logging,
         source_path,
         warnings: Default::default(),
     })

@@ -61,6 +61,7 @@ hosts:
               cni_plugins: 1.9.1
               prometheus: 2.42.0
               node_exporter: 1.5.0
+              alertmanager: 0.25.0
             artifacts:
               mirror: null
               apt_source: null
@@ -81,8 +82,21 @@ hosts:
             monitoring:
               retention_days: 15
               storage_path: /var/lib/prometheus/data
+              receivers: []
+              smtp: null
+              alert_for: null
             api_endpoint:
               mode: local
+            kubernetes:
+              version: 1.32.5
+              service_cidr: 10.96.0.0/12
+              cluster_domain: cluster.local
+              dns_image: registry.k8s.io/coredns/coredns:v1.11.3
+              secrets_encryption: secretbox
+              audit_log: false
+            logging:
+              journal_max_mib: 2048
+              aggregator_max_mib: 16384
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -207,6 +221,7 @@ drill:
               cni_plugins: 1.9.1
               prometheus: 2.42.0
               node_exporter: 1.5.0
+              alertmanager: 0.25.0
             artifacts:
               mirror: https://mirror.example.com
               apt_source: null
@@ -238,8 +253,21 @@ drill:
             monitoring:
               retention_days: 15
               storage_path: /var/lib/prometheus/data
+              receivers: []
+              smtp: null
+              alert_for: null
             api_endpoint:
               mode: local
+            kubernetes:
+              version: 1.32.5
+              service_cidr: 10.96.0.0/12
+              cluster_domain: cluster.local
+              dns_image: registry.k8s.io/coredns/coredns:v1.11.3
+              secrets_encryption: secretbox
+              audit_log: false
+            logging:
+              journal_max_mib: 2048
+              aggregator_max_mib: 16384
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -379,6 +407,7 @@ hosts:
               cni_plugins: 1.9.1
               prometheus: 2.42.0
               node_exporter: 1.5.0
+              alertmanager: 0.25.0
             artifacts:
               mirror: null
               apt_source: null
@@ -399,8 +428,21 @@ hosts:
             monitoring:
               retention_days: 15
               storage_path: /var/lib/prometheus/data
+              receivers: []
+              smtp: null
+              alert_for: null
             api_endpoint:
               mode: local
+            kubernetes:
+              version: 1.32.5
+              service_cidr: 10.96.0.0/12
+              cluster_domain: cluster.local
+              dns_image: registry.k8s.io/coredns/coredns:v1.11.3
+              secrets_encryption: secretbox
+              audit_log: false
+            logging:
+              journal_max_mib: 2048
+              aggregator_max_mib: 16384
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -445,7 +487,7 @@ fn missing_and_mistyped_sections() {
     check(
         "- just\n- a list\n",
         expect![[r#"
-            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring), found a sequence
+            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring, kubernetes, logging), found a sequence
         "#]],
     );
     check(
@@ -464,7 +506,7 @@ extra: 1
             inventory.yaml:5:18: error: `etcd`: invalid version `3.5`: expected MAJOR.MINOR.PATCH such as `3.5.1`
             inventory.yaml:6:18: error: `target`: expected file:///absolute/path (three slashes), found `file://relative`
             inventory.yaml:6:49: error: `recipients`: expected at least one age recipient; backups are always encrypted
-            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring
+            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring, kubernetes, logging
         "#]],
     );
     check(
@@ -760,7 +802,7 @@ versions: {prometheus: "2.42"}
         expect![[r#"
             inventory.yaml:6:30: error: `retention_days`: expected an integer from 1 to 3650, found `0`
             inventory.yaml:6:47: error: `storage_path`: expected an absolute path on the hosts (not `/`), found `data`
-            inventory.yaml:6:53: error: unknown key `replicas` in `monitoring`; expected one of: retention_days, storage_path
+            inventory.yaml:6:53: error: unknown key `replicas` in `monitoring`; expected one of: retention_days, storage_path, receivers, smtp, alert_for
             inventory.yaml:7:24: error: `prometheus`: invalid version `2.42`: expected MAJOR.MINOR.PATCH such as `3.5.1`
         "#]],
     );
@@ -816,4 +858,53 @@ fn kubernetes_defaults_and_service_addresses() {
         cluster.kubernetes.secrets_encryption,
         capstan_inventory::SecretsEncryption::Secretbox
     );
+}
+
+#[test]
+fn alert_receivers_are_checked_with_locations() {
+    check(
+        r#"
+cluster: {name: m}
+ssh: {agent: true}
+hosts:
+  - {name: a, address: 10.0.0.1, roles: [etcd, monitoring]}
+monitoring:
+  alert_for: 1m30s
+  receivers:
+    - {name: pager, webhooks: ["ftp://x"], severities: [critical, urgent]}
+    - {name: pager, emails: [ops@example.com]}
+    - {name: empty}
+    - {webhooks: ["http://10.0.0.9:9999/"]}
+"#,
+        expect![[r#"
+            inventory.yaml:7:14: error: `alert_for`: expected a duration like `30s`, `5m` or `1h` (at least 1s), found `1m30s`
+            inventory.yaml:9:32: error: `webhooks`: expected an http:// or https:// URL, found `ftp://x`
+            inventory.yaml:9:67: error: `severities`: expected one of `critical`, `warning`, `info`, `none`, found `urgent`
+            inventory.yaml:10:14: error: `name`: receiver `pager` is named twice (first at line 9)
+            inventory.yaml:10:29: error: `emails`: email receivers need `monitoring.smtp` (smarthost, from) to send through
+            inventory.yaml:11:7: error: receiver `empty`: expected at least one of `webhooks` or `emails`
+            inventory.yaml:12:7: error: receiver: `name` is required
+        "#]],
+    );
+}
+
+#[test]
+fn alert_receivers_resolve() {
+    let cluster = capstan_inventory::parse_str(
+        "cluster: {name: m}\nssh: {agent: true}\nhosts:\n  - {name: a, address: 10.0.0.1, roles: [etcd, monitoring]}\n\
+         monitoring:\n  alert_for: 10s\n  smtp: {smarthost: 'mail.example.com:587', from: alerts@example.com}\n  receivers:\n\
+         \x20   - {name: hook, webhooks: ['http://10.0.0.9:9999/alerts']}\n\
+         \x20   - {name: mail, emails: [ops@example.com], severities: [critical]}\n",
+        "inventory.yaml",
+        std::path::Path::new("/inv"),
+    )
+    .unwrap();
+    let m = &cluster.monitoring;
+    assert_eq!(m.alert_for.as_deref(), Some("10s"));
+    assert_eq!(m.smtp.as_ref().unwrap().smarthost, "mail.example.com:587");
+    assert!(m.smtp.as_ref().unwrap().require_tls);
+    assert_eq!(m.receivers.len(), 2);
+    assert_eq!(m.receivers[0].severities, ["critical", "warning"]);
+    assert_eq!(m.receivers[1].emails, ["ops@example.com"]);
+    assert_eq!(cluster.versions.alertmanager, "0.25.0");
 }

@@ -1,11 +1,14 @@
 //! The Kubernetes component as the engine sees it ([`capstan_provisioner::component::Component`]).
 
 use async_trait::async_trait;
-use capstan_inventory::{Cluster, Role};
+use std::sync::Arc;
+
+use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{
     CheckResult, Component, ComponentError, ComponentOutcome, RoleUnit, RunContext, ScrapeTarget, StateFile,
 };
+use capstan_provisioner::ops::Operation;
 
 use crate::config::{CONTROLLER_MANAGER_PORT, KUBELET_PORT, KUBE_PROXY_METRICS_PORT, SCHEDULER_PORT};
 
@@ -116,6 +119,14 @@ impl Component for KubernetesComponent {
 
     async fn drill_checks(&self, cluster: &Cluster) -> Vec<CheckResult> {
         crate::backup::drill_checks(cluster).await
+    }
+
+    fn teardown(&self, _cluster: &Cluster, host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {
+        crate::reset::teardown(host)
+    }
+
+    fn resets(&self) -> bool {
+        true
     }
 
     async fn converge(&self, cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {

@@ -1,12 +1,17 @@
-//! `capstan apply`/`plan` for monitoring: node_exporter on every host, Prometheus on the
-//! `monitoring` hosts.
+//! `capstan apply`/`plan` for monitoring: node_exporter on every host, Prometheus and
+//! Alertmanager on the `monitoring` hosts.
 //!
 //! Inspect (one probe per host: its architecture), decide (artifacts per architecture, every
-//! component's scrape targets, each replica's configuration), then two phases of ops:
+//! component's scrape targets, each replica's configuration, the alert rules, Alertmanager's
+//! configuration), then three phases of ops:
 //!
-//! 1. node_exporter (every host): system user, textfile collector directory, binary, unit;
-//! 2. Prometheus (monitoring hosts, all at once: replicas are independent): system user, storage
-//!    directory (0750), configuration, binaries (with promtool), unit.
+//! 1. node_exporter (every host): system user, textfile collector directory, binary, unit, and
+//!    the certificate expiry metrics (script, oneshot service, hourly timer);
+//! 2. Alertmanager (monitoring hosts): system user, storage, configuration, binaries (with
+//!    amtool), unit gossiping with the other monitoring hosts;
+//! 3. Prometheus (monitoring hosts, one at a time, so a version or configuration change restarts
+//!    one replica while the other keeps scraping and alerting): system user, storage directory
+//!    (0750), configuration, alert rules, binaries (with promtool), unit.
 
 // Errors carry whole messages; a run produces a handful.
 #![allow(clippy::result_large_err)]
@@ -75,6 +80,9 @@ struct MonitoredHost {
 struct MonitoringRun {
     cluster: Cluster,
     hosts: Vec<MonitoredHost>,
+    /// The alert rules and Alertmanager's configuration (the same on every monitoring host).
+    rules: String,
+    alertmanager_config: String,
 }
 
 async fn probe_arch(t: &dyn Transport) -> Result<String, OpError> {
@@ -109,6 +117,9 @@ async fn prepare(
 ) -> Result<(MonitoringRun, Connections), MonitoringError> {
     let jobs = config::scrape_jobs(&config::scrape_targets(cluster, components)).map_err(MonitoringError::Targets)?;
     let configs = replica_configs(cluster, &jobs).map_err(MonitoringError::Targets)?;
+    let rules = config::alert_rules(cluster).map_err(|e| MonitoringError::Targets(e.to_string()))?;
+    let alertmanager_config =
+        config::alertmanager_config(cluster).map_err(|e| MonitoringError::Targets(e.to_string()))?;
     let targets: Vec<_> = cluster.hosts.iter().map(ssh_target).collect();
     let (conns, failures) = Connections::connect(&targets, ctx.concurrency.max(1)).await;
     if !failures.is_empty() {
@@ -172,6 +183,8 @@ async fn prepare(
         MonitoringRun {
             cluster: cluster.clone(),
             hosts,
+            rules,
+            alertmanager_config,
         },
         conns,
     ))
@@ -196,7 +209,9 @@ fn user_op(name: &str) -> Command {
 #[derive(Clone, Copy)]
 enum Step {
     NodeExporter,
-    Prometheus,
+    Alertmanager,
+    /// The replica on this monitoring host (by name).
+    Prometheus(usize),
 }
 
 struct MonitoringPhase(Step);
@@ -205,24 +220,30 @@ struct MonitoringPhase(Step);
 impl Phase<MonitoringRun> for MonitoringPhase {
     fn name(&self) -> String {
         match self.0 {
-            Step::NodeExporter => "monitoring: node_exporter (every host)",
-            Step::Prometheus => "monitoring: Prometheus (monitoring hosts)",
+            Step::NodeExporter => "monitoring: node_exporter (every host)".to_string(),
+            Step::Alertmanager => "monitoring: Alertmanager (monitoring hosts, clustered)".to_string(),
+            Step::Prometheus(i) => format!("monitoring: Prometheus replica {}", i + 1),
         }
-        .to_string()
     }
 
     async fn host_ops(&self, ctx: &PhaseContext<MonitoringRun>) -> Result<Vec<HostOps>, PhaseError> {
         let run = &ctx.state;
         let phase = self.name();
         let mut all = Vec::new();
-        for host in &run.hosts {
+        let replicas = run.hosts.iter().filter(|h| h.prometheus_config.is_some());
+        for (index, host) in run.hosts.iter().enumerate() {
             let mut ops = HostOps::new(host.transport.clone());
-            match self.0 {
-                Step::NodeExporter => node_exporter_ops(&mut ops, host, &run.cluster, &phase)?,
-                Step::Prometheus => match &host.prometheus_config {
-                    Some(text) => prometheus_ops(&mut ops, host, &run.cluster, text, &phase)?,
-                    None => continue,
-                },
+            match (self.0, &host.prometheus_config) {
+                (Step::NodeExporter, _) => node_exporter_ops(&mut ops, host, &run.cluster, &phase)?,
+                (Step::Alertmanager, Some(_)) => alertmanager_ops(&mut ops, host, run, &phase)?,
+                (Step::Prometheus(i), Some(text)) => {
+                    let this = replicas.clone().position(|h| std::ptr::eq(h, &run.hosts[index]));
+                    if this != Some(i) {
+                        continue;
+                    }
+                    prometheus_ops(&mut ops, host, run, text, &phase)?
+                }
+                _ => continue,
             }
             all.push(ops);
         }
@@ -245,6 +266,7 @@ fn node_exporter_ops(
     );
     // Root writes the metrics files (atomically); node_exporter only reads them.
     ops.push(Directory::new(TEXTFILE_DIR).mode(0o755).owner("root").group("root"));
+    cert_expiry_ops(ops, phase)?;
     let unit = render(phase, "node_exporter unit", config::node_exporter_unit(&host.host))?;
     install_service(
         ops,
@@ -261,34 +283,118 @@ fn node_exporter_ops(
     )
 }
 
+/// The certificate expiry metrics: script, oneshot service, hourly timer (enabled, running).
+fn cert_expiry_ops(ops: &mut HostOps, phase: &str) -> Result<(), PhaseError> {
+    let (script, service, timer) = config::cert_expiry_files().map_err(|e| {
+        PhaseError::failed(
+            phase.to_string(),
+            format!("rendering the certificate expiry files: {e}"),
+        )
+    })?;
+    let dir = std::path::Path::new(config::CERT_EXPIRY_SCRIPT)
+        .parent()
+        .expect("an absolute path")
+        .display()
+        .to_string();
+    ops.push(Directory::new(&dir).mode(0o755).owner("root").group("root"));
+    ops.push(
+        File::new(config::CERT_EXPIRY_SCRIPT, script)
+            .mode(0o755)
+            .owner("root")
+            .group("root")
+            .notify([config::CERT_EXPIRY_SERVICE]),
+    );
+    let service_unit = SystemdUnit::new(config::CERT_EXPIRY_SERVICE, service).map_err(|e| op_error(phase, e))?;
+    ops.push(service_unit.notify([config::CERT_EXPIRY_SERVICE]));
+    let timer_unit = SystemdUnit::new(config::CERT_EXPIRY_TIMER, timer).map_err(|e| op_error(phase, e))?;
+    ops.push(timer_unit);
+    ops.push(
+        Service::new(config::CERT_EXPIRY_TIMER)
+            .map_err(|e| op_error(phase, e))?
+            .enabled(true)
+            .running(true),
+    );
+    Ok(())
+}
+
+fn alertmanager_ops(
+    ops: &mut HostOps,
+    host: &MonitoredHost,
+    run: &MonitoringRun,
+    phase: &str,
+) -> Result<(), PhaseError> {
+    let cluster = &run.cluster;
+    let artifact = host
+        .artifacts
+        .alertmanager
+        .as_ref()
+        .ok_or_else(|| PhaseError::failed(phase.to_string(), "Alertmanager was not resolved".to_string()))?;
+    // Receivers' URLs may carry tokens: readable by the alertmanager group only.
+    server_files(
+        ops,
+        ServerFiles {
+            user: config::ALERTMANAGER_USER,
+            storage: config::ALERTMANAGER_STORAGE,
+            config_dir: config::ALERTMANAGER_CONFIG_DIR,
+            config: (config::ALERTMANAGER_CONFIG, &run.alertmanager_config),
+            service: config::ALERTMANAGER_SERVICE,
+        },
+    );
+    let unit = render(
+        phase,
+        "Alertmanager unit",
+        config::alertmanager_unit(cluster, &host.host),
+    )?;
+    install_service(
+        ops,
+        phase,
+        Release {
+            artifact,
+            project: "alertmanager",
+            version: &cluster.versions.alertmanager,
+            arch: &host.arch,
+            binaries: &["alertmanager", "amtool"],
+        },
+        (config::ALERTMANAGER_UNIT, unit),
+        config::ALERTMANAGER_SERVICE,
+    )
+}
+
 fn prometheus_ops(
     ops: &mut HostOps,
     host: &MonitoredHost,
-    cluster: &Cluster,
+    run: &MonitoringRun,
     prometheus_config: &str,
     phase: &str,
 ) -> Result<(), PhaseError> {
-    const USER: &str = config::PROMETHEUS_USER;
-    ops.push(user_op(USER));
-    let storage = cluster.monitoring.storage_path.display().to_string();
-    ops.push(Directory::new(&storage).mode(0o750).owner(USER).group(USER));
-    ops.push(
-        Directory::new(config::CONFIG_DIR)
-            .mode(0o755)
-            .owner("root")
-            .group("root"),
-    );
+    let cluster = &run.cluster;
     let artifact = host
         .artifacts
         .prometheus
         .as_ref()
         .ok_or_else(|| PhaseError::failed(phase.to_string(), "Prometheus was not resolved".to_string()))?;
     // Readable by the prometheus group only: it names every host and port of the cluster.
+    server_files(
+        ops,
+        ServerFiles {
+            user: config::PROMETHEUS_USER,
+            storage: &cluster.monitoring.storage_path.display().to_string(),
+            config_dir: config::CONFIG_DIR,
+            config: (config::PROMETHEUS_CONFIG, prometheus_config),
+            service: config::PROMETHEUS_SERVICE,
+        },
+    );
     ops.push(
-        File::new(config::PROMETHEUS_CONFIG, prometheus_config.to_string())
-            .mode(0o640)
+        Directory::new(config::RULES_DIR)
+            .mode(0o755)
             .owner("root")
-            .group(USER)
+            .group("root"),
+    );
+    ops.push(
+        File::new(config::RULES_FILE, run.rules.clone())
+            .mode(0o644)
+            .owner("root")
+            .group("root")
             .notify([config::PROMETHEUS_SERVICE]),
     );
     let unit = render(phase, "Prometheus unit", config::prometheus_unit(cluster, &host.host))?;
@@ -305,6 +411,36 @@ fn prometheus_ops(
         (config::PROMETHEUS_UNIT, unit),
         config::PROMETHEUS_SERVICE,
     )
+}
+
+/// A server's own user, storage directory (0750, its own) and configuration (0640, readable by
+/// its group only).
+struct ServerFiles<'a> {
+    user: &'a str,
+    storage: &'a str,
+    config_dir: &'a str,
+    /// (path, text)
+    config: (&'a str, &'a str),
+    /// Restarted when the configuration changes.
+    service: &'a str,
+}
+
+fn server_files(ops: &mut HostOps, files: ServerFiles<'_>) {
+    ops.push(user_op(files.user));
+    ops.push(
+        Directory::new(files.storage)
+            .mode(0o750)
+            .owner(files.user)
+            .group(files.user),
+    );
+    ops.push(Directory::new(files.config_dir).mode(0o755).owner("root").group("root"));
+    ops.push(
+        File::new(files.config.0, files.config.1.to_string())
+            .mode(0o640)
+            .owner("root")
+            .group(files.user)
+            .notify([files.service]),
+    );
 }
 
 /// Binaries from one release tarball.
@@ -355,14 +491,17 @@ pub async fn converge(
         .map(|h| h.name.as_str())
         .collect();
     ctx.out.line(format!(
-        "monitoring: node_exporter on {} host(s), Prometheus on {}",
+        "monitoring: node_exporter on {} host(s), Prometheus and Alertmanager on {}",
         cluster.hosts.len(),
         replicas.join(", ")
     ));
     let (run, conns) = prepare(cluster, components, ctx).await?;
-    let phases = PhaseRunner::new()
+    let mut phases = PhaseRunner::new()
         .phase(MonitoringPhase(Step::NodeExporter))
-        .phase(MonitoringPhase(Step::Prometheus));
+        .phase(MonitoringPhase(Step::Alertmanager));
+    for i in 0..replicas.len() {
+        phases = phases.phase(MonitoringPhase(Step::Prometheus(i)));
+    }
     let outcome = ctx.run_phases(crate::component::NAME, run, phases, started).await;
     conns.close_all().await;
     Ok(outcome)

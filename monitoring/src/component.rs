@@ -6,14 +6,14 @@ use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext, ScrapeTarget};
 use capstan_provisioner::hint::Hint;
 
-use crate::config::{self, NODE_EXPORTER_PORT, PROMETHEUS_PORT};
+use crate::config::{self, ALERTMANAGER_CLUSTER_PORT, ALERTMANAGER_PORT, NODE_EXPORTER_PORT, PROMETHEUS_PORT};
 
 pub(crate) const NAME: &str = "monitoring";
 
 /// Every role: node_exporter runs on every host.
 const ROLES: &[&str] = &["etcd", "control_plane", "node", "monitoring", "logging"];
 
-/// node_exporter on every host and Prometheus on the `monitoring` hosts. Enabled when some host
+/// node_exporter on every host, Prometheus and Alertmanager on the `monitoring` hosts. Enabled when some host
 /// has role `monitoring`. `sources` lists every component (the binary's list), whose scrape
 /// targets the Prometheus configuration gathers.
 #[derive(Clone, Copy)]
@@ -47,6 +47,18 @@ impl Component for MonitoringComponent {
             purpose: "Prometheus",
             owner: "prometheus",
         });
+        ports.push(RequiredPort {
+            role: "monitoring",
+            port: ALERTMANAGER_PORT,
+            purpose: "Alertmanager",
+            owner: "alertmanager",
+        });
+        ports.push(RequiredPort {
+            role: "monitoring",
+            port: ALERTMANAGER_CLUSTER_PORT,
+            purpose: "Alertmanager gossip",
+            owner: "alertmanager",
+        });
         ports
     }
 
@@ -68,7 +80,7 @@ impl Component for MonitoringComponent {
     }
 
     fn log_units(&self) -> &'static [&'static str] {
-        &["node_exporter.service", "prometheus.service"]
+        &["node_exporter.service", "prometheus.service", "alertmanager.service"]
     }
 
     async fn converge(&self, cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {

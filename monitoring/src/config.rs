@@ -1,10 +1,11 @@
 //! What the monitoring component writes, decided purely from the inventory and the components'
-//! scrape targets: Prometheus's configuration per replica and both units. Templates are in
+//! scrape targets: Prometheus's configuration per replica, the alert rules, Alertmanager's
+//! configuration, the units and the certificate expiry script. Templates are in
 //! `templates/files/monitoring/`.
 
 use std::net::IpAddr;
 
-use capstan_inventory::{Cluster, Host, Role};
+use capstan_inventory::{AlertReceiver, Cluster, Host, Role, SmtpSettings};
 use capstan_provisioner::component::{Component, ScrapeTarget};
 use serde::Serialize;
 
@@ -12,12 +13,26 @@ use crate::TEXTFILE_DIR;
 
 pub const NODE_EXPORTER_PORT: u16 = 9100;
 pub const PROMETHEUS_PORT: u16 = 9090;
+pub const ALERTMANAGER_PORT: u16 = 9093;
+/// Alertmanager's gossip (TCP and UDP) between the monitoring hosts.
+pub const ALERTMANAGER_CLUSTER_PORT: u16 = 9094;
 
 pub const BIN_DIR: &str = "/usr/local/bin";
 pub const NODE_EXPORTER_BINARY: &str = "/usr/local/bin/node_exporter";
 pub const PROMETHEUS_BINARY: &str = "/usr/local/bin/prometheus";
 pub const CONFIG_DIR: &str = "/etc/prometheus";
 pub const PROMETHEUS_CONFIG: &str = "/etc/prometheus/prometheus.yml";
+pub const RULES_DIR: &str = "/etc/prometheus/rules";
+/// capstan's alert rules (Prometheus loads every `*.yml` in [`RULES_DIR`]).
+pub const RULES_FILE: &str = "/etc/prometheus/rules/capstan.yml";
+pub const ALERTMANAGER_BINARY: &str = "/usr/local/bin/alertmanager";
+pub const ALERTMANAGER_CONFIG_DIR: &str = "/etc/alertmanager";
+pub const ALERTMANAGER_CONFIG: &str = "/etc/alertmanager/alertmanager.yml";
+/// Alertmanager's silences and notification log.
+pub const ALERTMANAGER_STORAGE: &str = "/var/lib/alertmanager";
+pub const CERT_EXPIRY_SCRIPT: &str = "/usr/local/lib/capstan/cert-expiry.sh";
+/// Certificates capstan issues on hosts (etcd's, the Kubernetes PKI): their expiry is exported.
+pub const CERTIFICATE_GLOBS: &[&str] = &["/etc/etcd/pki/*.crt", "/etc/kubernetes/pki/*.crt"];
 /// The parent of [`TEXTFILE_DIR`] and of the default storage path.
 pub const STATE_DIR: &str = "/var/lib/prometheus";
 
@@ -25,13 +40,25 @@ pub const NODE_EXPORTER_SERVICE: &str = "node_exporter";
 pub const PROMETHEUS_SERVICE: &str = "prometheus";
 pub const NODE_EXPORTER_UNIT: &str = "node_exporter.service";
 pub const PROMETHEUS_UNIT: &str = "prometheus.service";
+pub const ALERTMANAGER_SERVICE: &str = "alertmanager";
+pub const ALERTMANAGER_UNIT: &str = "alertmanager.service";
+pub const CERT_EXPIRY_SERVICE: &str = "capstan-cert-expiry.service";
+pub const CERT_EXPIRY_TIMER: &str = "capstan-cert-expiry.timer";
 /// Dedicated system users (no login, no home).
 pub const NODE_EXPORTER_USER: &str = "node_exporter";
 pub const PROMETHEUS_USER: &str = "prometheus";
+pub const ALERTMANAGER_USER: &str = "alertmanager";
 
 pub const SCRAPE_INTERVAL: &str = "15s";
 pub const SCRAPE_TIMEOUT: &str = "10s";
 pub const EVALUATION_INTERVAL: &str = "15s";
+/// Alertmanager's grouping: wait for more alerts of a new group, between updates of a group, and
+/// before repeating an unchanged one.
+pub const GROUP_WAIT: &str = "30s";
+pub const GROUP_INTERVAL: &str = "5m";
+pub const REPEAT_INTERVAL: &str = "4h";
+/// The receiver of alerts no inventory receiver asked for.
+pub const BLACKHOLE_RECEIVER: &str = "capstan-unrouted";
 
 pub type RenderResult = Result<String, capstan_templates::TemplateError>;
 
@@ -57,8 +84,8 @@ pub fn prometheus_hosts(cluster: &Cluster) -> Vec<&Host> {
     cluster.hosts_with_role(Role::Monitoring).collect()
 }
 
-/// The monitoring component's own targets: node_exporter on every host, Prometheus on each
-/// monitoring host (each replica scrapes both).
+/// The monitoring component's own targets: node_exporter on every host, Prometheus and
+/// Alertmanager on each monitoring host (each replica scrapes all of them).
 pub fn own_targets(cluster: &Cluster) -> Vec<ScrapeTarget> {
     let node = cluster.hosts.iter().map(|host| ScrapeTarget {
         job: "node".into(),
@@ -66,13 +93,18 @@ pub fn own_targets(cluster: &Cluster) -> Vec<ScrapeTarget> {
         scheme: "http",
         path: "/metrics",
     });
-    let prometheus = prometheus_hosts(cluster).into_iter().map(|host| ScrapeTarget {
-        job: "prometheus".into(),
-        address: host_port(&host.private_address, PROMETHEUS_PORT),
-        scheme: "http",
-        path: "/metrics",
-    });
-    node.chain(prometheus).collect()
+    let on_monitoring = |job: &str, port: u16| {
+        let job = job.to_string();
+        prometheus_hosts(cluster).into_iter().map(move |host| ScrapeTarget {
+            job: job.clone(),
+            address: host_port(&host.private_address, port),
+            scheme: "http",
+            path: "/metrics",
+        })
+    };
+    node.chain(on_monitoring("prometheus", PROMETHEUS_PORT))
+        .chain(on_monitoring("alertmanager", ALERTMANAGER_PORT))
+        .collect()
 }
 
 /// Every target of the components the inventory enables, in component order, duplicates dropped.
@@ -129,6 +161,8 @@ struct PrometheusConfig<'a> {
     scrape_timeout: &'a str,
     evaluation_interval: &'a str,
     jobs: &'a [ScrapeJob],
+    rules_glob: String,
+    alertmanagers: Vec<String>,
 }
 
 /// `prometheus.yml` of the replica on `replica` (a monitoring host's name).
@@ -142,8 +176,132 @@ pub fn prometheus_config(cluster: &Cluster, replica: &str, jobs: &[ScrapeJob]) -
             scrape_timeout: SCRAPE_TIMEOUT,
             evaluation_interval: EVALUATION_INTERVAL,
             jobs,
+            rules_glob: format!("{RULES_DIR}/*.yml"),
+            alertmanagers: prometheus_hosts(cluster)
+                .iter()
+                .map(|host| host_port(&host.private_address, ALERTMANAGER_PORT))
+                .collect(),
         },
     )
+}
+
+#[derive(Serialize)]
+struct Rules<'a> {
+    alert_for: Option<&'a str>,
+}
+
+/// capstan's alert rules ([`RULES_FILE`]); `monitoring.alert_for`, when set, replaces every
+/// rule's own `for:`.
+pub fn alert_rules(cluster: &Cluster) -> RenderResult {
+    capstan_templates::render(
+        "monitoring/rules.yml",
+        Rules {
+            alert_for: cluster.monitoring.alert_for.as_deref(),
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct AlertmanagerConfig<'a> {
+    smtp: Option<&'a SmtpSettings>,
+    receivers: &'a [AlertReceiver],
+    blackhole: &'a str,
+    group_wait: &'a str,
+    group_interval: &'a str,
+    repeat_interval: &'a str,
+}
+
+/// `alertmanager.yml`, the same on every monitoring host: a route per inventory receiver,
+/// matching the severities it asked for (`continue`, so several receivers can get an alert).
+pub fn alertmanager_config(cluster: &Cluster) -> RenderResult {
+    capstan_templates::render(
+        "monitoring/alertmanager.yml",
+        AlertmanagerConfig {
+            smtp: cluster.monitoring.smtp.as_ref(),
+            receivers: &cluster.monitoring.receivers,
+            blackhole: BLACKHOLE_RECEIVER,
+            group_wait: GROUP_WAIT,
+            group_interval: GROUP_INTERVAL,
+            repeat_interval: REPEAT_INTERVAL,
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct AlertmanagerUnit<'a> {
+    name: &'a str,
+    user: &'a str,
+    binary: &'a str,
+    config: &'a str,
+    storage_path: &'a str,
+    listen: String,
+    cluster_listen: String,
+    /// ` --cluster.advertise-address=…` when the host listens everywhere (a name, not an
+    /// address): gossip must advertise one.
+    advertise_flag: String,
+    /// ` --cluster.peer=…` for every other monitoring host.
+    peer_flags: String,
+}
+
+/// Alertmanager on `host`, gossiping with every other monitoring host.
+pub fn alertmanager_unit(cluster: &Cluster, host: &Host) -> RenderResult {
+    let cluster_listen = listen_address(host, ALERTMANAGER_CLUSTER_PORT);
+    let advertise_flag = if cluster_listen.starts_with(':') {
+        format!(
+            " --cluster.advertise-address={}",
+            host_port(&host.address, ALERTMANAGER_CLUSTER_PORT)
+        )
+    } else {
+        String::new()
+    };
+    capstan_templates::render(
+        "monitoring/alertmanager.service",
+        AlertmanagerUnit {
+            name: &host.name,
+            user: ALERTMANAGER_USER,
+            binary: ALERTMANAGER_BINARY,
+            config: ALERTMANAGER_CONFIG,
+            storage_path: ALERTMANAGER_STORAGE,
+            listen: listen_address(host, ALERTMANAGER_PORT),
+            cluster_listen: if cluster_listen.starts_with(':') {
+                format!("0.0.0.0{cluster_listen}")
+            } else {
+                cluster_listen
+            },
+            advertise_flag,
+            peer_flags: prometheus_hosts(cluster)
+                .into_iter()
+                .filter(|peer| peer.name != host.name)
+                .map(|peer| {
+                    format!(
+                        " --cluster.peer={}",
+                        host_port(&peer.private_address, ALERTMANAGER_CLUSTER_PORT)
+                    )
+                })
+                .collect(),
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct CertExpiry<'a> {
+    textfile_dir: &'a str,
+    globs: &'a [&'a str],
+    script: &'a str,
+}
+
+/// The certificate expiry script and its oneshot service and hourly timer: (script, service, timer).
+pub fn cert_expiry_files() -> Result<(String, String, String), capstan_templates::TemplateError> {
+    let values = CertExpiry {
+        textfile_dir: TEXTFILE_DIR,
+        globs: CERTIFICATE_GLOBS,
+        script: CERT_EXPIRY_SCRIPT,
+    };
+    Ok((
+        capstan_templates::render("monitoring/capstan-cert-expiry.sh", &values)?,
+        capstan_templates::render("monitoring/capstan-cert-expiry.service", &values)?,
+        capstan_templates::render("monitoring/capstan-cert-expiry.timer", &values)?,
+    ))
 }
 
 /// Prometheus's retention flag value.
@@ -248,6 +406,8 @@ pub(crate) mod tests {
                 "node 10.0.0.21:9100",
                 "prometheus 10.0.0.11:9090",
                 "prometheus 192.168.0.12:9090",
+                "alertmanager 10.0.0.11:9093",
+                "alertmanager 192.168.0.12:9093",
             ]
         );
     }
@@ -303,5 +463,64 @@ pub(crate) mod tests {
             "{unit}"
         );
         assert!(unit.contains("User=node_exporter"), "{unit}");
+    }
+
+    #[test]
+    fn every_replica_alerts_every_alertmanager_without_its_replica_label() {
+        let cluster = sample_cluster("");
+        let config = prometheus_config(&cluster, "e1", &[]).unwrap();
+        assert!(
+            config.contains("targets: [\"10.0.0.11:9093\", \"192.168.0.12:9093\"]"),
+            "{config}"
+        );
+        assert!(config.contains("regex: replica"), "{config}");
+        assert!(config.contains("- \"/etc/prometheus/rules/*.yml\""), "{config}");
+    }
+
+    #[test]
+    fn alertmanagers_gossip_with_each_other() {
+        let cluster = sample_cluster("");
+        let unit = alertmanager_unit(&cluster, &cluster.hosts[1]).unwrap();
+        assert!(unit.contains("--web.listen-address=192.168.0.12:9093"), "{unit}");
+        assert!(unit.contains("--cluster.listen-address=192.168.0.12:9094"), "{unit}");
+        assert!(unit.contains(" --cluster.peer=10.0.0.11:9094\n"), "{unit}");
+        assert!(!unit.contains("--cluster.peer=192.168.0.12"), "{unit}");
+        assert!(!unit.contains("advertise"), "{unit}");
+        let mut named = cluster.clone();
+        named.hosts[0].private_address = "e1.internal".into();
+        let unit = alertmanager_unit(&named, &named.hosts[0]).unwrap();
+        assert!(
+            unit.contains("--cluster.listen-address=0.0.0.0:9094 --cluster.advertise-address=10.0.0.11:9094"),
+            "{unit}"
+        );
+    }
+
+    #[test]
+    fn receivers_route_by_severity() {
+        let cluster = sample_cluster(
+            "monitoring:\n  smtp: {smarthost: 'mail:587', from: am@example.com}\n  receivers:\n\
+             \x20   - {name: hook, webhooks: ['http://10.0.0.1:9999/']}\n\
+             \x20   - {name: mail, emails: [ops@example.com], severities: [critical]}\n",
+        );
+        let config = alertmanager_config(&cluster).unwrap();
+        assert!(config.contains("smtp_smarthost: \"mail:587\""), "{config}");
+        assert!(config.contains("- \"severity=~\\\"critical|warning\\\"\""), "{config}");
+        assert!(config.contains("- \"severity=~\\\"critical\\\"\""), "{config}");
+        assert!(config.contains("- to: \"ops@example.com\""), "{config}");
+        let none = alertmanager_config(&sample_cluster("")).unwrap();
+        assert!(!none.contains("smtp"), "{none}");
+        assert!(none.contains("receiver: \"capstan-unrouted\""), "{none}");
+    }
+
+    #[test]
+    fn alert_for_replaces_every_rules_wait() {
+        let own = alert_rules(&sample_cluster("")).unwrap();
+        assert!(own.contains("for: \"10m\"") && own.contains("for: \"3m\""), "{own}");
+        let short = alert_rules(&sample_cluster("monitoring: {alert_for: 10s}\n")).unwrap();
+        let waits: Vec<&str> = short.lines().filter(|l| l.trim_start().starts_with("for:")).collect();
+        assert!(!waits.is_empty());
+        assert!(waits.iter().all(|l| l.trim() == "for: \"10s\""), "{waits:?}");
+        // Prometheus's own templating survives minijinja.
+        assert!(short.contains("{{ $labels.instance }}"), "{short}");
     }
 }

@@ -1,7 +1,7 @@
 // Errors carry whole messages (names, versions, what is available); a run produces a handful.
 #![allow(clippy::result_large_err)]
 
-//! Where Prometheus and node_exporter come from: their rows of the engine's release table
+//! Where Prometheus, Alertmanager and node_exporter come from: their rows of the engine's release table
 //! ([`capstan_provisioner::releases`]) and the layout of their release tarballs.
 
 use capstan_inventory::Versions;
@@ -12,6 +12,8 @@ pub struct MonitoringArtifacts {
     pub node_exporter: ResolvedArtifact,
     /// Only resolved for an architecture some monitoring host has.
     pub prometheus: Option<ResolvedArtifact>,
+    /// Like `prometheus`: on monitoring hosts only.
+    pub alertmanager: Option<ResolvedArtifact>,
 }
 
 pub fn monitoring_artifacts(
@@ -25,6 +27,11 @@ pub fn monitoring_artifacts(
         node_exporter: releases.resolve("node_exporter", &versions.node_exporter, arch, mirror)?,
         prometheus: if with_prometheus {
             Some(releases.resolve("prometheus", &versions.prometheus, arch, mirror)?)
+        } else {
+            None
+        },
+        alertmanager: if with_prometheus {
+            Some(releases.resolve("alertmanager", &versions.alertmanager, arch, mirror)?)
         } else {
             None
         },

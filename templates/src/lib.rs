@@ -130,6 +130,68 @@ const TEMPLATES: &[(&str, &str)] = &[
         "kubernetes/audit-policy.yaml",
         include_str!("../files/kubernetes/audit-policy.yaml.j2"),
     ),
+    (
+        "monitoring/alertmanager.service",
+        include_str!("../files/monitoring/alertmanager.service.j2"),
+    ),
+    (
+        "monitoring/alertmanager.yml",
+        include_str!("../files/monitoring/alertmanager.yml.j2"),
+    ),
+    ("monitoring/rules.yml", include_str!("../files/monitoring/rules.yml.j2")),
+    (
+        "monitoring/capstan-cert-expiry.sh",
+        include_str!("../files/monitoring/capstan-cert-expiry.sh.j2"),
+    ),
+    (
+        "monitoring/capstan-cert-expiry.service",
+        include_str!("../files/monitoring/capstan-cert-expiry.service.j2"),
+    ),
+    (
+        "monitoring/capstan-cert-expiry.timer",
+        include_str!("../files/monitoring/capstan-cert-expiry.timer.j2"),
+    ),
+    (
+        "logging/journald.conf",
+        include_str!("../files/logging/journald.conf.j2"),
+    ),
+    (
+        "logging/capstan-journal-upload@.service",
+        include_str!("../files/logging/capstan-journal-upload@.service.j2"),
+    ),
+    ("logging/upload.env", include_str!("../files/logging/upload.env.j2")),
+    (
+        "logging/capstan-journal-remote@.service",
+        include_str!("../files/logging/capstan-journal-remote@.service.j2"),
+    ),
+    ("logging/remote.env", include_str!("../files/logging/remote.env.j2")),
+    ("logging/haproxy.cfg", include_str!("../files/logging/haproxy.cfg.j2")),
+    (
+        "logging/capstan-logging-tls.service",
+        include_str!("../files/logging/capstan-logging-tls.service.j2"),
+    ),
+    ("logging/vacuum.sh", include_str!("../files/logging/vacuum.sh.j2")),
+    (
+        "logging/capstan-journal-vacuum.service",
+        include_str!("../files/logging/capstan-journal-vacuum.service.j2"),
+    ),
+    (
+        "logging/capstan-journal-vacuum.timer",
+        include_str!("../files/logging/capstan-journal-vacuum.timer.j2"),
+    ),
+    ("logging/lag.sh", include_str!("../files/logging/lag.sh.j2")),
+    (
+        "logging/capstan-logging-lag.service",
+        include_str!("../files/logging/capstan-logging-lag.service.j2"),
+    ),
+    (
+        "logging/capstan-logging-lag.timer",
+        include_str!("../files/logging/capstan-logging-lag.timer.j2"),
+    ),
+    (
+        "logging/alerts.rules.yml",
+        include_str!("../files/logging/alerts.rules.yml.j2"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -10,4 +10,7 @@ pub mod init;
 pub mod inventory;
 pub mod kubeconfig;
 pub mod lab;
+pub mod lock;
+pub mod logs;
+pub mod reset;
 pub mod restore;

@@ -46,6 +46,7 @@ impl Checker<'_, '_> {
             cni_plugins: DEFAULT_CNI_PLUGINS_VERSION.into(),
             prometheus: DEFAULT_PROMETHEUS_VERSION.into(),
             node_exporter: DEFAULT_NODE_EXPORTER_VERSION.into(),
+            alertmanager: DEFAULT_ALERTMANAGER_VERSION.into(),
         };
         const KEYS: &[&str] = &[
             "etcd",
@@ -55,6 +56,7 @@ impl Checker<'_, '_> {
             "cni_plugins",
             "prometheus",
             "node_exporter",
+            "alertmanager",
         ];
         let Some(section) = node.and_then(|node| self.section(node, "`versions`", KEYS)) else {
             return versions;
@@ -74,6 +76,7 @@ impl Checker<'_, '_> {
                 "cni_plugins" => versions.cni_plugins = version,
                 "prometheus" => versions.prometheus = version,
                 "node_exporter" => versions.node_exporter = version,
+                "alertmanager" => versions.alertmanager = version,
                 _ => unreachable!("key list and match arms are in sync"),
             }
         }
