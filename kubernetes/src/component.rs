@@ -6,7 +6,7 @@ use std::sync::Arc;
 use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{
-    Component, ComponentError, ComponentOutcome, RoleUnit, RunContext, ScrapeTarget, StateFile,
+    CheckResult, Component, ComponentError, ComponentOutcome, RoleUnit, RunContext, ScrapeTarget, StateFile,
 };
 use capstan_provisioner::ops::Operation;
 
@@ -115,6 +115,10 @@ impl Component for KubernetesComponent {
 
     fn restore_stopped_units(&self) -> Vec<RoleUnit> {
         crate::backup::restore_stopped_units()
+    }
+
+    async fn drill_checks(&self, cluster: &Cluster) -> Vec<CheckResult> {
+        crate::backup::drill_checks(cluster).await
     }
 
     fn teardown(&self, _cluster: &Cluster, host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {

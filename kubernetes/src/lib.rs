@@ -15,6 +15,15 @@
 //!   agents); `unavailable.rs`: a tarball a plan cannot have, shown, never faked.
 //! - `reset.rs`: what `capstan reset` removes.
 //! - `component.rs`: [`KubernetesComponent`] (roles, ports, scrape targets, log units).
+//!
+//! Operations:
+//! - `skew.rs`: the version-skew policy and the rollout simulation (pure).
+//! - `upgrade.rs`: the upgrade's decisions (next step, node batches, after a failure; pure);
+//!   `upgrade_facts.rs`: the versions the hosts run; `upgrade_run.rs`: the run loop over the host
+//!   and lock hooks.
+//! - `client.rs`: the Kubernetes client (server-side apply, readyz, cordon, drain, Ready).
+//! - `addons.rs`: bootstrap RBAC and CoreDNS as data.
+//! - `backup.rs`: what backups and restores carry and stop for Kubernetes.
 
 mod apply;
 pub mod component;
@@ -27,6 +36,14 @@ pub mod probe;
 pub mod release;
 pub mod reset;
 mod unavailable;
+
+pub mod addons;
+pub mod backup;
+pub mod client;
+pub mod skew;
+pub mod upgrade;
+pub mod upgrade_facts;
+pub mod upgrade_run;
 
 pub use component::KubernetesComponent;
 
@@ -43,6 +60,3 @@ pub(crate) fn test_cluster(extra: &str) -> capstan_inventory::Cluster {
     );
     capstan_inventory::parse_str(&text, "inventory.yaml", std::path::Path::new("/inv")).unwrap()
 }
-
-pub mod backup;
-pub mod skew;

@@ -83,6 +83,12 @@ pub trait Component: Send + Sync {
         Vec::new()
     }
 
+    /// Checks a disaster-recovery drill runs on the restored cluster when this component is
+    /// enabled (e.g. "the API answers", "objects are readable"), after the datastore's own.
+    async fn drill_checks(&self, _cluster: &Cluster) -> Vec<CheckResult> {
+        Vec::new()
+    }
+
     /// What capstan installed for this component on `host`, as ops that remove it, in order
     /// (`capstan reset`): stop and disable services, then remove units, files, directories, data.
     /// Empty when the component has nothing on that host. The ops converge like any others, so a
@@ -127,6 +133,14 @@ pub struct StateFile {
     /// A file that may be missing (e.g. written only once some feature is used): a backup without
     /// it is still complete.
     pub optional: bool,
+}
+
+/// One check's outcome, as a drill reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
 }
 
 /// A systemd unit on the hosts of a role.

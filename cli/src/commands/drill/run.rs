@@ -416,6 +416,15 @@ async fn drill_restore(
             });
         }
     }
+    for component in crate::components::ALL.iter().filter(|c| c.enabled(&cluster)) {
+        for check in component.drill_checks(&cluster).await {
+            report.checks.push(DrillCheck {
+                name: format!("{}: {}", component.name(), check.name),
+                ok: check.ok,
+                detail: check.detail,
+            });
+        }
+    }
     Ok(())
 }
 
