@@ -16,6 +16,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod retention;
 pub mod snapshot;
+pub mod state;
 pub mod store;
 pub mod trailer;
 

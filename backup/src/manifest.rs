@@ -13,6 +13,8 @@ pub const MANIFEST_FORMAT: u32 = 1;
 pub const SNAPSHOT_BASE: &str = "snapshot.db";
 pub const PKI_BASE: &str = "pki.tar";
 pub const INVENTORY_BASE: &str = "inventory.yaml";
+/// Components' own state ([`crate::state`]); only in backups of clusters that have some.
+pub const STATE_BASE: &str = "state.tar";
 
 pub fn object_name(base: &str, encrypted: bool) -> String {
     if encrypted {

@@ -18,7 +18,7 @@ use crate::error::BackupError;
 use crate::id::BackupId;
 use crate::manifest::{
     object_name, Manifest, ObjectDigest, ObjectEntry, INVENTORY_BASE, MANIFEST_FORMAT, MANIFEST_OBJECT, PKI_BASE,
-    SNAPSHOT_BASE,
+    SNAPSHOT_BASE, STATE_BASE,
 };
 use crate::pipeline::{write_object, Recipients};
 use crate::retention::{decide, Candidate, Decision, Retention};
@@ -94,6 +94,8 @@ pub struct CreateRequest {
     pub pki_files: Vec<(String, Vec<u8>)>,
     /// The inventory file the cluster was built from.
     pub inventory: Vec<u8>,
+    /// Components' own state files ([`crate::state::collect`]); none: no state object.
+    pub state: Vec<crate::state::StateEntry>,
     pub progress: Option<ProgressFn>,
 }
 
@@ -129,6 +131,12 @@ pub async fn create(store: &Arc<dyn Store>, request: CreateRequest) -> Result<Ma
         for (base, data) in [(PKI_BASE, &pki_tar), (INVENTORY_BASE, &request.inventory)] {
             let name = object_name(base, encrypted);
             let entry = write_object(store.clone(), key(&id, &name), &name, &recipients, data).await?;
+            objects.push(entry);
+        }
+        if !request.state.is_empty() {
+            let data = crate::state::archive(&request.state).map_err(|e| BackupError::PkiArchive(e.to_string()))?;
+            let name = object_name(STATE_BASE, encrypted);
+            let entry = write_object(store.clone(), key(&id, &name), &name, &recipients, &data).await?;
             objects.push(entry);
         }
         let manifest = Manifest {

@@ -14,8 +14,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::BackupError;
 use crate::id::BackupId;
-use crate::manifest::{object_name, Manifest, ObjectEntry, INVENTORY_BASE, PKI_BASE, SNAPSHOT_BASE};
+use crate::manifest::{object_name, Manifest, ObjectEntry, INVENTORY_BASE, PKI_BASE, SNAPSHOT_BASE, STATE_BASE};
 use crate::ops::{list, read_manifest, VerifyProblem, VerifyTarget};
+use crate::state::{unarchive, StateEntry};
 use crate::store::{Store, StoreError};
 use crate::trailer::{TrailerCheck, TrailerOutcome};
 
@@ -61,6 +62,8 @@ pub struct FetchedBackup {
     /// The CA private key: never logged (redacted from `Debug`).
     pub ca_key_pem: String,
     pub inventory_yaml: Vec<u8>,
+    /// Components' own state ([`crate::state`]); empty for backups without a state object.
+    pub state: Vec<StateEntry>,
 }
 
 impl std::fmt::Debug for FetchedBackup {
@@ -151,7 +154,18 @@ pub async fn fetch_decrypted(
     let _ = std::fs::remove_file(&pki_path);
     let (ca_cert_pem, ca_key_pem) = ca_from_archive(id, &pki)?;
     let inventory_yaml = read(&inventory_path)?;
+    let state = match manifest.object(STATE_BASE).cloned() {
+        Some(state_entry) => {
+            let state_path = dir.join(STATE_BASE);
+            fetch_object(store, &manifest, &state_entry, identity, &state_path, false).await?;
+            let bytes = read(&state_path)?;
+            let _ = std::fs::remove_file(&state_path);
+            unarchive(&bytes).map_err(|e| FetchError::Backup(BackupError::PkiArchive(format!("backup {id}: {e}"))))?
+        }
+        None => Vec::new(),
+    };
     Ok(FetchedBackup {
+        state,
         snapshot_sha256: snapshot_entry.plaintext.sha256.clone(),
         snapshot_size: snapshot_entry.plaintext.size,
         snapshot_path,

@@ -376,6 +376,9 @@ async fn backup_and_prune(
         encryption,
         pki_files,
         inventory,
+        // A member reads only its own files; other components' state is on other hosts (taken by
+        // `capstan backup create` from the operator's machine).
+        state: Vec::new(),
         progress: None,
     };
     let manifest = create(&store, request).await?;

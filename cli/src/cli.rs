@@ -73,6 +73,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Disaster-recovery drill: restore a backup into a throwaway cluster, verify it, report RTO/RPO.
     Drill(DrillArgs),
+    /// Read the cluster's journals: from a logging host (merged by time across hosts), or from
+    /// each host's own journal when no logging host is configured or reachable.
+    Logs(LogsArgs),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -197,6 +200,31 @@ pub struct ApplyArgs {
     /// Also print the commands each change runs (plan) or ran (apply).
     #[arg(long)]
     pub show_commands: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Only this host's entries (an inventory name; repeat for more).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only this systemd unit's entries (repeat for more).
+    #[arg(short = 'u', long = "unit", value_name = "UNIT")]
+    pub units: Vec<String>,
+    /// Entries from this time on (journalctl's syntax: `2026-12-01 10:00`, `-1h`, `today`).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub since: Option<String>,
+    /// Entries up to this time (journalctl's syntax).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+    pub until: Option<String>,
+    /// Only entries whose message matches this regular expression.
+    #[arg(short = 'g', long, value_name = "RE")]
+    pub grep: Option<String>,
+    /// The last N entries of all hosts together (default 500 without --since).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub lines: Option<usize>,
+    /// Keep printing new entries (polls every 2 s; stop with Ctrl-C).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Args)]

@@ -4,9 +4,10 @@
 
 use capstan_endpoint::EndpointComponent;
 use capstan_etcd::EtcdComponent;
+use capstan_kubernetes::KubernetesComponent;
+use capstan_logging::LoggingComponent;
 use capstan_monitoring::MonitoringComponent;
 use capstan_nodes::NodesComponent;
-use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::Component;
 
 /// All components. `capstan plan`/`apply` run the installable ones the inventory enables in
@@ -17,58 +18,14 @@ pub static ALL: &[&dyn Component] = &[
     &EtcdComponent,
     &EndpointComponent,
     &NodesComponent,
+    &KubernetesComponent,
     &MonitoringComponent { sources: all },
-    &KubernetesPorts,
+    &LoggingComponent,
 ];
 
 /// [`ALL`], for monitoring, which scrapes every component's targets.
 fn all() -> &'static [&'static dyn Component] {
     ALL
-}
-
-/// The ports of a Kubernetes control plane (`control_plane` hosts) and kubelet (`node` hosts).
-/// capstan does not install Kubernetes yet; preflight already checks that hosts given those roles
-/// have the ports free for it (or held by it). The API server's secure port is 6444
-/// (`capstan_endpoint::config::APISERVER_PORT`): 6443 is the API endpoint's (haproxy) on every host.
-pub struct KubernetesPorts;
-
-impl Component for KubernetesPorts {
-    fn name(&self) -> &'static str {
-        "kubernetes"
-    }
-
-    fn roles(&self) -> &'static [&'static str] {
-        &["control_plane", "node"]
-    }
-
-    fn required_ports(&self) -> Vec<RequiredPort> {
-        vec![
-            RequiredPort {
-                role: "control_plane",
-                port: capstan_endpoint::config::APISERVER_PORT,
-                purpose: "kube-apiserver",
-                owner: "kube-apiserver",
-            },
-            RequiredPort {
-                role: "control_plane",
-                port: 10257,
-                purpose: "kube-controller-manager",
-                owner: "kube-controller-manager",
-            },
-            RequiredPort {
-                role: "control_plane",
-                port: 10259,
-                purpose: "kube-scheduler",
-                owner: "kube-scheduler",
-            },
-            RequiredPort {
-                role: "node",
-                port: 10250,
-                purpose: "kubelet",
-                owner: "kubelet",
-            },
-        ]
-    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command};
-use commands::{backup, check, completions, drill, etcd, init, inventory, lab, restore};
+use commands::{backup, check, completions, drill, etcd, init, inventory, lab, logs, restore};
 use output::{Failure, Output};
 
 fn main() -> ExitCode {
@@ -53,6 +53,7 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Backup(cmd) => backup::run(cmd, inventory, out),
         Command::Restore(args) => restore::restore(args, inventory, out),
         Command::Drill(args) => drill::run(args, inventory, out),
+        Command::Logs(args) => logs::run(args, inventory, out),
         Command::Completions { shell } => completions::completions(shell),
         Command::Man { out_dir } => completions::man(out_dir, out),
     }

@@ -20,13 +20,9 @@ pub const APISERVER_KEY: &str = "/etc/kubernetes/pki/apiserver.key";
 /// The API server's common name.
 pub const APISERVER_CN: &str = "kube-apiserver";
 
-/// The names in-cluster clients use for the API server (the `kubernetes` service).
-pub const SERVICE_NAMES: [&str; 4] = [
-    "kubernetes",
-    "kubernetes.default",
-    "kubernetes.default.svc",
-    "kubernetes.default.svc.cluster.local",
-];
+/// The names in-cluster clients use for the API server (the `kubernetes` service), besides the
+/// fully qualified `kubernetes.default.svc.<cluster domain>`.
+pub const SERVICE_NAMES: [&str; 3] = ["kubernetes", "kubernetes.default", "kubernetes.default.svc"];
 
 /// The subject common name of a cluster's Kubernetes CA.
 pub fn ca_common_name(cluster_name: &str) -> String {
@@ -45,10 +41,15 @@ pub fn generate_ca(cluster_name: &str) -> Result<CertificateAuthority, PkiError>
 ///
 /// Everything comes from the inventory, so the endpoint and the control plane, which both call
 /// this, always ask for the same certificate (two different requests would re-issue it on every
-/// run). The `kubernetes` service's ClusterIP belongs here too, derived from the inventory's
-/// service network once the inventory has one.
+/// run): also the `kubernetes` service's fully qualified name in the cluster domain and its
+/// ClusterIP (the first address of the service network).
 pub fn apiserver_request(cluster: &Cluster) -> CertRequest {
     let mut sans: Vec<San> = SERVICE_NAMES.iter().map(|n| San::Dns(n.to_string())).collect();
+    sans.push(San::Dns(format!(
+        "kubernetes.default.svc.{}",
+        cluster.kubernetes.cluster_domain
+    )));
+    sans.push(San::Ip(IpAddr::V4(cluster.kubernetes.apiserver_service_ip())));
     sans.push(San::Dns("localhost".into()));
     sans.push(San::Ip(IpAddr::from([127, 0, 0, 1])));
     for host in cluster.hosts_with_role(Role::ControlPlane) {
@@ -65,6 +66,7 @@ pub fn apiserver_request(cluster: &Cluster) -> CertRequest {
         kind: CertKind::Server,
         common_name: APISERVER_CN.into(),
         sans,
+        organization: None,
     }
 }
 
@@ -94,6 +96,7 @@ mod tests {
                 "DNS:kubernetes.default",
                 "DNS:kubernetes.default.svc",
                 "DNS:kubernetes.default.svc.cluster.local",
+                "IP:10.96.0.1",
                 "DNS:localhost",
                 "IP:127.0.0.1",
                 "DNS:cp1",
@@ -108,7 +111,7 @@ mod tests {
         let vip = apiserver_request(&cluster("api_endpoint: {mode: vip, address: 10.0.0.250}\n"));
         assert_eq!(sans(&vip).last().unwrap(), "IP:10.0.0.250");
         let external = apiserver_request(&cluster("api_endpoint: {mode: external, address: api.example.com}\n"));
-        assert_eq!(sans(&external)[13..], ["DNS:api.example.com"]);
+        assert_eq!(sans(&external)[14..], ["DNS:api.example.com"]);
     }
 
     #[test]

@@ -39,7 +39,7 @@ d1cc2e7e6f26ff9495261c7c90f0c93a96dba293180b46c1da260aac91c24ab0  prometheus/ale
             "https://github.com/etcd-io/etcd/releases/download/v3.5.21/etcd-v3.5.21-linux-amd64.tar.gz"
         );
         assert_eq!(
-            resolved.sha256,
+            resolved.checksum,
             "adddda4b06718e68671ffabff2f8cee48488ba61ad82900e639d108f2148501c"
         );
     }
@@ -79,7 +79,7 @@ d1cc2e7e6f26ff9495261c7c90f0c93a96dba293180b46c1da260aac91c24ab0  prometheus/ale
             "file:///var/cache/capstan/mirror/etcd-io/etcd/releases/download/v3.5.1/etcd-v3.5.1-linux-amd64.tar.gz"
         );
         assert_eq!(
-            resolved.sha256,
+            resolved.checksum,
             "7fa4573f20bedd8eb794a142a857e8105e9a5e8530529a94215c6f6120dc0d5e"
         );
     }

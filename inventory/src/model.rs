@@ -36,6 +36,16 @@ pub const DEFAULT_ALERTMANAGER_VERSION: &str = "0.25.0";
 pub const DEFAULT_RETENTION_DAYS: u32 = 15;
 /// Prometheus's TSDB directory on `monitoring` hosts when `monitoring.storage_path` is omitted.
 pub const DEFAULT_PROMETHEUS_STORAGE: &str = "/var/lib/prometheus/data";
+/// Kubernetes (`kubernetes:`): the release installed, and the cluster's service network.
+pub const DEFAULT_KUBERNETES_VERSION: &str = "1.32.5";
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_DNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.11.3";
+/// journald's on-disk budget on every host when `logging.journal_max_mib` is omitted: a day of a
+/// busy host's logs at the lab's measured rates with a wide margin (docs/logging.md, "Sizing").
+pub const DEFAULT_JOURNAL_MAX_MIB: u32 = 2048;
+/// The stored journals' budget on each `logging` host when `logging.aggregator_max_mib` is omitted.
+pub const DEFAULT_AGGREGATOR_MAX_MIB: u32 = 16384;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Cluster {
@@ -52,6 +62,10 @@ pub struct Cluster {
     pub monitoring: MonitoringSettings,
     /// How clients reach the Kubernetes API (`api_endpoint`).
     pub api_endpoint: ApiEndpoint,
+    /// Kubernetes itself (`kubernetes`).
+    pub kubernetes: KubernetesSettings,
+    /// Journals kept on every host and on the `logging` hosts (`logging`).
+    pub logging: LoggingSettings,
     /// The inventory file this model was read from.
     pub source_path: PathBuf,
     /// Problems that do not reject the inventory, such as an `identity_file` that does not exist.
@@ -246,6 +260,84 @@ impl Default for MonitoringSettings {
             smtp: None,
             alert_for: None,
         }
+    }
+}
+
+/// Kubernetes itself (`kubernetes`): the version of the official release tarballs installed, the
+/// service network (its first address is the `kubernetes` service, its tenth cluster DNS), the
+/// cluster's DNS domain and image, and how secrets are encrypted at rest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KubernetesSettings {
+    pub version: String,
+    /// IPv4 network in canonical form (`10.96.0.0/12`), disjoint from the pod network.
+    pub service_cidr: String,
+    pub cluster_domain: String,
+    pub dns_image: String,
+    pub secrets_encryption: SecretsEncryption,
+    /// The API server writes an audit log (`/var/log/kubernetes/audit.log`, metadata level).
+    pub audit_log: bool,
+}
+
+/// The EncryptionConfiguration provider that encrypts secrets in etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretsEncryption {
+    Secretbox,
+    Aescbc,
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            version: DEFAULT_KUBERNETES_VERSION.into(),
+            service_cidr: DEFAULT_SERVICE_CIDR.into(),
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
+            dns_image: DEFAULT_DNS_IMAGE.into(),
+            secrets_encryption: SecretsEncryption::Secretbox,
+            audit_log: false,
+        }
+    }
+}
+
+/// Journal budgets (`logging`): every host's own journal is the buffer while the aggregators are
+/// unreachable; the `logging` hosts keep every host's shipped journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoggingSettings {
+    /// journald's `SystemMaxUse` on every host, in MiB.
+    pub journal_max_mib: u32,
+    /// What each `logging` host keeps of all hosts' journals together, in MiB.
+    pub aggregator_max_mib: u32,
+}
+
+impl Default for LoggingSettings {
+    fn default() -> Self {
+        LoggingSettings {
+            journal_max_mib: DEFAULT_JOURNAL_MAX_MIB,
+            aggregator_max_mib: DEFAULT_AGGREGATOR_MAX_MIB,
+        }
+    }
+}
+
+impl KubernetesSettings {
+    /// The `n`th address of the service network (1: the `kubernetes` service, 10: cluster DNS).
+    /// Validation guarantees the network is IPv4 and holds at least 16 addresses.
+    pub fn service_ip(&self, n: u32) -> std::net::Ipv4Addr {
+        let net: ipnet::Ipv4Net = self.service_cidr.parse().unwrap_or_else(|_| {
+            DEFAULT_SERVICE_CIDR
+                .parse()
+                .expect("the default service network parses")
+        });
+        std::net::Ipv4Addr::from(u32::from(net.network()) + n)
+    }
+
+    /// The `kubernetes` service's ClusterIP (the first address of the service network).
+    pub fn apiserver_service_ip(&self) -> std::net::Ipv4Addr {
+        self.service_ip(1)
+    }
+
+    /// Cluster DNS's ClusterIP (the tenth address, as kubeadm chooses).
+    pub fn dns_service_ip(&self) -> std::net::Ipv4Addr {
+        self.service_ip(10)
     }
 }
 

@@ -9,6 +9,8 @@ use crate::model::*;
 use crate::values::{self, show};
 use crate::yaml::{Node, Pos};
 
+mod kubernetes;
+mod logging;
 mod monitoring;
 mod nodes;
 
@@ -48,6 +50,8 @@ pub(crate) fn cluster(
         "runtime",
         "api_endpoint",
         "monitoring",
+        "kubernetes",
+        "logging",
     ];
     let top = cx.section(root, "the inventory", TOP)?;
 
@@ -73,6 +77,7 @@ pub(crate) fn cluster(
         .get("monitoring")
         .map(|node| cx.monitoring(node))
         .unwrap_or_default();
+    let logging = top.get("logging").map(|node| cx.logging(node)).unwrap_or_default();
     let etcd = top.get("etcd").map(|node| cx.etcd(node)).unwrap_or(EtcdSettings {
         allow_even_members: false,
         data_dir: PathBuf::from(DEFAULT_ETCD_DATA_DIR),
@@ -86,6 +91,10 @@ pub(crate) fn cluster(
     let api_endpoint = top
         .get("api_endpoint")
         .and_then(|node| cx.api_endpoint(node, hosts.as_deref()));
+    let kubernetes = top
+        .get("kubernetes")
+        .map(|node| cx.kubernetes(node, &network))
+        .unwrap_or_default();
 
     // A partially converted model is never handed out: any diagnostic means no cluster.
     if cx.sink.has_errors() {
@@ -103,6 +112,8 @@ pub(crate) fn cluster(
         runtime,
         monitoring,
         api_endpoint: api_endpoint.unwrap_or_default(),
+        kubernetes,
+        logging,
         source_path,
         warnings: Default::default(),
     })

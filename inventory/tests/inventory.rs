@@ -87,6 +87,16 @@ hosts:
               alert_for: null
             api_endpoint:
               mode: local
+            kubernetes:
+              version: 1.32.5
+              service_cidr: 10.96.0.0/12
+              cluster_domain: cluster.local
+              dns_image: registry.k8s.io/coredns/coredns:v1.11.3
+              secrets_encryption: secretbox
+              audit_log: false
+            logging:
+              journal_max_mib: 2048
+              aggregator_max_mib: 16384
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -248,6 +258,16 @@ drill:
               alert_for: null
             api_endpoint:
               mode: local
+            kubernetes:
+              version: 1.32.5
+              service_cidr: 10.96.0.0/12
+              cluster_domain: cluster.local
+              dns_image: registry.k8s.io/coredns/coredns:v1.11.3
+              secrets_encryption: secretbox
+              audit_log: false
+            logging:
+              journal_max_mib: 2048
+              aggregator_max_mib: 16384
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -413,6 +433,16 @@ hosts:
               alert_for: null
             api_endpoint:
               mode: local
+            kubernetes:
+              version: 1.32.5
+              service_cidr: 10.96.0.0/12
+              cluster_domain: cluster.local
+              dns_image: registry.k8s.io/coredns/coredns:v1.11.3
+              secrets_encryption: secretbox
+              audit_log: false
+            logging:
+              journal_max_mib: 2048
+              aggregator_max_mib: 16384
             source_path: /inv/inventory.yaml
         "#]],
     );
@@ -457,7 +487,7 @@ fn missing_and_mistyped_sections() {
     check(
         "- just\n- a list\n",
         expect![[r#"
-            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring), found a sequence
+            inventory.yaml:1:1: error: expected a mapping for the inventory (keys: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring, kubernetes, logging), found a sequence
         "#]],
     );
     check(
@@ -476,7 +506,7 @@ extra: 1
             inventory.yaml:5:18: error: `etcd`: invalid version `3.5`: expected MAJOR.MINOR.PATCH such as `3.5.1`
             inventory.yaml:6:18: error: `target`: expected file:///absolute/path (three slashes), found `file://relative`
             inventory.yaml:6:49: error: `recipients`: expected at least one age recipient; backups are always encrypted
-            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring
+            inventory.yaml:7:1: error: unknown key `extra` in the inventory; expected one of: cluster, ssh, hosts, versions, artifacts, etcd, backup, drill, network, runtime, api_endpoint, monitoring, kubernetes, logging
         "#]],
     );
     check(
@@ -775,6 +805,58 @@ versions: {prometheus: "2.42"}
             inventory.yaml:6:53: error: unknown key `replicas` in `monitoring`; expected one of: retention_days, storage_path, receivers, smtp, alert_for
             inventory.yaml:7:24: error: `prometheus`: invalid version `2.42`: expected MAJOR.MINOR.PATCH such as `3.5.1`
         "#]],
+    );
+}
+
+#[test]
+fn kubernetes_section_is_checked() {
+    check(
+        r#"
+cluster: {name: k}
+ssh: {agent: true}
+hosts:
+  - {name: a, address: 10.0.0.1, roles: [etcd, control_plane, node]}
+network: {pod_cidr: 10.244.0.0/16}
+kubernetes:
+  version: "1.29.1"
+  service_cidr: 10.240.0.0/12
+  cluster_domain: "-bad.local"
+  dns_image: "https://x"
+  secrets_encryption: aesgcm
+  audit_log: maybe
+  feature_gates: {}
+"#,
+        expect![[r#"
+            inventory.yaml:8:12: error: `version`: expected a Kubernetes version 1.31.x to 1.32.x, found `1.29.1`
+            inventory.yaml:9:17: error: `service_cidr`: `10.240.0.0/12` overlaps the pod network `10.244.0.0/16`: expected a disjoint network
+            inventory.yaml:10:19: error: `cluster_domain`: expected a DNS domain such as `cluster.local`, found `-bad.local`
+            inventory.yaml:11:14: error: `dns_image`: expected an image reference such as `registry.k8s.io/pause:3.10`, found `https://x`
+            inventory.yaml:12:23: error: `secrets_encryption`: expected one of `secretbox`, `aescbc`, found `aesgcm`
+            inventory.yaml:13:14: error: `audit_log`: expected `true` or `false`, found `maybe`
+            inventory.yaml:14:3: error: unknown key `feature_gates` in `kubernetes`; expected one of: version, service_cidr, cluster_domain, dns_image, secrets_encryption, audit_log
+        "#]],
+    );
+}
+
+#[test]
+fn kubernetes_defaults_and_service_addresses() {
+    let cluster = capstan_inventory::parse_str(
+        "cluster: {name: k}\nssh: {agent: true}\nhosts:\n  - {name: a, address: 10.0.0.1, roles: [etcd]}\n\
+         kubernetes: {service_cidr: 10.32.0.0/24, cluster_domain: Example.Internal}\n",
+        "inventory.yaml",
+        std::path::Path::new("/inv"),
+    )
+    .unwrap();
+    assert_eq!(
+        cluster.kubernetes.version,
+        capstan_inventory::DEFAULT_KUBERNETES_VERSION
+    );
+    assert_eq!(cluster.kubernetes.apiserver_service_ip().to_string(), "10.32.0.1");
+    assert_eq!(cluster.kubernetes.dns_service_ip().to_string(), "10.32.0.10");
+    assert_eq!(cluster.kubernetes.cluster_domain, "example.internal");
+    assert_eq!(
+        cluster.kubernetes.secrets_encryption,
+        capstan_inventory::SecretsEncryption::Secretbox
     );
 }
 

@@ -2,3 +2,45 @@
 //! systemd services on the `control_plane` hosts, kubelet and kube-proxy on every `node`, from
 //! the official release tarballs; the cluster PKI and kubeconfigs; cluster DNS; version-skew-safe
 //! upgrades. See docs/kubernetes.md.
+//!
+//! Control plane:
+//! - `paths.rs`: every file the control plane puts on hosts (also what backups carry).
+//! - `pki.rs`: the credentials (who signs them, what they say, where they go).
+//! - `kubeconfig.rs`: kubeconfigs, rendered and read back.
+//! - `encryption.rs`: secrets encryption at rest.
+//! - `config.rs`: pure rendering of units and component configurations.
+//! - `release.rs`: the server and node tarballs (sha512-pinned) and their members.
+//! - `probe.rs`: one read-only probe per host.
+//! - `apply.rs`: inspection, refusals and the phases (binaries → pki → configs → control plane →
+//!   node agents); `unavailable.rs`: a tarball a plan cannot have, shown, never faked.
+//! - `component.rs`: [`KubernetesComponent`] (roles, ports, scrape targets, log units).
+
+mod apply;
+pub mod component;
+pub mod config;
+pub mod encryption;
+pub mod kubeconfig;
+pub mod paths;
+pub mod pki;
+pub mod probe;
+pub mod release;
+mod unavailable;
+
+pub use component::KubernetesComponent;
+
+/// An inventory for unit tests: three control-plane hosts (one with a separate private address,
+/// one also a node), one node, and `extra` (YAML, may be empty).
+#[cfg(test)]
+pub(crate) fn test_cluster(extra: &str) -> capstan_inventory::Cluster {
+    let text = format!(
+        "cluster: {{name: demo}}\nssh: {{agent: true}}\nhosts:\n\
+         - {{name: cp1, address: 10.0.0.11, roles: [etcd, control_plane]}}\n\
+         - {{name: cp2, address: 10.0.0.12, private_address: 192.168.0.12, roles: [control_plane]}}\n\
+         - {{name: cp3, address: 10.0.0.13, roles: [control_plane, node]}}\n\
+         - {{name: n1, address: 10.0.0.21, roles: [node]}}\n{extra}"
+    );
+    capstan_inventory::parse_str(&text, "inventory.yaml", std::path::Path::new("/inv")).unwrap()
+}
+
+pub mod backup;
+pub mod skew;

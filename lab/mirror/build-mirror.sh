@@ -14,6 +14,8 @@
 #                                     (Debian's binaries are linked against shared libraries the hosts
 #                                     get as packages: runc and crun need libseccomp2, crun also libyajl2;
 #                                     see lab/mirror/debs.txt)
+#   kubernetes server/node        CAPSTAN_KUBE_ARTIFACTS=DIR (user-supplied official tarballs, checked
+#                                     against the pinned sha512s by add-kube-artifacts.sh)
 # Tarballs are built reproducibly (sorted names, fixed mtime, owner 0, gzip -n) so SHA256SUMS stay
 # stable across rebuilds. An artifact whose tarball already exists is not rebuilt.
 set -euo pipefail
@@ -197,6 +199,11 @@ containerd_from_debian
 binary_from_debian runc runc 'opencontainers/runc/releases/download/v{version}/runc.amd64'
 binary_from_debian crun crun 'containers/crun/releases/download/{version}/crun-{version}-linux-amd64'
 cni_plugins_from_debian
+# Kubernetes release tarballs cannot be downloaded here: the user supplies them (verified there
+# against the sha512 pins of the release table).
+if [ -n "${CAPSTAN_KUBE_ARTIFACTS:-}" ]; then
+    "$(dirname "$0")/add-kube-artifacts.sh" "$OUTDIR"
+fi
 
 (cd "$OUTDIR" && find . -type f ! -name SHA256SUMS ! -name '*.tmp' | sed 's|^\./||' | LC_ALL=C sort |
     xargs -r sha256sum >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)

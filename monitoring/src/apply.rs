@@ -475,7 +475,7 @@ fn install_service(
     service: &str,
 ) -> Result<(), PhaseError> {
     let members = members(release.project, release.version, release.arch, release.binaries);
-    let artifact = Artifact::new(&release.artifact.url, &release.artifact.sha256, config::BIN_DIR)
+    let artifact = Artifact::new(&release.artifact.url, &release.artifact.checksum, config::BIN_DIR)
         .map(|a| a.mode(0o755).owner("root").group("root"))
         .and_then(|a| a.extract(members))
         .map_err(|e| op_error(phase, e))?;

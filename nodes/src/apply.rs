@@ -357,13 +357,13 @@ fn runtime_ops(ops: &mut HostOps, node: &NodeHost, cluster: &Cluster, phase: &st
     let a = &node.artifacts;
     let artifact = |url: &str, sha: &str, dest: &str| Artifact::new(url, sha, dest).map_err(|e| op_error(phase, e));
     ops.push(
-        artifact(&a.containerd.url, &a.containerd.sha256, config::BIN_DIR)?
+        artifact(&a.containerd.url, &a.containerd.checksum, config::BIN_DIR)?
             .extract(containerd_members())
             .map_err(|e| op_error(phase, e))?
             .notify([CONTAINERD]),
     );
     match node.runtime {
-        RuntimeKind::Runc => ops.push(artifact(&a.runc.url, &a.runc.sha256, config::RUNC_PATH)?.notify([CONTAINERD])),
+        RuntimeKind::Runc => ops.push(artifact(&a.runc.url, &a.runc.checksum, config::RUNC_PATH)?.notify([CONTAINERD])),
         RuntimeKind::LabCgroupless => {
             let crun = a.crun.as_ref().ok_or_else(|| {
                 PhaseError::failed(
@@ -371,7 +371,7 @@ fn runtime_ops(ops: &mut HostOps, node: &NodeHost, cluster: &Cluster, phase: &st
                     "crun was not resolved for the lab-only runtime".to_string(),
                 )
             })?;
-            ops.push(artifact(&crun.url, &crun.sha256, config::CRUN_PATH)?);
+            ops.push(artifact(&crun.url, &crun.checksum, config::CRUN_PATH)?);
             ops.push(
                 File::new(
                     config::CRUN_LAB_WRAPPER,
@@ -414,7 +414,7 @@ fn runtime_ops(ops: &mut HostOps, node: &NodeHost, cluster: &Cluster, phase: &st
 fn network_ops(ops: &mut HostOps, node: &NodeHost, pod_cidr: Ipv4Net, phase: &str) -> Result<(), PhaseError> {
     let cni = &node.artifacts.cni_plugins;
     ops.push(
-        Artifact::new(&cni.url, &cni.sha256, config::CNI_BIN_DIR)
+        Artifact::new(&cni.url, &cni.checksum, config::CNI_BIN_DIR)
             .and_then(|a| a.extract(cni_members()))
             .map_err(|e| op_error(phase, e))?,
     );

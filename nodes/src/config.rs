@@ -30,6 +30,8 @@ pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-capstan-nodes.conf";
 pub const POD_NETWORK_SCRIPT: &str = "/usr/local/lib/capstan/pod-network";
 pub const POD_NETWORK_UNIT: &str = "capstan-pod-network.service";
 pub const CONTAINERD_UNIT: &str = "containerd.service";
+/// containerd's CRI socket (its default gRPC address; capstan's config leaves it), for kubelet.
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// Routes capstan owns carry this protocol number, so stale ones can be found and removed.
 pub const ROUTE_PROTO: u8 = 203;
 pub const MASQUERADE_CHAIN: &str = "CAPSTAN-POD-MASQ";

@@ -87,7 +87,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(
-            releases.upstream("containerd", "1.7.34", "amd64").unwrap().sha256,
+            releases.upstream("containerd", "1.7.34", "amd64").unwrap().checksum,
             "640f989745020ea4897ad0a3d7d977863a7279d3f2e132792fc62c25a45bda50"
         );
         // crun has no pinned upstream checksum: never downloaded unverified.
@@ -109,7 +109,7 @@ mod tests {
             ("cni-plugins", "1.1.1", "4"),
         ] {
             let resolved = releases.on_mirror(component, version, "amd64", mirror, SUMS).unwrap();
-            assert_eq!(resolved.sha256, sha.repeat(64), "{component}");
+            assert_eq!(resolved.checksum, sha.repeat(64), "{component}");
             assert!(resolved.url.starts_with(mirror), "{}", resolved.url);
         }
     }

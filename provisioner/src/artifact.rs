@@ -1,5 +1,6 @@
 //! Local artifact cache: each release archive or binary is downloaded once,
-//! verified against its pinned sha256 and kept under its checksum.
+//! verified against its pinned checksum (sha256, or sha512 where upstream publishes only that)
+//! and kept under its checksum.
 
 use std::collections::HashMap;
 use std::fs;
@@ -7,17 +8,17 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
-    #[error("{value:?} is not a sha256 (64 hex digits)")]
-    InvalidSha256 { value: String },
+    #[error("{value:?} is not a sha256 (64 hex digits) or a sha512 (128 hex digits)")]
+    InvalidChecksum { value: String },
     #[error("unsupported artifact URL {url:?}: expected file://, http:// or https://")]
     UnsupportedUrl { url: String },
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
-    #[error("checksum mismatch for {url}: expected sha256 {expected}, got {actual}; the file was discarded")]
+    #[error("checksum mismatch for {url}: expected {expected}, got {actual}; the file was discarded")]
     ChecksumMismatch {
         url: String,
         expected: String,
@@ -40,15 +41,33 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ArtifactError + '_ {
     }
 }
 
-/// Lower-cased sha256 or an error naming the bad value.
-pub fn normalize_sha256(value: &str) -> Result<String, ArtifactError> {
-    if value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+/// A pinned checksum, lower-cased: a sha256 (64 hex digits) or a sha512 (128), told apart by
+/// length; an error names a value that is neither.
+pub fn normalize_checksum(value: &str) -> Result<String, ArtifactError> {
+    if matches!(value.len(), 64 | 128) && value.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(value.to_ascii_lowercase())
     } else {
-        Err(ArtifactError::InvalidSha256 {
+        Err(ArtifactError::InvalidChecksum {
             value: value.to_string(),
         })
     }
+}
+
+/// The checksum of `path` in the algorithm of `checksum` (normalized): sha512 for 128 hex digits,
+/// sha256 otherwise.
+fn checksum_like(checksum: &str, path: &Path) -> Result<String, ArtifactError> {
+    if checksum.len() == 128 {
+        sha512_file(path)
+    } else {
+        Ok(sha256_file(path)?.0)
+    }
+}
+
+pub fn sha512_file(path: &Path) -> Result<String, ArtifactError> {
+    let mut file = fs::File::open(path).map_err(io_error(path))?;
+    let mut hasher = Sha512::new();
+    io::copy(&mut file, &mut hasher).map_err(io_error(path))?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Only file:// (absolute path), http:// and https:// artifacts exist.
@@ -134,33 +153,36 @@ impl ArtifactCache {
         &self.dir
     }
 
-    /// The verified local copy of `url`, downloading it on first use.
-    /// Blocking: call from `spawn_blocking` in async code.
-    pub fn fetch(&self, url: &str, sha256: &str) -> Result<PathBuf, ArtifactError> {
-        let sha256 = normalize_sha256(sha256)?;
+    /// The verified local copy of `url` (pinned by `checksum`, a sha256 or a sha512), downloading
+    /// it on first use. Blocking: call from `spawn_blocking` in async code.
+    pub fn fetch(&self, url: &str, checksum: &str) -> Result<PathBuf, ArtifactError> {
+        let pinned = normalize_checksum(checksum)?;
         fs::create_dir_all(&self.dir).map_err(io_error(&self.dir))?;
-        let target = self.dir.join(&sha256);
+        let target = self.dir.join(&pinned);
         let lock = lock_for(&target);
         let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if target.is_file() {
-            let (actual, _) = sha256_file(&target)?;
-            if actual == sha256 {
+            let actual = checksum_like(&pinned, &target)?;
+            if actual == pinned {
                 return Ok(target);
             }
             // A corrupted cache entry is replaced, not trusted.
             fs::remove_file(&target).map_err(io_error(&target))?;
         }
         let mut partial = tempfile::Builder::new()
-            .prefix(&format!(".{sha256}."))
+            .prefix(&format!(".{pinned}."))
             .suffix(".partial")
             .tempfile_in(&self.dir)
             .map_err(io_error(&self.dir))?;
-        let (actual, _) = download(url, partial.as_file_mut())?;
-        if actual != sha256 {
+        let (mut actual, _) = download(url, partial.as_file_mut())?;
+        if pinned.len() == 128 {
+            actual = sha512_file(partial.path())?;
+        }
+        if actual != pinned {
             // Dropping the temp file removes it.
             return Err(ArtifactError::ChecksumMismatch {
                 url: url.to_string(),
-                expected: sha256,
+                expected: pinned,
                 actual,
             });
         }
@@ -172,22 +194,22 @@ impl ArtifactCache {
     }
 
     /// Extract `members` of the verified tar.gz `archive` (identified by
-    /// `sha256`) once into the cache; each file gets its own checksum.
+    /// its pinned `checksum`) once into the cache; each file gets its own sha256.
     pub fn extract(
         &self,
         url: &str,
         archive: &Path,
-        sha256: &str,
+        checksum: &str,
         members: &[String],
     ) -> Result<Vec<ExtractedFile>, ArtifactError> {
-        let out_dir = self.dir.join(format!("{sha256}.d"));
+        let out_dir = self.dir.join(format!("{checksum}.d"));
         let lock = lock_for(&out_dir);
         let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let local_name = |member: &str| member.trim_start_matches("./").replace('/', "__");
         let complete = members.iter().all(|m| out_dir.join(local_name(m)).is_file());
         if !complete {
             let staging = tempfile::Builder::new()
-                .prefix(&format!(".{sha256}.extract."))
+                .prefix(&format!(".{checksum}.extract."))
                 .tempdir_in(&self.dir)
                 .map_err(io_error(&self.dir))?;
             let extract_error = |e: io::Error| ArtifactError::Extract {
@@ -267,4 +289,33 @@ fn download(url: &str, out: &mut fs::File) -> Result<(String, u64), ArtifactErro
     let mut response = agent.get(url).call().map_err(|e| failed(e.to_string()))?;
     let mut body = response.body_mut().as_reader();
     copy_hashing(&mut body, out).map_err(|e| failed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sha512_pin_is_verified_as_sha512() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("release.tar.gz");
+        fs::write(&source, b"release bytes").unwrap();
+        let url = format!("file://{}", source.display());
+        let sha512 = sha512_file(&source).unwrap();
+        let cache = ArtifactCache::at(dir.path().join("cache"));
+        let cached = cache.fetch(&url, &sha512.to_ascii_uppercase()).unwrap();
+        assert_eq!(fs::read(&cached).unwrap(), b"release bytes");
+        // A cache hit re-checks with sha512 too.
+        assert_eq!(cache.fetch(&url, &sha512).unwrap(), cached);
+        let wrong = "0".repeat(128);
+        let err = cache.fetch(&url, &wrong).unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::ChecksumMismatch { ref actual, .. } if *actual == sha512),
+            "{err}"
+        );
+        assert!(matches!(
+            cache.fetch(&url, &"0".repeat(100)),
+            Err(ArtifactError::InvalidChecksum { .. })
+        ));
+    }
 }

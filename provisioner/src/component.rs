@@ -68,6 +68,20 @@ pub trait Component: Send + Sync {
         &[]
     }
 
+    /// Files on this component's hosts that a backup keeps (age-encrypted with the rest) and a
+    /// restore puts back byte for byte: key material the datastore does not hold, such as CA key
+    /// pairs. Read from the first reachable host of [`StateFile::role`] that has them; restored on
+    /// every host of that role.
+    fn state_files(&self, _cluster: &Cluster) -> Vec<StateFile> {
+        Vec::new()
+    }
+
+    /// systemd units that must not run while the datastore is restored: stopped (where present)
+    /// before the restore touches it, started again once [`Component::state_files`] are back.
+    fn restore_stopped_units(&self) -> Vec<RoleUnit> {
+        Vec::new()
+    }
+
     /// Converge the component on `cluster` (in [`Mode::DryRun`]: plan it, changing nothing):
     /// inspect, refuse unsafe changes before touching anything, then run its phases.
     async fn converge(&self, _cluster: &Cluster, _ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {
@@ -77,6 +91,27 @@ pub trait Component: Send + Sync {
             hint: None,
         })
     }
+}
+
+/// A file of a component's state (see [`Component::state_files`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateFile {
+    /// The inventory role whose hosts hold it.
+    pub role: &'static str,
+    /// Absolute path on those hosts.
+    pub path: String,
+    /// Its mode when restored (owner and group root).
+    pub mode: u32,
+    /// A file that may be missing (e.g. written only once some feature is used): a backup without
+    /// it is still complete.
+    pub optional: bool,
+}
+
+/// A systemd unit on the hosts of a role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RoleUnit {
+    pub role: &'static str,
+    pub unit: &'static str,
 }
 
 /// A metrics endpoint a component serves.

@@ -116,12 +116,18 @@ impl fmt::Display for San {
     }
 }
 
+/// The subject organization of a certificate whose request names none.
+pub const DEFAULT_ORGANIZATION: &str = "capstan";
+
 /// What a certificate should say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertRequest {
     pub kind: CertKind,
     pub common_name: String,
     pub sans: Vec<San>,
+    /// The subject's organization (O); [`DEFAULT_ORGANIZATION`] when `None`. Services that map
+    /// O to a group (Kubernetes) ask for a specific one.
+    pub organization: Option<String>,
 }
 
 impl CertRequest {
@@ -139,6 +145,7 @@ impl CertRequest {
             kind,
             common_name: member_name.to_string(),
             sans,
+            organization: None,
         }
     }
 
@@ -148,7 +155,18 @@ impl CertRequest {
             kind: CertKind::Client,
             common_name: common_name.to_string(),
             sans: Vec::new(),
+            organization: None,
         }
+    }
+
+    /// The same request with subject organization `organization`.
+    pub fn with_organization(mut self, organization: &str) -> CertRequest {
+        self.organization = Some(organization.to_string());
+        self
+    }
+
+    fn organization(&self) -> &str {
+        self.organization.as_deref().unwrap_or(DEFAULT_ORGANIZATION)
     }
 }
 
@@ -196,7 +214,7 @@ impl CertificateAuthority {
         let common_name = common_name.to_string();
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::KeyGeneration)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(&common_name);
+        params.distinguished_name = distinguished_name(&common_name, DEFAULT_ORGANIZATION);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -255,7 +273,7 @@ impl CertificateAuthority {
 
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::KeyGeneration)?;
         let mut params = CertificateParams::default();
-        params.distinguished_name = distinguished_name(&request.common_name);
+        params.distinguished_name = distinguished_name(&request.common_name, request.organization());
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         let usages = request.kind.extended_key_usages();
@@ -293,9 +311,49 @@ impl CertificateAuthority {
     }
 }
 
-fn distinguished_name(common_name: &str) -> DistinguishedName {
+/// A bare key pair for signing tokens (no certificate): ECDSA P-256, both halves PEM (PKCS#8
+/// private key, SubjectPublicKeyInfo public key). `Debug` never prints the private key.
+#[derive(Clone)]
+pub struct SigningKey {
+    pub key_pem: String,
+    pub public_pem: String,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("public_pem", &self.public_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl SigningKey {
+    /// A new key pair.
+    pub fn generate() -> Result<SigningKey, PkiError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(PkiError::KeyGeneration)?;
+        Ok(SigningKey {
+            key_pem: key.serialize_pem(),
+            public_pem: key.public_key_pem(),
+        })
+    }
+
+    /// Load a key pair, checking that `public_pem` is the public half of `key_pem`.
+    pub fn from_pem(key_pem: &str, public_pem: &str) -> Result<SigningKey, PkiError> {
+        let key = KeyPair::from_pem(key_pem).map_err(PkiError::InvalidCaKey)?;
+        if key.public_key_pem().trim() != public_pem.trim() {
+            return Err(PkiError::CaKeyMismatch);
+        }
+        Ok(SigningKey {
+            key_pem: key_pem.to_string(),
+            public_pem: public_pem.to_string(),
+        })
+    }
+}
+
+fn distinguished_name(common_name: &str, organization: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
-    name.push(DnType::OrganizationName, "capstan");
+    name.push(DnType::OrganizationName, organization);
     name.push(DnType::CommonName, common_name);
     name
 }
@@ -319,6 +377,8 @@ pub enum ReissueReason {
     SansDiffer { missing: Vec<San>, unexpected: Vec<San> },
     /// The common name differs.
     CommonNameDiffers { found: String },
+    /// The subject organization differs (for Kubernetes: the group).
+    OrganizationDiffers { found: String },
     /// The extended key usages don't match the kind (e.g. a server cert used as peer cert).
     UsageDiffers,
     /// Not valid yet at `now`.
@@ -343,6 +403,7 @@ impl fmt::Display for ReissueReason {
                 )
             }
             ReissueReason::CommonNameDiffers { found } => write!(f, "common name is `{found}`"),
+            ReissueReason::OrganizationDiffers { found } => write!(f, "organization is `{found}`"),
             ReissueReason::UsageDiffers => write!(f, "extended key usage does not match the certificate's role"),
             ReissueReason::NotYetValid => write!(f, "certificate not valid yet"),
             ReissueReason::ExpiresSoon { remaining } => {
@@ -398,6 +459,17 @@ pub fn needs_reissue(
     if found_cn != request.common_name {
         return Some(ReissueReason::CommonNameDiffers {
             found: found_cn.to_string(),
+        });
+    }
+    let found_o = cert
+        .subject()
+        .iter_organization()
+        .next()
+        .and_then(|o| o.as_str().ok())
+        .unwrap_or_default();
+    if found_o != request.organization() {
+        return Some(ReissueReason::OrganizationDiffers {
+            found: found_o.to_string(),
         });
     }
 
@@ -551,6 +623,33 @@ mod tests {
         assert_eq!(
             needs_reissue(Some(&cert.cert_pem), &ca(), &peer_request(), t0()),
             Some(ReissueReason::NotSignedByCa)
+        );
+    }
+
+    #[test]
+    fn signing_keys_load_only_with_their_public_half() {
+        let one = SigningKey::generate().unwrap();
+        let other = SigningKey::generate().unwrap();
+        assert!(one.public_pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+        SigningKey::from_pem(&one.key_pem, &one.public_pem).unwrap();
+        assert!(matches!(
+            SigningKey::from_pem(&one.key_pem, &other.public_pem),
+            Err(PkiError::CaKeyMismatch)
+        ));
+        assert!(!format!("{one:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_different_organization_reissues() {
+        let ca = ca();
+        let node = CertRequest::client("system:node:n1").with_organization("system:nodes");
+        let cert = ca.issue_at(&node, t0(), LEAF_VALIDITY).unwrap();
+        assert_eq!(needs_reissue(Some(&cert.cert_pem), &ca, &node, t0()), None);
+        assert_eq!(
+            needs_reissue(Some(&cert.cert_pem), &ca, &CertRequest::client("system:node:n1"), t0()),
+            Some(ReissueReason::OrganizationDiffers {
+                found: "system:nodes".into()
+            })
         );
     }
 

@@ -1,7 +1,8 @@
-//! Where release artifacts come from: version + architecture → download URL + sha256.
+//! Where release artifacts come from: version + architecture → download URL + checksum.
 //!
 //! By default an artifact is the official upstream download, verified against a checksum pinned
-//! in `provisioner/data/upstream-releases.yaml` (embedded at build time). With an inventory
+//! in `provisioner/data/upstream-releases.yaml` (embedded at build time): a row's `sha256:` or,
+//! for projects that publish only sha512 sums, its `sha512:`. With an inventory
 //! `artifacts.mirror`, the upstream `scheme://host` prefix is replaced by the mirror base and the
 //! checksum comes from the mirror's own `SHA256SUMS` file: mirrors may repackage tarballs, so the
 //! upstream checksums do not apply to them.
@@ -51,18 +52,19 @@ pub enum ReleaseError {
     UnsupportedMirror(String),
 }
 
-/// A resolved download: fetch `url`, expect `sha256`.
+/// A resolved download: fetch `url`, expect `checksum` (a sha256, or a pinned upstream sha512;
+/// the Artifact op and the cache accept both, told apart by length).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedArtifact {
     pub url: String,
-    pub sha256: String,
+    pub checksum: String,
 }
 
 #[derive(Debug, Clone)]
 struct ComponentTable {
     url: String,
-    /// arch → version → sha256
-    sha256: BTreeMap<String, BTreeMap<String, String>>,
+    /// arch → version → checksum (sha256 or sha512 hex)
+    pinned: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 fn scalar(value: &serde_yaml::Value) -> Option<String> {
@@ -85,23 +87,30 @@ fn parse_table(text: &str) -> Result<BTreeMap<String, ComponentTable>, ReleaseEr
             .get("url")
             .and_then(scalar)
             .ok_or_else(|| ReleaseError::Table(format!("{name}: no url")))?;
-        let mut sha256 = BTreeMap::new();
-        if let Some(archs) = entry.get("sha256").and_then(|v| v.as_mapping()) {
+        let mut pinned: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (key, digits) in [("sha256", 64), ("sha512", 128)] {
+            let Some(archs) = entry.get(key).and_then(|v| v.as_mapping()) else {
+                continue;
+            };
             for (arch, versions) in archs {
                 let arch = scalar(arch).ok_or_else(|| ReleaseError::Table(format!("{name}: bad arch key")))?;
-                let mut by_version = BTreeMap::new();
+                let by_version = pinned.entry(arch.clone()).or_default();
                 if let Some(versions) = versions.as_mapping() {
                     for (version, sum) in versions {
                         let (Some(version), Some(sum)) = (scalar(version), scalar(sum)) else {
                             return Err(ReleaseError::Table(format!("{name}/{arch}: bad entry")));
                         };
-                        by_version.insert(version, sum);
+                        if sum.len() != digits || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+                            return Err(ReleaseError::Table(format!(
+                                "{name}/{arch}/{version}: a {key} is {digits} hex digits"
+                            )));
+                        }
+                        by_version.insert(version, sum.to_ascii_lowercase());
                     }
                 }
-                sha256.insert(arch, by_version);
             }
         }
-        table.insert(name, ComponentTable { url, sha256 });
+        table.insert(name, ComponentTable { url, pinned });
     }
     Ok(table)
 }
@@ -211,7 +220,7 @@ impl Releases {
     pub fn pinned_versions(&self, component: &str, arch: &str) -> Result<Vec<String>, ReleaseError> {
         let entry = self.component(component)?;
         Ok(entry
-            .sha256
+            .pinned
             .get(arch)
             .map(|versions| sort_versions(versions.keys().map(String::as_str)))
             .unwrap_or_default()
@@ -224,10 +233,10 @@ impl Releases {
     pub fn upstream(&self, component: &str, version: &str, arch: &str) -> Result<ResolvedArtifact, ReleaseError> {
         parse_version(version)?;
         let entry = self.component(component)?;
-        match entry.sha256.get(arch).and_then(|v| v.get(version)) {
-            Some(sha256) => Ok(ResolvedArtifact {
+        match entry.pinned.get(arch).and_then(|v| v.get(version)) {
+            Some(checksum) => Ok(ResolvedArtifact {
                 url: expand(&entry.url, version, arch),
-                sha256: sha256.clone(),
+                checksum: checksum.clone(),
             }),
             None => Err(ReleaseError::UnpinnedVersion {
                 component: component.to_string(),
@@ -255,7 +264,7 @@ impl Releases {
         match sums.get(&path) {
             Some(sha256) => Ok(ResolvedArtifact {
                 url: mirror_url(&upstream, mirror),
-                sha256: sha256.clone(),
+                checksum: sha256.clone(),
             }),
             None => {
                 // Which versions of this component the mirror does have: match its paths
@@ -341,7 +350,7 @@ eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee  other/v1.0.0/o
             resolved,
             ResolvedArtifact {
                 url: "https://downloads.example/demo/v1.2.0/demo-1.2.0-amd64.tar.gz".into(),
-                sha256: "a".repeat(64),
+                checksum: "a".repeat(64),
             }
         );
     }
@@ -369,12 +378,33 @@ eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee  other/v1.0.0/o
             .on_mirror("demo", "1.2.0", "amd64", "file:///srv/mirror/", SUMS)
             .unwrap();
         assert_eq!(resolved.url, "file:///srv/mirror/demo/v1.2.0/demo-1.2.0-amd64.tar.gz");
-        assert_eq!(resolved.sha256, "d".repeat(64));
+        assert_eq!(resolved.checksum, "d".repeat(64));
         let err = releases()
             .on_mirror("demo", "1.10.1", "amd64", "https://mirror.example", SUMS)
             .unwrap_err()
             .to_string();
         assert!(err.ends_with("it has: 1.9.0, 1.2.0"), "{err}");
+    }
+
+    #[test]
+    fn sha512_rows_pin_sha512_and_bad_lengths_are_refused() {
+        let table = format!(
+            "demo:\n  url: https://downloads.example/demo-{{version}}-{{arch}}.tar.gz\n  sha512:\n    amd64:\n      2.0.0: {}\n",
+            "F".repeat(128)
+        );
+        let resolved = Releases::from_yaml(&table)
+            .unwrap()
+            .upstream("demo", "2.0.0", "amd64")
+            .unwrap();
+        assert_eq!(resolved.checksum, "f".repeat(128));
+        let short = table.replace(&"F".repeat(128), &"f".repeat(64));
+        let Err(err) = Releases::from_yaml(&short) else {
+            panic!("a sha256 under sha512 was accepted")
+        };
+        assert_eq!(
+            err.to_string(),
+            "the embedded release table is invalid: demo/amd64/2.0.0: a sha512 is 128 hex digits"
+        );
     }
 
     #[test]

@@ -87,6 +87,50 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../files/monitoring/prometheus.yml.j2"),
     ),
     (
+        "kubernetes/kubeconfig.yaml",
+        include_str!("../files/kubernetes/kubeconfig.yaml.j2"),
+    ),
+    (
+        "kubernetes/encryption-config.yaml",
+        include_str!("../files/kubernetes/encryption-config.yaml.j2"),
+    ),
+    (
+        "kubernetes/kube-apiserver.service",
+        include_str!("../files/kubernetes/kube-apiserver.service.j2"),
+    ),
+    (
+        "kubernetes/kube-controller-manager.service",
+        include_str!("../files/kubernetes/kube-controller-manager.service.j2"),
+    ),
+    (
+        "kubernetes/kube-scheduler.service",
+        include_str!("../files/kubernetes/kube-scheduler.service.j2"),
+    ),
+    (
+        "kubernetes/kube-scheduler.yaml",
+        include_str!("../files/kubernetes/kube-scheduler.yaml.j2"),
+    ),
+    (
+        "kubernetes/kubelet.service",
+        include_str!("../files/kubernetes/kubelet.service.j2"),
+    ),
+    (
+        "kubernetes/kubelet-config.yaml",
+        include_str!("../files/kubernetes/kubelet-config.yaml.j2"),
+    ),
+    (
+        "kubernetes/kube-proxy.service",
+        include_str!("../files/kubernetes/kube-proxy.service.j2"),
+    ),
+    (
+        "kubernetes/kube-proxy-config.yaml",
+        include_str!("../files/kubernetes/kube-proxy-config.yaml.j2"),
+    ),
+    (
+        "kubernetes/audit-policy.yaml",
+        include_str!("../files/kubernetes/audit-policy.yaml.j2"),
+    ),
+    (
         "monitoring/alertmanager.service",
         include_str!("../files/monitoring/alertmanager.service.j2"),
     ),
@@ -114,6 +158,47 @@ const TEMPLATES: &[(&str, &str)] = &[
     (
         "monitoring/capstan-cert-expiry.timer",
         include_str!("../files/monitoring/capstan-cert-expiry.timer.j2"),
+    ),
+    (
+        "logging/journald.conf",
+        include_str!("../files/logging/journald.conf.j2"),
+    ),
+    (
+        "logging/capstan-journal-upload@.service",
+        include_str!("../files/logging/capstan-journal-upload@.service.j2"),
+    ),
+    ("logging/upload.env", include_str!("../files/logging/upload.env.j2")),
+    (
+        "logging/capstan-journal-remote@.service",
+        include_str!("../files/logging/capstan-journal-remote@.service.j2"),
+    ),
+    ("logging/remote.env", include_str!("../files/logging/remote.env.j2")),
+    ("logging/haproxy.cfg", include_str!("../files/logging/haproxy.cfg.j2")),
+    (
+        "logging/capstan-logging-tls.service",
+        include_str!("../files/logging/capstan-logging-tls.service.j2"),
+    ),
+    ("logging/vacuum.sh", include_str!("../files/logging/vacuum.sh.j2")),
+    (
+        "logging/capstan-journal-vacuum.service",
+        include_str!("../files/logging/capstan-journal-vacuum.service.j2"),
+    ),
+    (
+        "logging/capstan-journal-vacuum.timer",
+        include_str!("../files/logging/capstan-journal-vacuum.timer.j2"),
+    ),
+    ("logging/lag.sh", include_str!("../files/logging/lag.sh.j2")),
+    (
+        "logging/capstan-logging-lag.service",
+        include_str!("../files/logging/capstan-logging-lag.service.j2"),
+    ),
+    (
+        "logging/capstan-logging-lag.timer",
+        include_str!("../files/logging/capstan-logging-lag.timer.j2"),
+    ),
+    (
+        "logging/alerts.rules.yml",
+        include_str!("../files/logging/alerts.rules.yml.j2"),
     ),
 ];
 

@@ -44,6 +44,7 @@ pub fn request(cluster: &LocalCluster, encryption: Encryption, progress: Option<
             ("ca.key".into(), cluster.ca.key_pem().as_bytes().to_vec()),
         ],
         inventory: b"cluster: {name: test}\n".to_vec(),
+        state: Vec::new(),
         progress,
     }
 }

@@ -9,4 +9,5 @@ pub mod etcd;
 pub mod init;
 pub mod inventory;
 pub mod lab;
+pub mod logs;
 pub mod restore;

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use capstan_backup::restore::{fetch_decrypted, resolve, FetchedBackup};
+use capstan_backup::state::{default_revision_bump, StateRestore};
 use capstan_backup::{BackupId, Store};
 use capstan_etcd::restore::{restore as restore_etcd, RestoreInput, RestoreOptions, RestoreOutcome};
 use capstan_inventory::Cluster;
+use capstan_provisioner::component::PhaseReport;
+use capstan_provisioner::report::RunReport;
 use capstan_provisioner::report::{render_changes, render_summary};
 use capstan_provisioner::runner::Mode;
 
@@ -72,7 +75,70 @@ pub(crate) fn restore_options(args: &RestoreArgs, out: &Output) -> RestoreOption
     options
 }
 
+/// The restore: components' units that use etcd stopped first, etcd restored, then the
+/// components' backed-up state put back and their units started (`capstan_backup::state`).
 pub(crate) async fn run_restore(
+    cluster: &Cluster,
+    fetched: &FetchedBackup,
+    mut options: RestoreOptions,
+) -> anyhow::Result<RestoreOutcome> {
+    let components = crate::components::ALL;
+    if options.bump_revision.is_none() {
+        if let Some(bump) = default_revision_bump(cluster, components) {
+            options.bump_revision = Some(bump);
+            options.mark_compacted = true;
+        }
+    }
+    let out = options.out.clone();
+    let state = StateRestore::connect(
+        cluster,
+        components,
+        &fetched.state,
+        options.mode,
+        options.progress.clone(),
+    )
+    .await
+    .map_err(|e| Failure::of(&e))?;
+    out.line(format_args!("==> restore: components' state: {}", state.describe()));
+    for ignored in &state.ignored {
+        out.line(format_args!(
+            "    note: no enabled component declares {ignored}: left out"
+        ));
+    }
+    let result = restore_state_around_etcd(cluster, fetched, options, &state).await;
+    state.close().await;
+    result
+}
+
+async fn restore_state_around_etcd(
+    cluster: &Cluster,
+    fetched: &FetchedBackup,
+    options: RestoreOptions,
+    state: &StateRestore,
+) -> anyhow::Result<RestoreOutcome> {
+    let mut reports = vec![(
+        "stop the units that use etcd",
+        state.stop_units().await.map_err(|e| Failure::of(&e))?,
+    )];
+    let mut outcome = restore_etcd_only(cluster, fetched, options).await?;
+    let back = state.put_back_and_start().await.map_err(|e| Failure::of(&e))?;
+    reports.extend(
+        ["put the components' state back", "start the units again"]
+            .into_iter()
+            .zip(back),
+    );
+    for (phase, report) in reports {
+        outcome.reports.push(PhaseReport {
+            phase: phase.to_string(),
+            report,
+        });
+    }
+    let refs: Vec<&RunReport> = outcome.reports.iter().map(|r| &r.report).collect();
+    outcome.summary = RunReport::merged(outcome.mode, &refs, outcome.summary.elapsed);
+    Ok(outcome)
+}
+
+async fn restore_etcd_only(
     cluster: &Cluster,
     fetched: &FetchedBackup,
     options: RestoreOptions,

@@ -157,7 +157,7 @@ impl EtcdRun {
                 .owner("root")
                 .group("root"),
         );
-        let artifact = Artifact::new(&member.artifact.url, &member.artifact.sha256, BIN_DIR)?
+        let artifact = Artifact::new(&member.artifact.url, &member.artifact.checksum, BIN_DIR)?
             .mode(0o755)
             .owner("root")
             .group("root")

@@ -262,7 +262,7 @@ impl Checker<'_, '_> {
 }
 
 /// An image reference: no whitespace, no scheme.
-fn check_image(image: &str) -> Result<(), String> {
+pub(super) fn check_image(image: &str) -> Result<(), String> {
     if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) || image.contains("://") {
         return Err(format!(
             "expected an image reference such as `{DEFAULT_SANDBOX_IMAGE}`, found `{}`",

@@ -8,17 +8,19 @@ use async_trait::async_trait;
 
 use super::file::{path_probes, plan_desired_file, DesiredFile};
 use super::{validate_remote_path, Content, Footprint, OpError, Operation, Plan};
-use crate::artifact::{normalize_sha256, sha256_file, validate_url, ArtifactCache, ArtifactError};
+use crate::artifact::{normalize_checksum, sha256_file, validate_url, ArtifactCache, ArtifactError};
 use crate::transport::{RemoteFile, Transport};
 
-/// `url` is fetched once into the local cache and verified against `sha256`.
+/// `url` is fetched once into the local cache and verified against its pinned checksum (sha256,
+/// or sha512: [`crate::artifact::normalize_checksum`]).
 /// Without `extract`, the file itself is installed at `dest_path`. With
 /// `extract`, `dest_path` is a directory and each listed archive member is
 /// installed there under its base name (hosts need no tar).
 #[derive(Debug, Clone)]
 pub struct Artifact {
     url: String,
-    sha256: String,
+    /// The pinned sha256 or sha512 of the download.
+    checksum: String,
     dest_path: String,
     mode: u32,
     owner: Option<String>,
@@ -29,13 +31,13 @@ pub struct Artifact {
 
 impl Artifact {
     /// Mode defaults to 0755 (artifacts are mostly binaries).
-    pub fn new(url: &str, sha256: &str, dest_path: &str) -> Result<Artifact, OpError> {
-        let sha256 = normalize_sha256(sha256)?;
+    pub fn new(url: &str, checksum: &str, dest_path: &str) -> Result<Artifact, OpError> {
+        let checksum = normalize_checksum(checksum)?;
         validate_url(url)?;
         validate_remote_path(dest_path)?;
         Ok(Artifact {
             url: url.to_string(),
-            sha256,
+            checksum,
             dest_path: dest_path.to_string(),
             mode: 0o755,
             owner: None,
@@ -118,7 +120,7 @@ impl Artifact {
                 Some(cache) => cache.clone(),
                 None => ArtifactCache::from_env()?,
             };
-            let local_files = verified_local_files(&cache, &this.url, &this.sha256, this.extract.as_deref())?;
+            let local_files = verified_local_files(&cache, &this.url, &this.checksum, this.extract.as_deref())?;
             let dest = |member: Option<&String>| match member {
                 None => this.dest_path.clone(),
                 Some(member) => format!("{}/{}", this.dest_path, base_name(member)),
@@ -151,7 +153,7 @@ struct LocalFile {
 
 type PreparedKey = (PathBuf, String, String, Option<Vec<String>>);
 
-/// Verified local files by (cache dir, url, sha256, members), once per process: every host of a
+/// Verified local files by (cache dir, url, checksum, members), once per process: every host of a
 /// run installs the same artifact, and hashing it again for each (tens of MB for etcd) only
 /// re-proves what the first verification showed. Each host still verifies the sha256 of what
 /// arrives ([`super::write_file_command`]).
@@ -160,13 +162,13 @@ static PREPARED: OnceLock<Mutex<HashMap<PreparedKey, Arc<Mutex<Option<Vec<LocalF
 fn verified_local_files(
     cache: &ArtifactCache,
     url: &str,
-    sha256: &str,
+    checksum: &str,
     extract: Option<&[String]>,
 ) -> Result<Vec<LocalFile>, ArtifactError> {
     let key = (
         cache.dir().to_path_buf(),
         url.to_string(),
-        sha256.to_string(),
+        checksum.to_string(),
         extract.map(<[String]>::to_vec),
     );
     let slot = {
@@ -186,19 +188,20 @@ fn verified_local_files(
     if let Some(files) = slot.as_ref().filter(|files| still_there(files)) {
         return Ok(files.clone());
     }
-    let archive = cache.fetch(url, sha256)?;
+    let archive = cache.fetch(url, checksum)?;
     let files = match extract {
         None => {
-            let (_, size) = sha256_file(&archive)?;
+            // The pin may be a sha512; the host verifies what arrives by its sha256.
+            let (file_sha256, size) = sha256_file(&archive)?;
             vec![LocalFile {
                 member: None,
                 local_path: archive,
-                sha256: sha256.to_string(),
+                sha256: file_sha256,
                 size,
             }]
         }
         Some(members) => cache
-            .extract(url, &archive, sha256, members)?
+            .extract(url, &archive, checksum, members)?
             .into_iter()
             .map(|f| LocalFile {
                 member: Some(f.member),

@@ -37,6 +37,14 @@ pub(super) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -
     let inventory = std::fs::read(&cluster.source_path)
         .map_err(|e| Failure::new(format!("reading {}: {e}", cluster.source_path.display())))?;
     let access = operator_access(cluster).await.map_err(|e| Failure::of(&e))?;
+    let state = capstan_backup::state::collect(cluster, crate::components::ALL)
+        .await
+        .map_err(|e| Failure::of(&e))?;
+    for component in &state.not_installed {
+        out.status(format!(
+            "note: {component} is not installed yet: none of its state is in this backup"
+        ));
+    }
     let store = open(&url, &args.target).await?;
     out.status(format!("backing up etcd of cluster {} to {url}", cluster.name));
     let started = Instant::now();
@@ -46,6 +54,7 @@ pub(super) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -
         encryption,
         pki_files: access.pki_files,
         inventory,
+        state: state.entries,
         progress: progress(out),
     };
     let manifest = capstan_backup::create(&store, request)

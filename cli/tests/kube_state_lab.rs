@@ -1,0 +1,250 @@
+//! Kubernetes' state in backups and restores, on real lab machines: the files the control plane
+//! needs besides etcd's data (CA key pairs, service-account key pair, encryption configuration)
+//! are read from a control-plane host into the age-encrypted backup, and a restore into fresh
+//! machines puts them back byte for byte, root-owned, keys 0600, on every control-plane host.
+//! kube binaries cannot run here, so etcd is the real datastore and the state files are made by
+//! openssl on the test's machine (what the API servers would do with them is the e2e test's).
+//! Needs root, the lab prerequisites, the artifact mirror, `age-keygen` and `openssl`; skips with a
+//! message naming what is missing. The name contains `lab` so nextest's lab group bounds it.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use capstan_lab::{Lab, LabGuard, UpOptions};
+
+mod support;
+use support::{capstan_ok, mirror, mirror_and_version, remote, require, run_capstan, tool, Need};
+
+fn needs() -> [Need; 4] {
+    [
+        support::lab(),
+        mirror(),
+        tool("age-keygen", "age"),
+        tool("openssl", "openssl"),
+    ]
+}
+
+/// An inventory of `machines` of `lab`, each with its roles.
+fn inventory(lab: &Lab, path: &Path, machines: &[(usize, &str)]) {
+    let mut yaml = format!(
+        "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
+        lab.name,
+        lab.key_path.display().to_string(),
+        lab.known_hosts_path.display().to_string()
+    );
+    for (i, roles) in machines {
+        let m = &lab.machines[*i];
+        yaml.push_str(&format!(
+            "  - name: {}\n    address: {}\n    roles: [{roles}]\n",
+            m.name, m.ip
+        ));
+    }
+    yaml.push_str(&mirror_and_version("3.5.1"));
+    std::fs::write(path, yaml).unwrap();
+}
+
+fn run(command: &mut Command) -> Vec<u8> {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The control plane's state as openssl makes it: (path, content, mode).
+fn kube_state(dir: &Path) -> Vec<(String, Vec<u8>, &'static str)> {
+    let mut files = Vec::new();
+    for (name, cn) in [("ca", "kubernetes"), ("front-proxy-ca", "front-proxy-ca")] {
+        let key = dir.join(format!("{name}.key"));
+        let crt = dir.join(format!("{name}.crt"));
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "3650",
+                "-subj",
+            ])
+            .arg(format!("/CN={cn}"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt));
+        files.push((
+            format!("/etc/kubernetes/pki/{name}.crt"),
+            std::fs::read(&crt).unwrap(),
+            "644",
+        ));
+        files.push((
+            format!("/etc/kubernetes/pki/{name}.key"),
+            std::fs::read(&key).unwrap(),
+            "600",
+        ));
+    }
+    let sa_key = run(Command::new("openssl").args(["ecparam", "-name", "prime256v1", "-genkey", "-noout"]));
+    let sa_pub = {
+        let mut child = Command::new("openssl")
+            .args(["ec", "-pubout"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&sa_key).unwrap();
+        child.wait_with_output().unwrap().stdout
+    };
+    files.push(("/etc/kubernetes/pki/sa.key".into(), sa_key, "600"));
+    files.push(("/etc/kubernetes/pki/sa.pub".into(), sa_pub, "644"));
+    let secret = run(Command::new("openssl").args(["rand", "-base64", "32"]));
+    let config = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [secrets]\n    \
+         providers:\n      - aescbc:\n          keys:\n            - name: key1\n              secret: {}\n      - identity: {{}}\n",
+        String::from_utf8(secret).unwrap().trim()
+    );
+    files.push((
+        "/etc/kubernetes/encryption-config.yaml".into(),
+        config.into_bytes(),
+        "600",
+    ));
+    files
+}
+
+fn put(lab: &Lab, host: &str, path: &str, content: &[u8], mode: &str) {
+    let mut child = capstan_lab::ssh_command(
+        &lab.name,
+        host,
+        Some(&format!(
+            "mkdir -p \"$(dirname {path})\" && umask 077 && cat > {path} && chmod {mode} {path}"
+        )),
+    )
+    .unwrap()
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
+    child.stdin.take().unwrap().write_all(content).unwrap();
+    assert!(child.wait().unwrap().success(), "{host}: writing {path}");
+}
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A cluster on machine 0 (etcd + control plane) with the control plane's state, backed up; a
+/// backup of a host holding only part of that state is refused; the restore into machines 1
+/// (etcd + control plane) and 2 (control plane only) puts every file back on both, identical,
+/// root-owned, with its mode; a second restore changes none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_kubernetes_state_backup_and_restore() {
+    if !require(&needs()) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let identity = work.path().join("identity.txt");
+    run(Command::new("age-keygen").arg("-o").arg(&identity));
+    let recipient = String::from_utf8(run(Command::new("age-keygen").arg("-y").arg(&identity)))
+        .unwrap()
+        .trim()
+        .to_string();
+    let target = format!("file://{}", work.path().join("backups").display());
+    let guard = LabGuard::up(UpOptions::new(format!("kst{}", std::process::id() % 10000), 3)).expect("lab up");
+    let lab = guard.lab().clone();
+    let old = work.path().join("old.yaml");
+    let fresh = work.path().join("fresh.yaml");
+    inventory(&lab, &old, &[(0, "etcd, control_plane")]);
+    inventory(&lab, &fresh, &[(1, "etcd, control_plane"), (2, "control_plane")]);
+    capstan_ok(&old, &["apply", "--only", "etcd"]);
+
+    let state = kube_state(work.path());
+    let source = lab.machines[0].name.clone();
+    // Half of the state (a host whose control plane was never completed) is refused, not backed up.
+    put(&lab, &source, &state[0].0, &state[0].1, state[0].2);
+    let partial = run_capstan(
+        Some(&old),
+        &["backup", "create", "--target", &target, "-r", &recipient],
+        &[],
+    );
+    assert_ne!(partial.code, 0, "{}", partial.stdout);
+    assert!(
+        partial.stderr.contains("has only part of its state") && partial.stderr.contains("/etc/kubernetes/pki/sa.key"),
+        "{}",
+        partial.stderr
+    );
+    for (path, content, mode) in &state {
+        put(&lab, &source, path, content, mode);
+    }
+    capstan_ok(&old, &["backup", "create", "--target", &target, "-r", &recipient]);
+
+    // The state is one more age-encrypted object: no key text in the stored bytes.
+    let backups: Vec<_> = std::fs::read_dir(work.path().join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let stored = std::fs::read(backups[0].join("state.tar.age")).expect("state.tar.age in the backup");
+    assert!(stored.starts_with(b"age-encryption.org/v1"), "age-encrypted");
+    for (path, content, _) in &state {
+        let needle = &content[content.len() / 2..content.len() / 2 + 16];
+        assert!(
+            !stored.windows(16).any(|w| w == needle),
+            "{path} in clear in the backup"
+        );
+    }
+    let manifest = std::fs::read_to_string(backups[0].join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"state.tar.age\""), "{manifest}");
+
+    // Restore into fresh machines.
+    let restore_args = [
+        "restore",
+        "--from",
+        "latest",
+        "--identity",
+        identity.to_str().unwrap(),
+        "--target",
+        &target,
+    ];
+    let restored = capstan_ok(&fresh, &restore_args);
+    assert!(
+        restored.stderr.contains("components' state: 7 file(s) on 2 host(s)"),
+        "{}",
+        restored.stderr
+    );
+    let check = |host: &str| {
+        for (path, content, mode) in &state {
+            let stat = remote(&lab, host, &format!("stat -c '%a %U %G' {path}"));
+            assert_eq!(stat, format!("{mode} root root"), "{host}:{path}");
+            let sum = remote(&lab, host, &format!("sha256sum {path} | cut -d' ' -f1"));
+            assert_eq!(sum, sha256(content), "{host}:{path} differs from the backed-up file");
+        }
+    };
+    for m in &lab.machines[1..3] {
+        check(&m.name);
+    }
+
+    // Running the same restore again finds everything in place: none of the state files change.
+    let before = remote(
+        &lab,
+        &lab.machines[2].name,
+        "stat -c '%i %Y' /etc/kubernetes/pki/ca.key",
+    );
+    let again = capstan_ok(&fresh, &restore_args);
+    assert_eq!(
+        remote(
+            &lab,
+            &lab.machines[2].name,
+            "stat -c '%i %Y' /etc/kubernetes/pki/ca.key"
+        ),
+        before,
+        "{}",
+        again.stderr
+    );
+    check(&lab.machines[2].name);
+}
