@@ -413,6 +413,33 @@ fn replicas_scrape_everything_and_alerts_reach_the_webhook_once() {
     );
     std::thread::sleep(Duration::from_secs(45));
     assert_eq!(webhook.count("etcdMembersDown", "firing"), 1, "duplicates");
+    // `capstan status` shows the targets down and the alert firing (and fails: a member is down).
+    let status = support::run_capstan(Some(&inventory_path), &["status", "--output", "json"], &[]);
+    assert_ne!(status.code, 0, "{}", status.stdout);
+    let status = json(&status);
+    let monitoring = &status["monitoring"];
+    let down: Vec<String> = monitoring["targets_down"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status:#}"))
+        .iter()
+        .map(|t| format!("{} {}", t["job"].as_str().unwrap(), t["instance"].as_str().unwrap()))
+        .collect();
+    // The killed Alertmanager and the stopped member.
+    assert_eq!(
+        down,
+        [format!("alertmanager {}:9093", ips[1]), format!("etcd {}:2381", ips[2])],
+        "{monitoring:#}"
+    );
+    let firing: Vec<&str> = monitoring["alerts_firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert"].as_str().unwrap())
+        .collect();
+    assert!(
+        firing.contains(&"etcdMembersDown") && firing.contains(&"Watchdog"),
+        "{firing:?}"
+    );
     remote(lab, names[2], "systemctl start etcd");
     remote(lab, names[1], "systemctl start alertmanager");
     let shown = cluster_show(lab, names[1], &ips[1], &ips[..2]);

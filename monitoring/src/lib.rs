@@ -11,6 +11,7 @@ pub mod apply;
 mod component;
 pub mod config;
 pub mod release;
+pub mod status;
 
 pub use component::MonitoringComponent;
 
