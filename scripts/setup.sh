@@ -18,9 +18,11 @@ fi
 # prometheus: its `promtool check config` validates the monitoring component's rendered Prometheus config
 # (the service stays stopped, like haproxy's); `promtool check rules`/`test rules` the alert rules.
 # prometheus-alertmanager: its `amtool check-config` validates the rendered Alertmanager config.
+# openssl, kubectl: the Kubernetes PKI test checks every certificate with openssl and parses every
+# kubeconfig with `kubectl config view`.
 packages=(protobuf-compiler libprotobuf-dev debootstrap systemd-container iproute2 openssh-client openssh-server
           age etcd-server etcd-client ca-certificates curl python3-pip sudo busybox-static haproxy keepalived
-          prometheus prometheus-alertmanager)
+          prometheus prometheus-alertmanager openssl kubectl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -9,6 +9,7 @@
 //! and [`ops`] (create, list, verify, prune), which wire them through [`pipeline`].
 
 pub mod access;
+mod component;
 pub mod error;
 pub mod id;
 pub mod manifest;
@@ -20,6 +21,7 @@ pub mod state;
 pub mod store;
 pub mod trailer;
 
+pub use component::ScheduleComponent;
 pub use error::BackupError;
 pub use id::BackupId;
 pub use manifest::{Manifest, ObjectDigest, ObjectEntry};

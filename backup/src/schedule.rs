@@ -12,12 +12,13 @@ use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
 use capstan_etcd::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdTls};
+use capstan_etcd::lock::EtcdLockStore;
 use capstan_etcd::pki::BACKUP_CLIENT_CN;
 use capstan_provisioner::artifact::sha256_file;
 use capstan_provisioner::hint::Hint;
+use capstan_provisioner::lock::{ClusterLock, LockHolder, LockMode, LockStore, DEFAULT_LOCK_TTL};
 use capstan_provisioner::ops::{
-    parse_path_state, path_state_command, plan_file, run_checked, Absent, Content, DesiredFile, OpError, Operation,
-    Plan, Trigger, SYSTEMD_UNIT_DIR,
+    parse_path_state, path_state_command, plan_file, run_checked, Content, DesiredFile, OpError, Operation, Plan,
 };
 use capstan_provisioner::pki::{CertRequest, CertificateAuthority};
 use capstan_provisioner::report::Reporter;
@@ -158,6 +159,8 @@ pub enum ScheduleError {
     Ca { dir: String, reason: String },
     #[error("asking the local etcd member ({endpoint}) whether it leads: {reason}")]
     Leader { endpoint: String, reason: String },
+    #[error("not backing up now: {reason}")]
+    Lock { reason: String },
     #[error(transparent)]
     Backup(#[from] BackupError),
 }
@@ -311,7 +314,16 @@ pub async fn run_scheduled(config: &ScheduleConfig, report: &Reporter) -> Result
     if !leader {
         return Ok(RunOutcome::NotLeader);
     }
-    let result = backup_and_prune(config, tls, pki_files, endpoints).await;
+    let result = match shared_lock(config, &endpoints, &tls, report).await {
+        Ok(lock) => {
+            let result = backup_and_prune(config, tls, pki_files, endpoints).await;
+            for error in lock.release().await {
+                report.line(format_args!("warning: releasing the shared cluster lock: {error}"));
+            }
+            result
+        }
+        Err(e) => Err(e),
+    };
     let elapsed_secs = started.elapsed().as_secs_f64();
     let previous = std::fs::read_to_string(&config.metrics_file).unwrap_or_default();
     let (previous_at, previous_size) = previous_success(&previous);
@@ -347,6 +359,29 @@ pub async fn run_scheduled(config: &ScheduleConfig, report: &Reporter) -> Result
         prune,
         elapsed_secs,
     })
+}
+
+/// The cluster lock's shared form: a scheduled backup runs beside an `apply`, never during a
+/// restore or reset (which hold the lock's fence).
+async fn shared_lock(
+    config: &ScheduleConfig,
+    endpoints: &[EtcdEndpoint],
+    tls: &EtcdTls,
+    report: &Reporter,
+) -> Result<ClusterLock, ScheduleError> {
+    let client = EtcdClient::connect(endpoints, tls)
+        .await
+        .map_err(|e| ScheduleError::Lock {
+            reason: error_chain(&e),
+        })?;
+    let holder = LockHolder::this_process(
+        &format!("capstan backup run (scheduled, on {})", config.member),
+        LockMode::Shared,
+    );
+    let store: Arc<dyn LockStore> = Arc::new(EtcdLockStore::new(&client));
+    ClusterLock::acquire(vec![store], holder, DEFAULT_LOCK_TTL, report.clone())
+        .await
+        .map_err(|e| ScheduleError::Lock { reason: e.to_string() })
 }
 
 /// Whether the etcd member at `local_endpoint` (reached with a client certificate from the CA in
@@ -440,32 +475,6 @@ impl Operation for InstalledBinary {
             reason,
         })?;
         plan_file(t.host(), &self.desired, None, &state, None)
-    }
-}
-
-/// A removed unit file: like [`Absent`], plus `systemctl daemon-reload` when it was there.
-pub struct RemovedUnit {
-    inner: Absent,
-}
-
-impl RemovedUnit {
-    pub fn new(unit: &str) -> RemovedUnit {
-        RemovedUnit {
-            inner: Absent::new(&format!("{SYSTEMD_UNIT_DIR}/{unit}")),
-        }
-    }
-}
-
-#[async_trait]
-impl Operation for RemovedUnit {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-    async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
-        self.inner.plan(t).await
-    }
-    fn triggers(&self) -> Vec<Trigger> {
-        vec![Trigger::DaemonReload]
     }
 }
 

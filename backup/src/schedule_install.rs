@@ -15,7 +15,9 @@ use capstan_etcd::inspect::{inspect_hosts, EtcdHost, InspectError};
 use capstan_inventory::{Cluster, Role};
 use capstan_provisioner::hint::Hint;
 use capstan_provisioner::ops::shell::quote;
-use capstan_provisioner::ops::{Absent, Command, Directory, File, OpError, OperationExt, Service, SystemdUnit};
+use capstan_provisioner::ops::{
+    Absent, Command, Directory, File, OpError, Operation, OperationExt, RemovedUnit, Service, SystemdUnit,
+};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::report::RunReport;
 use capstan_provisioner::runner::{HostOps, Mode, Progress, RunOptions, Runner};
@@ -25,8 +27,8 @@ use crate::access::unreachable_hosts;
 use crate::ops::identity_recipients;
 use crate::restore::{manifest_of, resolve};
 use crate::schedule::{
-    check_calendar, environment_file, DrillScheduleConfig, InstalledBinary, RemovedUnit, RetentionConfig,
-    ScheduleConfig, ScheduleError, BINARY_PATH, CONFIG_DIR, CONFIG_PATH, DRILL_CACHE_DIR, DRILL_CONFIG_PATH, DRILL_DIR,
+    check_calendar, environment_file, DrillScheduleConfig, InstalledBinary, RetentionConfig, ScheduleConfig,
+    ScheduleError, BINARY_PATH, CONFIG_DIR, CONFIG_PATH, DRILL_CACHE_DIR, DRILL_CONFIG_PATH, DRILL_DIR,
     DRILL_ENVIRONMENT_PATH, DRILL_IDENTITY_PATH, DRILL_INVENTORY_PATH, DRILL_KNOWN_HOSTS_PATH, DRILL_REPORT_DIR,
     DRILL_SERVICE_UNIT, DRILL_SSH_KEY_PATH, DRILL_TIMER_UNIT, ENVIRONMENT_PATH, INVENTORY_PATH, LOCAL_ENDPOINT,
     PKI_DIR, SERVICE_UNIT, TIMER_UNIT,
@@ -733,6 +735,31 @@ fn managed_yaml(command: &str, path: &'static str, config: &impl serde::Serializ
 }
 
 /// Stop a schedule's timer and service and remove both units.
+/// Everything both schedules install on a member, as removals (`capstan reset`): the timers
+/// stopped and disabled, units, configs, credentials, reports and metrics, the shared binary, the
+/// config directory and the drills' artifact cache.
+pub fn teardown_ops() -> Vec<Arc<dyn Operation>> {
+    let mut ops: Vec<Arc<dyn Operation>> = Vec::new();
+    for schedule in [Schedule::Drill, Schedule::Backup] {
+        let (service, timer) = schedule.units();
+        if let Ok(timer) = Service::new(timer) {
+            ops.push(Arc::new(timer.enabled(false).running(false)));
+        }
+        if let Ok(service) = Service::new(service) {
+            ops.push(Arc::new(service.running(false)));
+        }
+        ops.push(Arc::new(RemovedUnit::new(timer)));
+        ops.push(Arc::new(RemovedUnit::new(service)));
+        for path in schedule.own_paths() {
+            ops.push(Arc::new(Absent::new(path)));
+        }
+    }
+    for path in [BINARY_PATH, CONFIG_DIR, DRILL_CACHE_DIR] {
+        ops.push(Arc::new(Absent::new(path)));
+    }
+    ops
+}
+
 fn push_timer_removal(ops: &mut HostOps, service: &str, timer: &str) {
     // Unit names are constants that pass validation; a failure here is a bug.
     if let Ok(timer) = Service::new(timer) {

@@ -63,6 +63,12 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Health of the cluster: every etcd member, leader, version, db size, raft index/term, cert expiry.
     Status(StatusArgs),
+    /// An admin kubeconfig (RBAC-bound `capstan-admin`, fresh certificate) for the API endpoint.
+    Kubeconfig {
+        /// Write it here (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// etcd operator tools.
     #[command(subcommand)]
     Etcd(EtcdCommand),
@@ -76,6 +82,11 @@ pub enum Command {
     /// Read the cluster's journals: from a logging host (merged by time across hosts), or from
     /// each host's own journal when no logging host is configured or reachable.
     Logs(LogsArgs),
+    /// Remove what capstan installed (services, binaries, config, certificates, data), component by
+    /// component in reverse order, after a confirmation; `--dry-run` shows it.
+    Reset(ResetArgs),
+    /// Remove the cluster lock another run holds (a run that died frees it by itself within 30s).
+    Unlock(UnlockArgs),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -225,6 +236,35 @@ pub struct LogsArgs {
     /// Keep printing new entries (polls every 2 s; stop with Ctrl-C).
     #[arg(short = 'f', long)]
     pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Reset only these hosts (comma-separated inventory names); default: every host.
+    #[arg(long, value_delimiter = ',', value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Do not ask for confirmation (scripts).
+    #[arg(long)]
+    pub yes: bool,
+    /// Reset even when the other hosts would be left broken (e.g. etcd without quorum).
+    #[arg(long)]
+    pub force: bool,
+    /// Show what would be removed on each host and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Take a backup to the inventory's backup target first (asked interactively otherwise).
+    #[arg(long)]
+    pub final_backup: bool,
+    /// How many hosts to work on at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockArgs {
+    /// Required: remove the lock whoever holds it (prints whom it overrode).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

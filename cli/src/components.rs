@@ -2,6 +2,7 @@
 //! it this list, and it learns each component's roles and needs through
 //! [`capstan_provisioner::component::Component`].
 
+use capstan_backup::ScheduleComponent;
 use capstan_endpoint::EndpointComponent;
 use capstan_etcd::EtcdComponent;
 use capstan_kubernetes::KubernetesComponent;
@@ -21,6 +22,7 @@ pub static ALL: &[&dyn Component] = &[
     &KubernetesComponent,
     &MonitoringComponent { sources: all },
     &LoggingComponent,
+    &ScheduleComponent,
 ];
 
 /// [`ALL`], for monitoring, which scrapes every component's targets.

@@ -63,6 +63,15 @@ pub fn human_age(secs: i64) -> String {
     }
 }
 
+/// A rendered list of changes, or `no changes` when there are none.
+pub fn changes_or_none(changes: String) -> String {
+    if changes.is_empty() {
+        "no changes\n".into()
+    } else {
+        changes
+    }
+}
+
 pub fn yes_no(value: bool) -> String {
     if value { "yes" } else { "no" }.to_string()
 }

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command};
-use commands::{backup, check, completions, drill, etcd, init, inventory, lab, logs, restore};
+use commands::{backup, check, completions, drill, etcd, init, inventory, kubeconfig, lab, lock, logs, reset, restore};
 use output::{Failure, Output};
 
 fn main() -> ExitCode {
@@ -49,11 +49,14 @@ fn run(cli: Cli, out: &Output) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => etcd::apply(args, true, inventory, out),
         Command::Apply(args) => etcd::apply(args, false, inventory, out),
         Command::Status(args) => etcd::status(args, inventory, out),
+        Command::Kubeconfig { out: path } => kubeconfig::run(path.as_deref(), inventory, out),
         Command::Etcd(cmd) => etcd::etcd(cmd, inventory, out),
         Command::Backup(cmd) => backup::run(cmd, inventory, out),
         Command::Restore(args) => restore::restore(args, inventory, out),
         Command::Drill(args) => drill::run(args, inventory, out),
         Command::Logs(args) => logs::run(args, inventory, out),
+        Command::Reset(args) => reset::reset(args, inventory, out),
+        Command::Unlock(args) => lock::unlock(args, inventory, out),
         Command::Completions { shell } => completions::completions(shell),
         Command::Man { out_dir } => completions::man(out_dir, out),
     }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use capstan_backup::schedule_install::InstallError;
+use capstan_provisioner::component::RunContext;
 use capstan_provisioner::hint::Hint;
 use capstan_provisioner::report::{render_changes, render_summary, Reporter, RunReport};
 use capstan_provisioner::runner::{self, NoProgress, Progress};
@@ -127,6 +128,16 @@ impl Output {
             Arc::new(NoProgress)
         } else {
             runner::stderr_progress()
+        }
+    }
+
+    /// How a cluster run (plan, apply, reset) reports: this output's progress and step lines.
+    pub fn run_context(&self, mode: runner::Mode, concurrency: usize) -> RunContext {
+        RunContext {
+            mode,
+            concurrency: concurrency.max(1),
+            progress: self.progress(),
+            out: self.reporter(),
         }
     }
 

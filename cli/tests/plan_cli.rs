@@ -22,7 +22,7 @@ fn inventory(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn only_rejects_unknown_and_not_installed_components() {
+fn only_rejects_unknown_and_not_enabled_components() {
     let dir = tempfile::tempdir().unwrap();
     let inventory = inventory(dir.path());
 
@@ -37,12 +37,14 @@ fn only_rejects_unknown_and_not_installed_components() {
     );
     assert!(unknown.stderr.contains("hint:"), "{}", unknown.stderr);
 
-    let ports_only = run_capstan(Some(&inventory), &["apply", "--only", "etcd,kubernetes"], &[]);
-    assert_eq!(ports_only.code, 1, "{}", ports_only.stderr);
+    let not_enabled = run_capstan(Some(&inventory), &["apply", "--only", "etcd,kubernetes"], &[]);
+    assert_eq!(not_enabled.code, 1, "{}", not_enabled.stderr);
     assert!(
-        ports_only.stderr.contains("capstan does not install kubernetes yet"),
+        not_enabled
+            .stderr
+            .contains("the inventory does not enable kubernetes: no host has role control_plane or node"),
         "{}",
-        ports_only.stderr
+        not_enabled.stderr
     );
-    assert!(ports_only.stdout.is_empty(), "{}", ports_only.stdout);
+    assert!(not_enabled.stdout.is_empty(), "{}", not_enabled.stdout);
 }

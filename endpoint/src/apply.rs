@@ -20,19 +20,19 @@ use async_trait::async_trait;
 use capstan_inventory::{ApiEndpoint, Cluster, Host, Role};
 use capstan_provisioner::component::{ComponentError, ComponentOutcome, RunContext};
 use capstan_provisioner::facts::FactCache;
-use capstan_provisioner::ops::probe_batch::prefetch_commands;
+use capstan_provisioner::ops::probe_batch::prefetch_ops;
 use capstan_provisioner::ops::{apt_source_file, Absent, Directory, File, Package, Service};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, IssuedCert};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::runner::HostOps;
-use capstan_provisioner::targets::ssh_target;
 use capstan_provisioner::transport::Transport;
 
 use crate::config::{
     backends, interface_with_address, render_check_script, render_haproxy, render_keepalived, vrrp_config, HealthCheck,
     CHECK_SCRIPT, HAPROXY_CONFIG, KEEPALIVED_CONFIG,
 };
+use crate::hosts::{connect_kube_hosts, KubeHostsError, UNREACHABLE_HINT};
 use crate::kube_pki::{self, APISERVER_CERT, APISERVER_KEY, CA_CERT, CA_KEY, PKI_DIR};
 use crate::ops::ValidatedConfig;
 use crate::probe::{probe_host, read_ca_key, HostProbe};
@@ -91,21 +91,18 @@ fn refuse(message: impl Into<String>, hint: Option<&str>) -> ComponentError {
 /// Converge the endpoint on `cluster` in `ctx.mode`.
 pub async fn converge(cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {
     let started = Instant::now();
-    let hosts: Vec<Host> = cluster
-        .hosts
-        .iter()
-        .filter(|h| h.has_role(Role::ControlPlane) || h.has_role(Role::Node))
-        .cloned()
-        .collect();
-    if !hosts.iter().any(|h| h.has_role(Role::ControlPlane)) {
-        return Err(refuse(
-            "no host has the control_plane role: the endpoint has nothing to forward to",
-            Some("give the API server hosts the control_plane role in the inventory"),
-        ));
-    }
-    let targets: Vec<_> = hosts.iter().map(ssh_target).collect();
-    let (connections, failures) = Connections::connect(&targets, ctx.concurrency.max(1)).await;
-    let result = inspect_and_run(cluster, ctx, hosts, &connections, failures, started).await;
+    let (hosts, connections) = connect_kube_hosts(cluster, ctx.concurrency)
+        .await
+        .map_err(|e| match e {
+            KubeHostsError::NoControlPlane => refuse(
+                "no host has the control_plane role: the endpoint has nothing to forward to",
+                Some("give the API server hosts the control_plane role in the inventory"),
+            ),
+            KubeHostsError::Unreachable(detail) => {
+                refuse(format!("cannot reach {}", detail.join("; ")), Some(UNREACHABLE_HINT))
+            }
+        })?;
+    let result = inspect_and_run(cluster, ctx, hosts, &connections, started).await;
     connections.close_all().await;
     result
 }
@@ -115,16 +112,8 @@ async fn inspect_and_run(
     ctx: &RunContext,
     hosts: Vec<Host>,
     connections: &Connections,
-    failures: std::collections::BTreeMap<String, capstan_provisioner::transport::TransportError>,
     started: Instant,
 ) -> Result<ComponentOutcome, ComponentError> {
-    if !failures.is_empty() {
-        let detail: Vec<String> = failures.iter().map(|(h, e)| format!("{h}: {e}")).collect();
-        return Err(refuse(
-            format!("cannot reach {}", detail.join("; ")),
-            Some("every control_plane and node host must be reachable over SSH; check them with `capstan check`"),
-        ));
-    }
     // Every host at once: one round trip each.
     let probes = futures::future::join_all(hosts.into_iter().map(|host| async move {
         let transport = connections
@@ -299,14 +288,7 @@ impl EndpointRun {
             for fill in PHASE_OPS {
                 fill(self, h, &mut all);
             }
-            let mut seen = std::collections::HashSet::new();
-            let commands: Vec<String> = all
-                .ops
-                .iter()
-                .flat_map(|op| op.probes())
-                .filter(|command| seen.insert(command.clone()))
-                .collect();
-            let _ = prefetch_commands(h.transport.as_ref(), &h.facts, &commands).await;
+            prefetch_ops(h.transport.as_ref(), &h.facts, &all.ops).await;
         }))
         .await;
     }

@@ -7,6 +7,7 @@
 //! - `kube_pki.rs`: the cluster's Kubernetes CA and the API server's certificate (shared with the
 //!   control plane).
 //! - `config.rs`: pure rendering of haproxy's and keepalived's files from the inventory.
+//! - `hosts.rs`: the `control_plane` and `node` hosts, connected (shared with the control plane).
 //! - `probe.rs`: one read-only probe per host.
 //! - `ops.rs`: [`ops::ValidatedConfig`], a config written aside, validated, moved in, reloaded.
 //! - `apply.rs`: inspection, refusals and the phases.
@@ -14,6 +15,7 @@
 mod apply;
 pub mod component;
 pub mod config;
+pub mod hosts;
 pub mod kube_pki;
 pub mod ops;
 pub mod probe;

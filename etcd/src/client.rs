@@ -295,6 +295,11 @@ impl EtcdClient {
         &self.endpoints
     }
 
+    /// The underlying client, for this crate's other etcd users (the cluster lock).
+    pub(crate) fn raw(&self) -> Client {
+        self.inner.clone()
+    }
+
     fn target(&self) -> String {
         join_endpoints(&self.endpoints)
     }

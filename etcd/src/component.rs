@@ -1,11 +1,13 @@
 //! etcd as the engine sees it ([`capstan_provisioner::component::Component`]).
 
 use async_trait::async_trait;
-use capstan_inventory::Cluster;
-use capstan_inventory::Role;
+use std::sync::Arc;
+
+use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext, ScrapeTarget};
 use capstan_provisioner::hint::Hint;
+use capstan_provisioner::ops::Operation;
 
 use crate::apply::{apply, ApplyOptions};
 use crate::config::{host_for_url, DEFAULT_CLIENT_PORT, DEFAULT_METRICS_PORT, DEFAULT_PEER_PORT};
@@ -47,6 +49,18 @@ impl Component for EtcdComponent {
 
     fn log_units(&self) -> &'static [&'static str] {
         &["etcd.service"]
+    }
+
+    fn teardown(&self, cluster: &Cluster, host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {
+        crate::reset::teardown(cluster, host)
+    }
+
+    fn resets(&self) -> bool {
+        true
+    }
+
+    fn check_reset(&self, cluster: &Cluster, hosts: &[&Host]) -> Result<(), ComponentError> {
+        crate::reset::check_reset(cluster, hosts)
     }
 
     /// Every member's metrics-only listener (plain HTTP, no keys), on its private address.

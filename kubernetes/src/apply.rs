@@ -9,14 +9,18 @@
 //! Refuse before anything changes when a host is unreachable, hosts disagree about a CA, the
 //! endpoint's PKI or etcd's CA is missing, or a tarball cannot be had. Then the phases:
 //!
-//! 1. `binaries`: kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from the
-//!    server tarball on control-plane hosts; kubelet and kube-proxy from the node tarball on nodes.
-//! 2. `pki`: CA certificates, the front-proxy CA and service-account keys, the API server's client
-//!    certificates, every kubeconfig, the encryption configuration (keys 0600).
-//! 3. `configs`: the scheduler's, kubelet's and kube-proxy's configuration files, the audit policy.
-//! 4. `control plane`: the API server, controller-manager and scheduler units, enabled and
-//!    running, one control-plane host at a time (a changed file restarts its service).
-//! 5. `node agents`: kubelet and kube-proxy units on the `node` hosts.
+//! 1. `control plane`, one control-plane host at a time, stopping at the first failure: the
+//!    binaries (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) from the server
+//!    tarball; the CA certificates, the front-proxy CA and service-account keys, the API server's
+//!    client certificates, the control plane's kubeconfigs and the encryption configuration (keys
+//!    0600); the scheduler's config and the audit policy; the units, enabled and running.
+//! 2. `node agents`, the node-only hosts at once, then control-plane hosts that are also nodes
+//!    one at a time: kubelet and kube-proxy from the node tarball, their kubeconfigs and configs,
+//!    their units.
+//!
+//! Each host's part of a phase is one op list, so a changed file or binary restarts the services
+//! that read it at the list's end, after their units exist; and a change that restarts an API
+//! server never reaches the next control-plane host while the previous one failed.
 
 // Errors carry whole messages; a run produces a handful.
 #![allow(clippy::result_large_err)]
@@ -25,17 +29,17 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use async_trait::async_trait;
+use capstan_endpoint::hosts::{connect_kube_hosts, KubeHostsError, UNREACHABLE_HINT};
 use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::component::{ComponentError, ComponentOutcome, RunContext};
 use capstan_provisioner::facts::FactCache;
-use capstan_provisioner::ops::probe_batch::prefetch_commands;
+use capstan_provisioner::ops::probe_batch::prefetch_ops;
 use capstan_provisioner::ops::{Artifact, Directory, File, Operation, OperationExt, Service, SystemdUnit};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, SigningKey};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::releases::ResolvedArtifact;
 use capstan_provisioner::runner::{HostOps, Mode};
-use capstan_provisioner::targets::ssh_target;
 use capstan_provisioner::transport::Transport;
 
 use crate::config;
@@ -57,9 +61,17 @@ fn refuse(message: impl Into<String>, hint: Option<&str>) -> ComponentError {
     }
 }
 
+/// Which phase writes a file: the control plane's or the node agents'.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    ControlPlane,
+    Node,
+}
+
 /// A file the run writes, rendered at inspection.
 #[derive(Clone)]
 struct Planned {
+    part: Part,
     path: String,
     content: String,
     mode: u32,
@@ -71,6 +83,11 @@ struct Planned {
 impl Planned {
     fn new(path: &str, content: String, mode: u32, restarts: &[&'static str]) -> Planned {
         Planned {
+            part: if restarts.iter().any(|s| [KUBELET, KUBE_PROXY].contains(s)) {
+                Part::Node
+            } else {
+                Part::ControlPlane
+            },
             path: path.to_string(),
             content,
             mode,
@@ -187,28 +204,17 @@ fn credential_files(
 /// Converge (or, in [`Mode::DryRun`], plan) Kubernetes on `cluster`.
 pub async fn converge(cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {
     let started = Instant::now();
-    let hosts: Vec<Host> = cluster
-        .hosts
-        .iter()
-        .filter(|h| h.has_role(Role::ControlPlane) || h.has_role(Role::Node))
-        .cloned()
-        .collect();
-    if !hosts.iter().any(|h| h.has_role(Role::ControlPlane)) {
-        return Err(refuse(
-            "no host has the control_plane role: there is nowhere to run the API server",
-            Some("give the API server hosts the control_plane role in the inventory"),
-        ));
-    }
-    let targets: Vec<_> = hosts.iter().map(ssh_target).collect();
-    let (connections, failures) = Connections::connect(&targets, ctx.concurrency.max(1)).await;
-    if !failures.is_empty() {
-        connections.close_all().await;
-        let detail: Vec<String> = failures.iter().map(|(h, e)| format!("{h}: {e}")).collect();
-        return Err(refuse(
-            format!("cannot reach {}", detail.join("; ")),
-            Some("every control_plane and node host must be reachable over SSH; check them with `capstan check`"),
-        ));
-    }
+    let (hosts, connections) = connect_kube_hosts(cluster, ctx.concurrency)
+        .await
+        .map_err(|e| match e {
+            KubeHostsError::NoControlPlane => refuse(
+                "no host has the control_plane role: there is nowhere to run the API server",
+                Some("give the API server hosts the control_plane role in the inventory"),
+            ),
+            KubeHostsError::Unreachable(detail) => {
+                refuse(format!("cannot reach {}", detail.join("; ")), Some(UNREACHABLE_HINT))
+            }
+        })?;
     let result = inspect_and_run(cluster, ctx, hosts, &connections, started).await;
     connections.close_all().await;
     result
@@ -302,12 +308,22 @@ async fn inspect_and_run(
         let render_error = |e: capstan_templates::TemplateError| refuse(e.to_string(), None);
         let mut pki_files = Vec::new();
         // Every host trusts the cluster CA (the endpoint writes it too; the same content).
-        pki_files.push(Planned::new(
-            CA_CERT,
-            signers.cluster.cert_pem().to_string(),
-            0o644,
-            &[],
-        ));
+        if control_plane {
+            pki_files.push(Planned::new(
+                CA_CERT,
+                signers.cluster.cert_pem().to_string(),
+                0o644,
+                &[],
+            ));
+        }
+        if node_host {
+            pki_files.push(Planned::new(
+                CA_CERT,
+                signers.cluster.cert_pem().to_string(),
+                0o644,
+                &[KUBELET],
+            ));
+        }
         if control_plane {
             let all = &[APISERVER, CONTROLLER_MANAGER, SCHEDULER];
             pki_files.push(Planned::new(
@@ -352,55 +368,34 @@ async fn inspect_and_run(
         }
         let mut configs = Vec::new();
         let mut units = Vec::new();
+        let render_file = |(path, render, restarts): &config::ConfigFile| {
+            render(cluster, &host)
+                .map(|text| Planned::new(path, text, 0o644, restarts))
+                .map_err(render_error)
+        };
+        let render_unit = |(name, render): &(&str, config::Render)| {
+            render(cluster, &host)
+                .map(|text| (name.to_string(), text))
+                .map_err(render_error)
+        };
         if control_plane {
-            if cluster.kubernetes.audit_log {
-                configs.push(Planned::new(
-                    AUDIT_POLICY,
-                    config::audit_policy().map_err(render_error)?,
-                    0o644,
-                    &[APISERVER],
-                ));
+            for file in config::CONTROL_PLANE_CONFIGS
+                .iter()
+                .filter(|(path, _, _)| *path != AUDIT_POLICY || cluster.kubernetes.audit_log)
+            {
+                configs.push(render_file(file)?);
             }
-            configs.push(Planned::new(
-                SCHEDULER_CONFIG,
-                config::scheduler_config(cluster, &host).map_err(render_error)?,
-                0o644,
-                &[SCHEDULER],
-            ));
-            units.push((
-                config::APISERVER_UNIT.to_string(),
-                config::apiserver_unit(cluster, &host).map_err(render_error)?,
-            ));
-            units.push((
-                config::CONTROLLER_MANAGER_UNIT.to_string(),
-                config::controller_manager_unit(cluster, &host).map_err(render_error)?,
-            ));
-            units.push((
-                config::SCHEDULER_UNIT.to_string(),
-                config::scheduler_unit(cluster, &host).map_err(render_error)?,
-            ));
+            for unit in &config::CONTROL_PLANE_UNITS {
+                units.push(render_unit(unit)?);
+            }
         }
         if node_host {
-            configs.push(Planned::new(
-                KUBELET_CONFIG,
-                config::kubelet_config(cluster, &host).map_err(render_error)?,
-                0o644,
-                &[KUBELET],
-            ));
-            configs.push(Planned::new(
-                KUBE_PROXY_CONFIG,
-                config::kube_proxy_config(cluster, &host).map_err(render_error)?,
-                0o644,
-                &[KUBE_PROXY],
-            ));
-            units.push((
-                config::KUBELET_UNIT.to_string(),
-                config::kubelet_unit(cluster, &host).map_err(render_error)?,
-            ));
-            units.push((
-                config::KUBE_PROXY_UNIT.to_string(),
-                config::kube_proxy_unit(cluster, &host).map_err(render_error)?,
-            ));
+            for file in &config::NODE_CONFIGS {
+                configs.push(render_file(file)?);
+            }
+            for unit in &config::NODE_UNITS {
+                units.push(render_unit(unit)?);
+            }
         }
         run_hosts.push(KubeHost {
             transport,
@@ -417,10 +412,7 @@ async fn inspect_and_run(
     let state = KubeRun { hosts: run_hosts };
     state.prefetch_probes().await;
     let phases = PhaseRunner::new()
-        .phase(OpsPhase("binaries", KubeRun::binary_ops))
-        .phase(OpsPhase("pki", KubeRun::pki_ops))
-        .phase(OpsPhase("configs", KubeRun::config_ops))
-        .phase(ControlPlanePhase)
+        .phase(OpsPhase("control plane", KubeRun::control_plane_ops))
         .phase(OpsPhase("node agents", KubeRun::node_agent_ops));
     let mut outcome = ctx.run_phases(NAME, state, phases, started).await;
     if outcome.error.is_some() {
@@ -538,13 +530,7 @@ async fn etcd_ca(cluster: &Cluster, ctx: &RunContext) -> Result<CertificateAutho
 type FillOps = fn(&KubeRun, &KubeHost, &mut HostOps);
 
 /// The phases' op lists, in phase order (for the prefetch).
-const PHASE_OPS: [FillOps; 5] = [
-    KubeRun::binary_ops,
-    KubeRun::pki_ops,
-    KubeRun::config_ops,
-    KubeRun::control_plane_ops,
-    KubeRun::node_agent_ops,
-];
+const PHASE_OPS: [FillOps; 2] = [KubeRun::control_plane_ops, KubeRun::node_agent_ops];
 
 fn binaries_op(binaries: &Binaries, members: Vec<String>, restarts: &[&'static str]) -> Arc<dyn Operation> {
     let names: Vec<&str> = members.iter().map(|m| m.rsplit('/').next().unwrap_or(m)).collect();
@@ -580,41 +566,8 @@ impl KubeRun {
             .collect()
     }
 
-    fn binary_ops(&self, h: &KubeHost, ops: &mut HostOps) {
-        if let Some(server) = &h.server {
-            ops.ops.push(binaries_op(
-                server,
-                server_members(),
-                &[APISERVER, CONTROLLER_MANAGER, SCHEDULER],
-            ));
-        }
-        if let Some(node) = &h.node_binaries {
-            ops.ops.push(binaries_op(node, node_members(), &[KUBELET, KUBE_PROXY]));
-        }
-    }
-
-    fn pki_ops(&self, h: &KubeHost, ops: &mut HostOps) {
-        ops.push(Directory::new(CONFIG_DIR).mode(0o755).owner("root").group("root"));
-        ops.push(Directory::new(PKI_DIR).mode(0o755).owner("root").group("root"));
-        for file in &h.pki {
-            ops.ops.push(file.op());
-        }
-    }
-
-    fn config_ops(&self, h: &KubeHost, ops: &mut HostOps) {
-        if h.node {
-            ops.push(Directory::new(KUBELET_DIR).mode(0o700).owner("root").group("root"));
-            ops.push(Directory::new(KUBE_PROXY_DIR).mode(0o755).owner("root").group("root"));
-        }
-        if h.control_plane && h.configs.iter().any(|c| c.path == AUDIT_POLICY) {
-            ops.push(
-                Directory::new("/var/log/kubernetes")
-                    .mode(0o700)
-                    .owner("root")
-                    .group("root"),
-            );
-        }
-        for file in &h.configs {
+    fn files(h: &KubeHost, part: Part, ops: &mut HostOps) {
+        for file in h.pki.iter().chain(&h.configs).filter(|f| f.part == part) {
             ops.ops.push(file.op());
         }
     }
@@ -634,16 +587,48 @@ impl KubeRun {
         }
     }
 
-    fn control_plane_ops(&self, h: &KubeHost, ops: &mut HostOps) {
-        if h.control_plane {
-            Self::unit_ops(h, ops, &[APISERVER, CONTROLLER_MANAGER, SCHEDULER]);
+    fn directories(ops: &mut HostOps, dirs: &[(&str, u32)]) {
+        for (path, mode) in dirs {
+            ops.push(Directory::new(path).mode(*mode).owner("root").group("root"));
         }
     }
 
-    fn node_agent_ops(&self, h: &KubeHost, ops: &mut HostOps) {
-        if h.node {
-            Self::unit_ops(h, ops, &[KUBELET, KUBE_PROXY]);
+    /// A control-plane host's whole list: binaries, PKI, configs, units, services. One list, so
+    /// the restarts its changes call for run at its end, once the units exist and run.
+    fn control_plane_ops(&self, h: &KubeHost, ops: &mut HostOps) {
+        let Some(server) = h.server.as_ref().filter(|_| h.control_plane) else {
+            return;
+        };
+        ops.ops.push(binaries_op(
+            server,
+            server_members(),
+            &[APISERVER, CONTROLLER_MANAGER, SCHEDULER],
+        ));
+        Self::directories(ops, &[(CONFIG_DIR, 0o755), (PKI_DIR, 0o755)]);
+        if h.configs.iter().any(|c| c.path == AUDIT_POLICY) {
+            Self::directories(ops, &[("/var/log/kubernetes", 0o700)]);
         }
+        Self::files(h, Part::ControlPlane, ops);
+        Self::unit_ops(h, ops, &[APISERVER, CONTROLLER_MANAGER, SCHEDULER]);
+    }
+
+    /// A node's whole list: binaries, kubeconfigs, configs, units, services.
+    fn node_agent_ops(&self, h: &KubeHost, ops: &mut HostOps) {
+        let Some(node) = h.node_binaries.as_ref().filter(|_| h.node) else {
+            return;
+        };
+        ops.ops.push(binaries_op(node, node_members(), &[KUBELET, KUBE_PROXY]));
+        Self::directories(
+            ops,
+            &[
+                (CONFIG_DIR, 0o755),
+                (PKI_DIR, 0o755),
+                (KUBELET_DIR, 0o700),
+                (KUBE_PROXY_DIR, 0o755),
+            ],
+        );
+        Self::files(h, Part::Node, ops);
+        Self::unit_ops(h, ops, &[KUBELET, KUBE_PROXY]);
     }
 
     /// Every phase's probes of every host, in one round trip per host, into the host's cache.
@@ -653,57 +638,115 @@ impl KubeRun {
             for fill in PHASE_OPS {
                 fill(self, h, &mut all);
             }
-            let mut seen = std::collections::HashSet::new();
-            let commands: Vec<String> = all
-                .ops
-                .iter()
-                .flat_map(|op| op.probes())
-                .filter(|command| seen.insert(command.clone()))
-                .collect();
-            let _ = prefetch_commands(h.transport.as_ref(), &h.facts, &commands).await;
+            prefetch_ops(h.transport.as_ref(), &h.facts, &all.ops).await;
         }))
         .await;
     }
 }
 
-fn every_host(_: &KubeHost) -> bool {
-    true
-}
-
-/// A phase that runs one op list per host, every host at once.
+/// A phase: one op list per host. The node-only hosts all at once, then the control-plane hosts
+/// one at a time (a file that restarts an API server, or a unit, never reaches the next
+/// control-plane host when the previous one failed), stopping at the first failure.
 struct OpsPhase(&'static str, FillOps);
+
+impl OpsPhase {
+    async fn rolling(&self, ctx: &PhaseContext<KubeRun>) -> Result<(), PhaseError> {
+        let mode = ctx.mode();
+        let nodes = ctx.state.per_host(self.1, |h| !h.control_plane);
+        if !nodes.is_empty() {
+            ctx.run_ops(self.0, nodes, mode).await?;
+        }
+        for host in ctx.state.per_host(self.1, |h| h.control_plane) {
+            ctx.run_ops(self.0, vec![host], mode).await?;
+        }
+        Ok(())
+    }
+}
 
 #[async_trait]
 impl Phase<KubeRun> for OpsPhase {
     fn name(&self) -> String {
         self.0.into()
     }
-    async fn host_ops(&self, ctx: &PhaseContext<KubeRun>) -> Result<Vec<HostOps>, PhaseError> {
-        Ok(ctx.state.per_host(self.1, every_host))
-    }
-}
-
-/// The control plane's services, one control-plane host at a time: a host whose API server does
-/// not come up stops the rollout before the next one restarts.
-struct ControlPlanePhase;
-
-#[async_trait]
-impl Phase<KubeRun> for ControlPlanePhase {
-    fn name(&self) -> String {
-        "control plane".into()
-    }
     async fn run(&self, ctx: &PhaseContext<KubeRun>) -> Result<(), PhaseError> {
-        one_host_at_a_time(ctx, &self.name()).await
+        self.rolling(ctx).await
     }
     async fn dry_run(&self, ctx: &PhaseContext<KubeRun>) -> Result<(), PhaseError> {
-        one_host_at_a_time(ctx, &self.name()).await
+        self.rolling(ctx).await
     }
 }
 
-async fn one_host_at_a_time(ctx: &PhaseContext<KubeRun>, phase: &str) -> Result<(), PhaseError> {
-    let mode = ctx.mode();
-    for host in ctx.state.per_host(KubeRun::control_plane_ops, |h| h.control_plane) {
-        ctx.run_ops(phase, vec![host], mode).await?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::Signer;
+
+    fn signers() -> Signers {
+        Signers {
+            cluster: capstan_endpoint::kube_pki::generate_ca("demo").unwrap(),
+            front_proxy: pki::generate_front_proxy_ca("demo").unwrap(),
+            etcd: capstan_etcd::pki::generate_ca("demo").unwrap(),
+        }
     }
-    Ok(())
+
+    /// The files written for `credential` when the host holds `probe`, as paths.
+    fn written(signers: &Signers, credential: &Credential, probe: &HostProbe) -> Vec<String> {
+        let cluster = crate::test_cluster("");
+        credential_files(&cluster, signers, credential, probe, SystemTime::now())
+            .unwrap()
+            .into_iter()
+            .map(|p| format!("{} {:o}", p.path, p.mode))
+            .collect()
+    }
+
+    #[test]
+    fn credentials_are_written_only_when_the_host_has_none_that_fits() {
+        let cluster = crate::test_cluster("");
+        let signers = signers();
+        let credentials = host_credentials(cluster.host("cp3").unwrap());
+        let etcd_client = credentials.iter().find(|c| c.signer == Signer::Etcd).unwrap();
+        let kubelet = credentials
+            .iter()
+            .find(|c| c.placement.path() == KUBELET_KUBECONFIG)
+            .unwrap();
+
+        // Nothing on the host: certificate and key (0600), or the kubeconfig (0600).
+        let empty = HostProbe::default();
+        assert_eq!(
+            written(&signers, etcd_client, &empty),
+            [
+                "/etc/kubernetes/pki/apiserver-etcd-client.crt 644",
+                "/etc/kubernetes/pki/apiserver-etcd-client.key 600"
+            ]
+        );
+        assert_eq!(written(&signers, kubelet, &empty), ["/etc/kubernetes/kubelet.conf 600"]);
+
+        // What a first run wrote fits: nothing to write.
+        let mut host = HostProbe::default();
+        for credential in [etcd_client, kubelet] {
+            for file in credential_files(&cluster, &signers, credential, &empty, SystemTime::now()).unwrap() {
+                host.files.insert(file.path.clone(), file.content.clone());
+            }
+        }
+        assert!(written(&signers, etcd_client, &host).is_empty());
+        assert!(written(&signers, kubelet, &host).is_empty());
+
+        // Another etcd CA (a restored etcd with a new CA): reissued; the kubeconfig is unaffected.
+        let other_etcd = Signers {
+            etcd: capstan_etcd::pki::generate_ca("demo").unwrap(),
+            ..signers.clone()
+        };
+        assert_eq!(written(&other_etcd, etcd_client, &host).len(), 2);
+        assert!(written(&other_etcd, kubelet, &host).is_empty());
+
+        // A kubeconfig pointing elsewhere is rewritten even though its certificate still fits.
+        let moved = Credential {
+            placement: Placement::Kubeconfig {
+                path: KUBELET_KUBECONFIG,
+                server: "https://127.0.0.1:7443".into(),
+            },
+            ..kubelet.clone()
+        };
+        assert_eq!(written(&signers, &moved, &host), ["/etc/kubernetes/kubelet.conf 600"]);
+    }
 }

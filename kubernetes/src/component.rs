@@ -1,11 +1,14 @@
 //! The Kubernetes component as the engine sees it ([`capstan_provisioner::component::Component`]).
 
 use async_trait::async_trait;
-use capstan_inventory::{Cluster, Role};
+use std::sync::Arc;
+
+use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{
     Component, ComponentError, ComponentOutcome, RoleUnit, RunContext, ScrapeTarget, StateFile,
 };
+use capstan_provisioner::ops::Operation;
 
 use crate::config::{CONTROLLER_MANAGER_PORT, KUBELET_PORT, KUBE_PROXY_METRICS_PORT, SCHEDULER_PORT};
 
@@ -112,6 +115,14 @@ impl Component for KubernetesComponent {
 
     fn restore_stopped_units(&self) -> Vec<RoleUnit> {
         crate::backup::restore_stopped_units()
+    }
+
+    fn teardown(&self, _cluster: &Cluster, host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {
+        crate::reset::teardown(host)
+    }
+
+    fn resets(&self) -> bool {
+        true
     }
 
     async fn converge(&self, cluster: &Cluster, ctx: &RunContext) -> Result<ComponentOutcome, ComponentError> {

@@ -153,9 +153,33 @@ pub fn scheduler_config(cluster: &Cluster, host: &Host) -> Result<String, Templa
     )
 }
 
-pub fn audit_policy() -> Result<String, TemplateError> {
+pub fn audit_policy(_cluster: &Cluster, _host: &Host) -> Result<String, TemplateError> {
     render("kubernetes/audit-policy.yaml", ())
 }
+
+/// Renders one file for a host.
+pub type Render = fn(&Cluster, &Host) -> Result<String, TemplateError>;
+
+/// A config file: path, how it is rendered, the services that read it.
+pub type ConfigFile = (&'static str, Render, &'static [&'static str]);
+
+/// Config files of control-plane hosts (the audit policy only when the audit log is on).
+pub const CONTROL_PLANE_CONFIGS: [ConfigFile; 2] = [
+    (AUDIT_POLICY, audit_policy, &["kube-apiserver"]),
+    (SCHEDULER_CONFIG, scheduler_config, &["kube-scheduler"]),
+];
+/// Config files of nodes.
+pub const NODE_CONFIGS: [ConfigFile; 2] = [
+    (KUBELET_CONFIG, kubelet_config, &["kubelet"]),
+    (KUBE_PROXY_CONFIG, kube_proxy_config, &["kube-proxy"]),
+];
+/// Units of control-plane hosts and of nodes, in start order.
+pub const CONTROL_PLANE_UNITS: [(&str, Render); 3] = [
+    (APISERVER_UNIT, apiserver_unit),
+    (CONTROLLER_MANAGER_UNIT, controller_manager_unit),
+    (SCHEDULER_UNIT, scheduler_unit),
+];
+pub const NODE_UNITS: [(&str, Render); 2] = [(KUBELET_UNIT, kubelet_unit), (KUBE_PROXY_UNIT, kube_proxy_unit)];
 
 #[derive(Serialize)]
 struct NodeContext<'a> {
@@ -167,17 +191,33 @@ struct NodeContext<'a> {
     config: &'a str,
 }
 
-pub fn kubelet_unit(cluster: &Cluster, host: &Host) -> Result<String, TemplateError> {
+fn node_unit(
+    template: &str,
+    cluster: &Cluster,
+    host: &Host,
+    kubeconfig: &str,
+    config: &str,
+) -> Result<String, TemplateError> {
     render(
-        "kubernetes/kubelet.service",
+        template,
         NodeContext {
             cluster_name: &cluster.name,
             bin_dir: BIN_DIR,
             node_name: &host.name,
             node_ip: &host.private_address,
-            kubeconfig: KUBELET_KUBECONFIG,
-            config: KUBELET_CONFIG,
+            kubeconfig,
+            config,
         },
+    )
+}
+
+pub fn kubelet_unit(cluster: &Cluster, host: &Host) -> Result<String, TemplateError> {
+    node_unit(
+        "kubernetes/kubelet.service",
+        cluster,
+        host,
+        KUBELET_KUBECONFIG,
+        KUBELET_CONFIG,
     )
 }
 
@@ -206,16 +246,12 @@ pub fn kubelet_config(cluster: &Cluster, host: &Host) -> Result<String, Template
 }
 
 pub fn kube_proxy_unit(cluster: &Cluster, host: &Host) -> Result<String, TemplateError> {
-    render(
+    node_unit(
         "kubernetes/kube-proxy.service",
-        NodeContext {
-            cluster_name: &cluster.name,
-            bin_dir: BIN_DIR,
-            node_name: &host.name,
-            node_ip: &host.private_address,
-            kubeconfig: KUBE_PROXY_KUBECONFIG,
-            config: KUBE_PROXY_CONFIG,
-        },
+        cluster,
+        host,
+        KUBE_PROXY_KUBECONFIG,
+        KUBE_PROXY_CONFIG,
     )
 }
 
@@ -277,7 +313,7 @@ mod tests {
             scheduler_config(&cluster, host).unwrap(),
             kube_proxy_unit(&cluster, host).unwrap(),
             kube_proxy_config(&cluster, host).unwrap(),
-            audit_policy().unwrap(),
+            audit_policy(&cluster, host).unwrap(),
         ] {
             assert!(text.starts_with("# Managed by capstan"), "{text}");
         }

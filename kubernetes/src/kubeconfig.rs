@@ -126,3 +126,90 @@ mod tests {
         assert_eq!(Kubeconfig::parse("apiVersion: v1\nkind: Config\n"), None);
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminKubeconfigError {
+    #[error("no control-plane host reachable ({0})")]
+    Unreachable(String),
+    #[error("{host}: reading the Kubernetes CA: {reason}")]
+    Ca { host: String, reason: String },
+    #[error("the inventory has no control-plane host")]
+    NoControlPlane,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl capstan_provisioner::hint::Hint for AdminKubeconfigError {
+    fn hint(&self) -> Option<String> {
+        Some(match self {
+            AdminKubeconfigError::Unreachable(_) => "check SSH access with `capstan check`".into(),
+            AdminKubeconfigError::Ca { .. } => "the CA is made by `capstan apply`; run it first".into(),
+            AdminKubeconfigError::NoControlPlane => "give the API server hosts the control_plane role".into(),
+            AdminKubeconfigError::Other(_) => return None,
+        })
+    }
+}
+
+/// An admin kubeconfig for the operator (user [`crate::pki::ADMIN_USER`], group
+/// [`crate::pki::ADMIN_GROUP`], bound to `cluster-admin` by RBAC; never `system:masters`), with a
+/// fresh one-year certificate signed by the cluster CA read from the first reachable control-plane
+/// host, pointing at the API endpoint outside clients use ([`crate::pki::external_endpoint_url`]).
+pub async fn admin_kubeconfig(cluster: &capstan_inventory::Cluster) -> Result<String, AdminKubeconfigError> {
+    use capstan_inventory::Role;
+    use capstan_provisioner::pki::{CertRequest, CertificateAuthority};
+
+    use crate::paths::{CA_CERT, CA_KEY};
+    use crate::pki::{external_endpoint_url, ADMIN_GROUP, ADMIN_USER};
+
+    let targets: Vec<_> = cluster
+        .hosts_with_role(Role::ControlPlane)
+        .map(capstan_provisioner::targets::ssh_target)
+        .collect();
+    let server = external_endpoint_url(cluster).ok_or(AdminKubeconfigError::NoControlPlane)?;
+    let (connections, failures) = capstan_provisioner::pool::Connections::connect(&targets, 4).await;
+    let mut last_error = failures
+        .iter()
+        .map(|(h, e)| format!("{h}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut ca = None;
+    for host in cluster.hosts_with_role(Role::ControlPlane) {
+        let Some(t) = connections.get(&host.name) else {
+            continue;
+        };
+        let read = async {
+            let cert = crate::probe::read_secret(t.as_ref(), CA_CERT).await?;
+            let key = crate::probe::read_secret(t.as_ref(), CA_KEY).await?;
+            Ok::<_, capstan_provisioner::ops::OpError>((cert, key))
+        };
+        match read.await {
+            Ok((cert, key)) => {
+                ca = Some(
+                    CertificateAuthority::from_pem(&cert, &key).map_err(|e| AdminKubeconfigError::Ca {
+                        host: host.name.clone(),
+                        reason: e.to_string(),
+                    }),
+                );
+                break;
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    connections.close_all().await;
+    let ca = match ca {
+        Some(ca) => ca?,
+        None if last_error.is_empty() => return Err(AdminKubeconfigError::Unreachable("no connection".into())),
+        None => {
+            return Err(AdminKubeconfigError::Ca {
+                host: "control plane".into(),
+                reason: last_error,
+            })
+        }
+    };
+    let issued = ca
+        .issue(&CertRequest::client(ADMIN_USER).with_organization(ADMIN_GROUP))
+        .map_err(|e| AdminKubeconfigError::Other(e.to_string()))?;
+    Kubeconfig::new(&cluster.name, &server, ca.cert_pem(), ADMIN_USER, &issued)
+        .render()
+        .map_err(|e| AdminKubeconfigError::Other(e.to_string()))
+}

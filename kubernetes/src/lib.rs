@@ -11,8 +11,9 @@
 //! - `config.rs`: pure rendering of units and component configurations.
 //! - `release.rs`: the server and node tarballs (sha512-pinned) and their members.
 //! - `probe.rs`: one read-only probe per host.
-//! - `apply.rs`: inspection, refusals and the phases (binaries → pki → configs → control plane →
-//!   node agents); `unavailable.rs`: a tarball a plan cannot have, shown, never faked.
+//! - `apply.rs`: inspection, refusals and the phases (control plane, one host at a time → node
+//!   agents); `unavailable.rs`: a tarball a plan cannot have, shown, never faked.
+//! - `reset.rs`: what `capstan reset` removes.
 //! - `component.rs`: [`KubernetesComponent`] (roles, ports, scrape targets, log units).
 
 mod apply;
@@ -24,6 +25,7 @@ pub mod paths;
 pub mod pki;
 pub mod probe;
 pub mod release;
+pub mod reset;
 mod unavailable;
 
 pub use component::KubernetesComponent;

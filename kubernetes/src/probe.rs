@@ -16,7 +16,7 @@ const MARK: &str = "@@capstan:";
 
 /// Files read whole (base64), by path.
 pub fn read_paths(credential_paths: &[&'static str]) -> Vec<&'static str> {
-    let mut paths = vec![CA_CERT, FRONT_PROXY_CA_CERT, SA_PUB, ETCD_CA_CERT];
+    let mut paths = vec![CA_CERT, APISERVER_CERT, FRONT_PROXY_CA_CERT, SA_PUB, ETCD_CA_CERT];
     paths.extend(credential_paths.iter().copied());
     paths
 }

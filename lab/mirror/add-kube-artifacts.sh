@@ -15,7 +15,8 @@ set -euo pipefail
 
 OUTDIR="${1:-${CAPSTAN_CACHE_DIR:-/var/cache/capstan}/mirror}"
 SRC="${CAPSTAN_KUBE_ARTIFACTS:?set CAPSTAN_KUBE_ARTIFACTS to the directory holding the Kubernetes release tarballs}"
-TABLE="$(cd "$(dirname "$0")/../.." && pwd)/provisioner/data/upstream-releases.yaml"
+# CAPSTAN_RELEASE_TABLE: another table (tests); by default capstan's own.
+TABLE="${CAPSTAN_RELEASE_TABLE:-$(cd "$(dirname "$0")/../.." && pwd)/provisioner/data/upstream-releases.yaml}"
 
 log() { printf 'add-kube-artifacts: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

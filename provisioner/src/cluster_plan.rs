@@ -90,17 +90,7 @@ impl ClusterPlan {
     /// anything ran; a later refusal is the outcome's `error` (earlier components did their work).
     pub async fn run(&self, cluster: &Cluster, ctx: &RunContext) -> Result<ClusterOutcome, ComponentError> {
         let started = Instant::now();
-        let mut outcome = ClusterOutcome {
-            mode: ctx.mode,
-            components: Vec::new(),
-            summary: RunReport {
-                mode: ctx.mode,
-                hosts: Vec::new(),
-                elapsed: Default::default(),
-            },
-            error: None,
-            hint: None,
-        };
+        let mut outcome = ClusterOutcome::empty(ctx.mode);
         for component in &self.components {
             match component.converge(cluster, ctx).await {
                 Ok(done) => {
@@ -141,13 +131,28 @@ pub struct ClusterOutcome {
 }
 
 impl ClusterOutcome {
+    /// Nothing run yet.
+    pub fn empty(mode: Mode) -> ClusterOutcome {
+        ClusterOutcome {
+            mode,
+            components: Vec::new(),
+            summary: RunReport {
+                mode,
+                hosts: Vec::new(),
+                elapsed: Default::default(),
+            },
+            error: None,
+            hint: None,
+        }
+    }
+
     pub fn success(&self) -> bool {
         self.error.is_none() && self.summary.success()
     }
 }
 
 /// `all` in dependency order (Kahn's algorithm, taking the earliest ready component each time).
-fn dependency_order(all: &[&'static dyn Component]) -> Result<Vec<&'static dyn Component>, PlanError> {
+pub(crate) fn dependency_order(all: &[&'static dyn Component]) -> Result<Vec<&'static dyn Component>, PlanError> {
     let names: BTreeSet<&str> = all.iter().map(|c| c.name()).collect();
     for component in all {
         if let Some(missing) = component.after().iter().find(|d| !names.contains(**d)) {

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use capstan_inventory::Cluster;
+use capstan_inventory::{Cluster, Host};
 use serde::Serialize;
 
 use crate::check::RequiredPort;
+use crate::ops::Operation;
 use crate::phases::{PhaseContext, PhaseOutcome, PhaseRunner};
 use crate::report::{Reporter, RunReport};
 use crate::runner::{Mode, Progress, RunOptions, Runner};
@@ -80,6 +81,27 @@ pub trait Component: Send + Sync {
     /// before the restore touches it, started again once [`Component::state_files`] are back.
     fn restore_stopped_units(&self) -> Vec<RoleUnit> {
         Vec::new()
+    }
+
+    /// What capstan installed for this component on `host`, as ops that remove it, in order
+    /// (`capstan reset`): stop and disable services, then remove units, files, directories, data.
+    /// Empty when the component has nothing on that host. The ops converge like any others, so a
+    /// second reset changes nothing and `--dry-run` shows what would go.
+    fn teardown(&self, _cluster: &Cluster, _host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {
+        Ok(Vec::new())
+    }
+
+    /// Whether [`Component::teardown`] knows everything this component installs. `capstan reset`
+    /// refuses (unless forced) to reset a cluster whose inventory enables an installed component
+    /// that cannot be torn down yet, rather than report success and leave it behind.
+    fn resets(&self) -> bool {
+        false
+    }
+
+    /// Refuse a reset of `hosts` (a subset of the inventory's) that would break what keeps running
+    /// on the others, e.g. a datastore's quorum. Checked before anything changes, unless forced.
+    fn check_reset(&self, _cluster: &Cluster, _hosts: &[&Host]) -> Result<(), ComponentError> {
+        Ok(())
     }
 
     /// Converge the component on `cluster` (in [`Mode::DryRun`]: plan it, changing nothing):

@@ -254,12 +254,32 @@ pub fn render_summary(report: &RunReport, color: bool) -> String {
     out
 }
 
-/// Every change per host (what a dry run shows), with diffs and optionally
-/// the commands. Diff lines are coloured when `color`.
-pub fn render_changes(report: &RunReport, color: bool, show_commands: bool) -> String {
+/// A unified diff, each line indented and (when `color`) coloured: headers bold, additions
+/// green, removals red, hunk headers cyan.
+pub fn write_styled_diff(out: &mut String, diff: &str, indent: &str, color: bool) {
+    let bold = style(color, Style::new().bold());
     let green = style(color, Style::new().green());
     let red = style(color, Style::new().red());
     let cyan = style(color, Style::new().cyan());
+    for line in diff.lines() {
+        let styled = if line.starts_with("+++") || line.starts_with("---") {
+            bold.apply_to(line).to_string()
+        } else if line.starts_with('+') {
+            green.apply_to(line).to_string()
+        } else if line.starts_with('-') {
+            red.apply_to(line).to_string()
+        } else if line.starts_with("@@") {
+            cyan.apply_to(line).to_string()
+        } else {
+            line.to_string()
+        };
+        let _ = writeln!(out, "{indent}{styled}");
+    }
+}
+
+/// Every change per host (what a dry run shows), with diffs and optionally
+/// the commands. Diff lines are coloured when `color`.
+pub fn render_changes(report: &RunReport, color: bool, show_commands: bool) -> String {
     let bold = style(color, Style::new().bold());
     let verb = match report.mode {
         Mode::Apply => "changed",
@@ -275,20 +295,7 @@ pub fn render_changes(report: &RunReport, color: bool, show_commands: bool) -> S
         for change in changes {
             let _ = writeln!(out, "  ~ {}", change.summary);
             if let Some(diff) = &change.diff {
-                for line in diff.lines() {
-                    let styled = if line.starts_with("+++") || line.starts_with("---") {
-                        bold.apply_to(line).to_string()
-                    } else if line.starts_with('+') {
-                        green.apply_to(line).to_string()
-                    } else if line.starts_with('-') {
-                        red.apply_to(line).to_string()
-                    } else if line.starts_with("@@") {
-                        cyan.apply_to(line).to_string()
-                    } else {
-                        line.to_string()
-                    };
-                    let _ = writeln!(out, "      {styled}");
-                }
+                write_styled_diff(&mut out, diff, "      ", color);
             }
             if show_commands {
                 for command in &change.commands {

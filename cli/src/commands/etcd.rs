@@ -7,45 +7,32 @@ use std::time::Duration;
 
 use capstan_etcd::status::{status as etcd_status, write_credentials, StatusReport};
 use capstan_nodes::status::{pod_network_status, PodNetworkStatus};
-use capstan_provisioner::cluster_plan::ClusterPlan;
-use capstan_provisioner::component::RunContext;
+use capstan_provisioner::cluster_plan::{ClusterOutcome, ClusterPlan};
+use capstan_provisioner::lock::LockMode;
+use capstan_provisioner::plan_view::{render_class_summary, render_grouped, HostClasses};
 use capstan_provisioner::report::{render_changes, render_summary};
 use capstan_provisioner::runner::Mode;
 
 use crate::cli::{ApplyArgs, EtcdCommand, StatusArgs};
 use crate::commands::inventory::load;
-use crate::format::{header, human_bytes, or_dash, table, yes_no};
+use crate::commands::lock::locked_unless_dry_run;
+use crate::format::{changes_or_none, header, human_bytes, or_dash, table, yes_no};
 use crate::output::{Failure, Output};
 
 pub fn apply(args: ApplyArgs, dry_run: bool, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
     let cluster = load(inventory)?;
     let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
     let plan = ClusterPlan::new(crate::components::ALL, &cluster, &args.only).map_err(|e| Failure::of(&e))?;
-    let ctx = RunContext {
-        mode,
-        concurrency: args.concurrency.max(1),
-        progress: out.progress(),
-        out: out.reporter(),
-    };
+    let ctx = out.run_context(mode, args.concurrency);
     let runtime = tokio::runtime::Runtime::new()?;
-    let outcome = runtime
-        .block_on(plan.run(&cluster, &ctx))
-        .map_err(|e| Failure::new(e.message).maybe_hint(e.hint))?;
+    let run = async {
+        plan.run(&cluster, &ctx)
+            .await
+            .map_err(|e| anyhow::Error::from(Failure::new(e.message).maybe_hint(e.hint)))
+    };
+    let outcome = runtime.block_on(locked_unless_dry_run(dry_run, &cluster, LockMode::Change, out, run))?;
 
-    if out.json() {
-        out.print_json(&outcome)?;
-    } else {
-        if mode == Mode::DryRun || args.show_commands {
-            let changes = render_changes(&outcome.summary, out.color, args.show_commands);
-            if changes.is_empty() {
-                println!("no changes");
-            } else {
-                print!("{changes}");
-            }
-            println!();
-        }
-        print!("{}", render_summary(&outcome.summary, out.color));
-    }
+    print_cluster_outcome(&outcome, &cluster, args.show_commands, out)?;
     let totals = outcome.summary.totals();
     let verb = if dry_run { "to change" } else { "changed" };
     out.status(format!(
@@ -68,6 +55,41 @@ pub fn apply(args: ApplyArgs, dry_run: bool, inventory: Option<&Path>, out: &Out
             "see the errors above; fix them and run `capstan apply` again (it picks up where it stopped)".into()
         }))
         .into())
+}
+
+/// A cluster run's outcome on stdout: JSON; per host with `-v`; otherwise the changes grouped
+/// across hosts and the summary per component and host class.
+pub(crate) fn print_cluster_outcome(
+    outcome: &ClusterOutcome,
+    cluster: &capstan_inventory::Cluster,
+    show_commands: bool,
+    out: &Output,
+) -> anyhow::Result<()> {
+    if out.json() {
+        out.print_json(outcome)?;
+    } else if out.verbose > 0 {
+        let changes = render_changes(&outcome.summary, out.color, show_commands);
+        print!("{}", changes_or_none(changes));
+        println!();
+        print!("{}", render_summary(&outcome.summary, out.color));
+    } else {
+        let classes = host_classes(cluster);
+        print!("{}", render_grouped(outcome, &classes, out.color, show_commands));
+        println!();
+        print!("{}", render_class_summary(outcome, &classes));
+    }
+    Ok(())
+}
+
+/// Each host's class for the grouped plan: its roles, e.g. `control_plane+etcd`.
+fn host_classes(cluster: &capstan_inventory::Cluster) -> HostClasses {
+    HostClasses::new(cluster.hosts.iter().map(|host| {
+        let roles: Vec<&str> = host.roles.iter().map(|r| r.as_str()).collect();
+        (
+            host.name.clone(),
+            if roles.is_empty() { "-".into() } else { roles.join("+") },
+        )
+    }))
 }
 
 pub fn status(args: StatusArgs, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {

@@ -11,6 +11,7 @@ use capstan_backup::{BackupId, Store};
 use capstan_etcd::restore::{restore as restore_etcd, RestoreInput, RestoreOptions, RestoreOutcome};
 use capstan_inventory::Cluster;
 use capstan_provisioner::component::PhaseReport;
+use capstan_provisioner::lock::LockMode;
 use capstan_provisioner::report::RunReport;
 use capstan_provisioner::report::{render_changes, render_summary};
 use capstan_provisioner::runner::Mode;
@@ -18,7 +19,8 @@ use capstan_provisioner::runner::Mode;
 use crate::cli::RestoreArgs;
 use crate::commands::backup::{open, parse_which, target_url};
 use crate::commands::inventory::load;
-use crate::format::{header, or_dash, table, yes_no};
+use crate::commands::lock::locked_unless_dry_run;
+use crate::format::{changes_or_none, header, or_dash, table, yes_no};
 use crate::output::{Failure, Output};
 
 pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
@@ -30,12 +32,15 @@ pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> any
         .validate()
         .map_err(|e| Failure::new(e.to_string()).maybe_hint(e.hint()).code(2))?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
+    let dry_run = args.dry_run;
+    let work = async {
         let store = open(&url, &args.target).await?;
         let id = resolve(&store, &which).await.map_err(|e| Failure::of(&e))?;
         let work = private_tempdir()?;
         let started = Instant::now();
-        out.status(format!("==> restore: downloading, verifying and decrypting backup {id}"));
+        out.status(format!(
+            "==> restore: downloading, verifying and decrypting backup {id}"
+        ));
         let fetched = fetch(&store, &id, args.identity.as_deref(), work.path()).await?;
         let fetch_seconds = started.elapsed().as_secs_f64();
         let outcome = run_restore(&cluster, &fetched, options).await?;
@@ -59,7 +64,8 @@ pub fn restore(args: RestoreArgs, inventory: Option<&Path>, out: &Output) -> any
                 .hint("check the members with `capstan status`; running the same restore again continues where it stopped")
                 .into())
         }
-    })
+    };
+    runtime.block_on(locked_unless_dry_run(dry_run, &cluster, LockMode::Fence, out, work))
 }
 
 pub(crate) fn restore_options(args: &RestoreArgs, out: &Output) -> RestoreOptions {
@@ -237,14 +243,7 @@ fn print_plan(outcome: &RestoreOutcome, total: f64, out: &Output) -> anyhow::Res
         out.print_json(&serde_json::json!({ "outcome": outcome, "total_seconds": total }))?;
     } else {
         let changes = render_changes(&outcome.summary, out.color, true);
-        print!(
-            "{}",
-            if changes.is_empty() {
-                "no changes\n".into()
-            } else {
-                changes
-            }
-        );
+        print!("{}", changes_or_none(changes));
         println!();
         print!("{}", render_summary(&outcome.summary, out.color));
         for line in &outcome.not_run {

@@ -111,6 +111,37 @@ pub fn lab_inventory<'m>(
     yaml
 }
 
+/// A 3-machine lab named `<prefix><pid>` with an inventory of etcd `version` on every machine
+/// (in a temp dir kept as long as the returned value).
+pub struct EtcdLab {
+    pub guard: capstan_lab::LabGuard,
+    pub lab: Lab,
+    pub inventory: std::path::PathBuf,
+    pub work: tempfile::TempDir,
+}
+
+pub fn etcd_lab(prefix: &str, version: &str) -> EtcdLab {
+    let guard = capstan_lab::LabGuard::up(capstan_lab::UpOptions::new(
+        format!("{prefix}{}", std::process::id() % 10000),
+        3,
+    ))
+    .expect("lab up");
+    let lab = guard.lab().clone();
+    let work = tempfile::tempdir().unwrap();
+    let inventory = work.path().join("inventory.yaml");
+    std::fs::write(
+        &inventory,
+        lab_inventory(&lab, &lab.name, &lab.machines, &mirror_and_version(version)),
+    )
+    .unwrap();
+    EtcdLab {
+        guard,
+        lab,
+        inventory,
+        work,
+    }
+}
+
 /// `artifacts.mirror` pointing at [`MIRROR`] and `versions.etcd`.
 pub fn mirror_and_version(version: &str) -> String {
     format!("artifacts:\n  mirror: \"file://{MIRROR}\"\nversions:\n  etcd: \"{version}\"\n")

@@ -55,8 +55,8 @@ use capstan_provisioner::transport::Transport;
 
 pub use quorum::check_quorum;
 
-const SERVICE: &str = "etcd";
-const BIN_DIR: &str = "/usr/local/bin";
+pub(crate) const SERVICE: &str = "etcd";
+pub(crate) const BIN_DIR: &str = "/usr/local/bin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

@@ -48,9 +48,9 @@ pub use run::restore;
 pub use verify::{check_keys, verify_members, wait_healthy, Check, KeyCheck, MemberCheck, Verification};
 
 /// Where snapshots are uploaded on the members (removed after a successful restore).
-const STAGING_DIR: &str = "/var/lib/capstan-restore";
+pub(crate) const STAGING_DIR: &str = "/var/lib/capstan-restore";
 /// Where `--force` keeps safety snapshots of what was there before.
-const SAFETY_DIR: &str = "/var/lib/capstan-safety";
+pub(crate) const SAFETY_DIR: &str = "/var/lib/capstan-safety";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {

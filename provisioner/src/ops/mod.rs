@@ -30,12 +30,12 @@ use crate::transport::{ExecOptions, ExecOutput, RemoteFile, Transport, Transport
 pub use artifact_op::Artifact;
 pub use command::Command;
 pub use diff::{render_file_diff, DIFF_LIMIT_BYTES};
-pub use fact::{parse_path_state, path_state_command, PathKind, PathState};
+pub use fact::{parse_path_state, path_state_command, PathKind, PathState, CHECKSUM_DIR};
 pub use file::{plan_file, plan_path_attributes, Absent, DesiredFile, Directory, File, Template};
 pub use package::{apt_source_file, missing_packages, Package, APT_SOURCE_FILE};
 pub use systemd::{
-    parse_service_state, plan_service, ActiveState, DaemonReload, EnablementState, Restart, Service, ServiceState,
-    SystemdUnit, SYSTEMD_UNIT_DIR,
+    parse_service_state, plan_service, ActiveState, DaemonReload, EnablementState, RemovedUnit, Restart, Service,
+    ServiceState, SystemdUnit, SYSTEMD_UNIT_DIR,
 };
 
 /// Bytes to write to a remote file, held in memory or streamed from a local file.

@@ -181,6 +181,19 @@ pub async fn prefetch_commands(t: &dyn Transport, cache: &FactCache, commands: &
     Ok(())
 }
 
+/// Prefetches the probes of `ops` (each command once, in list order) into `cache` in one batch:
+/// a component reads every phase's probes of a host in one round trip before its first phase. A
+/// failed batch only costs the ops their own probes later.
+pub async fn prefetch_ops(t: &dyn Transport, cache: &FactCache, ops: &[Arc<dyn Operation>]) {
+    let mut seen = HashSet::new();
+    let commands: Vec<String> = ops
+        .iter()
+        .flat_map(|op| op.probes())
+        .filter(|command| seen.insert(command.clone()))
+        .collect();
+    let _ = prefetch_commands(t, cache, &commands).await;
+}
+
 /// Probe results of one host's run: filled in batches, dropped whenever the host changes.
 #[derive(Default)]
 pub struct ProbeSession {

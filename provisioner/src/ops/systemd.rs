@@ -3,12 +3,42 @@
 
 use async_trait::async_trait;
 
-use super::file::File;
+use super::file::{Absent, File};
 use super::shell::quote;
 use super::{run_checked, Change, Footprint, OpError, Operation, Plan, Step, Trigger};
 use crate::transport::Transport;
 
 pub const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
+
+/// A removed unit file: like [`Absent`], plus `systemctl daemon-reload` when it was there. Stop
+/// and disable the unit first ([`Service`] with `enabled(false).running(false)`).
+pub struct RemovedUnit {
+    inner: Absent,
+}
+
+impl RemovedUnit {
+    pub fn new(unit: &str) -> RemovedUnit {
+        RemovedUnit {
+            inner: Absent::new(&format!("{SYSTEMD_UNIT_DIR}/{unit}")),
+        }
+    }
+}
+
+#[async_trait]
+impl Operation for RemovedUnit {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn plan(&self, t: &dyn Transport) -> Result<Plan, OpError> {
+        self.inner.plan(t).await
+    }
+    fn probes(&self) -> Vec<String> {
+        self.inner.probes()
+    }
+    fn triggers(&self) -> Vec<Trigger> {
+        vec![Trigger::DaemonReload]
+    }
+}
 
 const UNIT_SUFFIXES: &[&str] = &[
     "service",

@@ -18,14 +18,14 @@ use crate::output::{Failure, Output};
 /// Progress lines on stderr every this many snapshot bytes.
 const PROGRESS_STEP: u64 = 64 * 1024 * 1024;
 
-pub(super) struct CreateArgs {
+pub(crate) struct CreateArgs {
     pub target: BackupTargetArgs,
     pub recipients: Vec<String>,
     pub recipients_file: Option<PathBuf>,
     pub no_encryption: bool,
 }
 
-pub(super) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -> anyhow::Result<ExitCode> {
+pub(crate) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let mut explicit = args.recipients.clone();
     if let Some(file) = &args.recipients_file {
         let text =

@@ -2,7 +2,7 @@
 //! age-encrypted, to S3 or a local directory (see docs/backup.md). One module per subcommand;
 //! here the dispatch and what they (and restore and drill) share: the target and its store.
 
-mod create;
+pub(crate) mod create;
 mod list;
 mod prune;
 mod schedule;
@@ -14,9 +14,11 @@ use std::sync::Arc;
 
 use capstan_backup::{S3Options, Store, StoreUrl, VerifyTarget};
 use capstan_inventory::Cluster;
+use capstan_provisioner::lock::LockMode;
 
 use crate::cli::{BackupCommand, BackupTargetArgs};
 use crate::commands::inventory::load;
+use crate::commands::lock::locked_unless_dry_run;
 use crate::output::{Failure, Output};
 
 pub fn run(cmd: BackupCommand, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
@@ -59,7 +61,8 @@ pub fn run(cmd: BackupCommand, inventory: Option<&Path>, out: &Output) -> anyhow
             dry_run,
         } => {
             let cluster = load(inventory)?;
-            runtime.block_on(schedule::schedule(&cluster, &target, on_calendar, remove, dry_run, out))
+            let work = schedule::schedule(&cluster, &target, on_calendar, remove, dry_run, out);
+            runtime.block_on(locked_unless_dry_run(dry_run, &cluster, LockMode::Change, out, work))
         }
         BackupCommand::Run { config } => runtime.block_on(schedule::run_member(&config, out)),
     }

@@ -9,12 +9,14 @@ use std::process::ExitCode;
 
 use capstan_backup::schedule::{local_member_leads, DrillScheduleConfig};
 use capstan_backup::schedule_install::{install_drill_schedule, remove_schedule, DrillInstall, Schedule};
+use capstan_provisioner::lock::LockMode;
 use capstan_provisioner::runner::Mode;
 
 use super::run::{drill, merged_keys};
 use crate::cli::{BackupTargetArgs, DrillArgs, DrillCommand, DrillScheduleArgs};
 use crate::commands::backup::{open, target_url};
 use crate::commands::inventory::load;
+use crate::commands::lock::locked_unless_dry_run;
 use crate::output::{Failure, Output};
 
 pub(super) fn run(command: DrillCommand, inventory: Option<&Path>, out: &Output) -> anyhow::Result<ExitCode> {
@@ -29,9 +31,18 @@ fn schedule(args: DrillScheduleArgs, inventory: Option<&Path>, out: &Output) -> 
     let runtime = tokio::runtime::Runtime::new()?;
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     if args.remove {
-        let report = runtime
-            .block_on(remove_schedule(&cluster, Schedule::Drill, mode, out.progress()))
-            .map_err(Failure::from)?;
+        let work = async {
+            remove_schedule(&cluster, Schedule::Drill, mode, out.progress())
+                .await
+                .map_err(|e| anyhow::Error::from(Failure::from(e)))
+        };
+        let report = runtime.block_on(locked_unless_dry_run(
+            args.dry_run,
+            &cluster,
+            LockMode::Change,
+            out,
+            work,
+        ))?;
         return out.finish_run(
             &report,
             args.dry_run,
@@ -63,7 +74,7 @@ fn schedule(args: DrillScheduleArgs, inventory: Option<&Path>, out: &Output) -> 
             path.display()
         ));
     }
-    runtime.block_on(async {
+    let work = async {
         let store = open(install.target(), &args.target).await?;
         install
             .check_identity_opens_latest(&store)
@@ -73,7 +84,14 @@ fn schedule(args: DrillScheduleArgs, inventory: Option<&Path>, out: &Output) -> 
             .await
             .map_err(Failure::from)?;
         out.finish_run(&report, args.dry_run, "drill schedule", "capstan drill schedule")
-    })
+    };
+    runtime.block_on(locked_unless_dry_run(
+        args.dry_run,
+        &cluster,
+        LockMode::Change,
+        out,
+        work,
+    ))
 }
 
 /// `capstan drill run --config FILE` on a member (the timer's service): the leader drills the

@@ -1,0 +1,471 @@
+//! The Kubernetes control plane on real lab machines.
+//!
+//! `plan_shows_every_step_and_the_units_verify` (always, given the lab): etcd, the API endpoint
+//! and the nodes are applied for real on two machines (one control-plane host, one node); then
+//! - without the Kubernetes release tarballs in the mirror, `apply --only kubernetes` refuses
+//!   before changing anything;
+//! - `plan --only kubernetes` prints the whole ordered sequence per host (the binaries it would
+//!   install from which release, every PKI file, config, unit and service) and changes nothing;
+//! - every unit capstan renders passes `systemd-analyze verify` on the machine that would run it.
+//!   The binaries are absent (they cannot be downloaded here) and nothing stands in for them:
+//!   the test copies the rendered unit files (only them) to the machine, runs verify, and accepts
+//!   exactly one complaint per unit, that its ExecStart binary does not exist; anything else
+//!   verify says fails the test. The copies are removed afterwards.
+//!
+//! `real_release_brings_up_a_cluster` (only with `CAPSTAN_KUBE_ARTIFACTS=DIR` holding the real
+//! tarballs of the inventory's version): puts them in the mirror through
+//! `lab/mirror/add-kube-artifacts.sh` (sha512 checked against the pins), applies everything, checks
+//! the units' flags against the real binaries' `--help`, and runs `kubectl get nodes` through the
+//! HA endpoint with `capstan kubeconfig`. Otherwise it skips, naming what is missing.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use capstan_lab::{Lab, LabGuard, UpOptions};
+use serde_json::Value;
+
+mod support;
+use support::{capstan_ok, file, json, lab, mirror, remote, require, run_capstan, Need, MIRROR};
+
+const VERSION: &str = capstan_inventory::DEFAULT_KUBERNETES_VERSION;
+
+/// containerd, crun and the CNI plugins (the nodes component) in the artifact mirror.
+fn mirror_runtime() -> Need {
+    let sums = std::fs::read_to_string(Path::new(MIRROR).join("SHA256SUMS")).unwrap_or_default();
+    match [
+        "containerd-1.6.20-linux-amd64",
+        "crun-1.8.1-linux-amd64",
+        "cni-plugins-linux-amd64-v1.1.1",
+    ]
+    .iter()
+    .find(|part| !sums.contains(*part))
+    {
+        Some(part) => Err(format!("artifact mirror {MIRROR} lacks {part} (run scripts/setup.sh)")),
+        None => Ok(()),
+    }
+}
+
+fn kube_in_mirror() -> bool {
+    let sums = std::fs::read_to_string(Path::new(MIRROR).join("SHA256SUMS")).unwrap_or_default();
+    sums.contains(&format!("v{VERSION}/kubernetes-server-linux-amd64.tar.gz"))
+        && sums.contains(&format!("v{VERSION}/kubernetes-node-linux-amd64.tar.gz"))
+}
+
+/// Machine 1: etcd and the control plane; machine 2: a node.
+fn inventory(lab: &Lab) -> String {
+    let mut yaml = format!(
+        "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\n\
+         artifacts:\n  mirror: \"file://{MIRROR}\"\n  apt_source: \"deb [trusted=yes] file:/srv/capstan-debs ./\"\n\
+         versions:\n  etcd: \"3.5.1\"\n  containerd: \"1.6.20\"\n  runc: \"1.1.5\"\n  crun: \"1.8.1\"\n  cni_plugins: \"1.1.1\"\n\
+         runtime:\n  lab_cgroupless: auto\n\
+         kubernetes:\n  version: \"{VERSION}\"\n  audit_log: true\n\
+         hosts:\n",
+        lab.name,
+        lab.key_path.display().to_string(),
+        lab.known_hosts_path.display().to_string()
+    );
+    for (i, m) in lab.machines.iter().enumerate() {
+        let roles = if i == 0 { "[etcd, control_plane]" } else { "[node]" };
+        yaml.push_str(&format!(
+            "  - name: {}\n    address: {}\n    roles: {roles}\n",
+            m.name, m.ip
+        ));
+    }
+    yaml
+}
+
+fn prerequisites() -> Vec<Need> {
+    vec![
+        lab(),
+        support::tool("kubectl", "kubectl"),
+        support::tool("openssl", "openssl"),
+        mirror(),
+        mirror_runtime(),
+        file(
+            "/var/cache/capstan/debs/Packages",
+            "local Debian repository missing (run scripts/setup.sh)",
+        ),
+    ]
+}
+
+/// `(op, status)` of every op of `host` in a plan/apply JSON report of one component, in order.
+fn host_ops(report: &Value, host: &str) -> Vec<String> {
+    report["summary"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["host"] == host)
+        .flat_map(|h| h["ops"].as_array().unwrap().iter())
+        .map(|op| format!("{} [{}]", op["op"].as_str().unwrap(), op["status"].as_str().unwrap()))
+        .collect()
+}
+
+/// The position of the first op containing `needle`; panics naming the list when there is none.
+fn position(ops: &[String], needle: &str) -> usize {
+    ops.iter()
+        .position(|op| op.contains(needle))
+        .unwrap_or_else(|| panic!("no op `{needle}` in:\n{}", ops.join("\n")))
+}
+
+fn cluster(inventory: &Path) -> capstan_inventory::Cluster {
+    capstan_inventory::load(inventory).expect("inventory loads")
+}
+
+fn write_remote(lab: &Lab, host: &str, path: &str, content: &str) {
+    let mut child = capstan_lab::ssh_command(&lab.name, host, Some(&format!("cat > {path}")))
+        .unwrap()
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(content.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{host}: write {path}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `systemd-analyze verify` of `unit` (copied into /etc/systemd/system on `host` for the check
+/// and removed after); its complaints.
+fn verify_unit(lab: &Lab, host: &str, unit: &str, content: &str) -> Vec<String> {
+    let path = format!("/etc/systemd/system/{unit}");
+    write_remote(lab, host, &path, content);
+    let output = capstan_lab::ssh_command(
+        &lab.name,
+        host,
+        Some(&format!("systemd-analyze verify {path} 2>&1; rm -f {path}")),
+    )
+    .unwrap()
+    .output()
+    .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn plan_shows_every_step_and_the_units_verify() {
+    if !require(&prerequisites()) {
+        return;
+    }
+    let started = Instant::now();
+    let guard = LabGuard::up(UpOptions::new("kube-cp", 2)).expect("lab up");
+    let lab = guard.lab();
+    let dir = tempfile::tempdir().unwrap();
+    let inventory_path = dir.path().join("inventory.yaml");
+    std::fs::write(&inventory_path, inventory(lab)).unwrap();
+    let (cp, node) = (lab.machines[0].name.clone(), lab.machines[1].name.clone());
+    capstan_ok(&inventory_path, &["apply", "--only", "etcd,endpoint,nodes"]);
+    eprintln!(
+        "etcd, endpoint, nodes applied in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    let untouched = "test ! -e /etc/kubernetes/encryption-config.yaml && test ! -e /etc/systemd/system/kube-apiserver.service \
+                     && test ! -e /usr/local/bin/kube-apiserver && test ! -e /etc/kubernetes/kubelet.conf && echo untouched";
+
+    // Without the tarballs, apply refuses before any change, naming what to supply.
+    if !kube_in_mirror() {
+        let refused = run_capstan(Some(&inventory_path), &["apply", "--only", "kubernetes"], &[]);
+        assert_ne!(refused.code, 0, "{}", refused.stderr);
+        assert!(
+            refused.stderr.contains(&format!("kubernetes-server {VERSION}"))
+                && refused.stderr.contains("CAPSTAN_KUBE_ARTIFACTS"),
+            "{}",
+            refused.stderr
+        );
+        assert_eq!(remote(lab, &cp, untouched), "untouched");
+    }
+
+    // The plan: every step, per host, in order, changing nothing.
+    let plan_started = Instant::now();
+    let plan = json(&capstan_ok(
+        &inventory_path,
+        &["plan", "--only", "kubernetes", "--output", "json"],
+    ));
+    eprintln!("plan in {:.1}s", plan_started.elapsed().as_secs_f64());
+    let phases: Vec<&str> = plan["components"][0]["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["control plane", "node agents"], "{plan:#}");
+    let cp_ops = host_ops(&plan, &cp);
+    let node_ops = host_ops(&plan, &node);
+    eprintln!("{cp}:\n  {}\n{node}:\n  {}", cp_ops.join("\n  "), node_ops.join("\n  "));
+    let cp_order = [
+        "artifact /usr/local/bin/{kube-apiserver,kube-controller-manager,kube-scheduler,kubectl}",
+        "file /etc/kubernetes/pki/front-proxy-ca.crt",
+        "file /etc/kubernetes/pki/front-proxy-ca.key",
+        "file /etc/kubernetes/pki/etcd-ca.crt",
+        "file /etc/kubernetes/pki/sa.pub",
+        "file /etc/kubernetes/pki/sa.key",
+        "file /etc/kubernetes/encryption-config.yaml",
+        "file /etc/kubernetes/pki/apiserver-kubelet-client.crt",
+        "file /etc/kubernetes/pki/front-proxy-client.crt",
+        "file /etc/kubernetes/pki/apiserver-etcd-client.crt",
+        "file /etc/kubernetes/controller-manager.conf",
+        "file /etc/kubernetes/scheduler.conf",
+        "file /etc/kubernetes/admin.conf",
+        "file /etc/kubernetes/super-admin.conf",
+        "file /etc/kubernetes/audit-policy.yaml",
+        "file /etc/kubernetes/kube-scheduler.yaml",
+        "kube-apiserver.service",
+        "kube-controller-manager.service",
+        "kube-scheduler.service",
+    ];
+    let positions: Vec<usize> = cp_order.iter().map(|op| position(&cp_ops, op)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {positions:?}\n{}",
+        cp_ops.join("\n")
+    );
+    for op in &cp_ops {
+        assert!(
+            !op.contains("kubelet.conf") && !op.contains("kubelet.service"),
+            "{cp} is no node: {op}"
+        );
+    }
+    let node_order = [
+        "artifact /usr/local/bin/{kubelet,kube-proxy}",
+        "file /etc/kubernetes/kubelet.conf",
+        "file /etc/kubernetes/kube-proxy.conf",
+        "file /var/lib/kubelet/config.yaml",
+        "file /var/lib/kube-proxy/config.yaml",
+        "kubelet.service",
+        "kube-proxy.service",
+    ];
+    let positions: Vec<usize> = node_order.iter().map(|op| position(&node_ops, op)).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {positions:?}\n{}",
+        node_ops.join("\n")
+    );
+    for op in &node_ops {
+        assert!(
+            !op.contains("super-admin") && !op.contains("kube-apiserver") && !op.contains("ca.key"),
+            "{node}: {op}"
+        );
+    }
+    // The text plan names the release the binaries come from.
+    let text = capstan_ok(&inventory_path, &["plan", "--only", "kubernetes"]);
+    assert!(
+        text.stdout.contains("kubernetes-server-linux-amd64.tar.gz")
+            || text.stdout.contains(&format!("kubernetes-server {VERSION}")),
+        "{}",
+        text.stdout
+    );
+    if !kube_in_mirror() {
+        assert_eq!(remote(lab, &cp, untouched), "untouched");
+        assert_eq!(remote(lab, &node, untouched), "untouched");
+    }
+
+    // The whole cluster plan: every component in dependency order, the ones already applied
+    // without changes, Kubernetes last.
+    let whole = json(&capstan_ok(&inventory_path, &["plan", "--output", "json"]));
+    let components: Vec<&str> = whole["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap())
+        .collect();
+    assert_eq!(components, ["etcd", "endpoint", "nodes", "kubernetes"], "{whole:#}");
+
+    // `capstan kubeconfig`: the RBAC-bound admin, for the endpoint, 0600, signed by the host's CA.
+    let kubeconfig = dir.path().join("admin.conf");
+    capstan_ok(&inventory_path, &["kubeconfig", "--out", kubeconfig.to_str().unwrap()]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kubeconfig).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let view = Command::new("kubectl")
+        .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .output()
+        .unwrap();
+    assert!(view.status.success(), "{}", String::from_utf8_lossy(&view.stderr));
+    let view: Value = serde_json::from_slice(&view.stdout).unwrap();
+    assert_eq!(
+        view["clusters"][0]["cluster"]["server"],
+        format!("https://{}:6443", lab.machines[0].ip)
+    );
+    assert_eq!(view["users"][0]["name"], "capstan-admin");
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let config = capstan_kubernetes::kubeconfig::Kubeconfig::parse(&text).expect("capstan's kubeconfig reads back");
+    assert_eq!(config.ca_pem, remote(lab, &cp, "cat /etc/kubernetes/pki/ca.crt") + "\n");
+    let subject = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(config.cert_pem.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&subject.stdout).trim(),
+        "subject=CN=capstan-admin,O=capstan:cluster-admins"
+    );
+
+    // Every unit, on the machine that would run it, through systemd-analyze verify.
+    let cluster = cluster(&inventory_path);
+    let cp_host = cluster.host(&cp).unwrap();
+    let node_host = cluster.host(&node).unwrap();
+    use capstan_kubernetes::config;
+    let units = [
+        (
+            &cp,
+            "kube-apiserver.service",
+            config::apiserver_unit(&cluster, cp_host).unwrap(),
+        ),
+        (
+            &cp,
+            "kube-controller-manager.service",
+            config::controller_manager_unit(&cluster, cp_host).unwrap(),
+        ),
+        (
+            &cp,
+            "kube-scheduler.service",
+            config::scheduler_unit(&cluster, cp_host).unwrap(),
+        ),
+        (
+            &node,
+            "kubelet.service",
+            config::kubelet_unit(&cluster, node_host).unwrap(),
+        ),
+        (
+            &node,
+            "kube-proxy.service",
+            config::kube_proxy_unit(&cluster, node_host).unwrap(),
+        ),
+    ];
+    for (host, unit, content) in units {
+        let binary = unit.trim_end_matches(".service");
+        let complaints = verify_unit(lab, host, unit, &content);
+        eprintln!("systemd-analyze verify {unit} on {host}: {complaints:?}");
+        let expected = format!("{unit}: Command /usr/local/bin/{binary} is not executable: No such file or directory");
+        assert_eq!(
+            complaints,
+            [expected],
+            "{unit}: verify says more than that the binary is absent"
+        );
+    }
+    eprintln!("kubernetes lab test: {:.0}s", started.elapsed().as_secs_f64());
+}
+
+/// The tarballs of [`VERSION`] under `CAPSTAN_KUBE_ARTIFACTS`.
+fn kube_artifacts() -> Result<String, String> {
+    let dir = std::env::var("CAPSTAN_KUBE_ARTIFACTS").map_err(|_| {
+        format!(
+            "CAPSTAN_KUBE_ARTIFACTS is not set: set it to a directory holding the official \
+             kubernetes-server-linux-amd64.tar.gz and kubernetes-node-linux-amd64.tar.gz of Kubernetes {VERSION} \
+             (https://dl.k8s.io/v{VERSION}/), which cannot be downloaded on this machine"
+        )
+    })?;
+    for name in [
+        "kubernetes-server-linux-amd64.tar.gz",
+        "kubernetes-node-linux-amd64.tar.gz",
+    ] {
+        let found = Command::new("find")
+            .args([&dir, "-name", name])
+            .output()
+            .map(|o| !o.stdout.is_empty())
+            .unwrap_or(false);
+        if !found {
+            return Err(format!(
+                "CAPSTAN_KUBE_ARTIFACTS={dir} holds no {name} (Kubernetes {VERSION})"
+            ));
+        }
+    }
+    Ok(dir)
+}
+
+#[test]
+fn real_release_brings_up_a_cluster() {
+    let mut needs = prerequisites();
+    let artifacts = kube_artifacts();
+    needs.push(artifacts.as_ref().map(|_| ()).map_err(Clone::clone));
+    if !require(&needs) {
+        return;
+    }
+    let started = Instant::now();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/mirror/add-kube-artifacts.sh");
+    let added = Command::new("bash")
+        .arg(&script)
+        .arg(MIRROR)
+        .env("CAPSTAN_KUBE_ARTIFACTS", artifacts.unwrap())
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert!(
+        kube_in_mirror(),
+        "the mirror holds Kubernetes {VERSION} after add-kube-artifacts.sh"
+    );
+
+    let guard = LabGuard::up(UpOptions::new("kube-e2e", 2)).expect("lab up");
+    let lab = guard.lab();
+    let dir = tempfile::tempdir().unwrap();
+    let inventory_path = dir.path().join("inventory.yaml");
+    std::fs::write(&inventory_path, inventory(lab)).unwrap();
+    let cp = lab.machines[0].name.clone();
+    capstan_ok(&inventory_path, &["apply"]);
+
+    // Every flag a unit passes is one the real binary knows.
+    let cluster = cluster(&inventory_path);
+    let host = cluster.host(&cp).unwrap();
+    for (binary, unit) in [
+        (
+            "kube-apiserver",
+            capstan_kubernetes::config::apiserver_unit(&cluster, host).unwrap(),
+        ),
+        (
+            "kube-controller-manager",
+            capstan_kubernetes::config::controller_manager_unit(&cluster, host).unwrap(),
+        ),
+        (
+            "kube-scheduler",
+            capstan_kubernetes::config::scheduler_unit(&cluster, host).unwrap(),
+        ),
+    ] {
+        let help = remote(lab, &cp, &format!("/usr/local/bin/{binary} --help 2>&1 || true"));
+        for flag in unit.split_whitespace().filter(|w| w.starts_with("--")) {
+            let name = flag.split('=').next().unwrap();
+            assert!(
+                help.contains(&format!("{name} ")) || help.contains(&format!("{name}=")),
+                "{binary} has no {name}"
+            );
+        }
+    }
+
+    // The RBAC binding of the admin group (the addons' job) exists, or is made here with the
+    // break-glass credentials on the control-plane host.
+    remote(
+        lab,
+        &cp,
+        "kubectl --kubeconfig /etc/kubernetes/super-admin.conf get clusterrolebinding capstan:cluster-admins >/dev/null 2>&1 || \
+         kubectl --kubeconfig /etc/kubernetes/super-admin.conf create clusterrolebinding capstan:cluster-admins \
+         --clusterrole=cluster-admin --group=capstan:cluster-admins",
+    );
+    let kubeconfig = dir.path().join("admin.conf");
+    capstan_ok(&inventory_path, &["kubeconfig", "--out", kubeconfig.to_str().unwrap()]);
+    let nodes = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "nodes", "-o", "wide"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&nodes.stdout);
+    eprintln!("kubectl get nodes:\n{listed}{}", String::from_utf8_lossy(&nodes.stderr));
+    assert!(nodes.status.success());
+    assert!(listed.contains(&lab.machines[1].name), "{listed}");
+    eprintln!("kubernetes e2e: {:.0}s", started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,260 @@
+//! The cluster lock's etcd store: lease-backed keys under `/capstan/lock/`, so a holder that dies
+//! frees the lock when its lease runs out, and scheduled jobs on the members (which reach their
+//! local etcd, not the operator's hosts) see it. The engine's
+//! [`capstan_provisioner::lock::ClusterLock`] holds it beside its host lock file.
+//!
+//! Keys, all on the holder's lease: `cluster` (the holder, JSON) for every exclusive holder,
+//! `fence` beside it for [`LockMode::Fence`], `shared/<token>` for each shared holder. Every
+//! decision is one transaction: a change takes `cluster` only if absent; a fence takes `cluster`
+//! and `fence` only if `cluster` is absent, then backs out if a shared holder was already there; a
+//! shared holder registers only if `fence` is absent.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use capstan_inventory::Cluster;
+use capstan_provisioner::lock::{LockError, LockHolder, LockMode, LockStore};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use tokio::sync::Mutex;
+
+use crate::client::{error_chain, EtcdClient, Timeouts};
+use crate::inspect::{admin_tls, fetch_ca, inspect_hosts, EtcdHost};
+
+pub const LOCK_PREFIX: &str = "/capstan/lock/";
+const CLUSTER_KEY: &str = "/capstan/lock/cluster";
+const FENCE_KEY: &str = "/capstan/lock/fence";
+const SHARED_PREFIX: &str = "/capstan/lock/shared/";
+
+/// The lock in the cluster's etcd.
+pub struct EtcdLockStore {
+    client: Client,
+    target: String,
+    /// The lease of this process's lock, once taken.
+    lease: Mutex<Option<i64>>,
+}
+
+/// Why there is no etcd store to lock in (the run then locks on its host store only).
+#[derive(Debug)]
+pub struct NoEtcdLock(pub String);
+
+impl EtcdLockStore {
+    pub fn new(client: &EtcdClient) -> EtcdLockStore {
+        EtcdLockStore {
+            client: client.raw(),
+            target: client
+                .endpoints()
+                .iter()
+                .map(|e| e.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            lease: Mutex::new(None),
+        }
+    }
+
+    /// The store of `cluster`'s etcd, when it has members with a CA that answer within a few
+    /// seconds; otherwise why not (no etcd hosts, etcd not installed yet, members down).
+    pub async fn for_cluster(cluster: &Cluster) -> Result<EtcdLockStore, NoEtcdLock> {
+        let limit = Duration::from_secs(5);
+        let (hosts, conns) = inspect_hosts(cluster, 16, Some(limit))
+            .await
+            .map_err(|e| NoEtcdLock(e.to_string()))?;
+        let ca = fetch_ca(&hosts).await;
+        conns.close_all().await;
+        let ca = ca.map_err(|e| NoEtcdLock(e.to_string()))?;
+        let tls = admin_tls(&ca).map_err(|e| NoEtcdLock(e.to_string()))?;
+        let endpoints: Vec<_> = hosts.iter().map(EtcdHost::operator_endpoint).collect();
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(3),
+            request: limit,
+            ..Timeouts::default()
+        };
+        let client = EtcdClient::connect_with(&endpoints, &tls, timeouts)
+            .await
+            .map_err(|e| NoEtcdLock(error_chain(&e)))?;
+        let store = EtcdLockStore::new(&client);
+        let mut raw = store.client.clone();
+        match tokio::time::timeout(limit, raw.get(CLUSTER_KEY, None)).await {
+            Ok(Ok(_)) => Ok(store),
+            Ok(Err(e)) => Err(NoEtcdLock(format!("etcd does not answer: {e}"))),
+            Err(_) => Err(NoEtcdLock(format!("etcd does not answer within {}s", limit.as_secs()))),
+        }
+    }
+
+    fn error(&self, what: &str, e: impl std::fmt::Display) -> LockError {
+        LockError::Store {
+            store: self.describe(),
+            reason: format!("{what}: {e}"),
+        }
+    }
+
+    /// One try at the mode's transaction under `lease`: `Ok(None)` taken, `Ok(Some(holder))` held.
+    async fn try_take(&self, holder: &LockHolder, lease: i64) -> Result<Option<LockHolder>, LockError> {
+        let value = serde_json::to_vec(holder).map_err(|e| self.error("encoding the holder", e))?;
+        let put = |key: &str| TxnOp::put(key, value.clone(), Some(PutOptions::new().with_lease(lease)));
+        let absent = |key: &str| Compare::create_revision(key, CompareOp::Equal, 0);
+        let txn = match holder.mode {
+            LockMode::Change => Txn::new()
+                .when([absent(CLUSTER_KEY)])
+                .and_then([put(CLUSTER_KEY)])
+                .or_else([TxnOp::get(CLUSTER_KEY, None)]),
+            LockMode::Fence => Txn::new()
+                .when([absent(CLUSTER_KEY)])
+                .and_then([put(CLUSTER_KEY), put(FENCE_KEY)])
+                .or_else([TxnOp::get(CLUSTER_KEY, None)]),
+            LockMode::Shared => Txn::new()
+                .when([absent(FENCE_KEY)])
+                .and_then([put(&format!("{SHARED_PREFIX}{}", holder.token))])
+                .or_else([TxnOp::get(CLUSTER_KEY, None)]),
+        };
+        let mut client = self.client.clone();
+        let response = client.txn(txn).await.map_err(|e| self.error("lock transaction", e))?;
+        if response.succeeded() {
+            return Ok(None);
+        }
+        let current = response.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        Ok(Some(decode(current.as_deref())))
+    }
+
+    /// Shared holders registered now (a fence backs out when there is one).
+    async fn shared_holders(&self) -> Result<Vec<LockHolder>, LockError> {
+        let mut client = self.client.clone();
+        let response = client
+            .get(SHARED_PREFIX, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| self.error("reading shared holders", e))?;
+        Ok(response.kvs().iter().map(|kv| decode(Some(kv.value()))).collect())
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<i64, LockError> {
+        let mut client = self.client.clone();
+        let lease = client
+            .lease_grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(|e| self.error("granting a lease", e))?;
+        Ok(lease.id())
+    }
+
+    async fn revoke(&self, lease: i64) {
+        let mut client = self.client.clone();
+        let _ = client.lease_revoke(lease).await;
+    }
+
+    /// Take the lock under a new lease; the lease is revoked again unless it was taken.
+    async fn take(&self, holder: &LockHolder, ttl: Duration) -> Result<Option<LockHolder>, LockError> {
+        let lease = self.grant(ttl).await?;
+        match self.try_take(holder, lease).await {
+            Ok(None) => {}
+            other => {
+                self.revoke(lease).await;
+                return other;
+            }
+        }
+        if holder.mode == LockMode::Fence {
+            let shared = self.shared_holders().await;
+            if let Some(first) = shared.as_ref().ok().and_then(|s| s.first().cloned()) {
+                self.revoke(lease).await;
+                return Err(LockError::SharedHeld {
+                    holder: first,
+                    store: self.describe(),
+                });
+            }
+            if let Err(e) = shared {
+                self.revoke(lease).await;
+                return Err(e);
+            }
+        }
+        *self.lease.lock().await = Some(lease);
+        Ok(None)
+    }
+}
+
+/// A holder from a key's value; a value capstan cannot read is still someone's lock.
+fn decode(value: Option<&[u8]>) -> LockHolder {
+    value
+        .and_then(|v| serde_json::from_slice(v).ok())
+        .unwrap_or_else(|| LockHolder {
+            token: String::new(),
+            user: "unknown".into(),
+            machine: "unknown".into(),
+            command: "(unreadable lock record)".into(),
+            pid: 0,
+            mode: LockMode::Change,
+            since: 0,
+        })
+}
+
+#[async_trait]
+impl LockStore for EtcdLockStore {
+    fn describe(&self) -> String {
+        format!("etcd {CLUSTER_KEY} via {}", self.target)
+    }
+
+    async fn acquire(&self, holder: &LockHolder, ttl: Duration) -> Result<(), LockError> {
+        match self.take(holder, ttl).await? {
+            None => Ok(()),
+            Some(other) => Err(LockError::Held {
+                holder: other,
+                store: self.describe(),
+            }),
+        }
+    }
+
+    /// Keep the lease alive; when it is gone (etcd was restored from a snapshot, or the lease ran
+    /// out while etcd was unreachable), take the lock again under a new one if it is free.
+    async fn renew(&self, holder: &LockHolder, ttl: Duration) -> Result<(), LockError> {
+        let lease = *self.lease.lock().await;
+        if let Some(lease) = lease {
+            let mut client = self.client.clone();
+            let (mut keeper, mut stream) = client
+                .lease_keep_alive(lease)
+                .await
+                .map_err(|e| self.error("keeping the lease alive", e))?;
+            keeper
+                .keep_alive()
+                .await
+                .map_err(|e| self.error("keeping the lease alive", e))?;
+            let answer = stream
+                .message()
+                .await
+                .map_err(|e| self.error("keeping the lease alive", e))?;
+            if answer.is_some_and(|a| a.ttl() > 0) {
+                return Ok(());
+            }
+        }
+        match self.take(holder, ttl).await {
+            Ok(None) => Ok(()),
+            Ok(Some(_)) | Err(LockError::SharedHeld { .. }) => Err(LockError::Lost { store: self.describe() }),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn release(&self, _holder: &LockHolder) -> Result<(), LockError> {
+        if let Some(lease) = self.lease.lock().await.take() {
+            let mut client = self.client.clone();
+            client
+                .lease_revoke(lease)
+                .await
+                .map_err(|e| self.error("revoking the lease", e))?;
+        }
+        Ok(())
+    }
+
+    async fn break_lock(&self) -> Result<Vec<LockHolder>, LockError> {
+        let mut client = self.client.clone();
+        let removed = client
+            .delete(LOCK_PREFIX, Some(DeleteOptions::new().with_prefix().with_prev_key()))
+            .await
+            .map_err(|e| self.error("removing the lock", e))?;
+        let mut holders: Vec<LockHolder> = removed
+            .prev_kvs()
+            .iter()
+            .filter(|kv| kv.key() != FENCE_KEY.as_bytes())
+            .map(|kv| decode(Some(kv.value())))
+            .collect();
+        holders.dedup();
+        Ok(holders)
+    }
+}
