@@ -23,7 +23,7 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 step "Booting a lab of 3 Debian 12 machines (systemd + sshd under systemd-nspawn)"
 $capstan lab down --name "$lab" >/dev/null 2>&1 || true
-inventory=$($capstan lab up --name "$lab" --hosts 3 --roles etcd,node)
+inventory=$($capstan lab up --name "$lab" --hosts 3 --roles "${CAPSTAN_DEMO_ROLES:-etcd,node}")
 
 step "Validating the inventory ($inventory)"
 $capstan -i "$inventory" inventory check
@@ -87,3 +87,12 @@ Done. The lab is still running. Try next:
   $capstan -i $inventory restore --from latest --target $target --identity $key   # refused: the cluster is live
   $capstan lab down --name $lab                                             # remove everything
 NEXT
+
+# Where to look when the demo's lab has `monitoring` hosts (CAPSTAN_DEMO_ROLES or a changed `--roles`).
+monitoring_hosts=$(awk '/address:/ {address = $2} /roles:/ && /monitoring/ {print address}' "$inventory")
+if [ -n "$monitoring_hosts" ]; then
+  echo "Monitoring (docs/monitoring.md):" >&2
+  for ip in $monitoring_hosts; do
+    echo "  Prometheus http://$ip:9090/  Alertmanager http://$ip:9093/  (amtool: ssh in, amtool alert --alertmanager.url=http://$ip:9093)" >&2
+  done
+fi

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 mod support;
 use support::{
-    changed, json, lab, lab_inventory, mirror, mirror_and_version, remote, require, required, run_capstan, tool, Run,
-    MIRROR,
+    age_keygen, changed, json, lab, lab_inventory, mirror, mirror_and_version, remote, require, required, run_capstan,
+    tool, Run, MIRROR,
 };
 
 const BUCKET: &str = "capstan-lab";
@@ -194,14 +194,7 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     };
     let work = tempfile::tempdir().unwrap();
     let identity = work.path().join("identity.txt");
-    let keygen = Command::new("age-keygen").arg("-o").arg(&identity).output().unwrap();
-    assert!(keygen.status.success());
-    let recipient = String::from_utf8_lossy(&keygen.stderr)
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
-    assert!(recipient.starts_with("age1"), "{recipient}");
+    let recipient = age_keygen(&identity);
     let inventory = work.path().join("inventory.yaml");
     write_inventory(&lab, &inventory, &recipient);
     let hosts: Vec<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();
@@ -407,18 +400,6 @@ fn http_mirror(host: &str) -> Result<ServerProcess, String> {
         ],
         host,
     )
-}
-
-fn age_keygen(path: &Path) -> String {
-    let keygen = Command::new("age-keygen").arg("-o").arg(path).output().unwrap();
-    assert!(keygen.status.success());
-    let recipient = String::from_utf8_lossy(&keygen.stderr)
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
-    assert!(recipient.starts_with("age1"), "{recipient}");
-    recipient
 }
 
 #[test]

@@ -481,15 +481,22 @@ fn aggregator_storage_stays_within_budget_under_a_flood() {
         max_bytes = max_bytes.max(bytes);
         std::thread::sleep(Duration::from_secs(1));
     }
-    remote(lab, &aggregator, "systemctl start capstan-journal-vacuum.service");
-    // Retention drops the oldest entries, never the newest: the flood's last line is still there.
+    // The flood's last line has reached the aggregator (a few entries may still have been pending
+    // above) before retention runs; retention drops the oldest entries, never the newest, so it
+    // is still there afterwards.
     let newest = remote(lab, &sender, &format!("journalctl -t {token} -n 1 -o cat"));
-    let (entries, _) = logs(&inventory_path, &["--host", &sender, "--grep", &format!("^{newest}$")]);
-    assert_eq!(
-        entries.len(),
-        1,
-        "the newest flood line ({newest}) is gone after vacuuming"
-    );
+    let newest_stored = || logs(&inventory_path, &["--host", &sender, "--grep", &format!("^{newest}$")]).0.len();
+    let arrival = Instant::now();
+    while newest_stored() == 0 {
+        assert!(
+            arrival.elapsed() < Duration::from_secs(60),
+            "the newest flood line ({newest}) did not reach the aggregator in 60 s"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    remote(lab, &aggregator, "systemctl start capstan-journal-vacuum.service");
+    let entries = newest_stored();
+    assert_eq!(entries, 1, "the newest flood line ({newest}) is gone after vacuuming");
     let after: u64 = remote(lab, &aggregator, "du -sb /var/log/journal/remote | cut -f1")
         .parse()
         .unwrap();

@@ -1,20 +1,31 @@
 //! Monitoring on real lab machines: three etcd members, two of them also `monitoring`. After one
 //! apply, both Prometheus replicas (each with its own `replica` label) report every target up:
 //! node_exporter on every machine, every etcd member's metrics listener on its private address,
-//! and both Prometheus servers. A second apply changes nothing.
+//! both Prometheus servers and both Alertmanagers; `amtool cluster show` lists both Alertmanager
+//! peers. A second apply changes nothing. Alerts reach a webhook receiver this test runs on the
+//! lab bridge (its own instrument, like curl); the inventory shortens every `for:` to 10s. With
+//! both Alertmanagers up, breaking the scheduled backups' target fires CapstanBackupFailed,
+//! delivered exactly once (the two Alertmanagers agree over gossip who sends); with one
+//! Alertmanager killed, stopping an etcd member fires etcdMembersDown, again exactly once.
 //!
-//! Needs root, the lab prerequisites, curl and the artifact mirror with etcd, Prometheus and
-//! node_exporter; skips with a message naming what is missing.
+//! Needs root, the lab prerequisites, curl, age-keygen and the artifact mirror with etcd,
+//! Prometheus, node_exporter and Alertmanager; skips with a message naming what is missing.
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capstan_lab::{Lab, LabGuard, UpOptions};
 use serde_json::Value;
 
 mod support;
-use support::{capstan_ok, changed, json, lab, mirror, mirror_and_version, mirror_etcd, remote, require, Need, MIRROR};
+use support::{
+    age_keygen, capstan_ok, changed, json, lab, mirror, mirror_and_version, mirror_etcd, remote, require, tool, Need,
+    MIRROR,
+};
 
 const ETCD: &str = "3.5.1";
 
@@ -29,6 +40,10 @@ fn mirror_monitoring() -> Need {
         format!(
             "node_exporter-{}.linux-amd64",
             capstan_inventory::DEFAULT_NODE_EXPORTER_VERSION
+        ),
+        format!(
+            "alertmanager-{}.linux-amd64",
+            capstan_inventory::DEFAULT_ALERTMANAGER_VERSION
         ),
     ] {
         if !sums.contains(&part) {
@@ -45,11 +60,17 @@ fn curl() -> Need {
     }
 }
 
-/// Three etcd members; the first two also run Prometheus.
-fn inventory(lab: &Lab) -> String {
+/// Where the scheduled backups go on the members (the test later breaks it).
+const BACKUP_DIR: &str = "/var/backups/capstan-lab";
+
+/// Three etcd members; the first two also run Prometheus and Alertmanager. Every alert waits 10s
+/// (`alert_for`) and goes to `webhook`; backups every 20 seconds to [`BACKUP_DIR`].
+fn inventory(lab: &Lab, webhook: &str, recipient: &str) -> String {
     let mut yaml = format!(
         "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\n{}\
-         monitoring:\n  retention_days: 2\nhosts:\n",
+         monitoring:\n  retention_days: 2\n  alert_for: 10s\n  receivers:\n    - {{name: lab-hook, webhooks: [\"{webhook}\"]}}\n\
+         backup:\n  target: file://{BACKUP_DIR}\n  recipients: [{recipient}]\n  retention: {{keep_last: 3}}\n  schedule: \"*:*:0/20\"\n\
+         hosts:\n",
         lab.name,
         lab.key_path.display().to_string(),
         lab.known_hosts_path.display().to_string(),
@@ -95,18 +116,160 @@ fn targets(prometheus: &str) -> Vec<(String, String, String)> {
     targets
 }
 
+/// The webhook receiver: every JSON body Alertmanager posts, in order of arrival.
+#[derive(Clone, Default)]
+struct Webhook {
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Webhook {
+    /// Listens on `address:0` (the lab bridge's address on this machine); its URL.
+    fn start(address: &str) -> (Webhook, String) {
+        let listener = TcpListener::bind((address, 0)).expect("bind the webhook receiver");
+        let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+        let hook = Webhook::default();
+        let shared = hook.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let hook = shared.clone();
+                std::thread::spawn(move || hook.serve(stream));
+            }
+        });
+        (hook, url)
+    }
+
+    /// HTTP/1.1 requests on one connection (Alertmanager keeps it alive), each answered 200.
+    fn serve(&self, stream: std::net::TcpStream) {
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        loop {
+            let mut length = 0usize;
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let header = line.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+                self.received.lock().unwrap().push(value);
+            }
+            if writer
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Notifications of `alertname` with `status` (`firing`, `resolved`) so far.
+    fn count(&self, alertname: &str, status: &str) -> usize {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n["groupLabels"]["alertname"] == alertname && n["status"] == status)
+            .count()
+    }
+
+    /// Waits up to `limit` for the first such notification; how long it took.
+    fn wait_for(&self, alertname: &str, status: &str, limit: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if self.count(alertname, status) > 0 {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        None
+    }
+}
+
+/// `amtool cluster show` on `host`, asking its own Alertmanager, until it names every address
+/// in `peers` (gossip settles within seconds) or 60s pass; its last output.
+fn cluster_show(lab: &Lab, host: &str, ip: &str, peers: &[String]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shown = remote(
+            lab,
+            host,
+            &format!("/usr/local/bin/amtool cluster show -o extended --alertmanager.url=http://{ip}:9093 2>&1 || true"),
+        );
+        if peers.iter().all(|p| shown.contains(&format!("{p}:9094"))) || Instant::now() > deadline {
+            return shown;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// One value of an instant query on `prometheus` (host:port), by the given label.
+fn query(prometheus: &str, promql: &str, label: &str) -> Vec<(String, f64)> {
+    let url = format!(
+        "http://{prometheus}/api/v1/query?query={}",
+        promql
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    );
+    let Some(answer) = get(&url) else {
+        return Vec::new();
+    };
+    answer["data"]["result"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            (
+                r["metric"][label].as_str().unwrap_or_default().to_string(),
+                r["value"][1].as_str().unwrap_or("0").parse().unwrap_or(0.0),
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn both_replicas_scrape_every_target_and_a_second_apply_changes_nothing() {
-    if !require(&[lab(), mirror(), mirror_etcd(&[ETCD]), mirror_monitoring(), curl()]) {
+fn replicas_scrape_everything_and_alerts_reach_the_webhook_once() {
+    if !require(&[
+        lab(),
+        mirror(),
+        mirror_etcd(&[ETCD]),
+        mirror_monitoring(),
+        curl(),
+        tool("age-keygen", "age"),
+    ]) {
         return;
     }
     let started = Instant::now();
     let guard = LabGuard::up(UpOptions::new("mon-lab", 3)).expect("lab up");
     let lab = guard.lab();
     let dir = tempfile::tempdir().unwrap();
+    let recipient = age_keygen(&dir.path().join("identity.txt"));
+    let (webhook, webhook_url) = Webhook::start(&lab.gateway);
     let inventory_path = dir.path().join("inventory.yaml");
-    std::fs::write(&inventory_path, inventory(lab)).unwrap();
+    std::fs::write(&inventory_path, inventory(lab, &webhook_url, &recipient)).unwrap();
     let ips: Vec<String> = lab.machines.iter().map(|m| m.ip.to_string()).collect();
+    let names: Vec<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();
     let lab_up = started.elapsed();
 
     let first = json(&capstan_ok(&inventory_path, &["apply", "--output", "json"]));
@@ -120,6 +283,7 @@ fn both_replicas_scrape_every_target_and_a_second_apply_changes_nothing() {
     }
     for ip in &ips[..2] {
         expected.push(("prometheus".into(), format!("{ip}:9090"), "up".into()));
+        expected.push(("alertmanager".into(), format!("{ip}:9093"), "up".into()));
     }
     expected.sort();
     for (i, replica) in ips[..2].iter().enumerate() {
@@ -133,36 +297,178 @@ fn both_replicas_scrape_every_target_and_a_second_apply_changes_nothing() {
         // The replicas differ in their `replica` external label: the machine's name.
         let config = get(&format!("http://{replica}:9090/api/v1/status/config")).expect("config");
         let yaml = config["data"]["yaml"].as_str().unwrap();
-        let name = &lab.machines[i].name;
+        let name = names[i];
         assert!(yaml.contains(&format!("replica: {name}")), "{yaml}");
         assert_eq!(
             remote(lab, name, "stat -c '%a %U' /var/lib/prometheus/data"),
             "750 prometheus"
         );
+        // capstan's rules are loaded.
+        let rules = get(&format!("http://{replica}:9090/api/v1/rules")).expect("rules");
+        let mut groups: Vec<&str> = rules["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap())
+            .collect();
+        groups.sort_unstable();
+        assert_eq!(groups, ["capstan-etcd", "capstan-hosts", "capstan-meta", "capstan-own"]);
     }
     let all_up = started.elapsed();
-    // The third machine runs no Prometheus.
+    // The third machine runs neither Prometheus nor Alertmanager.
     assert_eq!(
-        remote(lab, &lab.machines[2].name, "systemctl is-active prometheus || true"),
-        "inactive"
+        remote(lab, names[2], "systemctl is-active prometheus alertmanager || true"),
+        "inactive\ninactive"
+    );
+    // Both Alertmanagers gossip: each lists both peers.
+    for (i, ip) in ips[..2].iter().enumerate() {
+        let shown = cluster_show(lab, names[i], ip, &ips[..2]);
+        for peer in &ips[..2] {
+            assert!(shown.contains(&format!("{peer}:9094")), "{}: {shown}", names[i]);
+        }
+        assert!(shown.contains("ready"), "{shown}");
+    }
+    // The certificate expiry metric is there for etcd's certificates (a year ahead).
+    let expiries = query(
+        &format!("{}:9090", ips[0]),
+        "capstan_certificate_expiry_timestamp_seconds - time()",
+        "path",
+    );
+    assert!(
+        expiries
+            .iter()
+            .any(|(path, left)| path == "/etc/etcd/pki/server.crt" && *left > 300.0 * 86400.0),
+        "{expiries:?}"
     );
 
     let again = json(&capstan_ok(&inventory_path, &["apply", "--output", "json"]));
     assert_eq!(changed(&again), 0, "{again:#}");
 
-    for m in &lab.machines[..2] {
+    // Scheduled backups (every 20s) succeed: no backup alert.
+    capstan_ok(&inventory_path, &["backup", "schedule"]);
+    let prometheus = format!("{}:9090", ips[0]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut results = Vec::new();
+    while Instant::now() < deadline {
+        results = query(&prometheus, "capstan_backup_last_result", "instance");
+        if !results.is_empty() && results.iter().all(|(_, ok)| *ok == 1.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    let journals = || {
+        names
+            .iter()
+            .map(|n| remote(lab, n, "journalctl -u capstan-backup --no-pager -n 15 -o cat || true"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    assert!(
+        !results.is_empty() && results.iter().all(|(_, ok)| *ok == 1.0),
+        "scheduled backups do not succeed: {results:?}\n{}",
+        journals()
+    );
+    let watchdog = webhook.count("Watchdog", "firing");
+    assert_eq!(watchdog, 0, "severity none is not routed to the lab receiver");
+
+    // Both Alertmanagers up; the backup target breaks (a file where the directory was):
+    // CapstanBackupFailed, exactly once (the two Alertmanagers agree over gossip who sends).
+    assert_eq!(
+        webhook.count("CapstanBackupFailed", "firing"),
+        0,
+        "{:?}\n{}",
+        webhook.received.lock().unwrap(),
+        journals()
+    );
+    for name in &names {
+        remote(lab, name, &format!("rm -rf {BACKUP_DIR} && touch {BACKUP_DIR}"));
+    }
+    let fired = webhook
+        .wait_for("CapstanBackupFailed", "firing", Duration::from_secs(180))
+        .expect("CapstanBackupFailed reached the webhook");
+    eprintln!(
+        "backup target broken -> CapstanBackupFailed at the webhook: {:.0}s",
+        fired.as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(45));
+    assert_eq!(webhook.count("CapstanBackupFailed", "firing"), 1, "duplicates");
+    for name in &names {
+        remote(lab, name, &format!("rm -f {BACKUP_DIR}"));
+    }
+
+    // One Alertmanager killed; then an etcd member stops: etcdMembersDown, exactly once (both
+    // Prometheus replicas send it; the surviving Alertmanager notifies once).
+    remote(
+        lab,
+        names[1],
+        "kill -KILL $(systemctl show -p MainPID --value alertmanager) && systemctl stop alertmanager",
+    );
+    remote(lab, names[2], "systemctl stop etcd");
+    let fired = webhook
+        .wait_for("etcdMembersDown", "firing", Duration::from_secs(180))
+        .expect("etcdMembersDown reached the webhook");
+    eprintln!(
+        "etcd member stopped -> etcdMembersDown at the webhook: {:.0}s",
+        fired.as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(45));
+    assert_eq!(webhook.count("etcdMembersDown", "firing"), 1, "duplicates");
+    // `capstan status` shows the targets down and the alert firing (and fails: a member is down).
+    let status = support::run_capstan(Some(&inventory_path), &["status", "--output", "json"], &[]);
+    assert_ne!(status.code, 0, "{}", status.stdout);
+    let status = json(&status);
+    let monitoring = &status["monitoring"];
+    let down: Vec<String> = monitoring["targets_down"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status:#}"))
+        .iter()
+        .map(|t| format!("{} {}", t["job"].as_str().unwrap(), t["instance"].as_str().unwrap()))
+        .collect();
+    // The killed Alertmanager and the stopped member.
+    assert_eq!(
+        down,
+        [format!("alertmanager {}:9093", ips[1]), format!("etcd {}:2381", ips[2])],
+        "{monitoring:#}"
+    );
+    let firing: Vec<&str> = monitoring["alerts_firing"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert"].as_str().unwrap())
+        .collect();
+    assert!(
+        firing.contains(&"etcdMembersDown") && firing.contains(&"Watchdog"),
+        "{firing:?}"
+    );
+    remote(lab, names[2], "systemctl start etcd");
+    remote(lab, names[1], "systemctl start alertmanager");
+    let shown = cluster_show(lab, names[1], &ips[1], &ips[..2]);
+    assert!(shown.contains(&format!("{}:9094", ips[0])), "{shown}");
+    let alerts_done = started.elapsed();
+
+    // Numbers for the docs: RSS and Prometheus's own scrape and rule evaluation timings.
+    for (i, name) in names.iter().enumerate() {
+        let rss = |process: &str| remote(lab, name, &format!("ps -o rss= -C {process} || echo -"));
         eprintln!(
-            "{}: RSS prometheus {} KiB, node_exporter {} KiB",
-            m.name,
-            remote(lab, &m.name, "ps -o rss= -C prometheus"),
-            remote(lab, &m.name, "ps -o rss= -C node_exporter"),
+            "{name}: RSS KiB prometheus {} alertmanager {} node_exporter {} etcd {}",
+            if i < 2 { rss("prometheus") } else { "-".into() },
+            if i < 2 { rss("alertmanager") } else { "-".into() },
+            rss("node_exporter"),
+            rss("etcd"),
         );
     }
+    for (job, seconds) in query(&prometheus, "avg by (job) (scrape_duration_seconds)", "job") {
+        eprintln!("scrape duration, job {job}: {:.1} ms", seconds * 1000.0);
+    }
+    for (group, seconds) in query(&prometheus, "prometheus_rule_group_last_duration_seconds", "rule_group") {
+        eprintln!("rule group {group}: last evaluation {:.2} ms", seconds * 1000.0);
+    }
     eprintln!(
-        "monitoring lab test: lab up {:.1}s, apply {:.1}s, all targets up {:.1}s, total {:.1}s",
+        "monitoring lab test: lab up {:.1}s, apply {:.1}s, all targets up {:.1}s, alerts {:.1}s, total {:.1}s",
         lab_up.as_secs_f64(),
         (applied - lab_up).as_secs_f64(),
         (all_up - applied).as_secs_f64(),
+        (alerts_done - all_up).as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
 }

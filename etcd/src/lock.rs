@@ -62,7 +62,16 @@ impl EtcdLockStore {
         conns.close_all().await;
         let ca = ca.map_err(|e| NoEtcdLock(e.to_string()))?;
         let tls = admin_tls(&ca).map_err(|e| NoEtcdLock(e.to_string()))?;
-        let endpoints: Vec<_> = hosts.iter().map(EtcdHost::operator_endpoint).collect();
+        // Only members whose etcd runs: the client balances requests over its endpoints, and a
+        // host not running etcd yet (scale up, a stopped member) would fail some of them.
+        let endpoints: Vec<_> = hosts
+            .iter()
+            .filter(|h| h.probe.as_ref().is_some_and(|p| p.active))
+            .map(EtcdHost::operator_endpoint)
+            .collect();
+        if endpoints.is_empty() {
+            return Err(NoEtcdLock("no etcd member is running".into()));
+        }
         let timeouts = Timeouts {
             connect: Duration::from_secs(3),
             request: limit,

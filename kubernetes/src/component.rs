@@ -69,6 +69,12 @@ impl Component for KubernetesComponent {
     /// Every component's metrics endpoint, on the host's private address. All but kube-proxy's
     /// are HTTPS and ask for an authorized client (monitoring's credentials for them are not
     /// part of this component).
+    /// Kubernetes runs where the inventory has a control plane: `node` hosts alone get the
+    /// container runtime and pod network (the nodes component), not kubelets without an API server.
+    fn enabled(&self, cluster: &Cluster) -> bool {
+        cluster.hosts.iter().any(|host| host.roles.contains(&Role::ControlPlane))
+    }
+
     fn scrape_targets(&self, cluster: &Cluster) -> Vec<ScrapeTarget> {
         let target = |job: &str, host: &capstan_inventory::Host, port: u16, scheme: &'static str| ScrapeTarget {
             job: job.into(),

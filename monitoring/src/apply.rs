@@ -340,6 +340,19 @@ fn alertmanager_ops(
             service: config::ALERTMANAGER_SERVICE,
         },
     );
+    let templates = config::alertmanager_templates()
+        .map_err(|e| PhaseError::failed(phase.to_string(), format!("rendering Alertmanager's templates: {e}")))?;
+    let dir = config::DEBIAN_ALERTMANAGER_TEMPLATES;
+    ops.push(Directory::new(dir).mode(0o755).owner("root").group("root"));
+    for (name, text) in templates {
+        ops.push(
+            File::new(&format!("{dir}/{name}"), text)
+                .mode(0o644)
+                .owner("root")
+                .group("root")
+                .notify([config::ALERTMANAGER_SERVICE]),
+        );
+    }
     let unit = render(
         phase,
         "Alertmanager unit",

@@ -30,6 +30,10 @@ pub const ALERTMANAGER_CONFIG_DIR: &str = "/etc/alertmanager";
 pub const ALERTMANAGER_CONFIG: &str = "/etc/alertmanager/alertmanager.yml";
 /// Alertmanager's silences and notification log.
 pub const ALERTMANAGER_STORAGE: &str = "/var/lib/alertmanager";
+/// Where Debian's Alertmanager build looks for its default notification templates
+/// (`default.tmpl`, `email.tmpl`; upstream's binary embeds them); capstan writes its own there
+/// ([`alertmanager_templates`]).
+pub const DEBIAN_ALERTMANAGER_TEMPLATES: &str = "/usr/share/prometheus/alertmanager";
 pub const CERT_EXPIRY_SCRIPT: &str = "/usr/local/lib/capstan/cert-expiry.sh";
 /// Certificates capstan issues on hosts (etcd's, the Kubernetes PKI): their expiry is exported.
 pub const CERTIFICATE_GLOBS: &[&str] = &["/etc/etcd/pki/*.crt", "/etc/kubernetes/pki/*.crt"];
@@ -225,6 +229,21 @@ pub fn alertmanager_config(cluster: &Cluster) -> RenderResult {
             repeat_interval: REPEAT_INTERVAL,
         },
     )
+}
+
+/// capstan's email subject and body for Alertmanager: (file name, text) in
+/// [`DEBIAN_ALERTMANAGER_TEMPLATES`].
+pub fn alertmanager_templates() -> Result<Vec<(&'static str, String)>, capstan_templates::TemplateError> {
+    Ok(vec![
+        (
+            "default.tmpl",
+            capstan_templates::render("monitoring/alertmanager-default.tmpl", ())?,
+        ),
+        (
+            "email.tmpl",
+            capstan_templates::render("monitoring/alertmanager-email.tmpl", ())?,
+        ),
+    ])
 }
 
 #[derive(Serialize)]

@@ -12,6 +12,7 @@ mod component;
 pub mod config;
 pub mod release;
 mod reset;
+pub mod status;
 
 pub use component::MonitoringComponent;
 

@@ -203,6 +203,23 @@ fn amtool_accepts_the_alertmanager_config() {
         assert!(ok, "amtool check-config:\n{said}\n{config}");
         assert!(said.contains("receivers"), "{said}");
     }
+    // capstan's notification templates parse (amtool loads the files `templates:` names).
+    let mut names = Vec::new();
+    for (name, text) in capstan_monitoring::config::alertmanager_templates().unwrap() {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        names.push(format!("{:?}", dir.path().join(name).display().to_string()));
+    }
+    let templates = dir.path().join("email.tmpl");
+    let config = capstan_monitoring::config::alertmanager_config(&cluster()).unwrap();
+    std::fs::write(&path, format!("{config}\ntemplates: [{}]\n", names.join(", "))).unwrap();
+    let (ok, said) = run("amtool", &["check-config"], &path);
+    assert!(
+        ok && said.contains("templates"),
+        "amtool check-config with capstan's templates:\n{said}"
+    );
+    std::fs::write(&templates, "{{ define \"x\" }}{{ .Broken ").unwrap();
+    let (ok, _) = run("amtool", &["check-config"], &path);
+    assert!(!ok, "amtool accepted a broken template");
     // A route to a receiver that does not exist is refused.
     let config = capstan_monitoring::config::alertmanager_config(&cluster()).unwrap();
     std::fs::write(

@@ -138,6 +138,14 @@ const TEMPLATES: &[(&str, &str)] = &[
         "monitoring/alertmanager.yml",
         include_str!("../files/monitoring/alertmanager.yml.j2"),
     ),
+    (
+        "monitoring/alertmanager-default.tmpl",
+        include_str!("../files/monitoring/alertmanager-default.tmpl.j2"),
+    ),
+    (
+        "monitoring/alertmanager-email.tmpl",
+        include_str!("../files/monitoring/alertmanager-email.tmpl.j2"),
+    ),
     ("monitoring/rules.yml", include_str!("../files/monitoring/rules.yml.j2")),
     (
         "monitoring/capstan-cert-expiry.sh",

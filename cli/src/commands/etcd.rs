@@ -103,6 +103,9 @@ pub fn status(args: StatusArgs, inventory: Option<&Path>, out: &Output) -> anyho
     // The pod network's record lives in etcd: read it only when some host runs pods and etcd answers.
     let pods = (report.healthy && !capstan_nodes::apply::pod_hosts(&cluster).is_empty())
         .then(|| runtime.block_on(pod_network_status(&cluster, limit)));
+    // Targets down and alerts firing, from a Prometheus replica, when the inventory has one.
+    let monitoring = (!capstan_monitoring::config::prometheus_hosts(&cluster).is_empty())
+        .then(|| runtime.block_on(capstan_monitoring::status::monitoring_status(&cluster, limit)));
     if out.json() {
         let mut value = serde_json::to_value(&report)?;
         if let (Some(map), Some(pods)) = (value.as_object_mut(), &pods) {
@@ -112,12 +115,24 @@ pub fn status(args: StatusArgs, inventory: Option<&Path>, out: &Output) -> anyho
             };
             map.insert("pod_network".into(), pods);
         }
+        if let (Some(map), Some(monitoring)) = (value.as_object_mut(), &monitoring) {
+            let monitoring = match monitoring {
+                Ok(status) => serde_json::to_value(status)?,
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            };
+            map.insert("monitoring".into(), monitoring);
+        }
         out.print_json(&value)?;
     } else {
         print!("{}", render_status(&report));
         match &pods {
             Some(Ok(status)) => print!("\n{}", render_pod_network(status)),
             Some(Err(e)) => println!("\npod network: {e}"),
+            None => {}
+        }
+        match &monitoring {
+            Some(Ok(status)) => print!("\n{}", render_monitoring(status)),
+            Some(Err(e)) => println!("\nmonitoring: {e}"),
             None => {}
         }
     }
@@ -138,6 +153,29 @@ pub fn status(args: StatusArgs, inventory: Option<&Path>, out: &Output) -> anyho
     Err(Failure::new(message)
         .hint("start the members that are down; if a host is gone for good, remove it from the inventory and run `capstan apply`")
         .into())
+}
+
+fn render_monitoring(status: &capstan_monitoring::status::MonitoringStatus) -> String {
+    let mut text = format!(
+        "monitoring (Prometheus on {}): {} of {} target(s) down, {} alert(s) firing\n",
+        status.replica,
+        status.targets_down.len(),
+        status.targets,
+        status.alerts_firing.len()
+    );
+    for target in &status.targets_down {
+        text.push_str(&format!(
+            "  down    {} {}: {}\n",
+            target.job, target.instance, target.error
+        ));
+    }
+    for alert in &status.alerts_firing {
+        text.push_str(&format!(
+            "  firing  {} ({}) {} since {}\n",
+            alert.alert, alert.severity, alert.labels, alert.active_at
+        ));
+    }
+    text
 }
 
 fn render_pod_network(status: &PodNetworkStatus) -> String {

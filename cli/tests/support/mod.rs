@@ -184,3 +184,16 @@ pub fn changed(outcome: &Value) -> u64 {
         .map(|h| h["changed"].as_u64().unwrap())
         .sum()
 }
+
+/// A new age identity written to `path` (`age-keygen -o`); its public recipient (`age1…`).
+pub fn age_keygen(path: &Path) -> String {
+    let keygen = Command::new("age-keygen").arg("-o").arg(path).output().unwrap();
+    assert!(keygen.status.success(), "age-keygen failed");
+    let recipient = String::from_utf8_lossy(&keygen.stderr)
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    recipient
+}
