@@ -160,7 +160,8 @@ async fn lab_etcd_patch_upgrade_refusals_and_rollback() {
     let before = status(&inventory);
     let (leader, term) = leader_and_term(&before);
     let pids = etcd_pids(&lab, &hosts);
-    let plan = capstan_ok(&inventory, &["plan"]);
+    // Per host (`-v`): the grouped form lists a change once for all hosts.
+    let plan = capstan_ok(&inventory, &["plan", "-v"]);
     assert_eq!(
         plan.stdout.matches("etcd 3.5.0 → 3.5.1 (patch upgrade").count(),
         3,

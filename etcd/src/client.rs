@@ -524,13 +524,40 @@ async fn open(endpoints: &[EtcdEndpoint], tls: &EtcdTls, timeouts: Timeouts) -> 
         .with_tls(tls_options)
         .with_connect_timeout(timeouts.connect)
         .with_timeout(timeouts.request);
-    let urls: Vec<&str> = endpoints.iter().map(EtcdEndpoint::as_str).collect();
+    let reachable = accepting(endpoints, timeouts.connect).await;
+    let urls: Vec<&str> = reachable.iter().map(EtcdEndpoint::as_str).collect();
     Client::connect(urls, Some(options))
         .await
         .map_err(|source| EtcdError::Connect {
             endpoints: join_endpoints(endpoints),
             source: Box::new(source),
         })
+}
+
+/// The endpoints that accept a TCP connection within `limit` (all of them when none does, so the
+/// error names them). The client balances requests over its endpoints without retrying on
+/// another one, so a stopped member would otherwise fail a share of every run's requests.
+async fn accepting(endpoints: &[EtcdEndpoint], limit: Duration) -> Vec<EtcdEndpoint> {
+    if endpoints.len() < 2 {
+        return endpoints.to_vec();
+    }
+    let checks = endpoints.iter().map(|endpoint| async move {
+        let address = endpoint.as_str().split_once("://").map_or(endpoint.as_str(), |(_, rest)| rest);
+        let address = address.trim_end_matches('/');
+        let open = tokio::time::timeout(limit, tokio::net::TcpStream::connect(address)).await;
+        matches!(open, Ok(Ok(_)))
+    });
+    let open = futures::future::join_all(checks).await;
+    let reachable: Vec<EtcdEndpoint> = endpoints
+        .iter()
+        .zip(open)
+        .filter_map(|(endpoint, open)| open.then(|| endpoint.clone()))
+        .collect();
+    if reachable.is_empty() {
+        endpoints.to_vec()
+    } else {
+        reachable
+    }
 }
 
 async fn call<T>(

@@ -18,7 +18,10 @@ pub enum ArtifactError {
     UnsupportedUrl { url: String },
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
-    #[error("checksum mismatch for {url}: expected {expected}, got {actual}; the file was discarded")]
+    #[error(
+        "checksum mismatch for {url}: expected {} {expected}, got {actual}; the file was discarded",
+        checksum_kind(.expected)
+    )]
     ChecksumMismatch {
         url: String,
         expected: String,
@@ -32,6 +35,15 @@ pub enum ArtifactError {
     NoCacheDir,
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+}
+
+/// The algorithm a pinned checksum is for, by its length (64 hex digits: sha256, 128: sha512).
+fn checksum_kind(checksum: &str) -> &'static str {
+    if checksum.len() == 128 {
+        "sha512"
+    } else {
+        "sha256"
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ArtifactError + '_ {
