@@ -197,28 +197,10 @@ fn round_trip(prefix: &str, with_monitoring: bool) {
         assert!(position("monitoring") < position("etcd"), "{order:?}");
     }
 
+    let exception =
+        |line: &String| with_monitoring && USER_DATABASE_BACKUPS.iter().any(|b| line.ends_with(&format!(" {b}")));
     for ((host, before), before_all) in hosts.iter().zip(&before).zip(&before_all) {
-        let (after_all, after) = trees(&lab, host);
-        let volatile: Vec<&String> = after_all
-            .symmetric_difference(before_all)
-            .filter(|l| !after.contains(*l) && !before.contains(*l))
-            .collect();
-        eprintln!(
-            "{host}: differences in volatile paths (ignored):\n{}",
-            volatile.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
-        );
-        let exception =
-            |line: &&String| with_monitoring && USER_DATABASE_BACKUPS.iter().any(|b| line.ends_with(&format!(" {b}")));
-        let gone: Vec<&String> = before.difference(&after).filter(|l| !exception(l)).collect();
-        let added: Vec<&String> = after.difference(before).filter(|l| !exception(l)).collect();
-        let excepted: Vec<&String> = after.symmetric_difference(before).filter(exception).collect();
-        eprintln!("{host}: excepted differences: {excepted:?}");
-        assert!(
-            gone.is_empty() && added.is_empty(),
-            "{host}: the file trees differ from before the apply\nmissing now:\n{}\nnew now:\n{}",
-            gone.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
-            added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
-        );
+        assert_tree_as_before(&lab, host, before, before_all, &exception);
     }
 
     // A second reset finds nothing to remove.
@@ -229,4 +211,208 @@ fn round_trip(prefix: &str, with_monitoring: bool) {
     let applied = json(&capstan_ok(&inventory, &["apply", "--output", "json"]));
     assert!(changed(&applied) > 10, "{applied:#}");
     capstan_ok(&inventory, &["status", "--timeout", "3"]);
+}
+
+/// The trees of `host` now against `before` (and, for the log, `before_all`, volatile paths
+/// included): equal, apart from the lines `exception` accepts (printed).
+fn assert_tree_as_before(
+    lab: &Lab,
+    host: &str,
+    before: &BTreeSet<String>,
+    before_all: &BTreeSet<String>,
+    exception: &dyn Fn(&String) -> bool,
+) {
+    let (after_all, after) = trees(lab, host);
+    let volatile: Vec<&String> = after_all
+        .symmetric_difference(before_all)
+        .filter(|l| !after.contains(*l) && !before.contains(*l))
+        .collect();
+    eprintln!(
+        "{host}: differences in volatile paths (ignored):\n{}",
+        volatile.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
+    let gone: Vec<&String> = before.difference(&after).filter(|l| !exception(l)).collect();
+    let added: Vec<&String> = after.difference(before).filter(|l| !exception(l)).collect();
+    let excepted: Vec<&String> = after.symmetric_difference(before).filter(|l| exception(l)).collect();
+    eprintln!("{host}: {} excepted differences: {excepted:#?}", excepted.len());
+    assert!(
+        gone.is_empty() && added.is_empty(),
+        "{host}: the file trees differ from before the apply\nmissing now:\n{}\nnew now:\n{}",
+        gone.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+        added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// containerd, crun and the CNI plugins in the artifact mirror, and the local Debian repository.
+fn node_parts() -> support::Need {
+    let sums = std::fs::read_to_string(Path::new(support::MIRROR).join("SHA256SUMS")).unwrap_or_default();
+    for part in [
+        "containerd-1.6.20-linux-amd64",
+        "crun-1.8.1-linux-amd64",
+        "cni-plugins-linux-amd64-v1.1.1",
+    ] {
+        if !sums.contains(part) {
+            return Err(format!("artifact mirror lacks {part} (run scripts/setup.sh)"));
+        }
+    }
+    if !Path::new("/var/cache/capstan/debs/Packages").exists() {
+        return Err("local Debian repository missing (run scripts/setup.sh)".into());
+    }
+    Ok(())
+}
+
+/// Debian's package database and apt's caches: they change with every package installed.
+const PACKAGE_STATE: &[&str] = &[
+    "/var/lib/dpkg/",
+    "/var/lib/apt/",
+    "/var/cache/apt/",
+    "/var/cache/debconf/",
+    "/etc/alternatives/",
+    "/etc/ld.so.cache",
+    // netbase's maintainer script writes it (not in `dpkg -L netbase`); netbase comes with iptables.
+    "/etc/networks",
+];
+
+fn installed_packages(lab: &Lab, host: &str) -> BTreeSet<String> {
+    remote(lab, host, "dpkg-query -W -f '${Package}\\n'")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The path a listing line names (after the first " /").
+fn listed_path(line: &str) -> &str {
+    line.find(" /").map(|i| &line[i + 1..]).unwrap_or(line)
+}
+
+/// Nodes (containerd, crun, the CNI pod network, modules and sysctl files) and the endpoint's
+/// teardown on a lab of etcd+node and node hosts: apply → reset → the trees as before, except
+/// the Debian packages the Package op installed (capstan keeps no record of what was installed
+/// before it, so reset leaves packages: their files and dpkg's database are the listed
+/// exceptions) → a second reset changes nothing → apply again works.
+#[test]
+fn reset_lab_with_nodes() {
+    if !require(&[lab(), support::mirror(), mirror_etcd(&["3.5.1"]), node_parts()]) {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let guard = capstan_lab::LabGuard::up(capstan_lab::UpOptions::new(
+        format!("rn{}", std::process::id() % 10000),
+        2,
+    ))
+    .expect("lab up");
+    let lab = guard.lab().clone();
+    let work = tempfile::tempdir().unwrap();
+    let inventory = work.path().join("inventory.yaml");
+    let mut yaml = format!(
+        "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\n\
+         artifacts:\n  mirror: \"file://{}\"\n  apt_source: \"deb [trusted=yes] file:/srv/capstan-debs ./\"\n\
+         versions:\n  etcd: \"3.5.1\"\n  containerd: \"1.6.20\"\n  runc: \"1.1.5\"\n  crun: \"1.8.1\"\n  cni_plugins: \"1.1.1\"\n\
+         network:\n  pod_cidr: 10.244.0.0/16\n  node_prefix: 24\n\
+         runtime:\n  lab_cgroupless: auto\n\
+         hosts:\n",
+        lab.name,
+        lab.key_path.display().to_string(),
+        lab.known_hosts_path.display().to_string(),
+        support::MIRROR,
+    );
+    for (i, m) in lab.machines.iter().enumerate() {
+        let roles = if i == 0 { "[etcd, node]" } else { "[node]" };
+        yaml.push_str(&format!(
+            "  - name: {}\n    address: {}\n    roles: {roles}\n",
+            m.name, m.ip
+        ));
+    }
+    std::fs::write(&inventory, yaml).unwrap();
+    let hosts: Vec<String> = lab.machines.iter().map(|m| m.name.clone()).collect();
+    let (before_all, before): (Vec<BTreeSet<String>>, Vec<BTreeSet<String>>) =
+        hosts.iter().map(|h| trees(&lab, h)).unzip();
+    let packages_before: Vec<BTreeSet<String>> = hosts.iter().map(|h| installed_packages(&lab, h)).collect();
+
+    capstan_ok(&inventory, &["apply"]);
+    eprintln!("apply: {:?}", started.elapsed());
+    let applied = tree(&lab, &hosts[1]);
+    for installed in [
+        " /usr/local/bin/containerd",
+        " /usr/local/bin/crun",
+        " /opt/cni/bin/bridge",
+        " /etc/cni/net.d/10-capstan.conflist",
+        " /etc/sysctl.d/90-capstan-nodes.conf",
+        " /etc/modules-load.d/capstan-nodes.conf",
+        " /etc/apt/sources.list.d/capstan.list",
+    ] {
+        assert!(
+            applied.iter().any(|l| l.ends_with(installed)),
+            "the listing misses{installed} after apply"
+        );
+    }
+    let network = |host: &str| {
+        remote(
+            &lab,
+            host,
+            "systemctl is-active containerd || true; ip -4 route show proto 203; ip link show cni0 >/dev/null 2>&1 && echo cni0; \
+             iptables -w -t nat -S | grep -c CAPSTAN-POD-MASQ || true",
+        )
+    };
+    let up = network(&hosts[0]);
+    assert!(up.starts_with("active") && up.contains("via"), "{up}");
+
+    let plan = json(&capstan_ok(&inventory, &["reset", "--dry-run", "--output", "json"]));
+    assert!(changed(&plan) > 10, "{plan:#}");
+    assert_eq!(network(&hosts[0]), up, "a dry run changed the pod network");
+
+    let reset_started = std::time::Instant::now();
+    let done = json(&capstan_ok(&inventory, &["reset", "--yes", "--output", "json"]));
+    eprintln!("reset: {:?}", reset_started.elapsed());
+    assert!(changed(&done) > 10, "{done:#}");
+    let order: Vec<&str> = done["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap())
+        .collect();
+    let position = |name: &str| {
+        order
+            .iter()
+            .position(|c| *c == name)
+            .unwrap_or_else(|| panic!("{name}: {order:?}"))
+    };
+    assert!(position("nodes") < position("etcd"), "{order:?}");
+    for host in &hosts {
+        // Routes, masquerading chain and bridge gone; containerd no longer a unit.
+        assert_eq!(network(host).trim(), "inactive\n0", "{host}");
+    }
+
+    for (i, host) in hosts.iter().enumerate() {
+        let new_packages: BTreeSet<String> = installed_packages(&lab, host)
+            .difference(&packages_before[i])
+            .cloned()
+            .collect();
+        eprintln!("{host}: packages installed by apply and left by reset: {new_packages:?}");
+        let package_files: BTreeSet<String> = if new_packages.is_empty() {
+            BTreeSet::new()
+        } else {
+            let names: Vec<&str> = new_packages.iter().map(String::as_str).collect();
+            remote(&lab, host, &format!("dpkg -L {} | sort -u", names.join(" ")))
+                .lines()
+                .map(str::to_string)
+                .collect()
+        };
+        let exception = |line: &String| {
+            let path = listed_path(line);
+            PACKAGE_STATE
+                .iter()
+                .any(|p| path.starts_with(p) || path == p.trim_end_matches('/'))
+                || package_files.contains(path)
+        };
+        assert_tree_as_before(&lab, host, &before[i], &before_all[i], &exception);
+    }
+
+    let again = json(&capstan_ok(&inventory, &["reset", "--yes", "--output", "json"]));
+    assert_eq!(changed(&again), 0, "{again:#}");
+
+    let applied = json(&capstan_ok(&inventory, &["apply", "--output", "json"]));
+    assert!(changed(&applied) > 10, "{applied:#}");
+    assert!(network(&hosts[0]).starts_with("active"));
+    eprintln!("reset_lab_with_nodes: {:?}", started.elapsed());
 }

@@ -1,9 +1,12 @@
 //! The API endpoint as the engine sees it ([`capstan_provisioner::component::Component`]).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use capstan_inventory::{Cluster, Role};
+use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext};
+use capstan_provisioner::ops::Operation;
 
 use crate::config::{ENDPOINT_PORT, STATS_PORT};
 
@@ -52,6 +55,15 @@ impl Component for EndpointComponent {
     /// Only with control-plane hosts: without API servers there is nothing to forward to.
     fn enabled(&self, cluster: &Cluster) -> bool {
         cluster.hosts_with_role(Role::ControlPlane).next().is_some()
+    }
+
+    /// Everything apply writes, on every host (ops on what is absent change nothing).
+    fn teardown(&self, _cluster: &Cluster, _host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {
+        crate::reset::teardown()
+    }
+
+    fn resets(&self) -> bool {
+        true
     }
 
     fn log_units(&self) -> &'static [&'static str] {

@@ -19,6 +19,7 @@ pub mod hosts;
 pub mod kube_pki;
 pub mod ops;
 pub mod probe;
+pub mod reset;
 
 pub use component::EndpointComponent;
 

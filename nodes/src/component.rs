@@ -1,10 +1,13 @@
 //! The nodes component as the engine sees it ([`capstan_provisioner::component::Component`]).
 
 use async_trait::async_trait;
-use capstan_inventory::Cluster;
+use std::sync::Arc;
+
+use capstan_inventory::{Cluster, Host};
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{Component, ComponentError, ComponentOutcome, RunContext};
 use capstan_provisioner::hint::Hint;
+use capstan_provisioner::ops::Operation;
 
 pub(crate) const NAME: &str = "nodes";
 
@@ -34,6 +37,15 @@ impl Component for NodesComponent {
     }
 
     fn installs(&self) -> bool {
+        true
+    }
+
+    /// Everything apply writes, on every host (ops on what is absent change nothing).
+    fn teardown(&self, _cluster: &Cluster, _host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {
+        crate::reset::teardown()
+    }
+
+    fn resets(&self) -> bool {
         true
     }
 

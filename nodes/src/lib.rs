@@ -15,6 +15,7 @@ pub mod podcidr;
 pub mod probe;
 pub mod records;
 pub mod release;
+pub mod reset;
 pub mod status;
 
 pub use component::NodesComponent;

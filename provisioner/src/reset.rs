@@ -11,7 +11,7 @@ use capstan_inventory::{Cluster, Host};
 
 use crate::cluster_plan::{dependency_order, ClusterOutcome, PlanError};
 use crate::component::{Component, ComponentError, ComponentOutcome, PhaseReport, RunContext};
-use crate::ops::{Absent, Command, Operation, CHECKSUM_DIR};
+use crate::ops::{Absent, Command, Operation, APT_SOURCE_FILE, CHECKSUM_DIR};
 use crate::pool::Connections;
 use crate::report::RunReport;
 use crate::runner::{HostOps, RunOptions, Runner};
@@ -219,19 +219,14 @@ impl<'c> ResetPlan<'c> {
     }
 }
 
-/// The engine's own traces, removed after every component's: remembered checksums, then the
-/// state directory when nothing else is in it.
+/// The engine's own traces, removed after every component's: the apt source file the `Package`
+/// op refreshes from ([`APT_SOURCE_FILE`]), remembered checksums, then the state directory when
+/// nothing else is in it.
 fn engine_teardown() -> Vec<Arc<dyn Operation>> {
-    let dir = crate::ops::shell::quote(STATE_DIR);
     vec![
+        Arc::new(Absent::new(APT_SOURCE_FILE)),
         Arc::new(Absent::new(CHECKSUM_DIR)),
-        Arc::new(
-            Command::new(
-                &format!("remove empty directory {STATE_DIR}"),
-                &format!("rmdir -- {dir}"),
-            )
-            .unless(&format!("[ ! -d {dir} ] || [ -n \"$(ls -A -- {dir})\" ]")),
-        ),
+        Arc::new(Command::remove_empty_dir(STATE_DIR)),
     ]
 }
 

@@ -15,6 +15,14 @@ pub struct Command {
 }
 
 impl Command {
+    /// `rmdir dir` when it exists and is empty (a directory shared with others, or there before
+    /// capstan, keeps what is in it).
+    pub fn remove_empty_dir(dir: &str) -> Command {
+        let quoted = super::shell::quote(dir);
+        Command::new(&format!("remove empty directory {dir}"), &format!("rmdir -- {quoted}"))
+            .unless(&format!("[ ! -d {quoted} ] || [ -n \"$(ls -A -- {quoted})\" ]"))
+    }
+
     pub fn new(description: &str, run: &str) -> Command {
         Command {
             description: description.to_string(),
