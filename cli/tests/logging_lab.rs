@@ -485,7 +485,11 @@ fn aggregator_storage_stays_within_budget_under_a_flood() {
     // above) before retention runs; retention drops the oldest entries, never the newest, so it
     // is still there afterwards.
     let newest = remote(lab, &sender, &format!("journalctl -t {token} -n 1 -o cat"));
-    let newest_stored = || logs(&inventory_path, &["--host", &sender, "--grep", &format!("^{newest}$")]).0.len();
+    let newest_stored = || {
+        logs(&inventory_path, &["--host", &sender, "--grep", &format!("^{newest}$")])
+            .0
+            .len()
+    };
     let arrival = Instant::now();
     while newest_stored() == 0 {
         assert!(

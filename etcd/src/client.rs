@@ -542,7 +542,10 @@ async fn accepting(endpoints: &[EtcdEndpoint], limit: Duration) -> Vec<EtcdEndpo
         return endpoints.to_vec();
     }
     let checks = endpoints.iter().map(|endpoint| async move {
-        let address = endpoint.as_str().split_once("://").map_or(endpoint.as_str(), |(_, rest)| rest);
+        let address = endpoint
+            .as_str()
+            .split_once("://")
+            .map_or(endpoint.as_str(), |(_, rest)| rest);
         let address = address.trim_end_matches('/');
         let open = tokio::time::timeout(limit, tokio::net::TcpStream::connect(address)).await;
         matches!(open, Ok(Ok(_)))

@@ -72,7 +72,10 @@ impl Component for KubernetesComponent {
     /// Kubernetes runs where the inventory has a control plane: `node` hosts alone get the
     /// container runtime and pod network (the nodes component), not kubelets without an API server.
     fn enabled(&self, cluster: &Cluster) -> bool {
-        cluster.hosts.iter().any(|host| host.roles.contains(&Role::ControlPlane))
+        cluster
+            .hosts
+            .iter()
+            .any(|host| host.roles.contains(&Role::ControlPlane))
     }
 
     fn scrape_targets(&self, cluster: &Cluster) -> Vec<ScrapeTarget> {

@@ -173,7 +173,10 @@ async fn bad_artifact_inputs_get_precise_errors() {
     let err = Artifact::new("file:///x", "1234", "/usr/local/bin/x")
         .unwrap_err()
         .to_string();
-    assert_eq!(err, "\"1234\" is not a sha256 (64 hex digits) or a sha512 (128 hex digits)");
+    assert_eq!(
+        err,
+        "\"1234\" is not a sha256 (64 hex digits) or a sha512 (128 hex digits)"
+    );
     let err = Artifact::new("file:///x", &"a".repeat(64), "usr/bin/x")
         .unwrap_err()
         .to_string();
