@@ -19,10 +19,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::component::ComponentError;
+use capstan_provisioner::lock::{LockHolder, HOST_LOCK_FILE};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError};
 use capstan_provisioner::report::{ChangeRecord, HostReport, OpRecord, OpStatus, RunReport};
 use capstan_provisioner::runner::{HostOps, Mode};
-use capstan_provisioner::transport::Transport;
+use capstan_provisioner::ssh::SshTransport;
+use capstan_provisioner::targets::ssh_target;
+use capstan_provisioner::transport::{ExecOptions, Transport};
 
 use crate::apply::{binaries_op, refuse, Binaries, KubeRun, APISERVER, KUBELET, KUBE_PROXY};
 use crate::probe::HostProbe;
@@ -241,16 +244,69 @@ pub fn own_api_server_url(address: &str) -> String {
 }
 
 /// The cluster lock of the `capstan apply` this upgrade runs in: the command takes it (change
-/// mode, in the host lock file and etcd) before any component converges and holds it to the
-/// end, so a second operator's `apply` is refused, naming the holder, before it inspects
-/// anything. Nothing is taken twice here.
-pub struct ApplyLock;
+/// mode: the host lock file on the inventory's first reachable host, and a lease in etcd) before
+/// any component converges and holds it to the end, so a second operator's `apply` is refused,
+/// naming the holder, before it inspects anything. The upgrade does not take it twice; it checks
+/// that the lock file names this process, and refuses to change anything otherwise (an upgrade
+/// started by a program that did not take the lock).
+pub struct ApplyLock {
+    pub cluster: Cluster,
+}
+
+/// This machine's name as lock records carry it.
+fn this_machine() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Whether the host lock file's `text` names this process; the refusal names who it names.
+pub fn held_by_this_process(text: &str, store: &str, operation: &str) -> Result<(), String> {
+    match LockHolder::from_lines(text) {
+        Some(holder) if holder.pid == std::process::id() && holder.machine == this_machine() => Ok(()),
+        Some(holder) => Err(format!(
+            "{operation} needs this run to hold the cluster lock, but {store} is held by {}",
+            holder.describe(std::time::SystemTime::now())
+        )),
+        None => Err(format!(
+            "{operation} needs this run to hold the cluster lock, but {store} holds none"
+        )),
+    }
+}
 
 #[async_trait]
 impl UpgradeLock for ApplyLock {
-    async fn acquire(&self, _operation: &str) -> Result<(), String> {
-        Ok(())
+    async fn acquire(&self, operation: &str) -> Result<(), String> {
+        let mut errors = Vec::new();
+        // The store `capstan apply` uses: the first host (inventory order) that accepts SSH.
+        for host in &self.cluster.hosts {
+            let transport = match SshTransport::connect(&ssh_target(host)).await {
+                Ok(t) => t,
+                Err(e) => {
+                    errors.push(format!("{}: {e}", host.name));
+                    continue;
+                }
+            };
+            let read = transport
+                .exec(
+                    &format!("cat {HOST_LOCK_FILE} 2>/dev/null || true"),
+                    &ExecOptions::default(),
+                )
+                .await;
+            transport.close().await;
+            let text = read.map_err(|e| format!("{}: reading {HOST_LOCK_FILE}: {e}", host.name))?;
+            return held_by_this_process(
+                &text.stdout_str(),
+                &format!("{}:{HOST_LOCK_FILE}", host.name),
+                operation,
+            );
+        }
+        Err(format!(
+            "cannot check the cluster lock: no host reachable ({})",
+            errors.join("; ")
+        ))
     }
+    /// `capstan apply` releases it at its end.
     async fn release(&self) {}
 }
 
@@ -314,7 +370,10 @@ impl Phase<KubeRun> for UpgradePhase {
         };
         let hosts = OpsUpgrades { ctx };
         let say = |line: &str| ctx.say(&format!("    {line}"));
-        match upgrade(&hosts, &api, &ApplyLock, &options, &say).await {
+        let lock = ApplyLock {
+            cluster: ctx.state.cluster.clone(),
+        };
+        match upgrade(&hosts, &api, &lock, &options, &say).await {
             Ok(_) => Ok(()),
             Err(e) => {
                 let hint = e.hint().map(|h| format!(" ({h})")).unwrap_or_default();
@@ -327,11 +386,42 @@ impl Phase<KubeRun> for UpgradePhase {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use capstan_provisioner::lock::LockMode;
 
     #[test]
     fn own_api_server_is_port_6444_of_the_host() {
         assert_eq!(own_api_server_url("10.0.0.11"), "https://10.0.0.11:6444");
         assert_eq!(own_api_server_url("fd00::11"), "https://[fd00::11]:6444");
+    }
+
+    #[test]
+    fn the_upgrade_runs_only_under_this_process_lock() {
+        let mine = LockHolder::this_process("capstan apply", LockMode::Change);
+        let lines = |h: &LockHolder| {
+            format!(
+                "token={}\nmode=change\nuser={}\nmachine={}\ncommand={}\npid={}\nsince={}\nexpires=0\n",
+                h.token, h.user, h.machine, h.command, h.pid, h.since
+            )
+        };
+        assert_eq!(
+            held_by_this_process(&lines(&mine), "cp1:/run/capstan/cluster.lock", "the upgrade"),
+            Ok(())
+        );
+        let other = LockHolder {
+            pid: mine.pid + 1,
+            command: "capstan apply --only kubernetes".into(),
+            ..mine.clone()
+        };
+        let refused = held_by_this_process(&lines(&other), "cp1:/run/capstan/cluster.lock", "the upgrade").unwrap_err();
+        assert!(
+            refused.starts_with(
+                "the upgrade needs this run to hold the cluster lock, but cp1:/run/capstan/cluster.lock is held by"
+            ) && refused.contains(&format!("(pid {})", other.pid))
+                && refused.contains("capstan apply --only kubernetes"),
+            "{refused}"
+        );
+        let none = held_by_this_process("", "cp1:/run/capstan/cluster.lock", "the upgrade").unwrap_err();
+        assert!(none.ends_with("holds none"), "{none}");
     }
 
     #[test]
