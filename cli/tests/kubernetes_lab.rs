@@ -109,6 +109,16 @@ fn position(ops: &[String], needle: &str) -> usize {
         .unwrap_or_else(|| panic!("no op `{needle}` in:\n{}", ops.join("\n")))
 }
 
+/// The phases of the first component of a plan/apply JSON report, in order.
+fn phase_names(report: &Value) -> Vec<&str> {
+    report["components"][0]["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect()
+}
+
 fn cluster(inventory: &Path) -> capstan_inventory::Cluster {
     capstan_inventory::load(inventory).expect("inventory loads")
 }
@@ -190,12 +200,7 @@ fn plan_shows_every_step_and_the_units_verify() {
         &["plan", "--only", "kubernetes", "--output", "json"],
     ));
     eprintln!("plan in {:.1}s", plan_started.elapsed().as_secs_f64());
-    let phases: Vec<&str> = plan["components"][0]["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let phases = phase_names(&plan);
     assert_eq!(phases, ["control plane", "node agents", "cluster addons"], "{plan:#}");
     let cp_ops = host_ops(&plan, &cp);
     let node_ops = host_ops(&plan, &node);
@@ -309,12 +314,7 @@ fn plan_shows_every_step_and_the_units_verify() {
         &newer_path,
         &["plan", "--only", "kubernetes", "--output", "json"],
     ));
-    let newer_phases: Vec<&str> = plan_newer["components"][0]["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let newer_phases = phase_names(&plan_newer);
     assert_eq!(newer_phases, ["control plane", "node agents", "cluster addons"]);
 
     // A second operator holding the cluster lock: apply (also with a version change) refuses
@@ -609,12 +609,12 @@ fn real_release_upgrades_one_minor() {
     needs.push(support::tool("age-keygen", "age"));
     let artifacts = kube_artifacts();
     needs.push(artifacts.as_ref().map(|_| ()).map_err(Clone::clone));
-    if artifacts.is_ok() {
+    if let Ok(dir) = &artifacts {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/mirror/add-kube-artifacts.sh");
         let added = Command::new("bash")
             .arg(&script)
             .arg(MIRROR)
-            .env("CAPSTAN_KUBE_ARTIFACTS", artifacts.as_ref().unwrap())
+            .env("CAPSTAN_KUBE_ARTIFACTS", dir)
             .output()
             .unwrap();
         assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
@@ -653,12 +653,7 @@ fn real_release_upgrades_one_minor() {
         inventory_path,
         &["plan", "--only", "kubernetes", "--output", "json"],
     ));
-    let phases: Vec<&str> = plan["components"][0]["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
+    let phases = phase_names(&plan);
     assert_eq!(phases, ["upgrade", "control plane", "node agents", "cluster addons"]);
     let (cp, node) = (lab.machines[0].name.as_str(), lab.machines[1].name.as_str());
     let steps: Vec<String> = plan["summary"]["hosts"]

@@ -397,6 +397,25 @@ fn skipped(pod: &Pod) -> bool {
     finished || drain_skips(&owners, mirror)
 }
 
+fn node_view(node: &Node) -> NodeView {
+    let status = node.status.as_ref();
+    NodeView {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        kubelet: status
+            .and_then(|s| s.node_info.as_ref())
+            .and_then(|i| KubeVersion::parse(&i.kubelet_version)),
+        ready: status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
+        cordoned_for: node
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(CORDON_ANNOTATION).cloned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -421,24 +440,5 @@ mod tests {
             read("10", "2026-12-01T10:00:00Z", 2),
             read("11", "2026-12-01T11:00:00Z", 3)
         );
-    }
-}
-
-fn node_view(node: &Node) -> NodeView {
-    let status = node.status.as_ref();
-    NodeView {
-        name: node.metadata.name.clone().unwrap_or_default(),
-        kubelet: status
-            .and_then(|s| s.node_info.as_ref())
-            .and_then(|i| KubeVersion::parse(&i.kubelet_version)),
-        ready: status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
-        unschedulable: node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false),
-        cordoned_for: node
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(CORDON_ANNOTATION).cloned()),
     }
 }

@@ -313,6 +313,7 @@ impl UpgradeLock for ApplyLock {
 pub(crate) struct UpgradePhase;
 
 impl UpgradePhase {
+    #[allow(clippy::result_large_err)] // the engine's phase error, as every phase returns it
     fn work(ctx: &PhaseContext<KubeRun>) -> Result<&UpgradeWork, PhaseError> {
         ctx.state
             .upgrade

@@ -25,6 +25,21 @@ pub(crate) struct CreateArgs {
     pub no_encryption: bool,
 }
 
+impl CreateArgs {
+    /// The inventory's backup target and recipients, nothing from the command line.
+    pub(crate) fn from_inventory() -> CreateArgs {
+        CreateArgs {
+            target: BackupTargetArgs {
+                target: None,
+                s3_path_style: false,
+            },
+            recipients: Vec::new(),
+            recipients_file: None,
+            no_encryption: false,
+        }
+    }
+}
+
 pub(crate) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -> anyhow::Result<ExitCode> {
     let manifest = take(cluster, args, out).await?;
     println!("{}", manifest.id);
@@ -35,15 +50,7 @@ pub(crate) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -
 /// ([`capstan_kubernetes::upgrade_apply::set_pre_upgrade_backup`]): `backup create` to the
 /// inventory's target with its recipients; the backup's id.
 pub(crate) fn pre_upgrade_backup(cluster: Cluster) -> capstan_kubernetes::upgrade_apply::BackupFuture {
-    let args = CreateArgs {
-        target: BackupTargetArgs {
-            target: None,
-            s3_path_style: false,
-        },
-        recipients: Vec::new(),
-        recipients_file: None,
-        no_encryption: false,
-    };
+    let args = CreateArgs::from_inventory();
     let handle = tokio::runtime::Handle::current();
     // The backup's future is run on a blocking thread of the same runtime: the upgrade's own
     // future must stay `Send`, whatever the backup's is.
