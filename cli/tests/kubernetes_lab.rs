@@ -686,6 +686,7 @@ fn real_release_upgrades_one_minor() {
         "kubectl --kubeconfig /etc/kubernetes/super-admin.conf get nodes \
          -o jsonpath='{range .items[*]}{.metadata.name} {.status.nodeInfo.kubeletVersion} {.status.conditions[?(@.type==\"Ready\")].status} {.spec.unschedulable}{\"\\n\"}{end}'",
     );
+    assert_eq!(versions.lines().count(), 1, "one node (machine 2): {versions}");
     for line in versions.lines() {
         assert!(
             line.contains(&format!(" v{NEXT} True")) && !line.ends_with("true"),
