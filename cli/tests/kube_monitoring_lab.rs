@@ -36,7 +36,10 @@ async fn lab_monitoring_gets_a_kubernetes_client_certificate() {
         remote(lab, &host, &format!("stat -c '%a %U %G' {tls}/client.key")),
         "600 prometheus prometheus"
     );
-    assert_eq!(remote(lab, &host, &format!("stat -c '%a %U %G' {tls}")), "750 root prometheus");
+    assert_eq!(
+        remote(lab, &host, &format!("stat -c '%a %U %G' {tls}")),
+        "750 root prometheus"
+    );
     // Signed by the cluster CA the control plane holds, for the monitoring user.
     let local = |name: &str, path: &str| {
         let file = dir.path().join(name);

@@ -15,7 +15,7 @@ use capstan_kubernetes::paths::{self, BACKUP_FILES};
 use capstan_lab::{Lab, LabGuard, UpOptions};
 
 mod support;
-use support::{capstan_ok, mirror, mirror_and_version, remote, require, run_capstan, tool, Need};
+use support::{age_keygen, capstan_ok, mirror, mirror_and_version, remote, require, run_capstan, tool, Need};
 
 fn needs() -> [Need; 4] {
     [
@@ -120,11 +120,7 @@ fn kube_state(dir: &Path) -> Vec<(String, Vec<u8>, &'static str)> {
 /// An age identity file in `dir`, its recipient, and a file:// backup store in `dir`.
 fn age_key_and_store(dir: &Path) -> (std::path::PathBuf, String, String) {
     let identity = dir.join("identity.txt");
-    run(Command::new("age-keygen").arg("-o").arg(&identity));
-    let recipient = String::from_utf8(run(Command::new("age-keygen").arg("-y").arg(&identity)))
-        .unwrap()
-        .trim()
-        .to_string();
+    let recipient = age_keygen(&identity);
     (identity, recipient, format!("file://{}", dir.join("backups").display()))
 }
 

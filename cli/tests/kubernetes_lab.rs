@@ -471,10 +471,7 @@ fn real_release_brings_up_a_cluster() {
     // A drill of a backup of this cluster: the drill lab gets the control plane installed on the
     // restored state (the tarballs are on the mirror now) and the Kubernetes checks run and pass.
     let identity = dir.path().join("identity.txt");
-    let keygen = Command::new("age-keygen").arg("-o").arg(&identity).output().unwrap();
-    assert!(keygen.status.success(), "age-keygen");
-    let recipient = Command::new("age-keygen").arg("-y").arg(&identity).output().unwrap();
-    let recipient = String::from_utf8_lossy(&recipient.stdout).trim().to_string();
+    let recipient = support::age_keygen(&identity);
     let target = format!("file://{}", dir.path().join("backups").display());
     capstan_ok(
         &inventory_path,
