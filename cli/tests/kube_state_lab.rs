@@ -279,17 +279,10 @@ async fn lab_kubernetes_drill_without_release_tarballs() {
     let report = work.path().join("drill");
     let textfile = work.path().join("textfile");
     let started = std::time::Instant::now();
-    let drill = run_capstan(
-        None,
-        &[
-            "drill",
-            "--target",
-            &target,
-            "--identity",
-            identity.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-        ],
+    let drill = support::drill(
+        &target,
+        &identity,
+        &report,
         &[("CAPSTAN_TEXTFILE_DIR", textfile.to_str().unwrap())],
     );
     eprintln!("KUBE DRILL total {:.1}s", started.elapsed().as_secs_f64());

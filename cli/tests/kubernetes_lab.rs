@@ -478,18 +478,8 @@ fn real_release_brings_up_a_cluster() {
         &["backup", "create", "--target", &target, "-r", &recipient],
     );
     let report = dir.path().join("drill");
-    capstan_ok(
-        &inventory_path,
-        &[
-            "drill",
-            "--target",
-            &target,
-            "--identity",
-            identity.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-        ],
-    );
+    let drill = support::drill(&target, &identity, &report, &[]);
+    assert_eq!(drill.code, 0, "{}\n{}", drill.stdout, drill.stderr);
     let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("drill.json")).unwrap()).unwrap();
     for name in ["API ready", "expected namespaces", "objects readable"] {
         let check = json["checks"]

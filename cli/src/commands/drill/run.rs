@@ -125,16 +125,16 @@ pub(super) fn drill(args: DrillArgs, inventory: Option<&Path>, out: &Output) -> 
 
     let target = match &fetched {
         None => None,
-        Some(fetched) => match {
+        Some(fetched) => {
             let backed_up = backed_up_cluster(fetched, &mut report);
-            prepare_target(&args, &manifest, backed_up.as_ref(), out, &mut report)
-        } {
-            Ok(target) => Some(target),
-            Err(e) => {
-                report.failure = Some(format!("bringing up the drill target: {}", failure_text(&e)));
-                None
+            match prepare_target(&args, &manifest, backed_up.as_ref(), out, &mut report) {
+                Ok(target) => Some(target),
+                Err(e) => {
+                    report.failure = Some(format!("bringing up the drill target: {}", failure_text(&e)));
+                    None
+                }
             }
-        },
+        }
     };
     if let (Some(target), Some(fetched)) = (&target, &fetched) {
         let inventory_path = match target {
