@@ -14,8 +14,35 @@ pub const DRILL_METRICS_FILE: &str = "capstan_drill.prom";
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DrillCheck {
     pub name: String,
+    /// Passed; never true for a skipped check.
     pub ok: bool,
+    /// Why it failed, what it saw, or (skipped) what the drill target lacks to run it.
     pub detail: String,
+    /// Not run: the drill target cannot have what the check needs (`detail` names it).
+    #[serde(default)]
+    pub skipped: bool,
+}
+
+impl DrillCheck {
+    /// A check that ran.
+    pub fn new(name: impl Into<String>, ok: bool, detail: impl Into<String>) -> DrillCheck {
+        DrillCheck {
+            name: name.into(),
+            ok,
+            detail: detail.into(),
+            skipped: false,
+        }
+    }
+
+    /// A check that could not run, with what is missing.
+    pub fn skipped(name: impl Into<String>, missing: impl Into<String>) -> DrillCheck {
+        DrillCheck {
+            name: name.into(),
+            ok: false,
+            detail: missing.into(),
+            skipped: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -54,9 +81,18 @@ pub struct DrillReport {
 }
 
 impl DrillReport {
-    /// Success: no early failure and every check passed (and there was at least one).
+    /// Success: no early failure and every check that ran passed (and at least one ran). Skipped
+    /// checks do not fail the drill, but they are never counted as passed: the report and the
+    /// metrics show each, with what was missing.
     pub fn settle(&mut self) {
-        self.success = self.failure.is_none() && !self.checks.is_empty() && self.checks.iter().all(|c| c.ok);
+        self.success = self.failure.is_none()
+            && self.checks.iter().any(|c| !c.skipped)
+            && self.checks.iter().all(|c| c.ok || c.skipped);
+    }
+
+    /// How many checks did not run.
+    pub fn skipped(&self) -> usize {
+        self.checks.iter().filter(|c| c.skipped).count()
     }
 }
 
@@ -84,7 +120,11 @@ fn seconds(value: Option<f64>) -> String {
 
 pub fn render_markdown(report: &DrillReport) -> String {
     let mut md = String::new();
-    let verdict = if report.success { "PASSED" } else { "FAILED" };
+    let verdict = match (report.success, report.skipped()) {
+        (true, 0) => "PASSED".to_string(),
+        (true, n) => format!("PASSED, {n} check(s) SKIPPED"),
+        (false, _) => "FAILED".to_string(),
+    };
     md.push_str(&format!("# capstan DR drill: {verdict}\n\n"));
     md.push_str("| | |\n|---|---|\n");
     let rows = [
@@ -118,7 +158,11 @@ pub fn render_markdown(report: &DrillReport) -> String {
         md.push_str(&format!(
             "| {} | {} | {} |\n",
             check.name.replace('|', "\\|"),
-            if check.ok { "ok" } else { "FAILED" },
+            match (check.ok, check.skipped) {
+                (true, _) => "ok",
+                (false, true) => "SKIPPED",
+                (false, false) => "FAILED",
+            },
             check.detail.replace('|', "\\|")
         ));
     }
@@ -151,6 +195,12 @@ pub fn prometheus_text(report: &DrillReport, finished_unix: i64) -> String {
     text.push_str(&format!(
         "capstan_drill_success{{cluster=\"{cluster}\"}} {}\n",
         u8::from(report.success)
+    ));
+    text.push_str("# HELP capstan_drill_checks_skipped Checks the last DR drill could not run (the report names what was missing).\n");
+    text.push_str("# TYPE capstan_drill_checks_skipped gauge\n");
+    text.push_str(&format!(
+        "capstan_drill_checks_skipped{{cluster=\"{cluster}\"}} {}\n",
+        report.skipped()
     ));
     if let Some(rto) = report.rto_seconds {
         text.push_str("# HELP capstan_drill_rto_seconds Restore start to healthy and verified, in the last drill.\n");
@@ -216,16 +266,8 @@ mod tests {
                 seconds: 40.0,
             }],
             checks: vec![
-                DrillCheck {
-                    name: "same hash-kv on every member".into(),
-                    ok: true,
-                    detail: "a, a, a".into(),
-                },
-                DrillCheck {
-                    name: "key app/config exists".into(),
-                    ok: false,
-                    detail: "0 keys".into(),
-                },
+                DrillCheck::new("same hash-kv on every member", true, "a, a, a"),
+                DrillCheck::new("key app/config exists", false, "0 keys"),
             ],
             failure: None,
             notes: vec![],
@@ -249,6 +291,36 @@ mod tests {
         report.checks.clear();
         report.settle();
         assert!(!report.success, "a drill that checked nothing did not pass");
+    }
+
+    #[test]
+    fn skipped_checks_show_but_neither_pass_nor_fail_the_drill() {
+        let mut report = sample();
+        report.checks.pop();
+        report.checks.push(DrillCheck::skipped(
+            "kubernetes: API ready",
+            "no control plane: tarballs missing",
+        ));
+        report.settle();
+        assert!(report.success);
+        let md = render_markdown(&report);
+        assert!(
+            md.starts_with("# capstan DR drill: PASSED, 1 check(s) SKIPPED\n"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| kubernetes: API ready | SKIPPED | no control plane: tarballs missing |"),
+            "{md}"
+        );
+        let metrics = prometheus_text(&report, 1);
+        assert!(
+            metrics.contains("capstan_drill_checks_skipped{cluster=\"demo\"} 1\n"),
+            "{metrics}"
+        );
+        // Only skipped checks: nothing was verified, so the drill did not pass.
+        report.checks.retain(|c| c.skipped);
+        report.settle();
+        assert!(!report.success);
     }
 
     #[test]

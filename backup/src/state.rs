@@ -489,6 +489,112 @@ impl StateRestore {
     }
 }
 
+/// A drill's check of the components' restored state: every backed-up file that an enabled
+/// component declares is, on every host of its role, byte for byte the backed-up one with its
+/// declared mode, root-owned. One check per component (hosts that cannot be read fail it).
+pub async fn verify_restored(
+    cluster: &Cluster,
+    components: &[&dyn Component],
+    entries: &[StateEntry],
+) -> Vec<crate::drill_report::DrillCheck> {
+    use crate::drill_report::DrillCheck;
+    use sha2::Digest;
+    let mut checks = Vec::new();
+    for component in components.iter().filter(|c| c.enabled(cluster)) {
+        let mut expected: BTreeMap<String, Vec<(StateFile, String)>> = BTreeMap::new();
+        for file in component.state_files(cluster) {
+            let Some(entry) = entries
+                .iter()
+                .find(|e| e.component == component.name() && e.path == file.path)
+            else {
+                continue;
+            };
+            let sum = hex::encode(sha2::Sha256::digest(&entry.data));
+            for host in hosts_with_role(cluster, file.role) {
+                expected
+                    .entry(host.name.clone())
+                    .or_default()
+                    .push((file.clone(), sum.clone()));
+            }
+        }
+        if expected.is_empty() {
+            continue;
+        }
+        let name = format!("{}: state files restored", component.name());
+        let targets: Vec<_> = cluster
+            .hosts
+            .iter()
+            .filter(|h| expected.contains_key(&h.name))
+            .map(ssh_target)
+            .collect();
+        let (connections, failures) = Connections::connect(&targets, 8).await;
+        let mut problems: Vec<String> = failures
+            .iter()
+            .map(|(h, e)| format!("{h}: unreachable ({e})"))
+            .collect();
+        let mut files = 0;
+        for (host, wanted) in &expected {
+            let Some(transport) = connections.get(host) else {
+                continue;
+            };
+            let script: String = wanted
+                .iter()
+                .map(|(file, _)| {
+                    let path = quote(&file.path);
+                    format!("if [ -f {path} ]; then stat -c '%a %U %G' {path} | tr '\\n' ' '; sha256sum < {path} | cut -d' ' -f1; else echo missing; fi\n")
+                })
+                .collect();
+            let output = match transport.exec(&script, &ExecOptions::default()).await {
+                Ok(output) if output.success() => output.stdout_str().to_string(),
+                Ok(output) => {
+                    problems.push(format!("{host}: {}", output.stderr_str().trim()));
+                    continue;
+                }
+                Err(e) => {
+                    problems.push(format!("{host}: {e}"));
+                    continue;
+                }
+            };
+            let lines: Vec<&str> = output.lines().collect();
+            for (i, (file, sum)) in wanted.iter().enumerate() {
+                let want = format!("{:o} root root {sum}", file.mode);
+                match lines.get(i) {
+                    Some(line) if line.trim() == want => files += 1,
+                    Some(line) if line.trim() == "missing" => problems.push(format!("{host}:{} missing", file.path)),
+                    Some(line) => {
+                        let seen: Vec<&str> = line.split_whitespace().collect();
+                        problems.push(match seen.as_slice() {
+                            [_, _, _, got] if *got != sum => format!("{host}:{} differs from the backup", file.path),
+                            [mode, owner, group, _] => {
+                                format!(
+                                    "{host}:{} is {mode} {owner}:{group}, not {:o} root:root",
+                                    file.path, file.mode
+                                )
+                            }
+                            _ => format!("{host}:{}: unreadable ({line})", file.path),
+                        })
+                    }
+                    None => problems.push(format!("{host}:{}: no answer", file.path)),
+                }
+            }
+        }
+        connections.close_all().await;
+        checks.push(if problems.is_empty() {
+            DrillCheck::new(
+                name,
+                true,
+                format!(
+                    "{files} file(s) on {} host(s) identical to the backup, modes and owner kept",
+                    expected.len()
+                ),
+            )
+        } else {
+            DrillCheck::new(name, false, problems.join("; "))
+        });
+    }
+    checks
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

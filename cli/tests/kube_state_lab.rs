@@ -11,10 +11,11 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use capstan_kubernetes::paths::{self, BACKUP_FILES};
 use capstan_lab::{Lab, LabGuard, UpOptions};
 
 mod support;
-use support::{capstan_ok, mirror, mirror_and_version, remote, require, run_capstan, tool, Need};
+use support::{age_keygen, capstan_ok, mirror, mirror_and_version, remote, require, run_capstan, tool, Need};
 
 fn needs() -> [Need; 4] {
     [
@@ -54,10 +55,19 @@ fn run(command: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
-/// The control plane's state as openssl makes it: (path, content, mode).
+/// The control plane's state as openssl makes it: (path, content, mode), one entry for each of
+/// the component's own list of what backups carry ([`BACKUP_FILES`]).
 fn kube_state(dir: &Path) -> Vec<(String, Vec<u8>, &'static str)> {
     let mut files = Vec::new();
-    for (name, cn) in [("ca", "kubernetes"), ("front-proxy-ca", "front-proxy-ca")] {
+    for (name, cn, cert_path, key_path) in [
+        ("ca", "kubernetes", paths::CA_CERT, paths::CA_KEY),
+        (
+            "front-proxy-ca",
+            "front-proxy-ca",
+            paths::FRONT_PROXY_CA_CERT,
+            paths::FRONT_PROXY_CA_KEY,
+        ),
+    ] {
         let key = dir.join(format!("{name}.key"));
         let crt = dir.join(format!("{name}.crt"));
         run(Command::new("openssl")
@@ -78,16 +88,8 @@ fn kube_state(dir: &Path) -> Vec<(String, Vec<u8>, &'static str)> {
             .arg(&key)
             .arg("-out")
             .arg(&crt));
-        files.push((
-            format!("/etc/kubernetes/pki/{name}.crt"),
-            std::fs::read(&crt).unwrap(),
-            "644",
-        ));
-        files.push((
-            format!("/etc/kubernetes/pki/{name}.key"),
-            std::fs::read(&key).unwrap(),
-            "600",
-        ));
+        files.push((cert_path.to_string(), std::fs::read(&crt).unwrap(), "644"));
+        files.push((key_path.to_string(), std::fs::read(&key).unwrap(), "600"));
     }
     let sa_key = run(Command::new("openssl").args(["ecparam", "-name", "prime256v1", "-genkey", "-noout"]));
     let sa_pub = {
@@ -101,20 +103,25 @@ fn kube_state(dir: &Path) -> Vec<(String, Vec<u8>, &'static str)> {
         child.stdin.take().unwrap().write_all(&sa_key).unwrap();
         child.wait_with_output().unwrap().stdout
     };
-    files.push(("/etc/kubernetes/pki/sa.key".into(), sa_key, "600"));
-    files.push(("/etc/kubernetes/pki/sa.pub".into(), sa_pub, "644"));
+    files.push((paths::SA_KEY.into(), sa_key, "600"));
+    files.push((paths::SA_PUB.into(), sa_pub, "644"));
     let secret = run(Command::new("openssl").args(["rand", "-base64", "32"]));
     let config = format!(
         "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [secrets]\n    \
          providers:\n      - aescbc:\n          keys:\n            - name: key1\n              secret: {}\n      - identity: {{}}\n",
         String::from_utf8(secret).unwrap().trim()
     );
-    files.push((
-        "/etc/kubernetes/encryption-config.yaml".into(),
-        config.into_bytes(),
-        "600",
-    ));
+    files.push((paths::ENCRYPTION_CONFIG.into(), config.into_bytes(), "600"));
+    let made: Vec<&str> = files.iter().map(|(path, _, _)| path.as_str()).collect();
+    assert_eq!(made, BACKUP_FILES, "the test makes every file backups carry");
     files
+}
+
+/// An age identity file in `dir`, its recipient, and a file:// backup store in `dir`.
+fn age_key_and_store(dir: &Path) -> (std::path::PathBuf, String, String) {
+    let identity = dir.join("identity.txt");
+    let recipient = age_keygen(&identity);
+    (identity, recipient, format!("file://{}", dir.join("backups").display()))
 }
 
 fn put(lab: &Lab, host: &str, path: &str, content: &[u8], mode: &str) {
@@ -148,13 +155,7 @@ async fn lab_kubernetes_state_backup_and_restore() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let identity = work.path().join("identity.txt");
-    run(Command::new("age-keygen").arg("-o").arg(&identity));
-    let recipient = String::from_utf8(run(Command::new("age-keygen").arg("-y").arg(&identity)))
-        .unwrap()
-        .trim()
-        .to_string();
-    let target = format!("file://{}", work.path().join("backups").display());
+    let (identity, recipient, target) = age_key_and_store(work.path());
     let guard = LabGuard::up(UpOptions::new(format!("kst{}", std::process::id() % 10000), 3)).expect("lab up");
     let lab = guard.lab().clone();
     let old = work.path().join("old.yaml");
@@ -247,4 +248,91 @@ async fn lab_kubernetes_state_backup_and_restore() {
         again.stderr
     );
     check(&lab.machines[2].name);
+}
+
+/// A drill of a backup with Kubernetes' state where the Kubernetes release tarballs cannot be had
+/// (this machine's case; the e2e test covers the drill with them): the drill lab gets the
+/// control-plane role, etcd is restored and verified, the state files are compared with the
+/// backup on the drill's control-plane host, and each Kubernetes check is reported as skipped
+/// naming the missing tarballs — never passed; the drill lab is torn down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lab_kubernetes_drill_without_release_tarballs() {
+    if !require(&needs()) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (identity, recipient, target) = age_key_and_store(work.path());
+    let guard = LabGuard::up(UpOptions::new(format!("kdr{}", std::process::id() % 10000), 1)).expect("lab up");
+    let lab = guard.lab().clone();
+    let source_inventory = work.path().join("source.yaml");
+    inventory(&lab, &source_inventory, &[(0, "etcd, control_plane")]);
+    capstan_ok(&source_inventory, &["apply", "--only", "etcd"]);
+    for (path, content, mode) in kube_state(work.path()) {
+        put(&lab, &lab.machines[0].name, &path, &content, mode);
+    }
+    capstan_ok(
+        &source_inventory,
+        &["backup", "create", "--target", &target, "-r", &recipient],
+    );
+    drop(guard);
+
+    let report = work.path().join("drill");
+    let textfile = work.path().join("textfile");
+    let started = std::time::Instant::now();
+    let drill = support::drill(
+        &target,
+        &identity,
+        &report,
+        &[("CAPSTAN_TEXTFILE_DIR", textfile.to_str().unwrap())],
+    );
+    eprintln!("KUBE DRILL total {:.1}s", started.elapsed().as_secs_f64());
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("drill.json"))
+            .unwrap_or_else(|e| panic!("no report ({e})\nstdout:\n{}\nstderr:\n{}", drill.stdout, drill.stderr)),
+    )
+    .unwrap();
+    let checks = json["checks"].as_array().unwrap();
+    let check = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {json:#}"))
+    };
+    // etcd restored and verified, the state files back on the drill's control-plane host.
+    for name in ["every member healthy", "revision at least the backup's"] {
+        assert_eq!(check(name)["ok"], true, "{json:#}");
+    }
+    let state = check("kubernetes: state files restored");
+    assert_eq!(state["ok"], true, "{state}");
+    assert!(
+        state["detail"].as_str().unwrap().starts_with("7 file(s) on 1 host(s)"),
+        "{state}"
+    );
+    // The Kubernetes checks: skipped, never passed, each naming what is missing.
+    for name in ["API ready", "expected namespaces", "objects readable"] {
+        let c = check(&format!("kubernetes: {name}"));
+        assert_eq!(
+            (c["ok"].as_bool(), c["skipped"].as_bool()),
+            (Some(false), Some(true)),
+            "{c}"
+        );
+        let detail = c["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("kubernetes-server-linux-amd64.tar.gz") && detail.contains("CAPSTAN_KUBE_ARTIFACTS"),
+            "{detail}"
+        );
+    }
+    assert_eq!(json["success"], true, "{json:#}\n{}", drill.stderr);
+    assert_eq!(drill.code, 0, "{}", drill.stderr);
+    let md = std::fs::read_to_string(work.path().join("drill.md")).unwrap();
+    assert!(md.starts_with("# capstan DR drill: PASSED, 3 check(s) SKIPPED"), "{md}");
+    assert!(md.contains("| kubernetes: API ready | SKIPPED |"), "{md}");
+    let metrics = std::fs::read_to_string(textfile.join("capstan_drill.prom")).unwrap();
+    assert!(metrics.contains("capstan_drill_checks_skipped{cluster=\""), "{metrics}");
+    assert!(metrics.contains("} 3\n"), "{metrics}");
+    let drill_lab = json["target"].as_str().unwrap().trim_start_matches("lab ").to_string();
+    assert!(
+        capstan_lab::get(&drill_lab).is_err(),
+        "the drill lab {drill_lab} was torn down"
+    );
 }

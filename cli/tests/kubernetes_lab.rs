@@ -585,6 +585,33 @@ fn real_release_brings_up_a_cluster() {
     eprintln!("kubectl get nodes:\n{listed}{}", String::from_utf8_lossy(&nodes.stderr));
     assert!(nodes.status.success());
     assert!(listed.contains(&lab.machines[1].name), "{listed}");
+
+    // A drill of a backup of this cluster: the drill lab gets the control plane installed on the
+    // restored state (the tarballs are on the mirror now) and the Kubernetes checks run and pass.
+    let identity = dir.path().join("identity.txt");
+    let recipient = support::age_keygen(&identity);
+    let target = format!("file://{}", dir.path().join("backups").display());
+    capstan_ok(
+        &inventory_path,
+        &["backup", "create", "--target", &target, "-r", &recipient],
+    );
+    let report = dir.path().join("drill");
+    let drill = support::drill(&target, &identity, &report, &[]);
+    assert_eq!(drill.code, 0, "{}\n{}", drill.stdout, drill.stderr);
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("drill.json")).unwrap()).unwrap();
+    for name in ["API ready", "expected namespaces", "objects readable"] {
+        let check = json["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == format!("kubernetes: {name}"))
+            .unwrap_or_else(|| panic!("no check {name}: {json:#}"));
+        assert_eq!(
+            (check["ok"].as_bool(), check["skipped"].as_bool()),
+            (Some(true), Some(false)),
+            "{check}"
+        );
+    }
     eprintln!("kubernetes e2e: {:.0}s", started.elapsed().as_secs_f64());
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{
-    CheckResult, Component, ComponentError, ComponentOutcome, RoleUnit, RunContext, ScrapeTarget, StateFile,
+    CheckResult, Component, ComponentError, ComponentOutcome, DrillSkip, RoleUnit, RunContext, ScrapeCredentials,
+    ScrapeTarget, StateFile,
 };
 use capstan_provisioner::ops::Operation;
 
@@ -66,9 +67,6 @@ impl Component for KubernetesComponent {
         true
     }
 
-    /// Every component's metrics endpoint, on the host's private address. All but kube-proxy's
-    /// are HTTPS and ask for an authorized client (monitoring's credentials for them are not
-    /// part of this component).
     /// Kubernetes runs where the inventory has a control plane: `node` hosts alone get the
     /// container runtime and pod network (the nodes component), not kubelets without an API server.
     fn enabled(&self, cluster: &Cluster) -> bool {
@@ -78,6 +76,8 @@ impl Component for KubernetesComponent {
             .any(|host| host.roles.contains(&Role::ControlPlane))
     }
 
+    /// Every component's metrics endpoint, on the host's private address. All but kube-proxy's
+    /// are HTTPS and ask for an authorized client ([`Component::scrape_credentials`]).
     fn scrape_targets(&self, cluster: &Cluster) -> Vec<ScrapeTarget> {
         let target = |job: &str, host: &capstan_inventory::Host, port: u16, scheme: &'static str| ScrapeTarget {
             job: job.into(),
@@ -108,6 +108,14 @@ impl Component for KubernetesComponent {
         targets
     }
 
+    async fn scrape_credentials(
+        &self,
+        cluster: &Cluster,
+        current: Option<&str>,
+    ) -> Result<Option<ScrapeCredentials>, ComponentError> {
+        crate::monitoring::scrape_credentials(cluster, current).await
+    }
+
     fn log_units(&self) -> &'static [&'static str] {
         &[
             "kube-apiserver.service",
@@ -128,6 +136,10 @@ impl Component for KubernetesComponent {
 
     async fn drill_checks(&self, cluster: &Cluster) -> Vec<CheckResult> {
         crate::backup::drill_checks(cluster).await
+    }
+
+    fn drill_skip(&self, cluster: &Cluster) -> Option<DrillSkip> {
+        crate::drill::drill_skip(cluster, crate::drill::local_arch())
     }
 
     fn teardown(&self, _cluster: &Cluster, host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {

@@ -155,17 +155,37 @@ impl capstan_provisioner::hint::Hint for AdminKubeconfigError {
 /// fresh one-year certificate signed by the cluster CA read from the first reachable control-plane
 /// host, pointing at the API endpoint outside clients use ([`crate::pki::external_endpoint_url`]).
 pub async fn admin_kubeconfig(cluster: &capstan_inventory::Cluster) -> Result<String, AdminKubeconfigError> {
-    use capstan_inventory::Role;
-    use capstan_provisioner::pki::{CertRequest, CertificateAuthority};
+    use capstan_provisioner::pki::CertRequest;
 
-    use crate::paths::{CA_CERT, CA_KEY};
     use crate::pki::{external_endpoint_url, ADMIN_GROUP, ADMIN_USER};
 
+    let server = external_endpoint_url(cluster).ok_or(AdminKubeconfigError::NoControlPlane)?;
+    let ca = read_cluster_ca(cluster).await?;
+    let issued = ca
+        .issue(&CertRequest::client(ADMIN_USER).with_organization(ADMIN_GROUP))
+        .map_err(|e| AdminKubeconfigError::Other(e.to_string()))?;
+    Kubeconfig::new(&cluster.name, &server, ca.cert_pem(), ADMIN_USER, &issued)
+        .render()
+        .map_err(|e| AdminKubeconfigError::Other(e.to_string()))
+}
+
+/// The cluster CA (certificate and key) from the first reachable control-plane host that holds
+/// it, over SSH; the key stays in memory.
+pub async fn read_cluster_ca(
+    cluster: &capstan_inventory::Cluster,
+) -> Result<capstan_provisioner::pki::CertificateAuthority, AdminKubeconfigError> {
+    use capstan_inventory::Role;
+    use capstan_provisioner::pki::CertificateAuthority;
+
+    use crate::paths::{CA_CERT, CA_KEY};
+
+    if cluster.hosts_with_role(Role::ControlPlane).next().is_none() {
+        return Err(AdminKubeconfigError::NoControlPlane);
+    }
     let targets: Vec<_> = cluster
         .hosts_with_role(Role::ControlPlane)
         .map(capstan_provisioner::targets::ssh_target)
         .collect();
-    let server = external_endpoint_url(cluster).ok_or(AdminKubeconfigError::NoControlPlane)?;
     let (connections, failures) = capstan_provisioner::pool::Connections::connect(&targets, 4).await;
     let mut last_error = failures
         .iter()
@@ -206,10 +226,5 @@ pub async fn admin_kubeconfig(cluster: &capstan_inventory::Cluster) -> Result<St
             })
         }
     };
-    let issued = ca
-        .issue(&CertRequest::client(ADMIN_USER).with_organization(ADMIN_GROUP))
-        .map_err(|e| AdminKubeconfigError::Other(e.to_string()))?;
-    Kubeconfig::new(&cluster.name, &server, ca.cert_pem(), ADMIN_USER, &issued)
-        .render()
-        .map_err(|e| AdminKubeconfigError::Other(e.to_string()))
+    Ok(ca)
 }

@@ -15,6 +15,7 @@
 //!   agents); `unavailable.rs`: a tarball a plan cannot have, shown, never faked.
 //! - `reset.rs`: what `capstan reset` removes.
 //! - `component.rs`: [`KubernetesComponent`] (roles, ports, scrape targets, log units).
+//! - `monitoring.rs`: the client certificate Prometheus scrapes the HTTPS metrics with.
 //!
 //! Operations:
 //! - `skew.rs`: the version-skew policy and the rollout simulation (pure).
@@ -27,7 +28,8 @@
 //!   apply of [`addons::bootstrap_objects`], changed only when the server's object changed).
 //! - `client.rs`: the Kubernetes client (server-side apply, readyz, cordon, drain, Ready).
 //! - `addons.rs`: bootstrap RBAC and CoreDNS as data.
-//! - `backup.rs`: what backups and restores carry and stop for Kubernetes.
+//! - `backup.rs`: what backups and restores carry and stop for Kubernetes; `drill.rs`: what a
+//!   drill's Kubernetes checks need on the target, and what it reports when that is missing.
 
 mod addons_apply;
 mod apply;
@@ -35,6 +37,7 @@ pub mod component;
 pub mod config;
 pub mod encryption;
 pub mod kubeconfig;
+pub mod monitoring;
 pub mod paths;
 pub mod pki;
 pub mod probe;
@@ -45,6 +48,7 @@ mod unavailable;
 pub mod addons;
 pub mod backup;
 pub mod client;
+pub mod drill;
 pub mod skew;
 pub mod upgrade;
 pub mod upgrade_apply;

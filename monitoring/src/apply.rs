@@ -36,6 +36,7 @@ use capstan_provisioner::targets::ssh_target;
 use capstan_provisioner::transport::Transport;
 
 use crate::config::{self, ScrapeJob};
+use crate::credentials;
 use crate::release::{members, monitoring_artifacts, MonitoringArtifacts};
 use crate::TEXTFILE_DIR;
 
@@ -49,11 +50,14 @@ pub enum MonitoringError {
     Release(#[from] ReleaseError),
     #[error("{0}")]
     Targets(String),
+    #[error(transparent)]
+    Credentials(credentials::CredentialError),
 }
 
 impl Hint for MonitoringError {
     fn hint(&self) -> Option<String> {
         match self {
+            MonitoringError::Credentials(credentials::CredentialError::Component(e)) => e.hint.clone(),
             MonitoringError::Unreachable { .. } => Some(
                 "node_exporter runs on every host, so every host must be reachable; check with `capstan check`".into(),
             ),
@@ -83,6 +87,8 @@ struct MonitoringRun {
     /// The alert rules and Alertmanager's configuration (the same on every monitoring host).
     rules: String,
     alertmanager_config: String,
+    /// Client credentials for the targets that ask for one (on every monitoring host).
+    credentials: Vec<credentials::ComponentCredential>,
 }
 
 async fn probe_arch(t: &dyn Transport) -> Result<String, OpError> {
@@ -115,8 +121,8 @@ async fn prepare(
     components: &[&dyn Component],
     ctx: &RunContext,
 ) -> Result<(MonitoringRun, Connections), MonitoringError> {
-    let jobs = config::scrape_jobs(&config::scrape_targets(cluster, components)).map_err(MonitoringError::Targets)?;
-    let configs = replica_configs(cluster, &jobs).map_err(MonitoringError::Targets)?;
+    let mut jobs =
+        config::scrape_jobs(&config::scrape_targets(cluster, components)).map_err(MonitoringError::Targets)?;
     let rules = config::alert_rules(cluster).map_err(|e| MonitoringError::Targets(e.to_string()))?;
     let alertmanager_config =
         config::alertmanager_config(cluster).map_err(|e| MonitoringError::Targets(e.to_string()))?;
@@ -134,6 +140,28 @@ async fn prepare(
         .iter()
         .map(|h| conns.get(&h.name).expect("connected above"))
         .collect();
+    let monitoring_transports: Vec<Arc<dyn Transport>> = cluster
+        .hosts
+        .iter()
+        .zip(&transports)
+        .filter(|(h, _)| h.has_role(Role::Monitoring))
+        .map(|(_, t)| t.clone())
+        .collect();
+    let credentials = match credentials::gather(cluster, components, &monitoring_transports).await {
+        Ok(credentials) => credentials,
+        Err(e) => {
+            conns.close_all().await;
+            return Err(MonitoringError::Credentials(e));
+        }
+    };
+    credentials::apply_to_jobs(&mut jobs, &credentials);
+    let configs = match replica_configs(cluster, &jobs) {
+        Ok(configs) => configs,
+        Err(e) => {
+            conns.close_all().await;
+            return Err(MonitoringError::Targets(e));
+        }
+    };
     let arches = futures::future::join_all(transports.iter().map(|t| probe_arch(t.as_ref()))).await;
     let mut by_arch: BTreeMap<(String, bool), MonitoringArtifacts> = BTreeMap::new();
     let mut hosts = Vec::new();
@@ -185,6 +213,7 @@ async fn prepare(
             hosts,
             rules,
             alertmanager_config,
+            credentials,
         },
         conns,
     ))
@@ -397,6 +426,9 @@ fn prometheus_ops(
             service: config::PROMETHEUS_SERVICE,
         },
     );
+    for credential in &run.credentials {
+        credential.ops(ops);
+    }
     ops.push(
         Directory::new(config::RULES_DIR)
             .mode(0o755)

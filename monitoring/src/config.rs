@@ -131,6 +131,8 @@ pub struct ScrapeJob {
     pub scheme: &'static str,
     pub path: &'static str,
     pub targets: Vec<String>,
+    /// The client credential presented to the targets ([`crate::credentials`]), when they ask.
+    pub tls: Option<crate::credentials::JobTls>,
 }
 
 /// Targets grouped into jobs by name, in first-seen order. A job's targets must share scheme and
@@ -151,6 +153,7 @@ pub fn scrape_jobs(targets: &[ScrapeTarget]) -> Result<Vec<ScrapeJob>, String> {
                 scheme: target.scheme,
                 path: target.path,
                 targets: vec![target.address.clone()],
+                tls: None,
             }),
         }
     }

@@ -10,6 +10,7 @@
 pub mod apply;
 mod component;
 pub mod config;
+pub mod credentials;
 pub mod release;
 mod reset;
 pub mod status;

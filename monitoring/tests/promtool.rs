@@ -13,10 +13,15 @@ use std::path::Path;
 use std::process::Command;
 
 use capstan_etcd::EtcdComponent;
+use capstan_kubernetes::monitoring::{monitoring_request, AUTHENTICATED_JOBS, VERIFIED_JOBS};
+use capstan_kubernetes::KubernetesComponent;
 use capstan_monitoring::apply::replica_configs;
 use capstan_monitoring::config::{scrape_jobs, scrape_targets};
+use capstan_monitoring::credentials::{apply_to_jobs, ComponentCredential, TLS_DIR};
 use capstan_monitoring::MonitoringComponent;
 use capstan_provisioner::component::Component;
+use capstan_provisioner::component::ScrapeCredentials;
+use capstan_provisioner::pki::CertificateAuthority;
 use require::{require, tool};
 
 static COMPONENTS: &[&dyn Component] = &[&EtcdComponent, &MonitoringComponent { sources: components }];
@@ -229,4 +234,90 @@ fn amtool_accepts_the_alertmanager_config() {
     .unwrap();
     let (ok, said) = run("amtool", &["check-config"], &path);
     assert!(!ok, "amtool accepted a route to a missing receiver: {said}");
+}
+
+static WITH_KUBERNETES: &[&dyn Component] = &[
+    &EtcdComponent,
+    &KubernetesComponent,
+    &MonitoringComponent {
+        sources: with_kubernetes,
+    },
+];
+
+fn with_kubernetes() -> &'static [&'static dyn Component] {
+    WITH_KUBERNETES
+}
+
+/// Kubernetes' scrape jobs with monitoring's client credential: every HTTPS job of the Kubernetes
+/// component gets a `tls_config` (CA, client certificate and key; the server verified only where
+/// its certificate is the cluster CA's), kube-proxy's plain HTTP job none. promtool also checks
+/// that the files it names exist, so the check runs on a copy with the credential directory moved
+/// to a temporary one; without the key it is refused.
+#[test]
+fn promtool_accepts_kubernetes_jobs_with_client_credentials() {
+    if !require(&[tool("promtool", "prometheus")]) {
+        return;
+    }
+    let cluster = kube_cluster();
+    let ca = CertificateAuthority::generate("kubernetes").unwrap();
+    let issued = ca.issue(&monitoring_request()).unwrap();
+    let credential = ComponentCredential {
+        component: "kubernetes",
+        credentials: ScrapeCredentials {
+            jobs: AUTHENTICATED_JOBS.iter().map(|j| j.to_string()).collect(),
+            verified_jobs: VERIFIED_JOBS.iter().map(|j| j.to_string()).collect(),
+            ca_cert_pem: ca.cert_pem().to_string(),
+            issued: Some((issued.cert_pem.clone(), issued.key_pem.clone())),
+        },
+    };
+    let mut jobs = scrape_jobs(&scrape_targets(&cluster, WITH_KUBERNETES)).unwrap();
+    apply_to_jobs(&mut jobs, std::slice::from_ref(&credential));
+    let tls: Vec<(&str, Option<bool>)> = jobs
+        .iter()
+        .map(|j| (j.name.as_str(), j.tls.as_ref().map(|t| t.insecure_skip_verify)))
+        .collect();
+    for (job, skip) in [
+        ("kube-apiserver", Some(false)),
+        ("kube-controller-manager", Some(true)),
+        ("kube-scheduler", Some(true)),
+        ("kubelet", Some(true)),
+        ("kube-proxy", None),
+        ("etcd", None),
+    ] {
+        assert!(tls.contains(&(job, skip)), "{job}: {tls:?}");
+    }
+    let configs = replica_configs(&cluster, &jobs).unwrap();
+    let text = &configs["c1"];
+    assert!(
+        text.contains("cert_file: \"/etc/prometheus/tls/kubernetes/client.crt\""),
+        "{text}"
+    );
+    assert!(text.contains("192.168.0.12:10259"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let tls_dir = dir.path().join("tls");
+    let files = tls_dir.join("kubernetes");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("ca.crt"), ca.cert_pem()).unwrap();
+    std::fs::write(files.join("client.crt"), &issued.cert_pem).unwrap();
+    std::fs::write(files.join("client.key"), &issued.key_pem).unwrap();
+    let moved = text.replace(TLS_DIR, tls_dir.to_str().unwrap());
+    assert_ne!(&moved, text);
+    let path = dir.path().join("prometheus.yml");
+    std::fs::write(&path, &moved).unwrap();
+    let (ok, said) = promtool_check(&path);
+    assert!(ok, "promtool rejected the config:\n{said}\n{moved}");
+
+    // promtool reads the files: without the key, the same config is refused.
+    std::fs::remove_file(files.join("client.key")).unwrap();
+    let (ok, said) = promtool_check(&path);
+    assert!(!ok, "promtool accepted a config whose key is missing: {said}");
+}
+
+fn kube_cluster() -> capstan_inventory::Cluster {
+    let text = "cluster: {name: demo}\nssh: {agent: true}\nhosts:\n\
+        - {name: c1, address: 10.0.0.11, roles: [etcd, control_plane, monitoring]}\n\
+        - {name: c2, address: 10.0.0.12, private_address: 192.168.0.12, roles: [control_plane, node]}\n\
+        - {name: n1, address: 10.0.0.21, roles: [node]}\n";
+    capstan_inventory::parse_str(text, "inventory.yaml", Path::new("/inv")).unwrap()
 }

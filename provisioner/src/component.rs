@@ -64,6 +64,19 @@ pub trait Component: Send + Sync {
         Vec::new()
     }
 
+    /// The client credential monitoring presents to this component's HTTPS targets that
+    /// authenticate and authorize their scrapers, issued for the monitoring hosts. `current` is
+    /// the client certificate (PEM) the monitoring hosts already have for this component, if any:
+    /// kept when it still fits (then [`ScrapeCredentials::issued`] is `None`). `None` when the
+    /// component's targets need no credential.
+    async fn scrape_credentials(
+        &self,
+        _cluster: &Cluster,
+        _current: Option<&str>,
+    ) -> Result<Option<ScrapeCredentials>, ComponentError> {
+        Ok(None)
+    }
+
     /// systemd units whose journals logging ships, on the hosts with this component's roles.
     fn log_units(&self) -> &'static [&'static str] {
         &[]
@@ -87,6 +100,14 @@ pub trait Component: Send + Sync {
     /// enabled (e.g. "the API answers", "objects are readable"), after the datastore's own.
     async fn drill_checks(&self, _cluster: &Cluster) -> Vec<CheckResult> {
         Vec::new()
+    }
+
+    /// Why this component's drill checks cannot run on the drill target `cluster` (something the
+    /// target cannot have, e.g. release artifacts that are not available there), naming exactly
+    /// what is missing; `None` when they can. A drill then reports each of the checks named here
+    /// as skipped with that reason rather than running (or passing) them.
+    fn drill_skip(&self, _cluster: &Cluster) -> Option<DrillSkip> {
+        None
     }
 
     /// What capstan installed for this component on `host`, as ops that remove it, in order
@@ -141,6 +162,39 @@ pub struct CheckResult {
     pub name: String,
     pub ok: bool,
     pub detail: String,
+}
+
+/// A client credential for scraping a component's targets ([`Component::scrape_credentials`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScrapeCredentials {
+    /// The jobs ([`ScrapeTarget::job`]) scraped with it.
+    pub jobs: Vec<String>,
+    /// Of those, the jobs whose serving certificates [`ScrapeCredentials::ca_cert_pem`] verifies;
+    /// the others serve self-signed certificates (the client certificate still authenticates).
+    pub verified_jobs: Vec<String>,
+    /// The CA of the targets' client authentication (and of the verified jobs' serving certificates).
+    pub ca_cert_pem: String,
+    /// A new client certificate and key (PEM); `None`: the current one still fits.
+    pub issued: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for ScrapeCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScrapeCredentials")
+            .field("jobs", &self.jobs)
+            .field("verified_jobs", &self.verified_jobs)
+            .field("issued", &self.issued.as_ref().map(|_| "<new certificate and key>"))
+            .finish()
+    }
+}
+
+/// Drill checks a component cannot run on a drill target, and why ([`Component::drill_skip`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DrillSkip {
+    /// The names of the checks that do not run (as [`Component::drill_checks`] names them).
+    pub checks: Vec<String>,
+    /// What is missing, precisely enough to supply it.
+    pub missing: String,
 }
 
 /// A systemd unit on the hosts of a role.

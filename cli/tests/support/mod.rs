@@ -186,6 +186,21 @@ pub fn changed(outcome: &Value) -> u64 {
 }
 
 /// A new age identity written to `path` (`age-keygen -o`); its public recipient (`age1…`).
+/// `capstan drill` of the latest backup in `target`, decrypted with `identity`, its report at
+/// `report` (`.json` and `.md`), with `env`.
+pub fn drill(target: &str, identity: &Path, report: &Path, env: &[(&str, &str)]) -> Run {
+    let args = [
+        "drill",
+        "--target",
+        target,
+        "--identity",
+        identity.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+    ];
+    run_capstan(None, &args, env)
+}
+
 pub fn age_keygen(path: &Path) -> String {
     let keygen = Command::new("age-keygen").arg("-o").arg(path).output().unwrap();
     assert!(keygen.status.success(), "age-keygen failed");

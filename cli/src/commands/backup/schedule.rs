@@ -46,6 +46,21 @@ pub(super) async fn schedule(
             path.display()
         ));
     }
+    // The timer runs on the etcd members, which cannot read other hosts' component state: say so
+    // rather than let scheduled backups look complete (docs/kubernetes.md, "Backups and drills").
+    for component in crate::components::ALL.iter().filter(|c| c.enabled(cluster)) {
+        let files = component.state_files(cluster);
+        if let Some(first) = files.first() {
+            out.status(format!(
+                "warning: scheduled backups do not carry {}'s state ({} file(s) on the {} hosts, e.g. {}); \
+                 take `capstan backup create` from this machine after those change (new cluster, key rotation)",
+                component.name(),
+                files.len(),
+                first.role,
+                first.path
+            ));
+        }
+    }
     let report = install_backup_schedule(cluster, &install, mode, out.progress())
         .await
         .map_err(Failure::from)?;

@@ -19,6 +19,7 @@ use capstan_etcd::inspect::inspect_hosts;
 use capstan_etcd::restore::{check_keys, RestoreOptions};
 use capstan_inventory::Cluster;
 use capstan_lab::UpOptions;
+use capstan_provisioner::cluster_plan::ClusterPlan;
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::{Absent, Command, Service};
 use capstan_provisioner::pki::CertificateAuthority;
@@ -95,23 +96,23 @@ pub(super) fn drill(args: DrillArgs, inventory: Option<&Path>, out: &Output) -> 
     ));
     let fetched = match runtime.block_on(fetch(&store, &manifest.id, args.identity.as_deref(), work.path())) {
         Ok(fetched) => {
-            report.checks.push(DrillCheck {
-                name: "backup downloads, decrypts and matches its manifest".into(),
-                ok: true,
-                detail: format!(
+            report.checks.push(DrillCheck::new(
+                "backup downloads, decrypts and matches its manifest",
+                true,
+                format!(
                     "{} bytes of snapshot; sha256 {} and etcd's own hash verified",
                     fetched.snapshot_size, fetched.snapshot_sha256
                 ),
-            });
+            ));
             Some(fetched)
         }
         Err(e) => {
             let reason = failure_text(&e);
-            report.checks.push(DrillCheck {
-                name: "backup downloads, decrypts and matches its manifest".into(),
-                ok: false,
-                detail: reason.clone(),
-            });
+            report.checks.push(DrillCheck::new(
+                "backup downloads, decrypts and matches its manifest",
+                false,
+                reason.clone(),
+            ));
             report.failure = Some(reason);
             None
         }
@@ -124,13 +125,16 @@ pub(super) fn drill(args: DrillArgs, inventory: Option<&Path>, out: &Output) -> 
 
     let target = match &fetched {
         None => None,
-        Some(_) => match prepare_target(&args, &manifest, out, &mut report) {
-            Ok(target) => Some(target),
-            Err(e) => {
-                report.failure = Some(format!("bringing up the drill target: {}", failure_text(&e)));
-                None
+        Some(fetched) => {
+            let backed_up = backed_up_cluster(fetched, &mut report);
+            match prepare_target(&args, &manifest, backed_up.as_ref(), out, &mut report) {
+                Ok(target) => Some(target),
+                Err(e) => {
+                    report.failure = Some(format!("bringing up the drill target: {}", failure_text(&e)));
+                    None
+                }
             }
-        },
+        }
     };
     if let (Some(target), Some(fetched)) = (&target, &fetched) {
         let inventory_path = match target {
@@ -249,9 +253,71 @@ async fn wipe_inventory_target(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// The roles of a drill lab's machines: etcd, and every role that holds a component's backed-up
+/// state in the source cluster (`control_plane` for Kubernetes), so the state goes back onto
+/// hosts of the same kind and the component's checks can run there.
+fn lab_roles(source: Option<&Cluster>) -> Vec<String> {
+    let mut roles = vec!["etcd".to_string()];
+    if let Some(source) = source {
+        for component in crate::components::ALL.iter().filter(|c| c.enabled(source)) {
+            for file in component.state_files(source) {
+                if !roles.iter().any(|r| r == file.role) {
+                    roles.push(file.role.to_string());
+                }
+            }
+        }
+    }
+    roles
+}
+
+/// The lab's own inventory, with the backup's etcd version and the source cluster's Kubernetes
+/// version (what the restored data was written by).
+fn drill_lab_inventory(lab_yaml: &str, manifest: &Manifest, source: Option<&Cluster>) -> anyhow::Result<String> {
+    use serde_yaml::{Mapping, Value};
+    let mut doc: Value = serde_yaml::from_str(lab_yaml)?;
+    let map = doc
+        .as_mapping_mut()
+        .ok_or_else(|| Failure::new("the lab's inventory is not a mapping"))?;
+    let section = |map: &mut Mapping, key: &str| -> Option<Mapping> {
+        match map.get(key) {
+            Some(Value::Mapping(m)) => Some(m.clone()),
+            _ => None,
+        }
+    };
+    let mut versions = section(map, "versions").unwrap_or_default();
+    versions.insert("etcd".into(), manifest.etcd_version.clone().into());
+    map.insert("versions".into(), Value::Mapping(versions));
+    if let Some(source) = source.filter(|s| {
+        s.hosts
+            .iter()
+            .any(|h| h.has_role(capstan_inventory::Role::ControlPlane))
+    }) {
+        let mut kubernetes = section(map, "kubernetes").unwrap_or_default();
+        kubernetes.insert("version".into(), source.kubernetes.version.clone().into());
+        map.insert("kubernetes".into(), Value::Mapping(kubernetes));
+    }
+    Ok(serde_yaml::to_string(&doc)?)
+}
+
+/// The cluster the backup was taken of (its stored inventory), when it still parses here.
+fn backed_up_cluster(fetched: &FetchedBackup, report: &mut DrillReport) -> Option<Cluster> {
+    let text = String::from_utf8_lossy(&fetched.inventory_yaml);
+    match capstan_inventory::parse_str(&text, "inventory.yaml (from the backup)", Path::new("/")) {
+        Ok(cluster) => Some(cluster),
+        Err(e) => {
+            report.notes.push(format!(
+                "the backup's inventory does not parse here ({}): the drill target gets only the etcd role",
+                e.to_string().lines().next().unwrap_or_default()
+            ));
+            None
+        }
+    }
+}
+
 fn prepare_target(
     args: &DrillArgs,
     manifest: &Manifest,
+    source: Option<&Cluster>,
     out: &Output,
     report: &mut DrillReport,
 ) -> anyhow::Result<DrillTarget> {
@@ -277,6 +343,7 @@ fn prepare_target(
     ));
     let mut options = UpOptions::new(name.clone(), manifest.member_count.max(1));
     options.progress = out.lab_progress();
+    options.roles = lab_roles(source);
     let lab = match capstan_lab::up(options) {
         Ok(lab) => lab,
         Err(e) => {
@@ -287,33 +354,8 @@ fn prepare_target(
     };
     let dir = private_tempdir()?;
     let inventory = dir.path().join("inventory.yaml");
-    let mirror = lab
-        .artifact_mirror
-        .as_ref()
-        .map(|m| {
-            format!(
-                "artifacts:\n  mirror: {}\n",
-                json_str(&format!("file://{}", m.display()))
-            )
-        })
-        .unwrap_or_default();
-    let mut yaml = format!(
-        "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {}\n  known_hosts: strict\n  known_hosts_file: {}\nhosts:\n",
-        json_str(&name),
-        json_str(&lab.key_path.display().to_string()),
-        json_str(&lab.known_hosts_path.display().to_string())
-    );
-    for m in &lab.machines {
-        yaml.push_str(&format!(
-            "  - name: {}\n    address: {}\n    roles: [etcd]\n",
-            m.name, m.ip
-        ));
-    }
-    yaml.push_str(&mirror);
-    yaml.push_str(&format!("versions:\n  etcd: {}\n", json_str(&manifest.etcd_version)));
-    if lab.machines.len() % 2 == 0 {
-        yaml.push_str("etcd:\n  allow_even_members: true\n");
-    }
+    capstan_lab::write_inventory(&lab, &inventory).map_err(|e| Failure::new(format!("lab {name}: {e}")))?;
+    let yaml = drill_lab_inventory(&std::fs::read_to_string(&inventory)?, manifest, source)?;
     std::fs::write(&inventory, yaml)?;
     report.steps.push(DrillStep {
         step: "lab up".into(),
@@ -324,10 +366,6 @@ fn prepare_target(
         inventory,
         _dir: dir,
     })
-}
-
-fn json_str(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| format!("\"{text}\""))
 }
 
 fn failure_text(e: &anyhow::Error) -> String {
@@ -387,11 +425,9 @@ async fn drill_restore(
     }
     report.notes.extend(outcome.notes.iter().cloned());
     for check in &outcome.verification.checks {
-        report.checks.push(DrillCheck {
-            name: check.name.clone(),
-            ok: check.ok,
-            detail: check.detail.clone(),
-        });
+        report
+            .checks
+            .push(DrillCheck::new(check.name.clone(), check.ok, check.detail.clone()));
     }
     report.restored_revision = outcome.verification.compared_at_revision;
     if outcome.verification.ok {
@@ -406,26 +442,88 @@ async fn drill_restore(
             .map(|h| EtcdEndpoint::https(&h.address, DEFAULT_CLIENT_PORT))
             .collect();
         for key in check_keys(&endpoints, &tls, expect_keys).await {
-            report.checks.push(DrillCheck {
-                name: format!("key {} exists", key.key),
-                ok: key.ok,
-                detail: match key.error {
+            report.checks.push(DrillCheck::new(
+                format!("key {} exists", key.key),
+                key.ok,
+                match key.error {
                     Some(error) => error,
                     None => format!("{} key(s)", key.found),
                 },
-            });
+            ));
         }
     }
-    for component in crate::components::ALL.iter().filter(|c| c.enabled(&cluster)) {
-        for check in component.drill_checks(&cluster).await {
-            report.checks.push(DrillCheck {
-                name: format!("{}: {}", component.name(), check.name),
-                ok: check.ok,
-                detail: check.detail,
-            });
-        }
-    }
+    component_checks(&cluster, fetched, out, report).await;
     Ok(())
+}
+
+/// The components' part of a drill, after etcd's: their restored state files compared with the
+/// backup, then (where the target can have them) their software installed with the restored
+/// state by the same plan as `capstan apply`, and their own checks; checks a target cannot run
+/// are reported as skipped with what is missing.
+async fn component_checks(cluster: &Cluster, fetched: &FetchedBackup, out: &Output, report: &mut DrillReport) {
+    let components = crate::components::ALL;
+    report
+        .checks
+        .extend(capstan_backup::state::verify_restored(cluster, components, &fetched.state).await);
+    let enabled: Vec<_> = components.iter().filter(|c| c.enabled(cluster)).collect();
+    // Components whose state was backed up run on top of it: install them before their checks.
+    let needs_install = enabled
+        .iter()
+        .any(|c| c.installs() && !c.state_files(cluster).is_empty() && c.drill_skip(cluster).is_none());
+    let mut installed = true;
+    if needs_install {
+        let since = Instant::now();
+        out.status("==> drill: installing the components on the restored state (as `capstan apply`)");
+        let result = match ClusterPlan::new(components, cluster, &[]) {
+            Ok(plan) => plan
+                .run(cluster, &out.run_context(Mode::Apply, 8))
+                .await
+                .map_err(|e| e.message),
+            Err(e) => Err(e.to_string()),
+        };
+        let (ok, detail) = match result {
+            Ok(outcome) if outcome.success() => (true, "every enabled component converged".to_string()),
+            Ok(outcome) => (
+                false,
+                outcome
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("failed on {}", outcome.summary.failed_hosts().join(", "))),
+            ),
+            Err(message) => (false, message),
+        };
+        installed = ok;
+        report.checks.push(DrillCheck::new(
+            "components installed on the restored state",
+            ok,
+            detail,
+        ));
+        report.steps.push(DrillStep {
+            step: "install components".into(),
+            seconds: since.elapsed().as_secs_f64(),
+        });
+    }
+    for component in enabled {
+        if let Some(skip) = component.drill_skip(cluster) {
+            for check in &skip.checks {
+                report.checks.push(DrillCheck::skipped(
+                    format!("{}: {check}", component.name()),
+                    skip.missing.clone(),
+                ));
+            }
+            continue;
+        }
+        if !installed && !component.state_files(cluster).is_empty() {
+            continue;
+        }
+        for check in component.drill_checks(cluster).await {
+            report.checks.push(DrillCheck::new(
+                format!("{}: {}", component.name(), check.name),
+                check.ok,
+                check.detail,
+            ));
+        }
+    }
 }
 
 fn finish_drill(args: &DrillArgs, report: &DrillReport, out: &Output) -> anyhow::Result<ExitCode> {
