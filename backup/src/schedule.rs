@@ -278,6 +278,11 @@ async fn leadership(local_endpoint: &str, tls: &EtcdTls) -> Result<(bool, Vec<Et
 
 /// When the backup timer fires next, asked of this member's systemd (`None` outside a timer).
 fn next_timer_run() -> Option<f64> {
+    next_run_of(TIMER_UNIT)
+}
+
+/// When systemd fires `timer` next (Unix seconds); `None` when it names no time or systemctl fails.
+pub fn next_run_of(timer: &str) -> Option<f64> {
     let output = std::process::Command::new("systemctl")
         .args([
             "show",
@@ -285,7 +290,7 @@ fn next_timer_run() -> Option<f64> {
             "--property=NextElapseUSecRealtime",
             "--value",
         ])
-        .arg(TIMER_UNIT)
+        .arg(timer)
         .output()
         .ok()?;
     crate::metrics::parse_next_elapse(&String::from_utf8_lossy(&output.stdout))

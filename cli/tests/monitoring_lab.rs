@@ -496,7 +496,12 @@ fn mirror_has(versions: &[(&str, &str)]) -> Need {
     Ok(())
 }
 
-/// Three etcd members, the first two also `monitoring`, on the given monitoring versions.
+/// The SMTP password file next to the inventory (`password_file` is relative to it).
+const SMTP_PASSWORD_FILE: &str = "smtp-password";
+
+/// Three etcd members, the first two also `monitoring`, on the given monitoring versions; an email
+/// receiver for critical alerts through an authenticating relay (the password in
+/// [`SMTP_PASSWORD_FILE`]).
 fn rollout_inventory(lab: &Lab, versions: &[(&str, &str)]) -> String {
     let mut yaml = format!(
         "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\n{}",
@@ -508,7 +513,11 @@ fn rollout_inventory(lab: &Lab, versions: &[(&str, &str)]) -> String {
     for (project, version) in versions {
         yaml.push_str(&format!("  {project}: \"{version}\"\n"));
     }
-    yaml.push_str("monitoring:\n  retention_days: 2\nhosts:\n");
+    yaml.push_str(&format!(
+        "monitoring:\n  retention_days: 2\n  smtp: {{smarthost: '{}:2525', from: alerts@example.com, username: capstan, password_file: {SMTP_PASSWORD_FILE}}}\n\
+         \x20 receivers:\n    - {{name: mail, emails: [ops@example.com], severities: [critical]}}\nhosts:\n",
+        lab.gateway
+    ));
     for (i, m) in lab.machines.iter().enumerate() {
         let roles = if i < 2 { "[etcd, monitoring]" } else { "[etcd]" };
         yaml.push_str(&format!(
@@ -627,11 +636,31 @@ fn version_change_rolls_one_replica_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let inventory_path = dir.path().join("inventory.yaml");
     std::fs::write(&inventory_path, rollout_inventory(lab, &OLD)).unwrap();
+    let password_path = dir.path().join(SMTP_PASSWORD_FILE);
+    let passwords = ["first-Lab-passw0rd", "second-Lab-passw0rd"];
+    std::fs::write(&password_path, format!("{}\n", passwords[0])).unwrap();
     let ips: Vec<String> = lab.machines.iter().map(|m| m.ip.to_string()).collect();
     let names: Vec<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();
     let lab_up = started.elapsed();
 
-    let first = json(&capstan_ok(&inventory_path, &["apply", "--output", "json"]));
+    // The SMTP password reaches the monitoring hosts (0640 root:alertmanager), never any output.
+    let secret_kept = |run: &support::Run, password: &str, names: &[&str]| {
+        assert!(
+            !run.stdout.contains(password) && !run.stderr.contains(password),
+            "the SMTP password appeared in capstan's output"
+        );
+        for name in names {
+            assert_eq!(
+                remote(lab, name, "stat -c '%a %U %G' /etc/alertmanager/smtp_password"),
+                "640 root alertmanager"
+            );
+            assert_eq!(remote(lab, name, "cat /etc/alertmanager/smtp_password"), password);
+            assert!(!remote(lab, name, "cat /etc/alertmanager/alertmanager.yml").contains(password));
+        }
+    };
+    let run = capstan_ok(&inventory_path, &["apply", "--output", "json"]);
+    secret_kept(&run, passwords[0], &names[..2]);
+    let first = json(&run);
     assert!(changed(&first) > 0);
     let applied = started.elapsed();
     for ip in &ips[..2] {
@@ -651,8 +680,14 @@ fn version_change_rolls_one_replica_at_a_time() {
     };
     rss("before the version change");
 
-    // The version change, watched from outside: both replicas every ~half second.
+    // The version change (and a new SMTP password), watched from outside: both replicas every
+    // ~half second.
     std::fs::write(&inventory_path, rollout_inventory(lab, &NEW)).unwrap();
+    std::fs::write(&password_path, passwords[1]).unwrap();
+    let plan = support::run_capstan(Some(&inventory_path), &["plan", "-v"], &[]);
+    let shown = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(shown.contains("/etc/alertmanager/smtp_password"), "{shown}");
+    assert!(!shown.contains(passwords[1]), "the SMTP password appeared in the plan");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let (stop, ips) = (stop.clone(), ips.clone());
@@ -668,8 +703,9 @@ fn version_change_rolls_one_replica_at_a_time() {
     std::thread::sleep(Duration::from_secs(1));
     let rollout_began = now();
     let rolled = Instant::now();
-    let change = json(&capstan_ok(&inventory_path, &["apply", "--output", "json"]));
+    let run = capstan_ok(&inventory_path, &["apply", "--output", "json"]);
     let rollout = rolled.elapsed();
+    let change = json(&run);
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let samples = watcher.join().unwrap();
@@ -712,6 +748,7 @@ fn version_change_rolls_one_replica_at_a_time() {
         );
     }
     rss("after the version change");
+    secret_kept(&run, passwords[1], &names[..2]);
 
     let again = json(&capstan_ok(&inventory_path, &["apply", "--output", "json"]));
     assert_eq!(changed(&again), 0, "{again:#}");
