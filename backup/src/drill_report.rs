@@ -11,8 +11,7 @@ use time::OffsetDateTime;
 /// The textfile collector file drills write (node-exporter's `--collector.textfile.directory`).
 pub const DRILL_METRICS_FILE: &str = "capstan_drill.prom";
 /// Written by every member each time the drill timer fires, leader or not (like the backup
-/// scheduler's file): when it ran and when it fires next, so the drill-stale alert takes twice
-/// the schedule's interval (`next - last`).
+/// scheduler's file): when it ran and the schedule's interval, which the drill-stale alert doubles.
 pub const DRILL_SCHEDULER_METRICS_FILE: &str = "capstan_drill_scheduler.prom";
 
 #[cfg(test)]
@@ -192,9 +191,9 @@ pub fn prometheus_text(report: &DrillReport, finished_unix: i64) -> String {
     text
 }
 
-/// The drill scheduler's textfile ([`DRILL_SCHEDULER_METRICS_FILE`]); `next_run` from systemd's
-/// timer, absent when systemd names none.
-pub fn scheduler_text(cluster: &str, member: &str, run_at: i64, next_run: Option<f64>) -> String {
+/// The drill scheduler's textfile ([`DRILL_SCHEDULER_METRICS_FILE`]): when this member's timer ran,
+/// and the schedule's interval (from systemd's calendar), absent when it could not be had.
+pub fn scheduler_text(cluster: &str, member: &str, run_at: i64, interval: Option<f64>) -> String {
     let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
     let label = format!("{{cluster=\"{}\",member=\"{}\"}}", escape(cluster), escape(member));
     let mut text = format!(
@@ -202,12 +201,12 @@ pub fn scheduler_text(cluster: &str, member: &str, run_at: i64, next_run: Option
          # TYPE capstan_drill_scheduler_last_run_timestamp_seconds gauge\n\
          capstan_drill_scheduler_last_run_timestamp_seconds{label} {run_at}\n"
     );
-    if let Some(next) = next_run {
+    if let Some(interval) = interval {
         text.push_str(&format!(
-            "# HELP capstan_drill_scheduler_next_run_timestamp_seconds Unix time this member's drill timer fires next.\n\
-             # TYPE capstan_drill_scheduler_next_run_timestamp_seconds gauge\n\
-             capstan_drill_scheduler_next_run_timestamp_seconds{label} {}\n",
-            next.round() as i64
+            "# HELP capstan_drill_schedule_interval_seconds Seconds between two firings of the drill timer.\n\
+             # TYPE capstan_drill_schedule_interval_seconds gauge\n\
+             capstan_drill_schedule_interval_seconds{label} {}\n",
+            interval.round() as i64
         ));
     }
     text
@@ -323,8 +322,8 @@ mod tests {
     }
 
     #[test]
-    fn the_scheduler_file_gives_the_interval_as_next_minus_last() {
-        let text = scheduler_text("demo", "m\"1", 1_800_000_000, Some(1_800_086_400.0));
+    fn the_scheduler_file_gives_the_interval() {
+        let text = scheduler_text("demo", "m\"1", 1_800_000_000, Some(86_400.0));
         assert!(
             text.contains(
                 "capstan_drill_scheduler_last_run_timestamp_seconds{cluster=\"demo\",member=\"m\\\"1\"} 1800000000\n"
@@ -332,12 +331,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(
-                "capstan_drill_scheduler_next_run_timestamp_seconds{cluster=\"demo\",member=\"m\\\"1\"} 1800086400\n"
-            ),
+            text.contains("capstan_drill_schedule_interval_seconds{cluster=\"demo\",member=\"m\\\"1\"} 86400\n"),
             "{text}"
         );
-        assert!(!scheduler_text("demo", "m1", 1, None).contains("next_run"));
+        assert!(!scheduler_text("demo", "m1", 1, None).contains("interval"));
     }
 
     #[test]
