@@ -29,6 +29,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Output::new(cli.output, cli.verbose, cli.quiet);
     out.init_tracing();
+    capstan_kubernetes::upgrade_apply::set_pre_upgrade_backup(commands::backup::create::pre_upgrade_backup);
     let result = run(cli, &out);
     match result {
         Ok(code) => code,

@@ -109,6 +109,16 @@ fn position(ops: &[String], needle: &str) -> usize {
         .unwrap_or_else(|| panic!("no op `{needle}` in:\n{}", ops.join("\n")))
 }
 
+/// The phases of the first component of a plan/apply JSON report, in order.
+fn phase_names(report: &Value) -> Vec<&str> {
+    report["components"][0]["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect()
+}
+
 fn cluster(inventory: &Path) -> capstan_inventory::Cluster {
     capstan_inventory::load(inventory).expect("inventory loads")
 }
@@ -190,13 +200,8 @@ fn plan_shows_every_step_and_the_units_verify() {
         &["plan", "--only", "kubernetes", "--output", "json"],
     ));
     eprintln!("plan in {:.1}s", plan_started.elapsed().as_secs_f64());
-    let phases: Vec<&str> = plan["components"][0]["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(phases, ["control plane", "node agents"], "{plan:#}");
+    let phases = phase_names(&plan);
+    assert_eq!(phases, ["control plane", "node agents", "cluster addons"], "{plan:#}");
     let cp_ops = host_ops(&plan, &cp);
     let node_ops = host_ops(&plan, &node);
     eprintln!("{cp}:\n  {}\n{node}:\n  {}", cp_ops.join("\n  "), node_ops.join("\n  "));
@@ -220,6 +225,16 @@ fn plan_shows_every_step_and_the_units_verify() {
         "kube-apiserver.service",
         "kube-controller-manager.service",
         "kube-scheduler.service",
+        // The cluster addons phase, after the units: RBAC first, then CoreDNS.
+        "api ClusterRoleBinding capstan:cluster-admins [changed]",
+        "api ClusterRoleBinding capstan:kubelet-api-admin [changed]",
+        "api ClusterRole capstan:metrics-reader [changed]",
+        "api ClusterRoleBinding capstan:metrics-reader [changed]",
+        "api ServiceAccount kube-system/coredns [changed]",
+        "api ConfigMap kube-system/coredns [changed]",
+        "api Deployment kube-system/coredns [changed]",
+        "api Service kube-system/kube-dns [changed]",
+        "api PodDisruptionBudget kube-system/coredns [changed]",
     ];
     let positions: Vec<usize> = cp_order.iter().map(|op| position(&cp_ops, op)).collect();
     assert!(
@@ -254,6 +269,28 @@ fn plan_shows_every_step_and_the_units_verify() {
             "{node}: {op}"
         );
     }
+    // Each object is applied through the HA endpoint, said in the change.
+    let endpoint = format!("https://{}:6443", lab.machines[0].ip);
+    let addons = plan["components"][0]["summary"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["host"] == cp.as_str())
+        .flat_map(|h| h["ops"].as_array().unwrap().iter())
+        .filter(|op| op["op"].as_str().unwrap().starts_with("api "))
+        .map(|op| op["changes"][0]["summary"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert_eq!(addons.len(), 11, "{addons:?}");
+    for summary in &addons {
+        assert!(
+            summary.contains(&format!(" via {endpoint} (once the API server answers)")),
+            "{summary}"
+        );
+    }
+    for op in &node_ops {
+        assert!(!op.starts_with("api "), "{node}: {op}");
+    }
+
     // The text plan names the release the binaries come from.
     let text = capstan_ok(&inventory_path, &["plan", "--only", "kubernetes"]);
     assert!(
@@ -265,6 +302,39 @@ fn plan_shows_every_step_and_the_units_verify() {
     if !kube_in_mirror() {
         assert_eq!(remote(lab, &cp, untouched), "untouched");
         assert_eq!(remote(lab, &node, untouched), "untouched");
+    }
+
+    // Another version (the previous minor) in the inventory with nothing installed is an install of that version,
+    // not an upgrade: the versions come from the hosts' binaries.
+    let newer = inventory(lab).replace(&format!("version: \"{VERSION}\""), &format!("version: \"{OLDER}\""));
+    assert_ne!(newer, inventory(lab));
+    let newer_path = dir.path().join("inventory-older.yaml");
+    std::fs::write(&newer_path, &newer).unwrap();
+    let plan_newer = json(&capstan_ok(
+        &newer_path,
+        &["plan", "--only", "kubernetes", "--output", "json"],
+    ));
+    let newer_phases = phase_names(&plan_newer);
+    assert_eq!(newer_phases, ["control plane", "node agents", "cluster addons"]);
+
+    // A second operator holding the cluster lock: apply (also with a version change) refuses
+    // at once, naming the holder, and changes nothing.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let other = runtime.block_on(hold_lock(&cluster(&newer_path)));
+    let refused = run_capstan(Some(&newer_path), &["apply", "--only", "kubernetes"], &[]);
+    let released = runtime.block_on(other.release());
+    assert!(released.is_empty(), "{released:?}");
+    assert_ne!(refused.code, 0, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("the cluster is locked by")
+            && refused
+                .stderr
+                .contains(&format!("(pid {}) running `{OTHER_OPERATOR}`", std::process::id())),
+        "{}",
+        refused.stderr
+    );
+    if !kube_in_mirror() {
+        assert_eq!(remote(lab, &cp, untouched), "untouched");
     }
 
     // The whole cluster plan: every component in dependency order, the ones already applied
@@ -362,6 +432,27 @@ fn plan_shows_every_step_and_the_units_verify() {
     eprintln!("kubernetes lab test: {:.0}s", started.elapsed().as_secs_f64());
 }
 
+const OTHER_OPERATOR: &str = "capstan apply (another operator's Kubernetes upgrade)";
+
+/// The cluster lock, taken as another operator's run would (the host lock file on the
+/// inventory's first host), through capstan's lock code.
+async fn hold_lock(cluster: &capstan_inventory::Cluster) -> capstan_provisioner::lock::ClusterLock {
+    use capstan_provisioner::lock::{ClusterLock, HostFileLock, LockHolder, LockMode, LockStore, DEFAULT_LOCK_TTL};
+    let transport =
+        capstan_provisioner::ssh::SshTransport::connect(&capstan_provisioner::targets::ssh_target(&cluster.hosts[0]))
+            .await
+            .expect("ssh to the first host");
+    let store: std::sync::Arc<dyn LockStore> = std::sync::Arc::new(HostFileLock::new(std::sync::Arc::new(transport)));
+    ClusterLock::acquire(
+        vec![store],
+        LockHolder::this_process(OTHER_OPERATOR, LockMode::Change),
+        DEFAULT_LOCK_TTL,
+        capstan_provisioner::report::Reporter::sink(),
+    )
+    .await
+    .expect("the lock is free")
+}
+
 /// The tarballs of [`VERSION`] under `CAPSTAN_KUBE_ARTIFACTS`.
 fn kube_artifacts() -> Result<String, String> {
     let dir = std::env::var("CAPSTAN_KUBE_ARTIFACTS").map_err(|_| {
@@ -446,15 +537,42 @@ fn real_release_brings_up_a_cluster() {
         }
     }
 
-    // The RBAC binding of the admin group (the addons' job) exists, or is made here with the
-    // break-glass credentials on the control-plane host.
+    // The cluster addons phase applied the bootstrap RBAC and CoreDNS through the endpoint.
+    let super_admin = "kubectl --kubeconfig /etc/kubernetes/super-admin.conf";
     remote(
         lab,
         &cp,
-        "kubectl --kubeconfig /etc/kubernetes/super-admin.conf get clusterrolebinding capstan:cluster-admins >/dev/null 2>&1 || \
-         kubectl --kubeconfig /etc/kubernetes/super-admin.conf create clusterrolebinding capstan:cluster-admins \
-         --clusterrole=cluster-admin --group=capstan:cluster-admins",
+        &format!(
+            "{super_admin} get clusterrolebinding capstan:cluster-admins capstan:kubelet-api-admin capstan:metrics-reader \
+             && {super_admin} get clusterrole capstan:metrics-reader \
+             && {super_admin} -n kube-system get serviceaccount/coredns configmap/coredns deployment/coredns service/kube-dns poddisruptionbudget/coredns"
+        ),
     );
+    let dns_ip = remote(
+        lab,
+        &cp,
+        &format!("{super_admin} -n kube-system get service kube-dns -o jsonpath='{{.spec.clusterIP}}'"),
+    );
+    assert_eq!(dns_ip, cluster.kubernetes.dns_service_ip().to_string());
+    let replicas = remote(
+        lab,
+        &cp,
+        &format!("{super_admin} -n kube-system get deployment coredns -o jsonpath='{{.spec.replicas}}'"),
+    );
+    assert_eq!(replicas, "2");
+    // A re-run changes nothing, the server-side applies included.
+    let again = json(&capstan_ok(
+        &inventory_path,
+        &["apply", "--only", "kubernetes", "--output", "json"],
+    ));
+    let changed: u64 = again["summary"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["changed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(changed, 0, "{again:#}");
+
     let kubeconfig = dir.path().join("admin.conf");
     capstan_ok(&inventory_path, &["kubeconfig", "--out", kubeconfig.to_str().unwrap()]);
     let nodes = Command::new("kubectl")
@@ -468,4 +586,129 @@ fn real_release_brings_up_a_cluster() {
     assert!(nodes.status.success());
     assert!(listed.contains(&lab.machines[1].name), "{listed}");
     eprintln!("kubernetes e2e: {:.0}s", started.elapsed().as_secs_f64());
+}
+
+/// The previous pinned minor: an upgrade from it to [`VERSION`] is one minor.
+const OLDER: &str = "1.31.0";
+const NEXT: &str = VERSION;
+
+/// The tarballs of `version` are in the mirror.
+fn in_mirror(version: &str) -> bool {
+    let sums = std::fs::read_to_string(Path::new(MIRROR).join("SHA256SUMS")).unwrap_or_default();
+    sums.contains(&format!("v{version}/kubernetes-server-linux-amd64.tar.gz"))
+        && sums.contains(&format!("v{version}/kubernetes-node-linux-amd64.tar.gz"))
+}
+
+/// [`OLDER`] → [`VERSION`] through `capstan apply` (only with both releases' tarballs under
+/// `CAPSTAN_KUBE_ARTIFACTS`): the plan shows the order, the apply takes a backup, upgrades and
+/// leaves every node Ready and schedulable at the new version; going back a minor is refused
+/// before anything changes.
+#[test]
+fn real_release_upgrades_one_minor() {
+    let mut needs = prerequisites();
+    needs.push(support::tool("age-keygen", "age"));
+    let artifacts = kube_artifacts();
+    needs.push(artifacts.as_ref().map(|_| ()).map_err(Clone::clone));
+    if let Ok(dir) = &artifacts {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/mirror/add-kube-artifacts.sh");
+        let added = Command::new("bash")
+            .arg(&script)
+            .arg(MIRROR)
+            .env("CAPSTAN_KUBE_ARTIFACTS", dir)
+            .output()
+            .unwrap();
+        assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+        if !in_mirror(OLDER) {
+            needs.push(Err(format!(
+                "CAPSTAN_KUBE_ARTIFACTS holds no kubernetes-server/node-linux-amd64.tar.gz of {OLDER} (the version upgraded from)"
+            )));
+        }
+    }
+    if !require(&needs) {
+        return;
+    }
+    let guard = LabGuard::up(UpOptions::new("kube-upg", 2)).expect("lab up");
+    let lab = guard.lab();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let inventory_path = dir.join("inventory.yaml");
+    let started = Instant::now();
+    let identity = dir.join("identity.txt");
+    let recipient = support::age_keygen(&identity);
+    let backups = dir.join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let with_backup = |version: &str| {
+        inventory(lab).replace(&format!("version: \"{VERSION}\""), &format!("version: \"{version}\""))
+            + &format!(
+                "backup:\n  target: \"file://{}\"\n  recipients: [{recipient}]\n",
+                backups.display()
+            )
+    };
+    let inventory_path = inventory_path.as_path();
+    std::fs::write(inventory_path, with_backup(OLDER)).unwrap();
+    capstan_ok(inventory_path, &["apply"]);
+    eprintln!("{OLDER} applied in {:.0}s", started.elapsed().as_secs_f64());
+    std::fs::write(inventory_path, with_backup(NEXT)).unwrap();
+    let plan = json(&capstan_ok(
+        inventory_path,
+        &["plan", "--only", "kubernetes", "--output", "json"],
+    ));
+    let phases = phase_names(&plan);
+    assert_eq!(phases, ["upgrade", "control plane", "node agents", "cluster addons"]);
+    let (cp, node) = (lab.machines[0].name.as_str(), lab.machines[1].name.as_str());
+    let steps: Vec<String> = plan["summary"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|h| {
+            h["ops"].as_array().unwrap().iter().filter_map(move |op| {
+                let name = op["op"].as_str().unwrap();
+                name.starts_with("upgrade ")
+                    .then(|| format!("{} {name}", h["host"].as_str().unwrap()))
+            })
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            format!("{cp} upgrade backup"),
+            format!("{cp} upgrade kube-apiserver"),
+            format!("{cp} upgrade control plane"),
+            format!("{node} upgrade node"),
+        ]
+    );
+    capstan_ok(inventory_path, &["apply"]);
+    let sums = std::fs::read_dir(&backups).unwrap().count();
+    assert!(sums > 0, "the upgrade took a backup into {}", backups.display());
+    let versions = remote(
+        lab,
+        cp,
+        "kubectl --kubeconfig /etc/kubernetes/super-admin.conf get nodes \
+         -o jsonpath='{range .items[*]}{.metadata.name} {.status.nodeInfo.kubeletVersion} {.status.conditions[?(@.type==\"Ready\")].status} {.spec.unschedulable}{\"\\n\"}{end}'",
+    );
+    assert_eq!(versions.lines().count(), 1, "one node (machine 2): {versions}");
+    for line in versions.lines() {
+        assert!(
+            line.contains(&format!(" v{NEXT} True")) && !line.ends_with("true"),
+            "{versions}"
+        );
+    }
+    assert_eq!(
+        remote(lab, cp, "/usr/local/bin/kube-apiserver --version"),
+        format!("Kubernetes v{NEXT}")
+    );
+
+    // Back a minor: refused at inspection, nothing changed.
+    std::fs::write(inventory_path, with_backup(OLDER)).unwrap();
+    let refused = run_capstan(Some(inventory_path), &["apply", "--only", "kubernetes"], &[]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("minor-version downgrade"), "{}", refused.stderr);
+    assert_eq!(
+        remote(lab, cp, "/usr/local/bin/kube-apiserver --version"),
+        format!("Kubernetes v{NEXT}")
+    );
+    eprintln!(
+        "install {OLDER} and upgrade to {NEXT}: {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -23,7 +23,7 @@ use capstan_provisioner::facts::FactCache;
 use capstan_provisioner::ops::probe_batch::prefetch_ops;
 use capstan_provisioner::ops::{apt_source_file, Absent, Directory, File, Package, Service};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
-use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, IssuedCert};
+use capstan_provisioner::pki::{locate_pair, needs_reissue, CertificateAuthority, IssuedCert, PairCopy, PairNames};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::runner::HostOps;
 use capstan_provisioner::transport::Transport;
@@ -189,23 +189,25 @@ async fn cluster_ca(
     cluster: &Cluster,
     probed: &[(Host, Arc<dyn Transport>, HostProbe)],
 ) -> Result<CertificateAuthority, ComponentError> {
-    let mut certs = probed.iter().filter_map(|(h, _, p)| p.ca_cert.as_ref().map(|c| (h, c)));
-    if let Some((first, cert)) = certs.next() {
-        if let Some((other, _)) = certs.find(|(_, c)| *c != cert) {
-            return Err(refuse(
-                format!(
-                    "hosts {} and {} hold different Kubernetes CAs in {CA_CERT}",
-                    first.name, other.name
-                ),
-                Some("a cluster has one CA: remove the stray one from the host that should not have it"),
-            ));
-        }
-    }
-    let holder = probed
+    let copies: Vec<PairCopy> = probed
         .iter()
-        .find(|(h, _, p)| h.has_role(Role::ControlPlane) && p.ca_cert.is_some() && p.has_ca_key);
-    match holder {
-        Some((host, transport, probe)) => {
+        .map(|(h, _, p)| PairCopy {
+            host: &h.name,
+            public: p.ca_cert.as_deref(),
+            has_secret: p.has_ca_key,
+            keeps_secret: h.has_role(Role::ControlPlane),
+        })
+        .collect();
+    let names = PairNames {
+        what: "Kubernetes CA",
+        public_path: CA_CERT,
+        secret_path: CA_KEY,
+        keeper: "control-plane host",
+        new_one_breaks: "break every certificate it signed",
+    };
+    match locate_pair(&copies, &names).map_err(|r| refuse(r.message, Some(&r.hint)))? {
+        Some(i) => {
+            let (host, transport, probe) = &probed[i];
             let key = read_ca_key(transport.as_ref())
                 .await
                 .map_err(|e| refuse(e.to_string(), None))?;
@@ -213,10 +215,6 @@ async fn cluster_ca(
             CertificateAuthority::from_pem(cert, &key)
                 .map_err(|e| refuse(format!("{}: the Kubernetes CA is unusable: {e}", host.name), None))
         }
-        None if probed.iter().any(|(_, _, p)| p.ca_cert.is_some()) => Err(refuse(
-            format!("hosts hold a Kubernetes CA certificate but no control-plane host has its key ({CA_KEY})"),
-            Some("restore the CA key on a control-plane host; a new CA would break every certificate it signed"),
-        )),
         None => kube_pki::generate_ca(&cluster.name).map_err(|e| refuse(e.to_string(), None)),
     }
 }

@@ -4,6 +4,10 @@
 //! - Bootstrap RBAC: the `capstan:cluster-admins` group (the admin kubeconfig's user
 //!   `capstan-admin` is in it) bound to `cluster-admin`, so the admin credential is revocable
 //!   RBAC, not `system:masters`.
+//! - The API server's kubelet client (`kube-apiserver-kubelet-client`) bound to
+//!   `system:kubelet-api-admin`, so `kubectl logs`/`exec` reach the kubelets.
+//! - `capstan:metrics-reader` (`get` on `/metrics` and `/metrics/cadvisor`) bound to the user
+//!   [`MONITORING_USER`], the certificate Prometheus scrapes the control plane and kubelets with.
 //! - Cluster DNS: CoreDNS equivalent to kubeadm's defaults (the same Corefile plugins, ServiceAccount
 //!   and RBAC, probes, security context and resources), with capstan's choices: replicas
 //!   `max(2, ⌈nodes/16⌉)`, a preferred spread over hosts (pod anti-affinity), a PodDisruptionBudget, the
@@ -29,6 +33,12 @@ use serde::Serialize;
 pub use crate::pki::ADMIN_GROUP as ADMINS_GROUP;
 /// The ClusterRoleBinding granting it `cluster-admin`.
 pub const ADMINS_BINDING: &str = "capstan:cluster-admins";
+/// The ClusterRoleBinding of the API server's kubelet client to `system:kubelet-api-admin`.
+pub const KUBELET_API_ADMIN_BINDING: &str = "capstan:kubelet-api-admin";
+/// The user of the monitoring client certificate (Prometheus scraping the Kubernetes components).
+pub const MONITORING_USER: &str = "capstan-monitoring";
+/// The ClusterRole (and its binding to [`MONITORING_USER`]) allowing the metrics endpoints.
+pub const METRICS_READER_ROLE: &str = "capstan:metrics-reader";
 /// Where cluster DNS runs.
 pub const DNS_NAMESPACE: &str = "kube-system";
 /// CoreDNS's objects' name, and the Service's (`kube-dns`, which clients and kubelets expect).
@@ -128,6 +138,135 @@ pub fn admins_binding() -> ClusterRoleBinding {
             namespace: None,
         }]),
     }
+}
+
+fn managed() -> ObjectMeta {
+    meta("", None, &[("app.kubernetes.io/managed-by", "capstan")])
+}
+
+fn cluster_role_ref(name: &str) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: "ClusterRole".into(),
+        name: name.into(),
+    }
+}
+
+fn user(name: &str) -> Subject {
+    Subject {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "User".into(),
+        name: name.into(),
+        namespace: None,
+    }
+}
+
+/// `kube-apiserver-kubelet-client` → `system:kubelet-api-admin` (logs, exec, port-forward).
+pub fn kubelet_api_admin_binding() -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(KUBELET_API_ADMIN_BINDING.into()),
+            ..managed()
+        },
+        role_ref: cluster_role_ref(crate::pki::KUBELET_API_CLUSTER_ROLE),
+        subjects: Some(vec![user(crate::pki::APISERVER_KUBELET_CLIENT_USER)]),
+    }
+}
+
+/// `get` on the metrics endpoints of the API server, controller-manager, scheduler and kubelets.
+pub fn metrics_reader_role() -> ClusterRole {
+    ClusterRole {
+        metadata: ObjectMeta {
+            name: Some(METRICS_READER_ROLE.into()),
+            ..managed()
+        },
+        rules: Some(vec![PolicyRule {
+            non_resource_urls: Some(vec!["/metrics".into(), "/metrics/cadvisor".into()]),
+            verbs: vec!["get".into()],
+            ..PolicyRule::default()
+        }]),
+        ..ClusterRole::default()
+    }
+}
+
+/// [`METRICS_READER_ROLE`] → [`MONITORING_USER`].
+pub fn metrics_reader_binding() -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: ObjectMeta {
+            name: Some(METRICS_READER_ROLE.into()),
+            ..managed()
+        },
+        role_ref: cluster_role_ref(METRICS_READER_ROLE),
+        subjects: Some(vec![user(MONITORING_USER)]),
+    }
+}
+
+/// One object to apply through the API, type-erased: what the client needs to address it and
+/// what a plan shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddonObject {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub api_version: &'static str,
+    pub kind: &'static str,
+    /// The resource's URL segment (`clusterrolebindings`).
+    pub plural: &'static str,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// The whole object, `apiVersion` and `kind` included.
+    pub value: serde_json::Value,
+}
+
+impl AddonObject {
+    pub fn of<T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize>(
+        object: &T,
+    ) -> AddonObject {
+        let mut value = serde_json::to_value(object).expect("Kubernetes objects are plain data");
+        if let Some(map) = value.as_object_mut() {
+            map.insert("apiVersion".into(), T::API_VERSION.into());
+            map.insert("kind".into(), T::KIND.into());
+        }
+        AddonObject {
+            group: T::GROUP,
+            version: T::VERSION,
+            api_version: T::API_VERSION,
+            kind: T::KIND,
+            plural: T::URL_PATH_SEGMENT,
+            namespace: object.metadata().namespace.clone(),
+            name: object.metadata().name.clone().unwrap_or_default(),
+            value,
+        }
+    }
+
+    /// `ClusterRoleBinding capstan:kubelet-api-admin`, `Deployment kube-system/coredns`.
+    pub fn describe(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {ns}/{}", self.kind, self.name),
+            None => format!("{} {}", self.kind, self.name),
+        }
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(&self.value).expect("JSON values render as YAML")
+    }
+}
+
+/// Everything capstan applies through the API, in order: the bootstrap RBAC, then CoreDNS.
+pub fn bootstrap_objects(dns: &DnsSettings) -> Vec<AddonObject> {
+    let dns = coredns(dns);
+    vec![
+        AddonObject::of(&admins_binding()),
+        AddonObject::of(&kubelet_api_admin_binding()),
+        AddonObject::of(&metrics_reader_role()),
+        AddonObject::of(&metrics_reader_binding()),
+        AddonObject::of(&dns.service_account),
+        AddonObject::of(&dns.cluster_role),
+        AddonObject::of(&dns.cluster_role_binding),
+        AddonObject::of(&dns.config_map),
+        AddonObject::of(&dns.deployment),
+        AddonObject::of(&dns.service),
+        AddonObject::of(&dns.disruption_budget),
+    ]
 }
 
 /// CoreDNS's objects, in the order they are applied.
@@ -492,6 +631,55 @@ mod tests {
     #[test]
     fn coredns_golden() {
         expect_test::expect_file!["../tests/golden/coredns.yaml"].assert_eq(&coredns(&settings(40)).to_yaml());
+    }
+
+    #[test]
+    fn rbac_golden() {
+        let text = [
+            to_yaml(&kubelet_api_admin_binding()),
+            to_yaml(&metrics_reader_role()),
+            to_yaml(&metrics_reader_binding()),
+        ]
+        .join("---\n");
+        expect_test::expect_file!["../tests/golden/rbac.yaml"].assert_eq(&text);
+    }
+
+    #[test]
+    fn bootstrap_objects_are_rbac_first_then_coredns_sized_for_the_nodes() {
+        let objects = bootstrap_objects(&settings(40));
+        let names: Vec<String> = objects.iter().map(AddonObject::describe).collect();
+        assert_eq!(
+            names,
+            [
+                "ClusterRoleBinding capstan:cluster-admins",
+                "ClusterRoleBinding capstan:kubelet-api-admin",
+                "ClusterRole capstan:metrics-reader",
+                "ClusterRoleBinding capstan:metrics-reader",
+                "ServiceAccount kube-system/coredns",
+                "ClusterRole system:coredns",
+                "ClusterRoleBinding system:coredns",
+                "ConfigMap kube-system/coredns",
+                "Deployment kube-system/coredns",
+                "Service kube-system/kube-dns",
+                "PodDisruptionBudget kube-system/coredns",
+            ]
+        );
+        let deployment = &objects[8];
+        assert_eq!((deployment.plural, deployment.api_version), ("deployments", "apps/v1"));
+        assert_eq!(deployment.value["spec"]["replicas"], 3);
+        assert_eq!(deployment.value["kind"], "Deployment");
+        let budget = &objects[10];
+        assert_eq!((budget.group, budget.version), ("policy", "v1"));
+        assert_eq!(objects[9].value["spec"]["clusterIP"], "10.96.0.10");
+    }
+
+    #[test]
+    fn kubelets_cluster_dns_is_the_dns_service() {
+        let cluster = crate::test_cluster("kubernetes: {service_cidr: 10.40.0.0/16}\n");
+        let host = cluster.host("n1").unwrap();
+        let config = crate::config::kubelet_config(&cluster, host).unwrap();
+        let dns = DnsSettings::from_cluster(&cluster).service_ip.to_string();
+        assert!(config.contains(&format!("clusterDNS:\n- \"{dns}\"")), "{config}");
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! Refuse before anything changes when a host is unreachable, hosts disagree about a CA, the
 //! endpoint's PKI or etcd's CA is missing, or a tarball cannot be had. Then the phases:
 //!
+//! 0. `upgrade`, only when installed components run another version than the inventory's
+//!    (`crate::upgrade_apply`): checked against the skew policy at inspection (refused before
+//!    anything changes), then backup → API servers one at a time → controller-managers and
+//!    schedulers → nodes in batches.
 //! 1. `control plane`, one control-plane host at a time, stopping at the first failure: the
 //!    binaries (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl) from the server
 //!    tarball; the CA certificates, the front-proxy CA and service-account keys, the API server's
@@ -17,6 +21,9 @@
 //! 2. `node agents`, the node-only hosts at once, then control-plane hosts that are also nodes
 //!    one at a time: kubelet and kube-proxy from the node tarball, their kubeconfigs and configs,
 //!    their units.
+//!
+//! 3. `cluster addons` (`crate::addons_apply`): wait for `/readyz` through the API endpoint,
+//!    then server-side apply the bootstrap RBAC and CoreDNS.
 //!
 //! Each host's part of a phase is one op list, so a changed file or binary restarts the services
 //! that read it at the list's end, after their units exist; and a change that restarts an API
@@ -42,6 +49,7 @@ use capstan_provisioner::releases::ResolvedArtifact;
 use capstan_provisioner::runner::{HostOps, Mode};
 use capstan_provisioner::transport::Transport;
 
+use crate::addons_apply::{AddonsPhase, ApiAccess};
 use crate::config;
 use crate::encryption;
 use crate::kubeconfig::Kubeconfig;
@@ -50,10 +58,11 @@ use crate::pki::{self, host_credentials, Credential, Placement, Signers};
 use crate::probe::{probe_host, read_paths, read_secret, HostProbe};
 use crate::release::{self, node_members, server_members};
 use crate::unavailable::UnavailableArtifact;
+use crate::upgrade_apply::{inspect_versions, UpgradePhase, UpgradeWork};
 
 pub(crate) const NAME: &str = "kubernetes";
 
-fn refuse(message: impl Into<String>, hint: Option<&str>) -> ComponentError {
+pub(crate) fn refuse(message: impl Into<String>, hint: Option<&str>) -> ComponentError {
     ComponentError {
         component: NAME,
         message: message.into(),
@@ -112,17 +121,19 @@ impl Planned {
 
 /// Where a tarball's binaries come from on this run.
 #[derive(Clone)]
-enum Binaries {
+pub(crate) enum Binaries {
     Release(ResolvedArtifact),
     Unavailable(String),
 }
 
 /// One host of the run and what it gets.
-struct KubeHost {
-    transport: Arc<dyn Transport>,
+pub(crate) struct KubeHost {
+    pub(crate) name: String,
+    pub(crate) address: String,
+    pub(crate) transport: Arc<dyn Transport>,
     facts: Arc<FactCache>,
-    control_plane: bool,
-    node: bool,
+    pub(crate) control_plane: bool,
+    pub(crate) node: bool,
     server: Option<Binaries>,
     node_binaries: Option<Binaries>,
     pki: Vec<Planned>,
@@ -130,15 +141,23 @@ struct KubeHost {
     units: Vec<(String, String)>,
 }
 
-struct KubeRun {
-    hosts: Vec<KubeHost>,
+pub(crate) struct KubeRun {
+    pub(crate) cluster: Cluster,
+    pub(crate) hosts: Vec<KubeHost>,
+    pub(crate) server: Binaries,
+    pub(crate) node: Binaries,
+    /// The bootstrap objects and how to reach the API (the `cluster addons` phase).
+    pub(crate) api: ApiAccess,
+    /// A version change of installed components (the `upgrade` phase), checked against the
+    /// skew policy at inspection.
+    pub(crate) upgrade: Option<UpgradeWork>,
 }
 
-const APISERVER: &str = "kube-apiserver";
-const CONTROLLER_MANAGER: &str = "kube-controller-manager";
-const SCHEDULER: &str = "kube-scheduler";
-const KUBELET: &str = "kubelet";
-const KUBE_PROXY: &str = "kube-proxy";
+pub(crate) const APISERVER: &str = "kube-apiserver";
+pub(crate) const CONTROLLER_MANAGER: &str = "kube-controller-manager";
+pub(crate) const SCHEDULER: &str = "kube-scheduler";
+pub(crate) const KUBELET: &str = "kubelet";
+pub(crate) const KUBE_PROXY: &str = "kube-proxy";
 
 /// The services a credential's file feeds.
 fn restarts_for(credential: &Credential) -> &'static [&'static str] {
@@ -241,6 +260,7 @@ async fn inspect_and_run(
     }))
     .await;
     let probed: Vec<(Host, Arc<dyn Transport>, HostProbe)> = probes.into_iter().collect::<Result<_, _>>()?;
+    let upgrade = inspect_versions(cluster, &probed).await?;
 
     let cluster_ca = held_ca(&probed, CA_CERT, CA_KEY, "Kubernetes CA").await?;
     let cluster_ca = match cluster_ca {
@@ -302,6 +322,7 @@ async fn inspect_and_run(
 
     let now = SystemTime::now();
     let mut run_hosts = Vec::new();
+    let mut super_admin: Option<String> = None;
     for (host, transport, probe) in probed {
         let control_plane = host.has_role(Role::ControlPlane);
         let node_host = pki::runs_kubelet(&host);
@@ -366,6 +387,15 @@ async fn inspect_and_run(
         for credential in host_credentials(&host) {
             pki_files.extend(credential_files(cluster, &signers, &credential, &probe, now)?);
         }
+        if control_plane && super_admin.is_none() {
+            // What the host will hold once the control-plane phase ran: the new file, or the one
+            // there that fits.
+            super_admin = pki_files
+                .iter()
+                .find(|p| p.path == SUPER_ADMIN_KUBECONFIG)
+                .map(|p| p.content.clone())
+                .or_else(|| probe.file(SUPER_ADMIN_KUBECONFIG).map(String::from));
+        }
         let mut configs = Vec::new();
         let mut units = Vec::new();
         let render_file = |(path, render, restarts): &config::ConfigFile| {
@@ -398,6 +428,8 @@ async fn inspect_and_run(
             }
         }
         run_hosts.push(KubeHost {
+            name: host.name.clone(),
+            address: host.address.clone(),
             transport,
             facts: Arc::new(FactCache::new()),
             control_plane,
@@ -409,11 +441,24 @@ async fn inspect_and_run(
             units,
         });
     }
-    let state = KubeRun { hosts: run_hosts };
+    let api = ApiAccess::new(cluster, super_admin, upgrade.api_server_installed);
+    let state = KubeRun {
+        cluster: cluster.clone(),
+        hosts: run_hosts,
+        server,
+        node,
+        api,
+        upgrade: upgrade.work,
+    };
     state.prefetch_probes().await;
-    let phases = PhaseRunner::new()
+    let mut phases = PhaseRunner::new();
+    if state.upgrade.is_some() {
+        phases = phases.phase(UpgradePhase);
+    }
+    let phases = phases
         .phase(OpsPhase("control plane", KubeRun::control_plane_ops))
-        .phase(OpsPhase("node agents", KubeRun::node_agent_ops));
+        .phase(OpsPhase("node agents", KubeRun::node_agent_ops))
+        .phase(AddonsPhase);
     let mut outcome = ctx.run_phases(NAME, state, phases, started).await;
     if outcome.error.is_some() {
         outcome.hint = Some("fix the failing host and run `capstan apply --only kubernetes` again".to_string());
@@ -532,7 +577,7 @@ type FillOps = fn(&KubeRun, &KubeHost, &mut HostOps);
 /// The phases' op lists, in phase order (for the prefetch).
 const PHASE_OPS: [FillOps; 2] = [KubeRun::control_plane_ops, KubeRun::node_agent_ops];
 
-fn binaries_op(binaries: &Binaries, members: Vec<String>, restarts: &[&'static str]) -> Arc<dyn Operation> {
+pub(crate) fn binaries_op(binaries: &Binaries, members: Vec<String>, restarts: &[&'static str]) -> Arc<dyn Operation> {
     let names: Vec<&str> = members.iter().map(|m| m.rsplit('/').next().unwrap_or(m)).collect();
     let installs = format!("{BIN_DIR}/{{{}}}", names.join(","));
     let unavailable = |reason: String| -> Arc<dyn Operation> {

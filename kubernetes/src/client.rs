@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
-use kube::api::{Api, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, EvictParams, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::addons::{admins_binding, CoreDns};
+use crate::addons::AddonObject;
 use crate::skew::KubeVersion;
 use crate::upgrade::{drain_skips, drain_timeout_reason, NodeView, CORDON_ANNOTATION};
 
@@ -123,36 +123,35 @@ impl KubeClient {
             .map_err(api_error(format!("applying {} {namespace}/{name}", K::kind(&()))))
     }
 
-    /// The bootstrap objects: the admins' ClusterRoleBinding, then CoreDNS. Returns what was
-    /// applied, in order.
-    pub async fn apply_bootstrap(&self, dns: &CoreDns) -> Result<Vec<String>, ClientError> {
-        let mut applied = Vec::new();
-        let binding = admins_binding();
-        self.apply_cluster(&binding).await?;
-        applied.push(format!(
-            "ClusterRoleBinding {}",
-            binding.metadata.name.clone().unwrap_or_default()
-        ));
-        self.apply_namespaced(&dns.service_account).await?;
-        self.apply_cluster(&dns.cluster_role).await?;
-        self.apply_cluster(&dns.cluster_role_binding).await?;
-        self.apply_namespaced(&dns.config_map).await?;
-        self.apply_namespaced(&dns.deployment).await?;
-        self.apply_namespaced(&dns.service).await?;
-        self.apply_namespaced(&dns.disruption_budget).await?;
-        applied.extend(
-            [
-                "ServiceAccount kube-system/coredns",
-                "ClusterRole system:coredns",
-                "ClusterRoleBinding system:coredns",
-                "ConfigMap kube-system/coredns",
-                "Deployment kube-system/coredns",
-                "Service kube-system/kube-dns",
-                "PodDisruptionBudget kube-system/coredns",
-            ]
-            .map(String::from),
-        );
-        Ok(applied)
+    /// Server-side apply of `object` (a dry run on the server when `dry_run`); true when it
+    /// changed (or would change) the object: the object before and the one the server returns
+    /// differ beyond the bookkeeping a no-op apply leaves alone.
+    pub async fn apply_object(&self, object: &AddonObject, dry_run: bool) -> Result<bool, ClientError> {
+        let resource = ApiResource {
+            group: object.group.into(),
+            version: object.version.into(),
+            api_version: object.api_version.into(),
+            kind: object.kind.into(),
+            plural: object.plural.into(),
+        };
+        let api: Api<DynamicObject> = match &object.namespace {
+            Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
+        };
+        let what = object.describe();
+        let before = api
+            .get_opt(&object.name)
+            .await
+            .map_err(api_error(format!("reading {what}")))?;
+        let mut params = PatchParams::apply(FIELD_MANAGER).force();
+        if dry_run {
+            params = params.dry_run();
+        }
+        let after = api
+            .patch(&object.name, &params, &Patch::Apply(&object.value))
+            .await
+            .map_err(api_error(format!("applying {what}")))?;
+        Ok(before.map(|b| comparable(&b)) != Some(comparable(&after)))
     }
 
     /// The namespaces' names.
@@ -357,6 +356,25 @@ fn http_get(path: &str) -> Result<http::Request<Vec<u8>>, ClientError> {
         .map_err(|e| ClientError::Config(e.to_string()))
 }
 
+/// An object without what changes on every write (`resourceVersion`, the managed fields'
+/// timestamps), so two reads of an unchanged object compare equal.
+fn comparable(object: &DynamicObject) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    strip_bookkeeping(&mut value);
+    value
+}
+
+fn strip_bookkeeping(value: &mut serde_json::Value) {
+    if let Some(metadata) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        metadata.remove("resourceVersion");
+        if let Some(fields) = metadata.get_mut("managedFields").and_then(|f| f.as_array_mut()) {
+            for field in fields.iter_mut().filter_map(|f| f.as_object_mut()) {
+                field.remove("time");
+            }
+        }
+    }
+}
+
 /// Mirror (static) pods and DaemonSet pods stay.
 fn skipped(pod: &Pod) -> bool {
     let mirror = pod
@@ -395,5 +413,32 @@ fn node_view(node: &Node) -> NodeView {
             .annotations
             .as_ref()
             .and_then(|a| a.get(CORDON_ANNOTATION).cloned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bookkeeping_alone_is_no_change() {
+        let read = |version: &str, time: &str, replicas: u32| {
+            let mut value = serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "coredns", "resourceVersion": version,
+                    "managedFields": [{"manager": "capstan", "operation": "Apply", "time": time}]},
+                "spec": {"replicas": replicas},
+            });
+            strip_bookkeeping(&mut value);
+            value
+        };
+        assert_eq!(
+            read("10", "2026-12-01T10:00:00Z", 2),
+            read("11", "2026-12-01T11:00:00Z", 2)
+        );
+        assert_ne!(
+            read("10", "2026-12-01T10:00:00Z", 2),
+            read("11", "2026-12-01T11:00:00Z", 3)
+        );
     }
 }

@@ -21,10 +21,15 @@
 //! - `upgrade.rs`: the upgrade's decisions (next step, node batches, after a failure; pure);
 //!   `upgrade_facts.rs`: the versions the hosts run; `upgrade_run.rs`: the run loop over the host
 //!   and lock hooks.
+//! - `upgrade_apply.rs`: the `upgrade` phase of `capstan apply` (a version change): the order in
+//!   a plan, the run loop over the ops engine ([`upgrade_run::HostUpgrades`]), the backup hook.
+//! - `addons_apply.rs`: the `cluster addons` phase (readyz through the endpoint, server-side
+//!   apply of [`addons::bootstrap_objects`], changed only when the server's object changed).
 //! - `client.rs`: the Kubernetes client (server-side apply, readyz, cordon, drain, Ready).
 //! - `addons.rs`: bootstrap RBAC and CoreDNS as data.
 //! - `backup.rs`: what backups and restores carry and stop for Kubernetes.
 
+mod addons_apply;
 mod apply;
 pub mod component;
 pub mod config;
@@ -42,6 +47,7 @@ pub mod backup;
 pub mod client;
 pub mod skew;
 pub mod upgrade;
+pub mod upgrade_apply;
 pub mod upgrade_facts;
 pub mod upgrade_run;
 

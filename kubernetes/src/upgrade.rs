@@ -261,6 +261,126 @@ pub fn drain_timeout_reason(node: &str, seconds: u64, blocked: &[(String, Option
     )
 }
 
+/// One step of an upgrade's order as `capstan plan` shows it (and `apply` then runs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderedStep {
+    pub host: String,
+    /// What kind of step: `backup`, `kube-apiserver`, `control plane`, `node`.
+    pub op: &'static str,
+    pub summary: String,
+}
+
+/// The whole upgrade of `running` to `target`, in the order a run takes it, as if every node were
+/// registered and Ready (a plan): the backup (unless a component already runs the target: a
+/// resumed run), each API server with its `/readyz` gate, the controller-managers and
+/// schedulers host by host, then the nodes in batches. Refuses what the policy refuses; empty
+/// when everything runs `target`.
+pub fn upgrade_order(
+    running: &[Running],
+    target: &str,
+    order: &[String],
+    control_plane: &[String],
+    batch_size: usize,
+) -> Result<Vec<OrderedStep>, Refusal> {
+    let steps = plan_upgrade(running, target)?;
+    let Some(first) = steps.first() else {
+        return Ok(Vec::new());
+    };
+    let target = KubeVersion::parse(target).expect("plan_upgrade parsed it");
+    let mut ordered = Vec::new();
+    if !running.iter().any(|r| r.version == target) {
+        ordered.push(OrderedStep {
+            host: control_plane.first().unwrap_or(&first.host).clone(),
+            op: "backup",
+            summary: "back up etcd, the Kubernetes PKI, keys and encryption configuration before the first change"
+                .into(),
+        });
+    }
+    for step in steps.iter().filter(|s| s.component == KubeComponent::ApiServer) {
+        ordered.push(OrderedStep {
+            host: step.host.clone(),
+            op: "kube-apiserver",
+            summary: format!(
+                "kube-apiserver {} → {}, restart, wait for its own /readyz (port 6444)",
+                step.from, step.to
+            ),
+        });
+    }
+    let mut hosts: Vec<&str> = Vec::new();
+    for step in &steps {
+        if matches!(
+            step.component,
+            KubeComponent::ControllerManager | KubeComponent::Scheduler
+        ) && !hosts.contains(&step.host.as_str())
+        {
+            hosts.push(&step.host);
+        }
+    }
+    for host in hosts {
+        let parts: Vec<String> = steps
+            .iter()
+            .filter(|s| {
+                s.host == host && matches!(s.component, KubeComponent::ControllerManager | KubeComponent::Scheduler)
+            })
+            .map(|s| format!("{} {} → {}", s.component, s.from, s.to))
+            .collect();
+        ordered.push(OrderedStep {
+            host: host.to_string(),
+            op: "control plane",
+            summary: format!("{}, restart", parts.join(" and ")),
+        });
+    }
+    let node_steps: Vec<&PlannedStep> = steps
+        .iter()
+        .filter(|s| matches!(s.component, KubeComponent::Kubelet | KubeComponent::KubeProxy))
+        .collect();
+    let mut views: Vec<NodeView> = Vec::new();
+    for step in &node_steps {
+        if views.iter().any(|v| v.name == step.host) {
+            continue;
+        }
+        let kubelet = running
+            .iter()
+            .find(|r| r.host == step.host && r.component == KubeComponent::Kubelet)
+            .map(|r| r.version);
+        views.push(NodeView {
+            name: step.host.clone(),
+            // Only kube-proxy lags: the API would show the node at the target already.
+            kubelet: kubelet.or(Some(target)),
+            ready: true,
+            unschedulable: false,
+            cordoned_for: None,
+        });
+    }
+    let mut batches = node_batches(&views, &target, order, control_plane, batch_size);
+    for view in &views {
+        if !batches.iter().flatten().any(|n| n == &view.name) {
+            batches.push(vec![view.name.clone()]);
+        }
+    }
+    let count = batches.len();
+    for (index, batch) in batches.iter().enumerate() {
+        for node in batch {
+            let parts: Vec<String> = node_steps
+                .iter()
+                .filter(|s| &s.host == node)
+                .map(|s| format!("{} {} → {}", s.component, s.from, s.to))
+                .collect();
+            ordered.push(OrderedStep {
+                host: node.clone(),
+                op: "node",
+                summary: format!(
+                    "batch {} of {count} ({}): cordon → drain → {} → Ready → uncordon",
+                    index + 1,
+                    batch.join(", "),
+                    parts.join(" and ")
+                ),
+            });
+        }
+    }
+    Ok(ordered)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,5 +606,77 @@ mod tests {
         assert!(drain_skips(&[], true));
         assert!(!drain_skips(&["ReplicaSet"], false));
         assert!(!drain_skips(&[], false));
+    }
+
+    #[test]
+    fn upgrade_order_is_backup_api_servers_control_plane_then_node_batches() {
+        let all =
+            |host: &str, comps: &[KubeComponent], ver: &'static str| -> Vec<(String, KubeComponent, &'static str)> {
+                comps.iter().map(|c| (host.to_string(), *c, ver)).collect()
+            };
+        let mut spec = Vec::new();
+        spec.extend(all("cp1", &[ApiServer, ControllerManager, Scheduler], "1.31.0"));
+        spec.extend(all(
+            "cp2",
+            &[ApiServer, ControllerManager, Scheduler, Kubelet, KubeProxy],
+            "1.31.0",
+        ));
+        spec.extend(all("n1", &[Kubelet, KubeProxy], "1.31.0"));
+        spec.extend(all("n2", &[Kubelet, KubeProxy], "1.31.0"));
+        let running: Vec<Running> = spec.iter().map(|(h, c, ver)| Running::new(h, *c, v(ver))).collect();
+        let order = names(&["cp1", "cp2", "n1", "n2"]);
+        let cps = names(&["cp1", "cp2"]);
+        let shown = |running: &[Running], target: &str, batch: usize| -> Vec<String> {
+            upgrade_order(running, target, &order, &cps, batch)
+                .unwrap()
+                .iter()
+                .map(|s| format!("{} {}: {}", s.host, s.op, s.summary))
+                .collect()
+        };
+        let node_line = |host: &str, batch: &str| {
+            format!(
+                "{host} node: batch {batch}: cordon → drain → kubelet 1.31.0 → 1.32.5 and kube-proxy 1.31.0 → 1.32.5 → Ready → uncordon"
+            )
+        };
+        let mut expected = vec![
+            "cp1 backup: back up etcd, the Kubernetes PKI, keys and encryption configuration before the first change"
+                .to_string(),
+            "cp1 kube-apiserver: kube-apiserver 1.31.0 → 1.32.5, restart, wait for its own /readyz (port 6444)".into(),
+            "cp2 kube-apiserver: kube-apiserver 1.31.0 → 1.32.5, restart, wait for its own /readyz (port 6444)".into(),
+            "cp1 control plane: kube-controller-manager 1.31.0 → 1.32.5 and kube-scheduler 1.31.0 → 1.32.5, restart"
+                .into(),
+            "cp2 control plane: kube-controller-manager 1.31.0 → 1.32.5 and kube-scheduler 1.31.0 → 1.32.5, restart"
+                .into(),
+        ];
+        let mut one_at_a_time = expected.clone();
+        one_at_a_time.extend([
+            node_line("cp2", "1 of 3 (cp2)"),
+            node_line("n1", "2 of 3 (n1)"),
+            node_line("n2", "3 of 3 (n2)"),
+        ]);
+        assert_eq!(shown(&running, "1.32.5", 1), one_at_a_time);
+        expected.extend([
+            node_line("cp2", "1 of 2 (cp2, n1)"),
+            node_line("n1", "1 of 2 (cp2, n1)"),
+            node_line("n2", "2 of 2 (n2)"),
+        ]);
+        assert_eq!(shown(&running, "1.32.5", 2), expected);
+
+        // A resumed run (cp1's API server done): no second backup, cp1's API server skipped.
+        let mut resumed = running.clone();
+        resumed[0].version = v("1.32.5");
+        let lines = shown(&resumed, "1.32.5", 1);
+        assert!(lines[0].starts_with("cp2 kube-apiserver"), "{lines:?}");
+        assert!(shown(&running, "1.31.0", 1).is_empty(), "nothing to do");
+
+        // Out of policy: refused as a whole, nothing ordered.
+        let skip = upgrade_order(&running, "1.33.0", &order, &cps, 1).unwrap_err();
+        assert!(matches!(skip, Refusal::SkipsMinor { .. }), "{skip}");
+        let all_new: Vec<Running> = running
+            .iter()
+            .map(|r| Running::new(&r.host, r.component, v("1.32.5")))
+            .collect();
+        let down = upgrade_order(&all_new, "1.31.0", &order, &cps, 1).unwrap_err();
+        assert!(matches!(down, Refusal::MinorDowngrade { .. }), "{down}");
     }
 }

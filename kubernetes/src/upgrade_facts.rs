@@ -8,7 +8,7 @@ use capstan_inventory::{Cluster, Role};
 use capstan_provisioner::facts::ProbeSections;
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::targets::ssh_target;
-use capstan_provisioner::transport::ExecOptions;
+use capstan_provisioner::transport::{ExecOptions, Transport};
 
 use crate::paths::BIN_DIR;
 use crate::skew::{KubeComponent, KubeVersion, Running};
@@ -64,6 +64,16 @@ pub fn parse_versions(host: &str, components: &[KubeComponent], output: &str) ->
     Ok(running)
 }
 
+/// The installed versions of the components a host with these roles runs (one exec).
+pub async fn host_versions(t: &dyn Transport, control_plane: bool, node: bool) -> Result<Vec<Running>, String> {
+    let components = components_of(control_plane, node);
+    let output = t
+        .exec(&version_script(&components), &ExecOptions::default())
+        .await
+        .map_err(|e| format!("{}: {e}", t.host()))?;
+    parse_versions(t.host(), &components, &output.stdout_str())
+}
+
 /// Every Kubernetes component's installed version on every `control_plane`/`node` host; every
 /// such host must be reachable (a host left out could hide a skew).
 pub async fn running_versions(cluster: &Cluster) -> Result<Vec<Running>, String> {
@@ -82,19 +92,14 @@ pub async fn running_versions(cluster: &Cluster) -> Result<Vec<Running>, String>
     let mut running = Vec::new();
     let mut result = Ok(());
     for host in hosts {
-        let components = components_of(host.has_role(Role::ControlPlane), host.has_role(Role::Node));
         let transport = connections.get(&host.name).expect("every host was connected");
-        let output = match transport
-            .exec(&version_script(&components), &ExecOptions::default())
-            .await
+        match host_versions(
+            transport.as_ref(),
+            host.has_role(Role::ControlPlane),
+            host.has_role(Role::Node),
+        )
+        .await
         {
-            Ok(output) => output,
-            Err(e) => {
-                result = Err(format!("{}: {e}", host.name));
-                break;
-            }
-        };
-        match parse_versions(&host.name, &components, &output.stdout_str()) {
             Ok(found) => running.extend(found),
             Err(e) => {
                 result = Err(e);

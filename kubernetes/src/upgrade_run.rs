@@ -5,9 +5,10 @@
 //! Two hooks keep this independent of how hosts are changed and of how operators are kept apart:
 //! - [`HostUpgrades`]: the host side (versions running on each host, the backup, swapping binaries
 //!   and restarting units through the ops engine, an API server's own `/readyz`), implemented by
-//!   the control plane's phases;
-//! - [`UpgradeLock`]: the cluster-wide operation lock (issue 17), taken before the first step and
-//!   released at the end; [`NoLock`] until it exists.
+//!   the `upgrade` phase of `capstan apply` ([`crate::upgrade_apply`]);
+//! - [`UpgradeLock`]: the cluster-wide operation lock, taken before the first step and released at
+//!   the end; inside `capstan apply` it is the lock the command holds for the whole run
+//!   ([`crate::upgrade_apply::ApplyLock`]).
 //!
 //! The API side is [`KubeClient`]. None of this runs without a real cluster: the end-to-end test
 //! (real release binaries, `CAPSTAN_KUBE_ARTIFACTS`) exercises it.
@@ -22,8 +23,8 @@ use crate::skew::{KubeComponent, KubeVersion, Refusal, Running};
 use crate::upgrade::{after_failure, next_step, NextStep, NodeStep, NodeView, Observed};
 
 /// The host side of an upgrade.
-#[async_trait(?Send)]
-pub trait HostUpgrades {
+#[async_trait]
+pub trait HostUpgrades: Sync {
     /// Every Kubernetes component's version on every host (installed binaries).
     async fn running(&self) -> Result<Vec<Running>, String>;
     /// Take a backup before the first change; returns its id.
@@ -38,23 +39,12 @@ pub trait HostUpgrades {
     async fn upgrade_node(&self, host: &str) -> Result<(), String>;
 }
 
-/// The lock that keeps two operators from upgrading one cluster at once (issue 17).
-#[async_trait(?Send)]
-pub trait UpgradeLock {
+/// The lock that keeps two operators from upgrading one cluster at once.
+#[async_trait]
+pub trait UpgradeLock: Sync {
     /// Taken before the first step; an error names who holds it.
     async fn acquire(&self, operation: &str) -> Result<(), String>;
     async fn release(&self);
-}
-
-/// No lock (until issue 17's lands): two operators must not upgrade at once.
-pub struct NoLock;
-
-#[async_trait(?Send)]
-impl UpgradeLock for NoLock {
-    async fn acquire(&self, _operation: &str) -> Result<(), String> {
-        Ok(())
-    }
-    async fn release(&self) {}
 }
 
 #[derive(Debug, Clone)]
@@ -107,7 +97,7 @@ pub async fn upgrade(
     api: &KubeClient,
     lock: &dyn UpgradeLock,
     options: &UpgradeOptions,
-    say: &dyn Fn(&str),
+    say: &(dyn Fn(&str) + Sync),
 ) -> Result<UpgradeReport, UpgradeError> {
     lock.acquire(&format!("upgrade Kubernetes to {}", options.target))
         .await
@@ -129,7 +119,7 @@ async fn run(
     hosts: &dyn HostUpgrades,
     api: &KubeClient,
     options: &UpgradeOptions,
-    say: &dyn Fn(&str),
+    say: &(dyn Fn(&str) + Sync),
 ) -> Result<UpgradeReport, UpgradeError> {
     let mut report = UpgradeReport::default();
     let target = KubeVersion::parse(&options.target).ok_or_else(|| {

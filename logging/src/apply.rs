@@ -28,7 +28,7 @@ use capstan_provisioner::ops::{
     apt_source_file, Command, Directory, File, OperationExt, Package, Service, SystemdUnit,
 };
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
-use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, IssuedCert};
+use capstan_provisioner::pki::{locate_pair, needs_reissue, CertificateAuthority, IssuedCert, PairCopy, PairNames};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::runner::HostOps;
 use capstan_provisioner::targets::ssh_target;
@@ -232,33 +232,31 @@ async fn logging_ca(
     cluster: &Cluster,
     probed: &[(&Host, Arc<dyn Transport>, HostProbe)],
 ) -> Result<CertificateAuthority, ComponentError> {
-    let mut certs = probed.iter().filter_map(|(h, _, p)| p.ca_cert.as_ref().map(|c| (h, c)));
-    if let Some((first, cert)) = certs.next() {
-        if let Some((other, _)) = certs.find(|(_, c)| *c != cert) {
-            return Err(refuse(
-                format!(
-                    "hosts {} and {} hold different logging CAs in {CA_CERT}",
-                    first.name, other.name
-                ),
-                Some("a cluster has one logging CA: remove the stray one from the host that should not have it"),
-            ));
-        }
-    }
-    let holder = probed
+    let copies: Vec<PairCopy> = probed
         .iter()
-        .find(|(h, _, p)| h.has_role(Role::Logging) && p.ca_cert.is_some() && p.has_ca_key);
-    match holder {
-        Some((host, transport, probe)) => {
+        .map(|(h, _, p)| PairCopy {
+            host: &h.name,
+            public: p.ca_cert.as_deref(),
+            has_secret: p.has_ca_key,
+            keeps_secret: h.has_role(Role::Logging),
+        })
+        .collect();
+    let names = PairNames {
+        what: "logging CA",
+        public_path: CA_CERT,
+        secret_path: CA_KEY,
+        keeper: "logging host",
+        new_one_breaks: "lock out every uploader until the next apply reaches it",
+    };
+    match locate_pair(&copies, &names).map_err(|r| refuse(r.message, Some(&r.hint)))? {
+        Some(i) => {
+            let (host, transport, probe) = &probed[i];
             let key = read_ca_key(transport.as_ref())
                 .await
                 .map_err(|e| refuse(e.to_string(), None))?;
             CertificateAuthority::from_pem(probe.ca_cert.as_deref().unwrap_or_default(), &key)
                 .map_err(|e| refuse(format!("{}: the logging CA is unusable: {e}", host.name), None))
         }
-        None if probed.iter().any(|(_, _, p)| p.ca_cert.is_some()) => Err(refuse(
-            format!("hosts hold a logging CA certificate but no logging host has its key ({CA_KEY})"),
-            Some("restore the CA key on a logging host; a new CA would lock out every uploader until the next apply reaches it"),
-        )),
         None => CertificateAuthority::generate(&pki::ca_common_name(cluster)).map_err(|e| refuse(e.to_string(), None)),
     }
 }

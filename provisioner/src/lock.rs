@@ -134,7 +134,8 @@ impl LockHolder {
         )
     }
 
-    fn from_lines(text: &str) -> Option<LockHolder> {
+    /// A holder from [`Self::to_lines`]' format (the host lock file); `None` without a token.
+    pub fn from_lines(text: &str) -> Option<LockHolder> {
         let field = |name: &str| {
             text.lines()
                 .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))

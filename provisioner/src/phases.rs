@@ -107,6 +107,15 @@ impl<S> PhaseContext<S> {
         }
     }
 
+    /// Keep a report made outside the runner (a step that is not a host op, e.g. a call to a
+    /// cluster's API), so summaries, JSON and changed counts show it like any op.
+    pub fn record(&self, phase: &str, report: RunReport) {
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((phase.to_string(), report));
+    }
+
     /// Every op report so far, tagged with its phase.
     pub fn reports(&self) -> Vec<(String, RunReport)> {
         self.reports.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -785,3 +785,145 @@ mod tests {
         assert!(!rendered.contains("PRIVATE KEY"), "{rendered}");
     }
 }
+
+/// One host's copy of a key pair that lives on hosts (a CA, a signing key): the public half as
+/// probed, whether the secret half is there, and whether this host is one that keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct PairCopy<'a> {
+    pub host: &'a str,
+    pub public: Option<&'a str>,
+    pub has_secret: bool,
+    pub keeps_secret: bool,
+}
+
+/// How a key pair kept on hosts is named in refusals.
+#[derive(Debug, Clone, Copy)]
+pub struct PairNames<'a> {
+    /// "logging CA", "service-account key".
+    pub what: &'a str,
+    pub public_path: &'a str,
+    pub secret_path: &'a str,
+    /// Which hosts keep the secret half: "control-plane host", "logging host".
+    pub keeper: &'a str,
+    /// What a new pair would break, for the hint when only the public half survives.
+    pub new_one_breaks: &'a str,
+}
+
+/// Why a key pair kept on hosts cannot be used (message, hint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairRefusal {
+    pub message: String,
+    pub hint: String,
+}
+
+/// Where the cluster's one copy of a key pair comes from: `Some(i)` reads the secret half from
+/// `copies[i]` (the first keeper holding both halves); `None` when no host has any of it, so a
+/// new pair is made. Refuses when hosts hold different public halves (a cluster has one) and when
+/// the public half survives somewhere but no keeper has the secret (a new pair would break
+/// everything the old one signed).
+pub fn locate_pair(copies: &[PairCopy<'_>], names: &PairNames<'_>) -> Result<Option<usize>, PairRefusal> {
+    let mut publics = copies.iter().filter_map(|c| c.public.map(|p| (c.host, p)));
+    if let Some((first, public)) = publics.next() {
+        if let Some((other, _)) = publics.find(|(_, p)| *p != public) {
+            return Err(PairRefusal {
+                message: format!(
+                    "hosts {first} and {other} hold different {}s in {}",
+                    names.what, names.public_path
+                ),
+                hint: format!(
+                    "a cluster has one {}: remove the stray one from the host that should not have it",
+                    names.what
+                ),
+            });
+        }
+    }
+    if let Some(i) = copies
+        .iter()
+        .position(|c| c.keeps_secret && c.public.is_some() && c.has_secret)
+    {
+        return Ok(Some(i));
+    }
+    if copies.iter().any(|c| c.public.is_some()) {
+        return Err(PairRefusal {
+            message: format!(
+                "hosts hold the {} ({}) but no {} has its key ({})",
+                names.what, names.public_path, names.keeper, names.secret_path
+            ),
+            hint: format!(
+                "restore the key on a {} (from a backup); a new one would {}",
+                names.keeper, names.new_one_breaks
+            ),
+        });
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod pair_tests {
+    use super::*;
+
+    const NAMES: PairNames<'static> = PairNames {
+        what: "logging CA",
+        public_path: "/etc/ca.crt",
+        secret_path: "/etc/ca.key",
+        keeper: "logging host",
+        new_one_breaks: "lock out every uploader",
+    };
+
+    fn copy(
+        host: &'static str,
+        public: Option<&'static str>,
+        has_secret: bool,
+        keeps_secret: bool,
+    ) -> PairCopy<'static> {
+        PairCopy {
+            host,
+            public,
+            has_secret,
+            keeps_secret,
+        }
+    }
+
+    #[test]
+    fn nobody_has_it_so_a_new_pair_is_made() {
+        assert_eq!(locate_pair(&[copy("a", None, false, true)], &NAMES), Ok(None));
+        assert_eq!(locate_pair(&[], &NAMES), Ok(None));
+    }
+
+    #[test]
+    fn the_first_keeper_with_both_halves_is_read() {
+        let copies = [
+            copy("a", Some("P"), true, false),
+            copy("b", Some("P"), false, true),
+            copy("c", Some("P"), true, true),
+            copy("d", Some("P"), true, true),
+        ];
+        assert_eq!(locate_pair(&copies, &NAMES), Ok(Some(2)));
+    }
+
+    #[test]
+    fn different_public_halves_are_refused_naming_both_hosts() {
+        let copies = [
+            copy("a", Some("P"), true, true),
+            copy("b", None, false, true),
+            copy("c", Some("Q"), true, true),
+        ];
+        let refusal = locate_pair(&copies, &NAMES).unwrap_err();
+        assert_eq!(
+            refusal.message,
+            "hosts a and c hold different logging CAs in /etc/ca.crt"
+        );
+    }
+
+    #[test]
+    fn a_public_half_without_a_kept_secret_is_refused() {
+        // The secret on a host that does not keep it does not count.
+        let copies = [copy("a", Some("P"), true, false), copy("b", None, false, true)];
+        let refusal = locate_pair(&copies, &NAMES).unwrap_err();
+        assert_eq!(
+            refusal.message,
+            "hosts hold the logging CA (/etc/ca.crt) but no logging host has its key (/etc/ca.key)"
+        );
+        assert!(refusal.hint.contains("lock out every uploader"), "{}", refusal.hint);
+    }
+}

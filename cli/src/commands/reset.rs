@@ -10,7 +10,7 @@ use capstan_inventory::{Cluster, Role};
 use capstan_provisioner::reset::{ResetError, ResetPlan};
 use capstan_provisioner::runner::Mode;
 
-use crate::cli::{BackupTargetArgs, ResetArgs};
+use crate::cli::ResetArgs;
 use crate::commands::backup::create::{create, CreateArgs};
 use crate::commands::etcd::print_cluster_outcome;
 use crate::commands::inventory::load;
@@ -61,15 +61,7 @@ pub fn reset(args: ResetArgs, inventory: Option<&Path>, out: &Output) -> anyhow:
                 out.status("no etcd host is being reset: no final backup needed");
             } else {
                 out.status("==> reset: final backup");
-                let backup = CreateArgs {
-                    target: BackupTargetArgs {
-                        target: None,
-                        s3_path_style: false,
-                    },
-                    recipients: Vec::new(),
-                    recipients_file: None,
-                    no_encryption: false,
-                };
+                let backup = CreateArgs::from_inventory();
                 create(&cluster, &backup, out).await?;
             }
         }

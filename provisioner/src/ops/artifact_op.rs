@@ -157,7 +157,8 @@ type PreparedKey = (PathBuf, String, String, Option<Vec<String>>);
 /// run installs the same artifact, and hashing it again for each (tens of MB for etcd) only
 /// re-proves what the first verification showed. Each host still verifies the sha256 of what
 /// arrives ([`super::write_file_command`]).
-static PREPARED: OnceLock<Mutex<HashMap<PreparedKey, Arc<Mutex<Option<Vec<LocalFile>>>>>>> = OnceLock::new();
+type PreparedSlot = Arc<Mutex<Option<Vec<LocalFile>>>>;
+static PREPARED: OnceLock<Mutex<HashMap<PreparedKey, PreparedSlot>>> = OnceLock::new();
 
 fn verified_local_files(
     cache: &ArtifactCache,

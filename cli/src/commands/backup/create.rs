@@ -25,7 +25,49 @@ pub(crate) struct CreateArgs {
     pub no_encryption: bool,
 }
 
+impl CreateArgs {
+    /// The inventory's backup target and recipients, nothing from the command line.
+    pub(crate) fn from_inventory() -> CreateArgs {
+        CreateArgs {
+            target: BackupTargetArgs {
+                target: None,
+                s3_path_style: false,
+            },
+            recipients: Vec::new(),
+            recipients_file: None,
+            no_encryption: false,
+        }
+    }
+}
+
 pub(crate) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -> anyhow::Result<ExitCode> {
+    let manifest = take(cluster, args, out).await?;
+    println!("{}", manifest.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The backup a Kubernetes upgrade takes before its first change
+/// ([`capstan_kubernetes::upgrade_apply::set_pre_upgrade_backup`]): `backup create` to the
+/// inventory's target with its recipients; the backup's id.
+pub(crate) fn pre_upgrade_backup(cluster: Cluster) -> capstan_kubernetes::upgrade_apply::BackupFuture {
+    let args = CreateArgs::from_inventory();
+    let handle = tokio::runtime::Handle::current();
+    // The backup's future is run on a blocking thread of the same runtime: the upgrade's own
+    // future must stay `Send`, whatever the backup's is.
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || {
+            let out = Output::new(crate::cli::OutputFormat::Text, 0, true);
+            handle
+                .block_on(take(&cluster, &args, &out))
+                .map(|manifest| manifest.id.to_string())
+                .map_err(|e| format!("{e:#}"))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    })
+}
+
+async fn take(cluster: &Cluster, args: &CreateArgs, out: &Output) -> anyhow::Result<capstan_backup::Manifest> {
     let mut explicit = args.recipients.clone();
     if let Some(file) = &args.recipients_file {
         let text =
@@ -62,7 +104,6 @@ pub(crate) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -
         .map_err(|e| Failure::of(&e))?;
     let elapsed = started.elapsed().as_secs_f64();
     let size = manifest.stored_size();
-    println!("{}", manifest.id);
     out.status(format!(
         "backup {} complete: {} ({}) at revision {} from {} in {elapsed:.1}s ({}/s)",
         manifest.id,
@@ -76,7 +117,7 @@ pub(crate) async fn create(cluster: &Cluster, args: &CreateArgs, out: &Output) -
         manifest.source_member,
         human_bytes((size as f64 / elapsed.max(0.001)) as u64)
     ));
-    Ok(ExitCode::SUCCESS)
+    Ok(manifest)
 }
 
 fn encryption(cluster: &Cluster, explicit: &[String], no_encryption: bool) -> anyhow::Result<Encryption> {
