@@ -10,6 +10,28 @@ use time::OffsetDateTime;
 
 /// The textfile collector file drills write (node-exporter's `--collector.textfile.directory`).
 pub const DRILL_METRICS_FILE: &str = "capstan_drill.prom";
+/// Written by every member each time the drill timer fires, leader or not (like the backup
+/// scheduler's file): when it ran and the schedule's interval, which the drill-stale alert doubles.
+pub const DRILL_SCHEDULER_METRICS_FILE: &str = "capstan_drill_scheduler.prom";
+
+#[cfg(test)]
+mod paths {
+    #[test]
+    fn the_schedule_removes_the_files_it_names() {
+        assert_eq!(
+            capstan_monitoring::textfile_path!("capstan_drill.prom"),
+            format!("{}/{}", capstan_monitoring::TEXTFILE_DIR, super::DRILL_METRICS_FILE)
+        );
+        assert_eq!(
+            capstan_monitoring::textfile_path!("capstan_drill_scheduler.prom"),
+            format!(
+                "{}/{}",
+                capstan_monitoring::TEXTFILE_DIR,
+                super::DRILL_SCHEDULER_METRICS_FILE
+            )
+        );
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DrillCheck {
@@ -219,6 +241,27 @@ pub fn prometheus_text(report: &DrillReport, finished_unix: i64) -> String {
     text
 }
 
+/// The drill scheduler's textfile ([`DRILL_SCHEDULER_METRICS_FILE`]): when this member's timer ran,
+/// and the schedule's interval (from systemd's calendar), absent when it could not be had.
+pub fn scheduler_text(cluster: &str, member: &str, run_at: i64, interval: Option<f64>) -> String {
+    let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let label = format!("{{cluster=\"{}\",member=\"{}\"}}", escape(cluster), escape(member));
+    let mut text = format!(
+        "# HELP capstan_drill_scheduler_last_run_timestamp_seconds Unix time this member's drill timer last ran.\n\
+         # TYPE capstan_drill_scheduler_last_run_timestamp_seconds gauge\n\
+         capstan_drill_scheduler_last_run_timestamp_seconds{label} {run_at}\n"
+    );
+    if let Some(interval) = interval {
+        text.push_str(&format!(
+            "# HELP capstan_drill_schedule_interval_seconds Seconds between two firings of the drill timer.\n\
+             # TYPE capstan_drill_schedule_interval_seconds gauge\n\
+             capstan_drill_schedule_interval_seconds{label} {}\n",
+            interval.round() as i64
+        ));
+    }
+    text
+}
+
 /// Writes `contents` to `dir/name` atomically (temp file, fsync, rename), so the collector
 /// never reads a half-written file.
 pub fn write_atomic(dir: &Path, name: &str, contents: &[u8], mode: u32) -> std::io::Result<PathBuf> {
@@ -348,6 +391,22 @@ mod tests {
             "{metrics}"
         );
         assert!(metrics.contains("capstan_drill_last_run_timestamp_seconds{cluster=\"demo\"} 1800000000\n"));
+    }
+
+    #[test]
+    fn the_scheduler_file_gives_the_interval() {
+        let text = scheduler_text("demo", "m\"1", 1_800_000_000, Some(86_400.0));
+        assert!(
+            text.contains(
+                "capstan_drill_scheduler_last_run_timestamp_seconds{cluster=\"demo\",member=\"m\\\"1\"} 1800000000\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("capstan_drill_schedule_interval_seconds{cluster=\"demo\",member=\"m\\\"1\"} 86400\n"),
+            "{text}"
+        );
+        assert!(!scheduler_text("demo", "m1", 1, None).contains("interval"));
     }
 
     #[test]

@@ -291,6 +291,51 @@ fn next_timer_run() -> Option<f64> {
     crate::metrics::parse_next_elapse(&String::from_utf8_lossy(&output.stdout))
 }
 
+/// The interval of `timer`'s calendar (seconds between its next two elapses), from systemd itself:
+/// the timer's `OnCalendar` expression (`TimersCalendar`), then `systemd-analyze calendar
+/// --iterations=2` in UTC. Works while the timer's service runs (when systemd names no next elapse).
+pub fn timer_interval(timer: &str) -> Option<f64> {
+    let shown = std::process::Command::new("systemctl")
+        .args(["show", "--property=TimersCalendar", "--value", timer])
+        .output()
+        .ok()?;
+    let expression = calendar_of(&String::from_utf8_lossy(&shown.stdout))?;
+    let analyzed = std::process::Command::new("systemd-analyze")
+        .args(["calendar", "--iterations=2", &expression])
+        .env("TZ", "UTC")
+        .output()
+        .ok()?;
+    calendar_interval(&String::from_utf8_lossy(&analyzed.stdout))
+}
+
+/// The expression in `{ OnCalendar=*-*-* *:*:00/30 ; next_elapse=... }` (systemctl's
+/// `TimersCalendar`).
+fn calendar_of(timers_calendar: &str) -> Option<String> {
+    let start = timers_calendar.find("OnCalendar=")? + "OnCalendar=".len();
+    let rest = &timers_calendar[start..];
+    let expression = rest[..rest.find(" ;").unwrap_or(rest.len())].trim();
+    (!expression.is_empty()).then(|| expression.to_string())
+}
+
+/// Seconds between `Next elapse:` and `Iter. #2:` in `systemd-analyze calendar --iterations=2`
+/// output printed in UTC (`Tue 2026-12-01 16:39:30 UTC`).
+fn calendar_interval(output: &str) -> Option<f64> {
+    let at = |label: &str| -> Option<i64> {
+        let line = output.lines().find(|l| l.trim_start().starts_with(label))?;
+        let text = line.trim_start()[label.len()..].trim();
+        let mut parts = text.split_whitespace();
+        let (_weekday, date, clock, zone) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if zone != "UTC" {
+            return None;
+        }
+        let date = time::Date::parse(date, time::macros::format_description!("[year]-[month]-[day]")).ok()?;
+        let clock = time::Time::parse(clock, time::macros::format_description!("[hour]:[minute]:[second]")).ok()?;
+        Some(time::PrimitiveDateTime::new(date, clock).assume_utc().unix_timestamp())
+    };
+    let interval = at("Iter. #2:")? - at("Next elapse:")?;
+    (interval > 0).then_some(interval as f64)
+}
+
 /// One scheduled run on a member: leader check, backup, prune. Every member writes the
 /// scheduler metrics (timer ran, led or not); the leader also the backup's (success or failure).
 /// Warnings (metrics not written) go to `report`.
@@ -521,5 +566,28 @@ mod tests {
         }
         .into();
         assert_eq!((r.keep_last, r.daily, r.weekly, r.monthly), (3, 1, 2, 4));
+    }
+}
+
+#[cfg(test)]
+mod calendar_tests {
+    #[test]
+    fn the_interval_is_between_the_next_two_elapses() {
+        let every_30s = "  Original form: *:*:0/30\nNormalized form: *-*-* *:*:00/30\n    Next elapse: Tue 2026-12-01 16:39:30 UTC\n       From now: 17s left\n       Iter. #2: Tue 2026-12-01 16:40:00 UTC\n       From now: 47s left\n";
+        assert_eq!(super::calendar_interval(every_30s), Some(30.0));
+        let weekly = "    Next elapse: Sun 2026-12-06 04:00:00 UTC\n       Iter. #2: Sun 2026-12-13 04:00:00 UTC\n";
+        assert_eq!(super::calendar_interval(weekly), Some(7.0 * 86400.0));
+        assert_eq!(super::calendar_interval("    Next elapse: never\n"), None);
+        assert_eq!(
+            super::calendar_interval(
+                "    Next elapse: Sun 2026-12-06 04:00:00 CET\n       Iter. #2: Sun 2026-12-13 04:00:00 CET\n"
+            ),
+            None
+        );
+        assert_eq!(
+            super::calendar_of("{ OnCalendar=*-*-* *:*:00/30 ; next_elapse=Tue 2026-12-01 16:40:30 UTC }").as_deref(),
+            Some("*-*-* *:*:00/30")
+        );
+        assert_eq!(super::calendar_of(""), None);
     }
 }

@@ -197,6 +197,9 @@ impl Schedule {
                 DRILL_IDENTITY_PATH,
                 DRILL_DIR,
                 DRILL_REPORT_DIR,
+                // Left behind, they would keep the drill alerts going after the schedule is gone.
+                capstan_monitoring::textfile_path!("capstan_drill.prom"),
+                capstan_monitoring::textfile_path!("capstan_drill_scheduler.prom"),
             ],
         }
     }

@@ -594,6 +594,32 @@ fn lab_drill_schedule_runs_once_on_the_leader_into_drill_hosts() {
         let journal = remote(&lab, host, "journalctl -u capstan-drill.service --no-pager -o cat");
         assert!(journal.contains("not the etcd leader"), "{host}: {journal}");
     }
+    // Every member, leader or not, says when its drill timer ran and the schedule's interval (30 s
+    // here; the drill-stale alert doubles it).
+    for host in &hosts {
+        let scheduler = remote(
+            &lab,
+            host,
+            "cat /var/lib/prometheus/node-exporter/capstan_drill_scheduler.prom",
+        );
+        let value = |name: &str| -> f64 {
+            scheduler
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{host}: no {name}: {scheduler}"))
+        };
+        assert!(
+            value("capstan_drill_scheduler_last_run_timestamp_seconds{") > 1.7e9,
+            "{scheduler}"
+        );
+        assert_eq!(
+            value("capstan_drill_schedule_interval_seconds{"),
+            30.0,
+            "{host}: {scheduler}"
+        );
+    }
     // The drill host was wiped afterwards.
     assert_eq!(
         remote(
@@ -612,7 +638,9 @@ fn lab_drill_schedule_runs_once_on_the_leader_into_drill_hosts() {
             remote(
                 &lab,
                 host,
-                "ls /etc/systemd/system/capstan-drill.timer /etc/capstan /usr/local/bin/capstan /var/lib/capstan/drills 2>/dev/null | wc -l"
+                "ls /etc/systemd/system/capstan-drill.timer /etc/capstan /usr/local/bin/capstan /var/lib/capstan/drills \
+                 /var/lib/prometheus/node-exporter/capstan_drill.prom /var/lib/prometheus/node-exporter/capstan_drill_scheduler.prom \
+                 2>/dev/null | wc -l"
             ),
             "0"
         );

@@ -472,3 +472,292 @@ fn replicas_scrape_everything_and_alerts_reach_the_webhook_once() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// The versions the lab mirror has of each (bookworm's and trixie's Debian builds).
+const OLD: [(&str, &str); 3] = [
+    ("prometheus", "2.42.0"),
+    ("alertmanager", "0.25.0"),
+    ("node_exporter", "1.5.0"),
+];
+const NEW: [(&str, &str); 3] = [
+    ("prometheus", "2.53.3"),
+    ("alertmanager", "0.28.1"),
+    ("node_exporter", "1.9.0"),
+];
+
+fn mirror_has(versions: &[(&str, &str)]) -> Need {
+    let sums = std::fs::read_to_string(Path::new(MIRROR).join("SHA256SUMS")).unwrap_or_default();
+    for (project, version) in versions {
+        let part = format!("{project}-{version}.linux-amd64");
+        if !sums.contains(&part) {
+            return Err(format!("artifact mirror {MIRROR} lacks {part} (run scripts/setup.sh)"));
+        }
+    }
+    Ok(())
+}
+
+/// The SMTP password file next to the inventory (`password_file` is relative to it).
+const SMTP_PASSWORD_FILE: &str = "smtp-password";
+
+/// Three etcd members, the first two also `monitoring`, on the given monitoring versions; an email
+/// receiver for critical alerts through an authenticating relay (the password in
+/// [`SMTP_PASSWORD_FILE`]).
+fn rollout_inventory(lab: &Lab, versions: &[(&str, &str)]) -> String {
+    let mut yaml = format!(
+        "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\n{}",
+        lab.name,
+        lab.key_path.display().to_string(),
+        lab.known_hosts_path.display().to_string(),
+        mirror_and_version(ETCD),
+    );
+    for (project, version) in versions {
+        yaml.push_str(&format!("  {project}: \"{version}\"\n"));
+    }
+    yaml.push_str(&format!(
+        "monitoring:\n  retention_days: 2\n  smtp: {{smarthost: '{}:2525', from: alerts@example.com, username: capstan, password_file: {SMTP_PASSWORD_FILE}}}\n\
+         \x20 receivers:\n    - {{name: mail, emails: [ops@example.com], severities: [critical]}}\nhosts:\n",
+        lab.gateway
+    ));
+    for (i, m) in lab.machines.iter().enumerate() {
+        let roles = if i < 2 { "[etcd, monitoring]" } else { "[etcd]" };
+        yaml.push_str(&format!(
+            "  - name: {}\n    address: {}\n    roles: {roles}\n",
+            m.name, m.ip
+        ));
+    }
+    yaml
+}
+
+/// When `service` on `host` last started, in seconds since the epoch (µs precision; the lab
+/// machines share this machine's clock).
+fn started_at(lab: &Lab, host: &str, service: &str) -> f64 {
+    let text = remote(
+        lab,
+        host,
+        &format!("date -d \"$(systemctl show --timestamp=us -p ExecMainStartTimestamp --value {service})\" +%s.%6N"),
+    );
+    text.parse()
+        .unwrap_or_else(|_| panic!("{host}: {service} start time `{text}`"))
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// One look at both replicas: (when, Prometheus answers with a target up, Alertmanager ready), per replica.
+type Sample = (f64, [bool; 2], [bool; 2]);
+
+fn sample(ips: &[String]) -> Sample {
+    let scraping = |ip: &String| targets(ip).iter().any(|(_, _, health)| health == "up");
+    let ready = |ip: &String| {
+        Command::new("curl")
+            .args([
+                "-sf",
+                "--max-time",
+                "2",
+                "-o",
+                "/dev/null",
+                &format!("http://{ip}:9093/-/ready"),
+            ])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    (
+        now(),
+        [scraping(&ips[0]), scraping(&ips[1])],
+        [ready(&ips[0]), ready(&ips[1])],
+    )
+}
+
+/// The version `/api/v1/status/buildinfo` (Prometheus) or `/api/v2/status` (Alertmanager) reports.
+fn running_version(ip: &str, port: u16) -> String {
+    let (path, pointer) = if port == 9090 {
+        ("/api/v1/status/buildinfo", "/data/version")
+    } else {
+        ("/api/v2/status", "/versionInfo/version")
+    };
+    get(&format!("http://{ip}:{port}{path}"))
+        .and_then(|v| v.pointer(pointer).and_then(Value::as_str).map(String::from))
+        .unwrap_or_default()
+}
+
+/// Checks that a server restarted on both replicas one after the other: both started during the
+/// rollout, and between the two starts a sample shows the first one serving again.
+fn restarted_in_turn(
+    what: &str,
+    starts: [f64; 2],
+    rollout_began: f64,
+    samples: &[Sample],
+    serving: impl Fn(&Sample, usize) -> bool,
+) {
+    assert!(
+        starts.iter().all(|s| *s > rollout_began),
+        "{what}: not restarted on both replicas during the rollout: {starts:?} (began {rollout_began})"
+    );
+    let (first, second) = if starts[0] < starts[1] { (0, 1) } else { (1, 0) };
+    let between = samples
+        .iter()
+        .any(|s| s.0 > starts[first] && s.0 < starts[second] && serving(s, first));
+    assert!(
+        between,
+        "{what}: replica {} restarted at {:.2} before replica {} (started {:.2}) was seen serving again",
+        second + 1,
+        starts[second],
+        first + 1,
+        starts[first]
+    );
+    eprintln!(
+        "{what}: replica {} started {:.1}s after replica {}",
+        second + 1,
+        starts[second] - starts[first],
+        first + 1
+    );
+}
+
+#[test]
+fn version_change_rolls_one_replica_at_a_time() {
+    if !require(&[
+        lab(),
+        mirror(),
+        mirror_etcd(&[ETCD]),
+        mirror_has(&OLD),
+        mirror_has(&NEW),
+        curl(),
+    ]) {
+        return;
+    }
+    let started = Instant::now();
+    let guard = LabGuard::up(UpOptions::new("mon-roll", 3)).expect("lab up");
+    let lab = guard.lab();
+    let dir = tempfile::tempdir().unwrap();
+    let inventory_path = dir.path().join("inventory.yaml");
+    std::fs::write(&inventory_path, rollout_inventory(lab, &OLD)).unwrap();
+    let password_path = dir.path().join(SMTP_PASSWORD_FILE);
+    let passwords = ["first-Lab-passw0rd", "second-Lab-passw0rd"];
+    std::fs::write(&password_path, format!("{}\n", passwords[0])).unwrap();
+    let ips: Vec<String> = lab.machines.iter().map(|m| m.ip.to_string()).collect();
+    let names: Vec<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();
+    let lab_up = started.elapsed();
+
+    // The SMTP password reaches the monitoring hosts (0640 root:alertmanager), never any output.
+    let secret_kept = |run: &support::Run, password: &str, names: &[&str]| {
+        assert!(
+            !run.stdout.contains(password) && !run.stderr.contains(password),
+            "the SMTP password appeared in capstan's output"
+        );
+        for name in names {
+            assert_eq!(
+                remote(lab, name, "stat -c '%a %U %G' /etc/alertmanager/smtp_password"),
+                "640 root alertmanager"
+            );
+            assert_eq!(remote(lab, name, "cat /etc/alertmanager/smtp_password"), password);
+            assert!(!remote(lab, name, "cat /etc/alertmanager/alertmanager.yml").contains(password));
+        }
+    };
+    let run = capstan_ok(&inventory_path, &["apply", "--output", "json"]);
+    secret_kept(&run, passwords[0], &names[..2]);
+    let first = json(&run);
+    assert!(changed(&first) > 0);
+    let applied = started.elapsed();
+    for ip in &ips[..2] {
+        assert!(running_version(ip, 9090).starts_with("2.42.0"), "{ip}");
+        assert!(running_version(ip, 9093).starts_with("0.25.0"), "{ip}");
+    }
+    let rss = |what: &str| {
+        for name in &names[..2] {
+            let rss = |process: &str| remote(lab, name, &format!("ps -o rss= -C {process} || echo -"));
+            eprintln!(
+                "{what}: {name}: RSS KiB prometheus {} alertmanager {} node_exporter {}",
+                rss("prometheus"),
+                rss("alertmanager"),
+                rss("node_exporter")
+            );
+        }
+    };
+    rss("before the version change");
+
+    // The version change (and a new SMTP password), watched from outside: both replicas every
+    // ~half second.
+    std::fs::write(&inventory_path, rollout_inventory(lab, &NEW)).unwrap();
+    std::fs::write(&password_path, passwords[1]).unwrap();
+    let plan = support::run_capstan(Some(&inventory_path), &["plan", "-v"], &[]);
+    let shown = format!("{}{}", plan.stdout, plan.stderr);
+    assert!(shown.contains("/etc/alertmanager/smtp_password"), "{shown}");
+    assert!(!shown.contains(passwords[1]), "the SMTP password appeared in the plan");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, ips) = (stop.clone(), ips.clone());
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push(sample(&ips));
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            samples
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let rollout_began = now();
+    let rolled = Instant::now();
+    let run = capstan_ok(&inventory_path, &["apply", "--output", "json"]);
+    let rollout = rolled.elapsed();
+    let change = json(&run);
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = watcher.join().unwrap();
+    assert!(changed(&change) > 0);
+    assert!(samples.len() > 10, "{} samples", samples.len());
+    for s in &samples {
+        assert!(
+            s.1[0] || s.1[1],
+            "at {:.2} no Prometheus replica answered with a target up: {samples:?}",
+            s.0
+        );
+        assert!(s.2[0] || s.2[1], "at {:.2} no Alertmanager was ready: {samples:?}", s.0);
+    }
+    let starts = |service: &str| [started_at(lab, names[0], service), started_at(lab, names[1], service)];
+    restarted_in_turn(
+        "Alertmanager",
+        starts("alertmanager"),
+        rollout_began,
+        &samples,
+        |s, i| s.2[i],
+    );
+    restarted_in_turn("Prometheus", starts("prometheus"), rollout_began, &samples, |s, i| {
+        s.1[i]
+    });
+    for (i, ip) in ips[..2].iter().enumerate() {
+        assert!(
+            running_version(ip, 9090).starts_with("2.53.3"),
+            "{ip}: {}",
+            running_version(ip, 9090)
+        );
+        assert!(
+            running_version(ip, 9093).starts_with("0.28.1"),
+            "{ip}: {}",
+            running_version(ip, 9093)
+        );
+        assert!(
+            remote(lab, names[i], "/usr/local/bin/node_exporter --version 2>&1 | head -n1").contains("1.9.0"),
+            "{}",
+            names[i]
+        );
+    }
+    rss("after the version change");
+    secret_kept(&run, passwords[1], &names[..2]);
+
+    let again = json(&capstan_ok(&inventory_path, &["apply", "--output", "json"]));
+    assert_eq!(changed(&again), 0, "{again:#}");
+    eprintln!(
+        "monitoring rollout lab test: lab up {:.1}s, first apply {:.1}s, version change (rolling) {:.1}s over {} samples, total {:.1}s",
+        lab_up.as_secs_f64(),
+        (applied - lab_up).as_secs_f64(),
+        rollout.as_secs_f64(),
+        samples.len(),
+        started.elapsed().as_secs_f64()
+    );
+}

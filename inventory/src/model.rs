@@ -249,6 +249,27 @@ pub struct SmtpSettings {
     pub from: String,
     /// STARTTLS required (default true).
     pub require_tls: bool,
+    /// Authentication at the relay (`username` with `password_file` or `password_env`).
+    pub auth: Option<SmtpAuth>,
+}
+
+/// SMTP authentication: the password is read on the operator's machine when capstan runs, never
+/// written into the inventory's model or any output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SmtpAuth {
+    pub username: String,
+    pub password: SecretSource,
+}
+
+/// Where a secret comes from on the operator's machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretSource {
+    /// A file (`password_file`, absolute or relative to the inventory); its content without the
+    /// trailing line end.
+    File(PathBuf),
+    /// An environment variable (`password_env`) of the capstan process.
+    Env(String),
 }
 
 impl Default for MonitoringSettings {

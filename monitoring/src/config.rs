@@ -28,6 +28,9 @@ pub const RULES_FILE: &str = "/etc/prometheus/rules/capstan.yml";
 pub const ALERTMANAGER_BINARY: &str = "/usr/local/bin/alertmanager";
 pub const ALERTMANAGER_CONFIG_DIR: &str = "/etc/alertmanager";
 pub const ALERTMANAGER_CONFIG: &str = "/etc/alertmanager/alertmanager.yml";
+/// The SMTP relay's password (`smtp_auth_password_file`), 0640 root:alertmanager, when
+/// `monitoring.smtp` names a `username`.
+pub const SMTP_PASSWORD_FILE: &str = "/etc/alertmanager/smtp_password";
 /// Alertmanager's silences and notification log.
 pub const ALERTMANAGER_STORAGE: &str = "/var/lib/alertmanager";
 /// Where Debian's Alertmanager build looks for its default notification templates
@@ -211,6 +214,8 @@ pub fn alert_rules(cluster: &Cluster) -> RenderResult {
 #[derive(Serialize)]
 struct AlertmanagerConfig<'a> {
     smtp: Option<&'a SmtpSettings>,
+    /// `(username, password file on the hosts)`; the password itself never enters the config.
+    smtp_auth: Option<(&'a str, &'a str)>,
     receivers: &'a [AlertReceiver],
     blackhole: &'a str,
     group_wait: &'a str,
@@ -225,6 +230,12 @@ pub fn alertmanager_config(cluster: &Cluster) -> RenderResult {
         "monitoring/alertmanager.yml",
         AlertmanagerConfig {
             smtp: cluster.monitoring.smtp.as_ref(),
+            smtp_auth: cluster
+                .monitoring
+                .smtp
+                .as_ref()
+                .and_then(|smtp| smtp.auth.as_ref())
+                .map(|auth| (auth.username.as_str(), SMTP_PASSWORD_FILE)),
             receivers: &cluster.monitoring.receivers,
             blackhole: BLACKHOLE_RECEIVER,
             group_wait: GROUP_WAIT,
@@ -529,9 +540,25 @@ pub(crate) mod tests {
         assert!(config.contains("- \"severity=~\\\"critical|warning\\\"\""), "{config}");
         assert!(config.contains("- \"severity=~\\\"critical\\\"\""), "{config}");
         assert!(config.contains("- to: \"ops@example.com\""), "{config}");
+        assert!(!config.contains("smtp_auth"), "{config}");
         let none = alertmanager_config(&sample_cluster("")).unwrap();
         assert!(!none.contains("smtp"), "{none}");
         assert!(none.contains("receiver: \"capstan-unrouted\""), "{none}");
+    }
+
+    #[test]
+    fn smtp_authentication_names_the_password_file_only() {
+        let cluster = sample_cluster(
+            "monitoring:\n  smtp: {smarthost: 'mail:587', from: am@example.com, username: alerts, password_env: CAPSTAN_TEST_SMTP}\n\
+             \x20 receivers:\n    - {name: mail, emails: [ops@example.com]}\n",
+        );
+        let config = alertmanager_config(&cluster).unwrap();
+        assert!(config.contains("smtp_auth_username: \"alerts\""), "{config}");
+        assert!(
+            config.contains(&format!("smtp_auth_password_file: \"{SMTP_PASSWORD_FILE}\"")),
+            "{config}"
+        );
+        assert!(!config.contains("CAPSTAN_TEST_SMTP"), "{config}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! capstan-monitoring: the monitoring component — node_exporter on every host and Prometheus on
 //! the hosts with role `monitoring` (each one a full replica, differing only in the `replica`
 //! external label), scraping every component's targets ([`config::scrape_targets`]). See
-//! docs/monitoring.md. Alertmanager and alert rules are not there yet.
+//! docs/monitoring.md. Alertmanager runs clustered on the same hosts; both servers change one replica
+//! at a time ([`rollout`]).
 //!
 //! Decide purely ([`config`]), resolve the artifacts ([`release`]), then converge in phases of
 //! ops ([`apply`]). It also owns the node_exporter textfile collector directory, where backup and
@@ -13,6 +14,7 @@ pub mod config;
 pub mod credentials;
 pub mod release;
 mod reset;
+pub mod rollout;
 pub mod status;
 
 pub use component::MonitoringComponent;

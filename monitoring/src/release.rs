@@ -50,11 +50,15 @@ pub fn members(project: &str, version: &str, arch: &str, binaries: &[&str]) -> V
 mod tests {
     use super::*;
 
-    /// The lab mirror's lines (lab/mirror/build-mirror.sh from Debian bookworm's packages).
+    /// The lab mirror's lines (lab/mirror/build-mirror.sh: Debian bookworm's packages, the
+    /// inventory's defaults, and trixie's, the versions a version change moves to).
     const SUMS: &str = "\
 835edc5d64c7d2c3796da492ea656dd6373959befb19c3de4fba7965f73c1f0c  prometheus/prometheus/releases/download/v2.42.0/prometheus-2.42.0.linux-amd64.tar.gz
 66de61148d34f9d864420737d098c3631b19dcf89e0c4a0b3703911479fd3718  prometheus/node_exporter/releases/download/v1.5.0/node_exporter-1.5.0.linux-amd64.tar.gz
 d1cc2e7e6f26ff9495261c7c90f0c93a96dba293180b46c1da260aac91c24ab0  prometheus/alertmanager/releases/download/v0.25.0/alertmanager-0.25.0.linux-amd64.tar.gz
+606fa5e3d40d22fa3346c210da9df4b730624d1b299a534007d9c0c216c01829  prometheus/prometheus/releases/download/v2.53.3/prometheus-2.53.3.linux-amd64.tar.gz
+959830fd7cafd3b724388f3bea5255bbb4d22b101f26461100403352f5d97814  prometheus/node_exporter/releases/download/v1.9.0/node_exporter-1.9.0.linux-amd64.tar.gz
+e145f7de448892bac781e7bc8452313106c8b8e75cc2bbfb15098e7328c85ab6  prometheus/alertmanager/releases/download/v0.28.1/alertmanager-0.28.1.linux-amd64.tar.gz
 ";
 
     #[test]
@@ -65,6 +69,9 @@ d1cc2e7e6f26ff9495261c7c90f0c93a96dba293180b46c1da260aac91c24ab0  prometheus/ale
             ("prometheus", "2.42.0"),
             ("node_exporter", "1.5.0"),
             ("alertmanager", "0.25.0"),
+            ("prometheus", "2.53.3"),
+            ("node_exporter", "1.9.0"),
+            ("alertmanager", "0.28.1"),
         ] {
             let resolved = releases.on_mirror(project, version, "amd64", mirror, SUMS).unwrap();
             assert_eq!(

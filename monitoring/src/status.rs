@@ -53,7 +53,7 @@ pub enum StatusError {
 const MARKER: &str = "--capstan-status-next--";
 
 /// `GET path` against `address` (host:port) with bash's /dev/tcp, body and headers on stdout.
-fn fetch(host: &str, port: u16, path: &str) -> String {
+pub(crate) fn fetch(host: &str, port: u16, path: &str) -> String {
     format!(
         "bash -c 'exec 3<>/dev/tcp/{host}/{port} && printf \"GET {path} HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n\" >&3 && cat <&3'"
     )

@@ -201,13 +201,32 @@ fn amtool_accepts_the_alertmanager_config() {
          \x20   - {name: mail, emails: [ops@example.com, oncall@example.com], severities: [critical]}\n\
          \x20   - {name: deadman, webhooks: ['https://deadman.example.com/ping'], severities: [none]}\n",
     );
-    for cluster in [cluster(), with_receivers] {
+    // SMTP authentication: the username and the password file on the hosts, never the password.
+    let with_auth = cluster_with(
+        "monitoring:\n  smtp: {smarthost: 'mail.example.com:587', from: alerts@example.com, username: alerts, password_env: CAPSTAN_PROMTOOL_SMTP}\n\
+         \x20 receivers:\n    - {name: mail, emails: [ops@example.com]}\n",
+    );
+    for cluster in [cluster(), with_receivers, with_auth.clone()] {
         let config = capstan_monitoring::config::alertmanager_config(&cluster).unwrap();
         std::fs::write(&path, &config).unwrap();
         let (ok, said) = run("amtool", &["check-config"], &path);
         assert!(ok, "amtool check-config:\n{said}\n{config}");
         assert!(said.contains("receivers"), "{said}");
+        let auth = cluster.monitoring.smtp.as_ref().and_then(|s| s.auth.as_ref()).is_some();
+        assert_eq!(config.contains("smtp_auth_password_file:"), auth, "{config}");
     }
+    // Alertmanager refuses a password given both inline and as a file: the file is the only way.
+    let config = capstan_monitoring::config::alertmanager_config(&with_auth).unwrap();
+    std::fs::write(
+        &path,
+        config.replace(
+            "  smtp_auth_username:",
+            "  smtp_auth_password: x\n  smtp_auth_username:",
+        ),
+    )
+    .unwrap();
+    let (ok, said) = run("amtool", &["check-config"], &path);
+    assert!(!ok, "amtool accepted an inline password next to the file: {said}");
     // capstan's notification templates parse (amtool loads the files `templates:` names).
     let mut names = Vec::new();
     for (name, text) in capstan_monitoring::config::alertmanager_templates().unwrap() {

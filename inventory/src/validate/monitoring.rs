@@ -14,7 +14,14 @@ const MAX_RETENTION_DAYS: u64 = 3650;
 
 const KEYS: &[&str] = &["retention_days", "storage_path", "receivers", "smtp", "alert_for"];
 const RECEIVER_KEYS: &[&str] = &["name", "webhooks", "emails", "severities"];
-const SMTP_KEYS: &[&str] = &["smarthost", "from", "require_tls"];
+const SMTP_KEYS: &[&str] = &[
+    "smarthost",
+    "from",
+    "require_tls",
+    "username",
+    "password_file",
+    "password_env",
+];
 
 /// A receiver's name: Alertmanager's config and logs carry it.
 fn check_receiver_name(name: &str) -> Result<(), String> {
@@ -65,6 +72,28 @@ fn check_email(address: &str) -> Result<(), String> {
         Err(format!(
             "expected an email address like ops@example.com, found `{}`",
             show(address)
+        ))
+    }
+}
+
+/// A login name: printable, no spaces (it goes into Alertmanager's YAML as a string).
+fn check_smtp_username(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("expected a login name without spaces, found `{}`", show(name)));
+    }
+    Ok(())
+}
+
+/// An environment variable's name: letters, digits and `_`, not starting with a digit.
+fn check_env_name(name: &str) -> Result<(), String> {
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected an environment variable name like `SMTP_PASSWORD`, found `{}`",
+            show(name)
         ))
     }
 }
@@ -160,11 +189,55 @@ impl Checker<'_, '_> {
                 return None;
             }
         }
+        let auth = self.smtp_auth(node, &section);
         Some(SmtpSettings {
             smarthost: smarthost?,
             from: from?,
             require_tls,
+            auth: auth?,
         })
+    }
+
+    /// `username` with exactly one of `password_file`/`password_env`, or none of the three.
+    /// `Some(None)`: no authentication; `None`: an error was reported.
+    fn smtp_auth(&mut self, node: &Node, section: &super::Section<'_>) -> Option<Option<SmtpAuth>> {
+        let username = section
+            .get("username")
+            .map(|n| (n, self.checked(n, "username", check_smtp_username)));
+        let file = section.get("password_file").map(|n| (n, self.path(n, "password_file")));
+        let env = section
+            .get("password_env")
+            .map(|n| (n, self.checked(n, "password_env", check_env_name)));
+        let password = match (file, env) {
+            (Some((n, _)), Some(_)) => {
+                self.error(
+                    n.pos,
+                    "`monitoring.smtp`: expected one of `password_file` or `password_env`, found both",
+                );
+                return None;
+            }
+            (Some((_, path)), None) => Some(SecretSource::File(path?)),
+            (None, Some((_, name))) => Some(SecretSource::Env(name?)),
+            (None, None) => None,
+        };
+        match (username, password) {
+            (None, None) => Some(None),
+            (Some((_, username)), Some(password)) => Some(Some(SmtpAuth {
+                username: username?,
+                password,
+            })),
+            (Some((n, _)), None) => {
+                self.error(
+                    n.pos,
+                    "`monitoring.smtp`: `username` needs its password: `password_file` (a file on this machine) or `password_env` (an environment variable)",
+                );
+                None
+            }
+            (None, Some(_)) => {
+                self.error(node.pos, "`monitoring.smtp`: a password needs `username`");
+                None
+            }
+        }
     }
 
     fn receivers(&mut self, node: &Node, first_email: &mut Option<Pos>) -> Vec<AlertReceiver> {

@@ -526,6 +526,14 @@ async fn component_checks(cluster: &Cluster, fetched: &FetchedBackup, out: &Outp
     }
 }
 
+/// node_exporter's textfile directory (`CAPSTAN_TEXTFILE_DIR` overrides it, for tests).
+pub(super) fn textfile_dir() -> PathBuf {
+    std::env::var_os("CAPSTAN_TEXTFILE_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(capstan_monitoring::TEXTFILE_DIR))
+}
+
 fn finish_drill(args: &DrillArgs, report: &DrillReport, out: &Output) -> anyhow::Result<ExitCode> {
     let markdown = render_markdown(report);
     if let Some(base) = &args.report {
@@ -536,10 +544,7 @@ fn finish_drill(args: &DrillArgs, report: &DrillReport, out: &Output) -> anyhow:
         std::fs::write(&md_path, &markdown).map_err(|e| Failure::new(format!("writing {}: {e}", md_path.display())))?;
         out.status(format!("report: {} and {}", json_path.display(), md_path.display()));
     }
-    let textfile_dir = std::env::var_os("CAPSTAN_TEXTFILE_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(capstan_monitoring::TEXTFILE_DIR));
+    let textfile_dir = textfile_dir();
     let metrics = prometheus_text(report, unix_now());
     match write_atomic(&textfile_dir, DRILL_METRICS_FILE, metrics.as_bytes(), 0o644) {
         Ok(path) => out.status(format!("metrics: {}", path.display())),

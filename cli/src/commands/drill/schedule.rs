@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use capstan_backup::schedule::{local_member_leads, DrillScheduleConfig};
+use capstan_backup::drill_report::{scheduler_text, unix_now, write_atomic, DRILL_SCHEDULER_METRICS_FILE};
+use capstan_backup::schedule::{local_member_leads, timer_interval, DrillScheduleConfig, DRILL_TIMER_UNIT};
 use capstan_backup::schedule_install::{install_drill_schedule, remove_schedule, DrillInstall, Schedule};
 use capstan_provisioner::lock::LockMode;
 use capstan_provisioner::runner::Mode;
@@ -102,6 +103,20 @@ fn run_member(config_path: &Path, out: &Output) -> anyhow::Result<ExitCode> {
     let config: DrillScheduleConfig = serde_yaml::from_str(&text).map_err(|e| {
         Failure::new(format!("{}: {e}", config_path.display())).hint("run `capstan drill schedule` again")
     })?;
+    // Every member, leader or not: the timer fired, and the schedule's interval (for the drill-stale alert).
+    let scheduler = scheduler_text(
+        &config.cluster,
+        &config.member,
+        unix_now(),
+        timer_interval(DRILL_TIMER_UNIT),
+    );
+    let textfile_dir = super::run::textfile_dir();
+    if let Err(e) = write_atomic(&textfile_dir, DRILL_SCHEDULER_METRICS_FILE, scheduler.as_bytes(), 0o644) {
+        out.status(format!(
+            "warning: could not write metrics to {}: {e}",
+            textfile_dir.join(DRILL_SCHEDULER_METRICS_FILE).display()
+        ));
+    }
     let leads = tokio::runtime::Runtime::new()?
         .block_on(local_member_leads(&config.pki_dir, &config.local_endpoint))
         .map_err(|e| Failure::new(format!("{}: {e}", config.member)))?;
