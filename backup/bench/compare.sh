@@ -15,19 +15,24 @@
 #
 #   CAPSTAN=target/release/capstan SIZE_MB=1024 S3_SERVER=s3s-fs RUNS=2 backup/bench/compare.sh
 #
-# RUNS repeats both measurements (alternating) against the same server. KEEP=1 keeps the lab
-# (and its filled etcd) for another run: REUSE=1 then skips the fill.
+# RUNS (default 3) repeats the measurements (alternating) against the same server and prints
+# min/median/max over the runs. CAPSTAN_OLD=path/to/other/capstan measures a second build in the
+# same runs (before capstan on odd runs, after the pipeline on even ones), to compare a change
+# on a shared machine. KEEP=1 keeps the lab (and its filled etcd) for another run: REUSE=1 then
+# skips the fill.
 set -euo pipefail
 
 CAPSTAN=${CAPSTAN:-target/release/capstan}
 SIZE_MB=${SIZE_MB:-1024}
 S3_SERVER=${S3_SERVER:-s3s-fs}
 S3S_FS=${S3S_FS:-/opt/s3s-fs/bin/s3s-fs}
-RUNS=${RUNS:-1}
+RUNS=${RUNS:-3}
+CAPSTAN_OLD=${CAPSTAN_OLD:-}
 LAB=${LAB:-bench}
 WORK=${WORK:-/tmp/capstan-bench}
 BUCKET=bench
 CAPSTAN=$(readlink -f "$CAPSTAN")
+[ -z "$CAPSTAN_OLD" ] || CAPSTAN_OLD=$(readlink -f "$CAPSTAN_OLD")
 
 case "$S3_SERVER" in
     moto) SERVER_CMD=moto_server ;;
@@ -118,43 +123,87 @@ measure() {
 }
 
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+load1() { cut -d' ' -f1 /proc/loadavg; }
+# capstan backup create with binary $1 (streaming: etcd → sha256 → age → sha256 → S3 multipart):
+# "<load> <wall> <cpu> <rss> <server cpu>".
+capstan_run() {
+    local load
+    load=$(load1)
+    echo "$load $(measure capstan "$1" -q -i "$INV" backup create --target "s3://$BUCKET/capstan" --s3-path-style \
+        -r "$RECIPIENT")"
+}
 RESULTS=()
 for run in $(seq "$RUNS"); do
-    LOAD=$(cut -d' ' -f1 /proc/loadavg)
-    # 4. capstan backup create (streaming: etcd → sha256 → age → S3 multipart).
-    read -r C_WALL C_CPU C_RSS C_SRV < <(measure capstan "$CAPSTAN" -q -i "$INV" backup create \
-        --target "s3://$BUCKET/capstan" --s3-path-style -r "$RECIPIENT")
+    # 4. capstan (and, with CAPSTAN_OLD, the other binary: first on odd runs, last on even ones).
+    O_LINE="- - - - -"
+    if [ -n "$CAPSTAN_OLD" ] && [ $((run % 2)) = 1 ]; then O_LINE=$(capstan_run "$CAPSTAN_OLD"); fi
+    C_LINE=$(capstan_run "$CAPSTAN")
 
     # 5. The pipeline, each step measured; the total is the sum, peak RSS the largest step.
+    P_LOAD=$(load1)
     rm -f "$WORK/s.db" "$WORK/s.db.age"
     read -r S_WALL S_CPU S_RSS _ < <(measure snap "${ETCDCTL[@]}" snapshot save "$WORK/s.db")
     read -r A_WALL A_CPU A_RSS _ < <(measure age age -r "$RECIPIENT" -o "$WORK/s.db.age" "$WORK/s.db")
     read -r U_WALL U_CPU U_RSS U_SRV < <(measure upload aws s3 cp --only-show-errors "$WORK/s.db.age" "s3://$BUCKET/pipeline/s.db.age")
     rm -f "$WORK/s.db" "$WORK/s.db.age"
+    if [ -n "$CAPSTAN_OLD" ] && [ $((run % 2)) = 0 ]; then O_LINE=$(capstan_run "$CAPSTAN_OLD"); fi
     # Keep the server's store small between runs (s3s-fs writes every object to disk).
     aws s3 rm --recursive --only-show-errors "s3://$BUCKET/" || true
-    RESULTS+=("$run $LOAD $C_WALL $C_CPU $C_RSS $C_SRV $S_WALL $S_CPU $S_RSS $A_WALL $A_CPU $A_RSS $U_WALL $U_CPU $U_RSS $U_SRV")
+    RESULTS+=("$run $C_LINE $O_LINE $P_LOAD $S_WALL $S_CPU $S_RSS $A_WALL $A_CPU $A_RSS $U_WALL $U_CPU $U_RSS $U_SRV")
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-python3 - "$DB_BYTES" "$S3_SERVER" "${RESULTS[@]}" <<'EOF'
-import sys
-db, server = float(sys.argv[1]), sys.argv[2]
+python3 - "$DB_BYTES" "$S3_SERVER" "${CAPSTAN_OLD:+old}" "${RESULTS[@]}" <<'EOF'
+import statistics, sys
+db, server, has_old = float(sys.argv[1]), sys.argv[2], sys.argv[3] == "old"
 mib = db / 1048576
-print(f"database: {mib:.0f} MiB, S3 server: {server}")
-print(f"{'':28}{'wall s':>8}{'cpu s':>8}{'MiB/s':>9}{'peak RSS MiB':>14}{'server cpu s':>14}")
-for line in sys.argv[3:]:
-    run, load, cw, cc, cr, cs, sw, sc, sr, aw, ac, ar, uw, uc, ur, us = map(float, line.split())
+print(f"database: {mib:.0f} MiB, S3 server: {server}; load = 1-minute load average when the step started")
+print(f"{'':28}{'load':>6}{'wall s':>8}{'cpu s':>8}{'MiB/s':>9}{'peak RSS MiB':>14}{'server cpu s':>14}")
+speedups, old_speedups, walls, old_walls, pipe_walls, rsses = [], [], [], [], [], []
+for line in sys.argv[4:]:
+    f = line.split()
+    run = int(f[0])
+    cl, cw, cc, cr, cs = map(float, f[1:6])
+    old = None if f[6] == "-" else tuple(map(float, f[6:11]))
+    pl, sw, sc, sr, aw, ac, ar, uw, uc, ur, us = map(float, f[11:22])
     pw, pc, pr = sw + aw + uw, sc + ac + uc, max(sr, ar, ur)
-    print(f"run {run:.0f} (1-minute load average at its start: {load:.2f})")
-    rows = (("capstan backup create", cw, cc, cr, f"{cs:.1f}"),
-            ("pipeline (total)", pw, pc, pr, f"{us:.1f}"),
-            ("  etcdctl snapshot save", sw, sc, sr, ""),
-            ("  age -r", aw, ac, ar, ""),
-            ("  aws s3 cp", uw, uc, ur, f"{us:.1f}"))
-    for name, w, c, r, s in rows:
-        print(f"{name:28}{w:8.1f}{c:8.1f}{mib / w:9.1f}{r / 1024:14.1f}{s:>14}")
-    speedup, rss = pw / cw, cr / 1024
-    print(f"speed-up: {speedup:.2f}x (target 1.5x: {'met' if speedup >= 1.5 else 'not met'}); "
-          f"capstan peak RSS {rss:.1f} MiB (target < 64 MiB: {'met' if rss < 64 else 'not met'})")
+    print(f"run {run}")
+    rows = [("capstan backup create", cl, cw, cc, cr, f"{cs:.1f}")]
+    if old:
+        rows.append(("capstan (CAPSTAN_OLD)", *old))
+        rows[-1] = rows[-1][:5] + (f"{old[4]:.1f}",)
+    rows += [("pipeline (total)", pl, pw, pc, pr, f"{us:.1f}"),
+             ("  etcdctl snapshot save", None, sw, sc, sr, ""),
+             ("  age -r", None, aw, ac, ar, ""),
+             ("  aws s3 cp", None, uw, uc, ur, f"{us:.1f}")]
+    for name, load, w, c, r, s in rows:
+        shown = "" if load is None else f"{load:.2f}"
+        print(f"{name:28}{shown:>6}{w:8.1f}{c:8.1f}{mib / w:9.1f}{r / 1024:14.1f}{s:>14}")
+    speedups.append(pw / cw)
+    walls.append(cw)
+    pipe_walls.append(pw)
+    rsses.append(cr / 1024)
+    text = f"speed-up: {pw / cw:.2f}x"
+    if old:
+        old_speedups.append(pw / old[1])
+        old_walls.append(old[1])
+        text += f" (CAPSTAN_OLD: {pw / old[1]:.2f}x; wall new/old {cw / old[1]:.2f})"
+    print(text)
+
+
+def spread(values, fmt):
+    return "/".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+print(f"\nover {len(walls)} runs, min/median/max:")
+print(f"  capstan wall {spread(walls, '{:.1f}')} s, peak RSS {spread(rsses, '{:.1f}')} MiB")
+if old_walls:
+    print(f"  CAPSTAN_OLD wall {spread(old_walls, '{:.1f}')} s")
+print(f"  pipeline wall {spread(pipe_walls, '{:.1f}')} s")
+print(f"  speed-up {spread(speedups, '{:.2f}')}x", end="")
+if old_speedups:
+    print(f" (CAPSTAN_OLD {spread(old_speedups, '{:.2f}')}x)", end="")
+median, rss = statistics.median(speedups), max(rsses)
+print(f"\ntarget 2x: {'met' if median >= 2 else 'not met'} (median speed-up); "
+      f"peak RSS < 64 MiB: {'met' if rss < 64 else 'not met'} (largest {rss:.1f} MiB)")
 EOF
