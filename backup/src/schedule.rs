@@ -277,6 +277,12 @@ async fn leadership(local_endpoint: &str, tls: &EtcdTls) -> Result<(bool, Vec<Et
 }
 
 /// When the backup timer fires next, asked of this member's systemd (`None` outside a timer).
+/// While the timer's own service runs (which is when this is asked) systemd names no next
+/// elapse, so the timer's interval from `attempt` stands in: the staleness alerts need it.
+fn next_run(attempt: f64) -> Option<f64> {
+    next_timer_run().or_else(|| timer_interval(TIMER_UNIT).map(|interval| attempt + interval))
+}
+
 fn next_timer_run() -> Option<f64> {
     let output = std::process::Command::new("systemctl")
         .args([
@@ -349,7 +355,7 @@ pub async fn run_scheduled(config: &ScheduleConfig, report: &Reporter) -> Result
         .with_file_name(Path::new(SCHEDULER_METRICS_FILE).file_name().unwrap_or_default());
     if let Err(e) = write_atomic(
         &scheduler_file,
-        &render_scheduler(&config.cluster, &config.member, attempt, leader, next_timer_run()),
+        &render_scheduler(&config.cluster, &config.member, attempt, leader, next_run(attempt)),
     ) {
         report.line(format_args!(
             "warning: writing metrics to {}: {e}",

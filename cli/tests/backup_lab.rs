@@ -287,6 +287,14 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
         assert!(sample.contains(&format!("member=\"{host}\"")), "{sample}");
         let at: u64 = sample.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(at >= installed_at, "{host}: stale scheduler run in {text}");
+        // The staleness alerts divide by the interval: the next run must be there, one interval on.
+        let next: f64 = text
+            .lines()
+            .find(|l| l.starts_with("capstan_backup_scheduler_next_run_timestamp_seconds{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{host}: no next run in {text}"));
+        assert!(next > at as f64, "{host}: next run {next} not after the run {at}: {text}");
     }
     let led: Vec<bool> = scheduler
         .iter()
