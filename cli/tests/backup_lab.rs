@@ -294,7 +294,10 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{host}: no next run in {text}"));
-        assert!(next > at as f64, "{host}: next run {next} not after the run {at}: {text}");
+        assert!(
+            next > at as f64,
+            "{host}: next run {next} not after the run {at}: {text}"
+        );
     }
     let led: Vec<bool> = scheduler
         .iter()
