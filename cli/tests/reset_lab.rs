@@ -54,6 +54,23 @@ fn full_tree(lab: &Lab, host: &str) -> BTreeSet<String> {
     listing.lines().map(str::to_string).collect()
 }
 
+/// The components of a reset report, in the order they ran.
+fn component_order(report: &serde_json::Value) -> Vec<&str> {
+    report["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap())
+        .collect()
+}
+
+fn position_in(order: &[&str], name: &str) -> usize {
+    order
+        .iter()
+        .position(|c| *c == name)
+        .unwrap_or_else(|| panic!("{name} missing from {order:?}"))
+}
+
 fn reset_with_answer(inventory: &Path, answer: &str) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
         .arg("-i")
@@ -179,18 +196,8 @@ fn round_trip(prefix: &str, with_monitoring: bool) {
     );
     let done = json(&reset);
     assert!(changed(&done) > 10, "{done:#}");
-    let order: Vec<&str> = done["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["component"].as_str().unwrap())
-        .collect();
-    let position = |name: &str| {
-        order
-            .iter()
-            .position(|c| *c == name)
-            .unwrap_or_else(|| panic!("{name} missing from {order:?}"))
-    };
+    let order = component_order(&done);
+    let position = |name: &str| position_in(&order, name);
     assert!(position("backup-schedules") < position("etcd"), "{order:?}");
     assert_eq!(order.last(), Some(&"capstan"), "the engine's own clean-up last");
     if with_monitoring {
@@ -365,18 +372,8 @@ fn reset_lab_with_nodes() {
     let done = json(&capstan_ok(&inventory, &["reset", "--yes", "--output", "json"]));
     eprintln!("reset: {:?}", reset_started.elapsed());
     assert!(changed(&done) > 10, "{done:#}");
-    let order: Vec<&str> = done["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["component"].as_str().unwrap())
-        .collect();
-    let position = |name: &str| {
-        order
-            .iter()
-            .position(|c| *c == name)
-            .unwrap_or_else(|| panic!("{name}: {order:?}"))
-    };
+    let order = component_order(&done);
+    let position = |name: &str| position_in(&order, name);
     assert!(position("nodes") < position("etcd"), "{order:?}");
     for host in &hosts {
         // Routes, masquerading chain and bridge gone; containerd no longer a unit.

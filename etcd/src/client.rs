@@ -554,7 +554,8 @@ async fn accepting(endpoints: &[EtcdEndpoint], limit: Duration) -> Vec<EtcdEndpo
     let reachable: Vec<EtcdEndpoint> = endpoints
         .iter()
         .zip(open)
-        .filter_map(|(endpoint, open)| open.then(|| endpoint.clone()))
+        .filter(|(_, open)| *open)
+        .map(|(endpoint, _)| endpoint.clone())
         .collect();
     if reachable.is_empty() {
         endpoints.to_vec()
