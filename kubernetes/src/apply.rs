@@ -43,7 +43,7 @@ use capstan_provisioner::facts::FactCache;
 use capstan_provisioner::ops::probe_batch::prefetch_ops;
 use capstan_provisioner::ops::{Artifact, Directory, File, Operation, OperationExt, Service, SystemdUnit};
 use capstan_provisioner::phases::{Phase, PhaseContext, PhaseError, PhaseRunner};
-use capstan_provisioner::pki::{needs_reissue, CertificateAuthority, SigningKey};
+use capstan_provisioner::pki::{locate_pair, needs_reissue, CertificateAuthority, PairCopy, PairNames, SigningKey};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::releases::ResolvedArtifact;
 use capstan_provisioner::runner::{HostOps, Mode};
@@ -492,34 +492,30 @@ async fn held_pair(
     secret_path: &str,
     what: &str,
 ) -> Result<Option<(String, String)>, ComponentError> {
-    let mut publics = probed
+    let copies: Vec<PairCopy> = probed
         .iter()
-        .filter_map(|(h, _, p)| p.file(public_path).map(|c| (h, c)));
-    if let Some((first, public)) = publics.next() {
-        if let Some((other, _)) = publics.find(|(_, c)| c != &public) {
-            return Err(refuse(
-                format!(
-                    "hosts {} and {} hold different {what}s in {public_path}",
-                    first.name, other.name
-                ),
-                Some("a cluster has one: remove the stray one from the host that should not have it"),
-            ));
-        }
-    }
-    let holder = probed
-        .iter()
-        .find(|(h, _, p)| h.has_role(Role::ControlPlane) && p.file(public_path).is_some() && p.has(secret_path));
-    match holder {
-        Some((_, transport, probe)) => {
+        .map(|(h, _, p)| PairCopy {
+            host: &h.name,
+            public: p.file(public_path),
+            has_secret: p.has(secret_path),
+            keeps_secret: h.has_role(Role::ControlPlane),
+        })
+        .collect();
+    let names = PairNames {
+        what,
+        public_path,
+        secret_path,
+        keeper: "control-plane host",
+        new_one_breaks: "break everything it signed",
+    };
+    match locate_pair(&copies, &names).map_err(|r| refuse(r.message, Some(&r.hint)))? {
+        Some(i) => {
+            let (_, transport, probe) = &probed[i];
             let secret = read_secret(transport.as_ref(), secret_path)
                 .await
                 .map_err(|e| refuse(e.to_string(), None))?;
             Ok(Some((probe.file(public_path).unwrap_or_default().to_string(), secret)))
         }
-        None if probed.iter().any(|(_, _, p)| p.file(public_path).is_some()) => Err(refuse(
-            format!("hosts hold the {what} ({public_path}) but no control-plane host has its key ({secret_path})"),
-            Some("restore the key on a control-plane host (from a backup); a new one would break everything it signed"),
-        )),
         None => Ok(None),
     }
 }
