@@ -679,6 +679,20 @@ fn version_change_rolls_one_replica_at_a_time() {
         }
     };
     rss("before the version change");
+    // apply returns once both replicas are ready; their first scrape may come a few seconds later.
+    // The watcher below asserts that one replica always serves, so it starts from both serving.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = sample(&ips);
+        if s.1 == [true, true] && s.2 == [true, true] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both replicas never served before the version change: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // The version change (and a new SMTP password), watched from outside: both replicas every
     // ~half second.
