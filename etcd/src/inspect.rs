@@ -166,6 +166,49 @@ pub async fn read_ca(host: &EtcdHost) -> Result<CertificateAuthority, InspectErr
     })
 }
 
+/// Reads the CA certificate and key from the member `host` reached over `transport`, in one
+/// command (the key is never logged; kept in memory only). [`InspectError::NoCa`] when the member
+/// has not both files (etcd not installed yet).
+pub async fn read_ca_over(transport: &dyn Transport, host: &str) -> Result<CertificateAuthority, InspectError> {
+    let pki = pki_paths();
+    let (cert, key) = (quote(&pki.ca_file), quote(&ca_key_path(&pki)));
+    // NUL separates the two files: it cannot occur in PEM.
+    let command = format!("test -f {cert} -a -f {key} || exit 3; cat -- {cert} && printf '\\0' && cat -- {key}");
+    let output = transport
+        .exec(&command, &ExecOptions::default())
+        .await
+        .map_err(OpError::from)?;
+    if output.exit_code == Some(3) {
+        return Err(InspectError::NoCa {
+            pki_dir: DEFAULT_PKI_DIR.into(),
+        });
+    }
+    let bad = |why: &str| InspectError::BadCa {
+        host: host.to_string(),
+        source: PkiError::InvalidCaCertificate(why.into()),
+    };
+    if !output.success() {
+        // stderr only; stdout (the key) is never part of an error.
+        return Err(InspectError::Op(OpError::CommandFailed {
+            host: host.to_string(),
+            command,
+            status: format!("{:?}", output.exit_code),
+            stderr: output.stderr_str().trim().to_string(),
+        }));
+    }
+    let split = output
+        .stdout
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| bad("unreadable CA files"))?;
+    let cert = std::str::from_utf8(&output.stdout[..split]).map_err(|_| bad("the CA certificate is not text"))?;
+    let key = std::str::from_utf8(&output.stdout[split + 1..]).map_err(|_| bad("the CA key is not text"))?;
+    CertificateAuthority::from_pem(cert, key).map_err(|source| InspectError::BadCa {
+        host: host.to_string(),
+        source,
+    })
+}
+
 /// The first member (inventory order) that has both CA files.
 pub fn ca_holder(hosts: &[EtcdHost]) -> Option<&EtcdHost> {
     hosts

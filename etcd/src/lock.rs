@@ -9,16 +9,23 @@
 //! and `fence` only if `cluster` is absent, then backs out if a shared holder was already there; a
 //! shared holder registers only if `fence` is absent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use capstan_inventory::Cluster;
+use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::lock::{LockError, LockHolder, LockMode, LockStore};
+use capstan_provisioner::pki::CertificateAuthority;
+use capstan_provisioner::ssh::SshTransport;
+use capstan_provisioner::targets::ssh_target;
+use capstan_provisioner::transport::Transport;
 use etcd_client::{Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::Mutex;
 
+use crate::client::EtcdEndpoint;
 use crate::client::{error_chain, EtcdClient, Timeouts};
-use crate::inspect::{admin_tls, fetch_ca, inspect_hosts, EtcdHost};
+use crate::config::DEFAULT_CLIENT_PORT;
+use crate::inspect::{admin_tls, read_ca_over};
 
 pub const LOCK_PREFIX: &str = "/capstan/lock/";
 const CLUSTER_KEY: &str = "/capstan/lock/cluster";
@@ -51,27 +58,28 @@ impl EtcdLockStore {
         }
     }
 
-    /// The store of `cluster`'s etcd, when it has members with a CA that answer within a few
-    /// seconds; otherwise why not (no etcd hosts, etcd not installed yet, members down).
-    pub async fn for_cluster(cluster: &Cluster) -> Result<EtcdLockStore, NoEtcdLock> {
+    /// The store of `cluster`'s etcd, when a member has the CA and the members answer within a
+    /// few seconds; otherwise why not (no etcd hosts, etcd not installed yet, members down).
+    ///
+    /// Cheap on purpose, since every changing run takes the lock: the CA comes from one member
+    /// over SSH (`connected`, the host the caller already holds a connection to, when it is an etcd
+    /// host; else the first etcd hosts that accept one), and the client's endpoints are every etcd
+    /// host, of which the client keeps those that accept a connection.
+    pub async fn for_cluster(
+        cluster: &Cluster,
+        connected: Option<(&str, Arc<dyn Transport>)>,
+    ) -> Result<EtcdLockStore, NoEtcdLock> {
         let limit = Duration::from_secs(5);
-        let (hosts, conns) = inspect_hosts(cluster, 16, Some(limit))
-            .await
-            .map_err(|e| NoEtcdLock(e.to_string()))?;
-        let ca = fetch_ca(&hosts).await;
-        conns.close_all().await;
-        let ca = ca.map_err(|e| NoEtcdLock(e.to_string()))?;
+        let hosts: Vec<&Host> = cluster.hosts_with_role(Role::Etcd).collect();
+        if hosts.is_empty() {
+            return Err(NoEtcdLock("the inventory has no etcd hosts".into()));
+        }
+        let ca = first_ca(&hosts, connected, limit).await?;
         let tls = admin_tls(&ca).map_err(|e| NoEtcdLock(e.to_string()))?;
-        // Only members whose etcd runs: the client balances requests over its endpoints, and a
-        // host not running etcd yet (scale up, a stopped member) would fail some of them.
         let endpoints: Vec<_> = hosts
             .iter()
-            .filter(|h| h.probe.as_ref().is_some_and(|p| p.active))
-            .map(EtcdHost::operator_endpoint)
+            .map(|h| EtcdEndpoint::https(&h.address, DEFAULT_CLIENT_PORT))
             .collect();
-        if endpoints.is_empty() {
-            return Err(NoEtcdLock("no etcd member is running".into()));
-        }
         let timeouts = Timeouts {
             connect: Duration::from_secs(3),
             request: limit,
@@ -230,6 +238,57 @@ fn decode(value: Option<&[u8]>) -> LockHolder {
             mode: LockMode::Change,
             since: 0,
         })
+}
+
+/// How many reachable etcd hosts [`EtcdLockStore::for_cluster`] asks for the CA before it gives up
+/// (every member holds it; on a first apply none does, and asking all would cost a connection each).
+const CA_HOSTS_ASKED: usize = 3;
+
+/// The cluster CA from `connected` when it is an etcd host, else from the first etcd hosts (in
+/// inventory order) that accept an SSH connection within `limit`.
+async fn first_ca(
+    hosts: &[&Host],
+    connected: Option<(&str, Arc<dyn Transport>)>,
+    limit: Duration,
+) -> Result<CertificateAuthority, NoEtcdLock> {
+    let mut asked = 0;
+    let mut last = None;
+    let mut tried = None;
+    if let Some((name, transport)) = connected {
+        if hosts.iter().any(|h| h.name == name) {
+            asked += 1;
+            tried = Some(name.to_string());
+            match read_ca_over(transport.as_ref(), name).await {
+                Ok(ca) => return Ok(ca),
+                Err(e) => last = Some(e.to_string()),
+            }
+        }
+    }
+    for host in hosts {
+        if asked >= CA_HOSTS_ASKED {
+            break;
+        }
+        if tried.as_deref() == Some(host.name.as_str()) {
+            continue;
+        }
+        let mut target = ssh_target(host);
+        target.connect_timeout = target.connect_timeout.min(limit);
+        let transport = match SshTransport::connect(&target).await {
+            Ok(transport) => transport,
+            Err(e) => {
+                last = Some(format!("{}: {e}", host.name));
+                continue;
+            }
+        };
+        asked += 1;
+        let ca = read_ca_over(&transport, &host.name).await;
+        transport.close().await;
+        match ca {
+            Ok(ca) => return Ok(ca),
+            Err(e) => last = Some(e.to_string()),
+        }
+    }
+    Err(NoEtcdLock(last.unwrap_or_else(|| "no etcd host reachable".into())))
 }
 
 #[async_trait]

@@ -23,31 +23,29 @@ use crate::output::{Failure, Output};
 /// The stores the lock lives in for `cluster`, and a note for each store left out.
 async fn stores(cluster: &Cluster, with_etcd: bool) -> Result<(Vec<Arc<dyn LockStore>>, Vec<String>), Failure> {
     let mut notes = Vec::new();
-    let mut transports: Vec<Arc<dyn Transport>> = Vec::new();
+    let mut connected: Option<(&str, Arc<dyn Transport>)> = None;
     let mut errors = Vec::new();
     // One connection: the first host (inventory order) that accepts one.
     for host in &cluster.hosts {
         match SshTransport::connect(&ssh_target(host)).await {
             Ok(transport) => {
-                transports.push(Arc::new(transport));
+                connected = Some((host.name.as_str(), Arc::new(transport)));
                 break;
             }
             Err(e) => errors.push(e.to_string()),
         }
     }
-    if transports.is_empty() {
+    let Some((host, transport)) = connected else {
         return Err(Failure::new(format!(
             "cannot take the cluster lock: no host reachable ({})",
             errors.join("; ")
         ))
         .hint("check that the inventory's hosts are reachable (`capstan check`)"));
-    }
-    let mut stores: Vec<Arc<dyn LockStore>> = transports
-        .into_iter()
-        .map(|t| Arc::new(HostFileLock::new(t)) as Arc<dyn LockStore>)
-        .collect();
+    };
+    let mut stores: Vec<Arc<dyn LockStore>> = vec![Arc::new(HostFileLock::new(transport.clone()))];
     if with_etcd && cluster.hosts_with_role(Role::Etcd).next().is_some() {
-        match EtcdLockStore::for_cluster(cluster).await {
+        // The etcd store reads the CA over the same connection when that host is an etcd host.
+        match EtcdLockStore::for_cluster(cluster, Some((host, transport))).await {
             Ok(etcd) => stores.push(Arc::new(etcd)),
             Err(why) => notes.push(format!("etcd not used for the lock: {}", why.0)),
         }
