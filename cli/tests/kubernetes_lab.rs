@@ -166,7 +166,7 @@ fn plan_shows_every_step_and_the_units_verify() {
         return;
     }
     let started = Instant::now();
-    let guard = LabGuard::up(UpOptions::new("kube-cp", 2)).expect("lab up");
+    let guard = LabGuard::up(UpOptions::new(format!("kcp{}", std::process::id() % 10000), 2)).expect("lab up");
     let lab = guard.lab();
     let dir = tempfile::tempdir().unwrap();
     let inventory_path = dir.path().join("inventory.yaml");
@@ -216,6 +216,11 @@ fn plan_shows_every_step_and_the_units_verify() {
         "file /etc/kubernetes/pki/apiserver-kubelet-client.crt",
         "file /etc/kubernetes/pki/front-proxy-client.crt",
         "file /etc/kubernetes/pki/apiserver-etcd-client.crt",
+        // The controller-manager's and scheduler's serving certificates (cluster CA).
+        "file /etc/kubernetes/pki/controller-manager-serving.crt",
+        "file /etc/kubernetes/pki/controller-manager-serving.key",
+        "file /etc/kubernetes/pki/scheduler-serving.crt",
+        "file /etc/kubernetes/pki/scheduler-serving.key",
         "file /etc/kubernetes/controller-manager.conf",
         "file /etc/kubernetes/scheduler.conf",
         "file /etc/kubernetes/admin.conf",
@@ -244,13 +249,16 @@ fn plan_shows_every_step_and_the_units_verify() {
     );
     for op in &cp_ops {
         assert!(
-            !op.contains("kubelet.conf") && !op.contains("kubelet.service"),
+            !op.contains("kubelet.conf") && !op.contains("kubelet.service") && !op.contains("kubelet-serving"),
             "{cp} is no node: {op}"
         );
     }
     let node_order = [
         "artifact /usr/local/bin/{kubelet,kube-proxy}",
         "file /etc/kubernetes/kubelet.conf",
+        // kubelet's serving certificate (cluster CA), which the API server verifies.
+        "file /etc/kubernetes/pki/kubelet-serving.crt",
+        "file /etc/kubernetes/pki/kubelet-serving.key",
         "file /etc/kubernetes/kube-proxy.conf",
         "file /var/lib/kubelet/config.yaml",
         "file /var/lib/kube-proxy/config.yaml",

@@ -162,9 +162,9 @@ pub(crate) const KUBE_PROXY: &str = "kube-proxy";
 /// The services a credential's file feeds.
 fn restarts_for(credential: &Credential) -> &'static [&'static str] {
     match credential.placement.path() {
-        CONTROLLER_MANAGER_KUBECONFIG => &[CONTROLLER_MANAGER],
-        SCHEDULER_KUBECONFIG => &[SCHEDULER],
-        KUBELET_KUBECONFIG => &[KUBELET],
+        CONTROLLER_MANAGER_KUBECONFIG | CONTROLLER_MANAGER_SERVING_CERT => &[CONTROLLER_MANAGER],
+        SCHEDULER_KUBECONFIG | SCHEDULER_SERVING_CERT => &[SCHEDULER],
+        KUBELET_KUBECONFIG | KUBELET_SERVING_CERT => &[KUBELET],
         KUBE_PROXY_KUBECONFIG => &[KUBE_PROXY],
         ADMIN_KUBECONFIG | SUPER_ADMIN_KUBECONFIG => &[],
         _ => &[APISERVER],
@@ -762,15 +762,58 @@ mod tests {
         );
         assert_eq!(written(&signers, kubelet, &empty), ["/etc/kubernetes/kubelet.conf 600"]);
 
-        // What a first run wrote fits: nothing to write.
+        // Serving certificates: certificate and key (0600), restarting the process serving them.
+        for (cert, service) in [
+            (CONTROLLER_MANAGER_SERVING_CERT, CONTROLLER_MANAGER),
+            (SCHEDULER_SERVING_CERT, SCHEDULER),
+            (KUBELET_SERVING_CERT, KUBELET),
+        ] {
+            let serving = credentials.iter().find(|c| c.placement.path() == cert).unwrap();
+            let files = credential_files(&cluster, &signers, serving, &empty, SystemTime::now()).unwrap();
+            let key = cert.replace(".crt", ".key");
+            assert_eq!(
+                files
+                    .iter()
+                    .map(|p| format!("{} {:o}", p.path, p.mode))
+                    .collect::<Vec<_>>(),
+                [format!("{cert} 644"), format!("{key} 600")]
+            );
+            assert!(files.iter().all(|p| p.restarts == [service]), "{cert}");
+            assert!(files[1].sensitive, "{key}");
+        }
+
+        // What a first run wrote fits: a re-plan writes nothing, for every credential of the host.
         let mut host = HostProbe::default();
-        for credential in [etcd_client, kubelet] {
+        for credential in &credentials {
             for file in credential_files(&cluster, &signers, credential, &empty, SystemTime::now()).unwrap() {
                 host.files.insert(file.path.clone(), file.content.clone());
             }
         }
-        assert!(written(&signers, etcd_client, &host).is_empty());
-        assert!(written(&signers, kubelet, &host).is_empty());
+        for credential in &credentials {
+            assert!(
+                written(&signers, credential, &host).is_empty(),
+                "{} reissued",
+                credential.placement.path()
+            );
+        }
+
+        // A host whose private address changed gets new serving certificates (only those and
+        // nothing signed by another CA).
+        let mut moved_host = cluster.host("cp3").unwrap().clone();
+        moved_host.private_address = "192.168.0.13".into();
+        let reissued: Vec<&str> = host_credentials(&moved_host)
+            .iter()
+            .filter(|c| !written(&signers, c, &host).is_empty())
+            .map(|c| c.placement.path())
+            .collect();
+        assert_eq!(
+            reissued,
+            [
+                CONTROLLER_MANAGER_SERVING_CERT,
+                SCHEDULER_SERVING_CERT,
+                KUBELET_SERVING_CERT
+            ]
+        );
 
         // Another etcd CA (a restored etcd with a new CA): reissued; the kubeconfig is unaffected.
         let other_etcd = Signers {

@@ -44,6 +44,10 @@ struct PkiFiles {
     front_proxy_client_key: &'static str,
     sa_key: &'static str,
     sa_pub: &'static str,
+    controller_manager_cert: &'static str,
+    controller_manager_key: &'static str,
+    scheduler_cert: &'static str,
+    scheduler_key: &'static str,
 }
 
 const PKI: PkiFiles = PkiFiles {
@@ -61,6 +65,10 @@ const PKI: PkiFiles = PkiFiles {
     front_proxy_client_key: FRONT_PROXY_CLIENT_KEY,
     sa_key: SA_KEY,
     sa_pub: SA_PUB,
+    controller_manager_cert: CONTROLLER_MANAGER_SERVING_CERT,
+    controller_manager_key: CONTROLLER_MANAGER_SERVING_KEY,
+    scheduler_cert: SCHEDULER_SERVING_CERT,
+    scheduler_key: SCHEDULER_SERVING_KEY,
 };
 
 /// `https://<private address>:2379` of every etcd member, comma-separated.
@@ -223,11 +231,14 @@ pub fn kubelet_unit(cluster: &Cluster, host: &Host) -> Result<String, TemplateEr
 
 /// KubeletConfiguration: x509 + webhook authentication (no anonymous access), webhook
 /// authorization, the systemd cgroup driver, cluster DNS at the service network's tenth address,
-/// containerd's socket from the nodes component.
+/// containerd's socket from the nodes component, and the serving certificate capstan issues from
+/// the cluster CA (`tlsCertFile`; no self-signed one, no `serverTLSBootstrap`).
 pub fn kubelet_config(cluster: &Cluster, host: &Host) -> Result<String, TemplateError> {
     #[derive(Serialize)]
     struct Context<'a> {
         ca_cert: &'a str,
+        tls_cert_file: &'a str,
+        tls_private_key_file: &'a str,
         cluster_dns: String,
         cluster_domain: &'a str,
         container_runtime_endpoint: String,
@@ -237,6 +248,8 @@ pub fn kubelet_config(cluster: &Cluster, host: &Host) -> Result<String, Template
         "kubernetes/kubelet-config.yaml",
         Context {
             ca_cert: CA_CERT,
+            tls_cert_file: KUBELET_SERVING_CERT,
+            tls_private_key_file: KUBELET_SERVING_KEY,
             cluster_dns: cluster.kubernetes.dns_service_ip().to_string(),
             cluster_domain: &cluster.kubernetes.cluster_domain,
             container_runtime_endpoint: format!("unix://{}", capstan_nodes::config::CONTAINERD_SOCKET),
@@ -292,6 +305,16 @@ mod tests {
     }
 
     #[test]
+    fn the_controller_manager_and_scheduler_serve_their_cluster_ca_certificates() {
+        let cluster = crate::test_cluster("");
+        let host = cluster.host("cp2").unwrap();
+        let unit = controller_manager_unit(&cluster, host).unwrap();
+        expect_test::expect_file!["../tests/golden/kube-controller-manager.service"].assert_eq(&unit);
+        let unit = scheduler_unit(&cluster, host).unwrap();
+        expect_test::expect_file!["../tests/golden/kube-scheduler.service"].assert_eq(&unit);
+    }
+
+    #[test]
     fn kubelet_uses_cluster_dns_systemd_cgroups_and_containerd() {
         let cluster = crate::test_cluster("kubernetes: {service_cidr: 10.32.0.0/16, cluster_domain: corp.local}\n");
         let config = kubelet_config(&cluster, cluster.host("n1").unwrap()).unwrap();
@@ -308,8 +331,6 @@ mod tests {
         let cluster = crate::test_cluster("");
         let host = cluster.host("cp3").unwrap();
         for text in [
-            controller_manager_unit(&cluster, host).unwrap(),
-            scheduler_unit(&cluster, host).unwrap(),
             scheduler_config(&cluster, host).unwrap(),
             kube_proxy_unit(&cluster, host).unwrap(),
             kube_proxy_config(&cluster, host).unwrap(),

@@ -27,6 +27,14 @@ pub const FRONT_PROXY_CLIENT_KEY: &str = "/etc/kubernetes/pki/front-proxy-client
 pub const ETCD_CA_CERT: &str = "/etc/kubernetes/pki/etcd-ca.crt";
 pub const APISERVER_ETCD_CLIENT_CERT: &str = "/etc/kubernetes/pki/apiserver-etcd-client.crt";
 pub const APISERVER_ETCD_CLIENT_KEY: &str = "/etc/kubernetes/pki/apiserver-etcd-client.key";
+/// Serving certificates (signed by the cluster CA, so Prometheus and the API server verify them)
+/// of the controller-manager and scheduler on control-plane hosts and of kubelet on nodes.
+pub const CONTROLLER_MANAGER_SERVING_CERT: &str = "/etc/kubernetes/pki/controller-manager-serving.crt";
+pub const CONTROLLER_MANAGER_SERVING_KEY: &str = "/etc/kubernetes/pki/controller-manager-serving.key";
+pub const SCHEDULER_SERVING_CERT: &str = "/etc/kubernetes/pki/scheduler-serving.crt";
+pub const SCHEDULER_SERVING_KEY: &str = "/etc/kubernetes/pki/scheduler-serving.key";
+pub const KUBELET_SERVING_CERT: &str = "/etc/kubernetes/pki/kubelet-serving.crt";
+pub const KUBELET_SERVING_KEY: &str = "/etc/kubernetes/pki/kubelet-serving.key";
 
 /// Secrets encryption at rest (EncryptionConfiguration; holds the key: 0600).
 pub const ENCRYPTION_CONFIG: &str = "/etc/kubernetes/encryption-config.yaml";

@@ -19,6 +19,15 @@
 //! | break-glass super-admin | `capstan-super-admin` | `system:masters` | cluster | control plane, kubeconfig |
 //! | kubelet | `system:node:<name>` | `system:nodes` | cluster | nodes, kubeconfig |
 //! | kube-proxy | `system:kube-proxy` | – | cluster | nodes, kubeconfig |
+//! | controller-manager serving | `kube-controller-manager` | – | cluster | control plane, files |
+//! | scheduler serving | `kube-scheduler` | – | cluster | control plane, files |
+//! | kubelet serving | `system:node:<name>` | `system:nodes` | cluster | nodes, files |
+//!
+//! The serving certificates (server auth only) name the host: its name, inventory and private
+//! addresses (Prometheus scrapes the private one; the API server reaches kubelets by it, their
+//! `InternalIP`), and for the controller-manager and scheduler also loopback. So Prometheus and
+//! the API server (`--kubelet-certificate-authority`) verify them against the cluster CA instead
+//! of trusting whatever the process made itself.
 //!
 //! "–" means the engine's default organization (`capstan`), which no RBAC binding names. The
 //! admin group is bound to `cluster-admin`, and the API server's kubelet client user to
@@ -26,7 +35,7 @@
 //! bypasses RBAC, which is why that kubeconfig never leaves the control-plane hosts.
 
 use capstan_inventory::{Cluster, Host, Role};
-use capstan_provisioner::pki::{CertRequest, CertificateAuthority, PkiError, SigningKey};
+use capstan_provisioner::pki::{CertKind, CertRequest, CertificateAuthority, PkiError, San, SigningKey};
 
 use crate::paths::*;
 
@@ -47,10 +56,41 @@ pub const KUBELET_API_CLUSTER_ROLE: &str = "system:kubelet-api-admin";
 /// The front-proxy client's common name (the API server's `--requestheader-allowed-names`).
 pub const FRONT_PROXY_CLIENT_CN: &str = "front-proxy-client";
 pub use capstan_etcd::pki::APISERVER_CLIENT_CN as APISERVER_ETCD_CLIENT_CN;
+/// The common names of the controller-manager's and scheduler's serving certificates.
+pub const CONTROLLER_MANAGER_SERVING_CN: &str = "kube-controller-manager";
+pub const SCHEDULER_SERVING_CN: &str = "kube-scheduler";
 
 /// A kubelet's user name.
 pub fn node_user(host_name: &str) -> String {
     format!("system:node:{host_name}")
+}
+
+/// The serving certificate of a control-plane process (`common_name`) on `host`: the host's
+/// name, private address (where it listens and Prometheus scrapes it), inventory address, and
+/// 127.0.0.1 / localhost.
+pub fn control_plane_serving_request(common_name: &str, host: &Host) -> CertRequest {
+    let mut request = CertRequest::member(CertKind::Server, &host.name, &[&host.private_address, &host.address]);
+    request.common_name = common_name.to_string();
+    request
+}
+
+/// A kubelet's serving certificate: CN `system:node:<name>`, O `system:nodes` (what a kubelet's
+/// own serving certificate request would say), SANs the node's name and addresses (the API
+/// server reaches it by its private address, the `InternalIP` it registers with).
+pub fn kubelet_serving_request(host: &Host) -> CertRequest {
+    let mut sans = vec![
+        San::Dns(host.name.clone()),
+        San::from_host(&host.private_address),
+        San::from_host(&host.address),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    sans.retain(|san| seen.insert(san.to_string().to_ascii_lowercase()));
+    CertRequest {
+        kind: CertKind::Server,
+        common_name: node_user(&host.name),
+        sans,
+        organization: Some(NODES_GROUP.to_string()),
+    }
 }
 
 /// The subject common name of a cluster's front-proxy CA.
@@ -174,6 +214,18 @@ pub fn host_credentials(host: &Host) -> Vec<Credential> {
             APISERVER_ETCD_CLIENT_CERT,
             APISERVER_ETCD_CLIENT_KEY,
         ));
+        list.push(files(
+            Signer::Cluster,
+            control_plane_serving_request(CONTROLLER_MANAGER_SERVING_CN, host),
+            CONTROLLER_MANAGER_SERVING_CERT,
+            CONTROLLER_MANAGER_SERVING_KEY,
+        ));
+        list.push(files(
+            Signer::Cluster,
+            control_plane_serving_request(SCHEDULER_SERVING_CN, host),
+            SCHEDULER_SERVING_CERT,
+            SCHEDULER_SERVING_KEY,
+        ));
         let kubeconfig = |request, path, server: String| Credential {
             signer: Signer::Cluster,
             request,
@@ -207,6 +259,14 @@ pub fn host_credentials(host: &Host) -> Vec<Credential> {
             placement: Placement::Kubeconfig {
                 path: KUBELET_KUBECONFIG,
                 server: local_endpoint_url(),
+            },
+        });
+        list.push(Credential {
+            signer: Signer::Cluster,
+            request: kubelet_serving_request(host),
+            placement: Placement::Files {
+                cert: KUBELET_SERVING_CERT,
+                key: KUBELET_SERVING_KEY,
             },
         });
         list.push(Credential {
@@ -270,6 +330,8 @@ mod tests {
                 "Cluster kube-apiserver-kubelet-client O=- -> /etc/kubernetes/pki/apiserver-kubelet-client.crt",
                 "FrontProxy front-proxy-client O=- -> /etc/kubernetes/pki/front-proxy-client.crt",
                 "Etcd kube-apiserver-etcd-client O=- -> /etc/kubernetes/pki/apiserver-etcd-client.crt",
+                "Cluster kube-controller-manager O=- -> /etc/kubernetes/pki/controller-manager-serving.crt",
+                "Cluster kube-scheduler O=- -> /etc/kubernetes/pki/scheduler-serving.crt",
                 "Cluster system:kube-controller-manager O=- -> /etc/kubernetes/controller-manager.conf",
                 "Cluster system:kube-scheduler O=- -> /etc/kubernetes/scheduler.conf",
                 "Cluster capstan-admin O=capstan:cluster-admins -> /etc/kubernetes/admin.conf",
@@ -280,13 +342,52 @@ mod tests {
         expect_test::expect![[r#"
             [
                 "Cluster system:node:n1 O=system:nodes -> /etc/kubernetes/kubelet.conf",
+                "Cluster system:node:n1 O=system:nodes -> /etc/kubernetes/pki/kubelet-serving.crt",
                 "Cluster system:kube-proxy O=- -> /etc/kubernetes/kube-proxy.conf",
             ]
         "#]]
         .assert_debug_eq(&summary("n1"));
         // A control-plane host that is also a node gets both; no super-admin ever lands on a node.
-        assert_eq!(summary("cp3").len(), 9);
+        assert_eq!(summary("cp3").len(), 12);
         assert!(summary("n1").iter().all(|s| !s.contains("system:masters")));
+    }
+
+    #[test]
+    fn serving_certificates_name_the_host_and_the_address_it_is_scraped_on() {
+        let cluster = cluster();
+        let sans = |r: &CertRequest| r.sans.iter().map(ToString::to_string).collect::<Vec<_>>();
+        // cp2's private address differs from its inventory address: both, private first.
+        let cp2 = cluster.host("cp2").unwrap();
+        let scheduler = control_plane_serving_request(SCHEDULER_SERVING_CN, cp2);
+        assert_eq!(
+            (
+                scheduler.kind,
+                scheduler.common_name.as_str(),
+                scheduler.organization.as_deref()
+            ),
+            (CertKind::Server, "kube-scheduler", None)
+        );
+        assert_eq!(
+            sans(&scheduler),
+            [
+                "DNS:cp2",
+                "IP:192.168.0.12",
+                "IP:10.0.0.12",
+                "DNS:localhost",
+                "IP:127.0.0.1"
+            ]
+        );
+        let kubelet = kubelet_serving_request(cluster.host("n1").unwrap());
+        assert_eq!(
+            (
+                kubelet.kind,
+                kubelet.common_name.as_str(),
+                kubelet.organization.as_deref()
+            ),
+            (CertKind::Server, "system:node:n1", Some("system:nodes"))
+        );
+        // One address, named once; no loopback (kubelet listens on the private address only).
+        assert_eq!(sans(&kubelet), ["DNS:n1", "IP:10.0.0.21"]);
     }
 
     #[test]

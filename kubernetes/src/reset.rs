@@ -12,7 +12,7 @@ use crate::config::{CONTROL_PLANE_BINARIES, NODE_BINARIES};
 use crate::paths::*;
 
 /// Files and directories of the control plane, besides the binaries.
-const CONTROL_PLANE_FILES: [&str; 22] = [
+const CONTROL_PLANE_FILES: [&str; 26] = [
     FRONT_PROXY_CA_CERT,
     FRONT_PROXY_CA_KEY,
     SA_KEY,
@@ -24,6 +24,10 @@ const CONTROL_PLANE_FILES: [&str; 22] = [
     APISERVER_KUBELET_CLIENT_KEY,
     FRONT_PROXY_CLIENT_CERT,
     FRONT_PROXY_CLIENT_KEY,
+    CONTROLLER_MANAGER_SERVING_CERT,
+    CONTROLLER_MANAGER_SERVING_KEY,
+    SCHEDULER_SERVING_CERT,
+    SCHEDULER_SERVING_KEY,
     ENCRYPTION_CONFIG,
     AUDIT_POLICY,
     "/var/log/kubernetes",
@@ -37,7 +41,14 @@ const CONTROL_PLANE_FILES: [&str; 22] = [
     "/etc/systemd/system/kube-scheduler.service.d",
 ];
 /// Files and directories of the node agents (kubelet's state directory included).
-const NODE_FILES: [&str; 4] = [KUBELET_KUBECONFIG, KUBE_PROXY_KUBECONFIG, KUBELET_DIR, KUBE_PROXY_DIR];
+const NODE_FILES: [&str; 6] = [
+    KUBELET_KUBECONFIG,
+    KUBELET_SERVING_CERT,
+    KUBELET_SERVING_KEY,
+    KUBE_PROXY_KUBECONFIG,
+    KUBELET_DIR,
+    KUBE_PROXY_DIR,
+];
 
 fn services(
     names: &[&str],
@@ -92,7 +103,7 @@ mod tests {
             .iter()
             .map(|op| op.describe())
             .collect();
-        assert_eq!(described.len(), 2 * 2 + 2 + 4 + 3 * 2 + 4 + 22);
+        assert_eq!(described.len(), 2 * 2 + 2 + 6 + 3 * 2 + 4 + 26);
         assert!(described[0].contains("kubelet"), "{described:?}");
         for kept in [CA_CERT, CA_KEY, APISERVER_CERT, APISERVER_KEY, PKI_DIR, CONFIG_DIR] {
             assert!(
