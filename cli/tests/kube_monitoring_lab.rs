@@ -1,7 +1,8 @@
 //! Monitoring's client credential for Kubernetes' metrics, on a real lab machine: with a
 //! control-plane host (whose cluster CA the API endpoint makes) and a monitoring host, `apply`
 //! gives Prometheus a `CN=capstan-monitoring` certificate signed by that CA (key 0600, owned by
-//! the prometheus user), the Kubernetes jobs a `tls_config`, and the real `promtool` on the host
+//! the prometheus user), the Kubernetes jobs a `tls_config` that verifies the server (no
+//! `insecure_skip_verify`), and the real `promtool` on the host
 //! accepts the configuration; a second apply keeps the certificate (0 changed). kube binaries
 //! cannot run here: that the API server authorizes the user is the e2e test's. Needs root, the
 //! lab prerequisites, the artifact mirror and `openssl`; skips naming what is missing.
@@ -65,6 +66,9 @@ async fn lab_monitoring_gets_a_kubernetes_client_certificate() {
 
     let config = remote(lab, &host, "cat /etc/prometheus/prometheus.yml");
     assert_eq!(config.matches("tls_config:").count(), 3, "{config}");
+    // Every control-plane job verifies the server against the cluster CA.
+    assert_eq!(config.matches("insecure_skip_verify: false").count(), 3, "{config}");
+    assert!(!config.contains("insecure_skip_verify: true"), "{config}");
     assert!(config.contains(&format!("key_file: \"{tls}/client.key\"")), "{config}");
     remote(
         lab,

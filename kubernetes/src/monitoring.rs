@@ -9,9 +9,10 @@
 //! second `capstan apply` changes nothing. kube-proxy's metrics are plain HTTP on the node's
 //! private address and need none.
 //!
-//! Only the API server's serving certificate is signed by the cluster CA; the controller-manager,
-//! the scheduler and the kubelets serve certificates they sign themselves, so those jobs present
-//! the client certificate without verifying the server's.
+//! Every one of those processes serves a certificate capstan issues from the cluster CA (the API
+//! server's by the endpoint, the controller-manager's, scheduler's and kubelets' by this
+//! component, [`crate::pki::host_credentials`]), naming the private address Prometheus scrapes;
+//! so every job verifies the server's certificate against that CA, and none skips verification.
 
 use std::time::SystemTime;
 
@@ -25,9 +26,9 @@ use crate::kubeconfig::{read_cluster_ca, AdminKubeconfigError};
 pub const MONITORING_USER: &str = "capstan-monitoring";
 
 /// The scrape jobs ([`crate::KubernetesComponent`]'s targets) that need the credential, and of
-/// them the one whose serving certificate the cluster CA verifies.
+/// them those whose serving certificate the cluster CA verifies: all of them.
 pub const AUTHENTICATED_JOBS: [&str; 4] = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"];
-pub const VERIFIED_JOBS: [&str; 1] = ["kube-apiserver"];
+pub const VERIFIED_JOBS: [&str; 4] = AUTHENTICATED_JOBS;
 
 /// The request for the monitoring client certificate.
 pub fn monitoring_request() -> CertRequest {
@@ -84,7 +85,52 @@ mod tests {
             let authenticated = AUTHENTICATED_JOBS.contains(&target.job.as_str());
             assert_eq!(authenticated, target.scheme == "https", "{target:?}");
         }
-        assert!(VERIFIED_JOBS.iter().all(|j| AUTHENTICATED_JOBS.contains(j)));
+        // No HTTPS job skips verifying the server: each serves a certificate of the cluster CA.
+        assert_eq!(VERIFIED_JOBS, AUTHENTICATED_JOBS);
+    }
+
+    /// Each verified job's serving certificate is the cluster CA's and names the address
+    /// Prometheus scrapes (the target's host), so a `tls_config` without `insecure_skip_verify`
+    /// accepts it.
+    #[test]
+    fn every_verified_job_serves_a_cluster_ca_certificate_naming_its_scrape_address() {
+        use crate::pki::{host_credentials, node_user, Signer, CONTROLLER_MANAGER_SERVING_CN, SCHEDULER_SERVING_CN};
+        use capstan_provisioner::pki::{CertKind, San};
+        let cluster = crate::test_cluster("");
+        let mut checked = 0;
+        for target in crate::KubernetesComponent.scrape_targets(&cluster) {
+            if !VERIFIED_JOBS.contains(&target.job.as_str()) {
+                continue;
+            }
+            let (address, _port) = target.address.rsplit_once(':').unwrap();
+            let host = cluster
+                .hosts
+                .iter()
+                .find(|h| h.private_address == address)
+                .unwrap_or_else(|| panic!("{target:?}: no host has that address"));
+            let request = match target.job.as_str() {
+                // The endpoint issues it from the cluster CA.
+                "kube-apiserver" => capstan_endpoint::kube_pki::apiserver_request(&cluster),
+                job => {
+                    let cn = match job {
+                        "kube-controller-manager" => CONTROLLER_MANAGER_SERVING_CN.to_string(),
+                        "kube-scheduler" => SCHEDULER_SERVING_CN.to_string(),
+                        _ => node_user(&host.name),
+                    };
+                    let credential = host_credentials(host)
+                        .into_iter()
+                        .find(|c| c.request.common_name == cn && c.request.kind == CertKind::Server)
+                        .unwrap_or_else(|| panic!("{target:?}: no serving certificate"));
+                    assert_eq!(credential.signer, Signer::Cluster, "{target:?}");
+                    credential.request
+                }
+            };
+            assert_eq!(request.kind, CertKind::Server, "{target:?}");
+            let scraped = San::from_host(address);
+            assert!(request.sans.contains(&scraped), "{target:?}: {:?}", request.sans);
+            checked += 1;
+        }
+        assert_eq!(checked, 3 * 3 + 2, "every HTTPS target of the test cluster");
     }
 
     #[test]

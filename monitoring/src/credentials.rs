@@ -151,12 +151,23 @@ pub enum CredentialError {
 mod tests {
     use super::*;
 
-    fn credential() -> ComponentCredential {
+    fn target(job: &str, address: &str, scheme: &'static str) -> capstan_provisioner::component::ScrapeTarget {
+        capstan_provisioner::component::ScrapeTarget {
+            job: job.into(),
+            address: address.into(),
+            scheme,
+            path: "/metrics",
+        }
+    }
+
+    /// Kubernetes' credential as its component hands it over (every HTTPS job verified).
+    fn kubernetes_credential() -> ComponentCredential {
+        use capstan_kubernetes::monitoring::{AUTHENTICATED_JOBS, VERIFIED_JOBS};
         ComponentCredential {
             component: "kubernetes",
             credentials: ScrapeCredentials {
-                jobs: vec!["kube-apiserver".into(), "kubelet".into()],
-                verified_jobs: vec!["kube-apiserver".into()],
+                jobs: AUTHENTICATED_JOBS.iter().map(|j| j.to_string()).collect(),
+                verified_jobs: VERIFIED_JOBS.iter().map(|j| j.to_string()).collect(),
                 ca_cert_pem: "CA".into(),
                 issued: None,
             },
@@ -164,33 +175,47 @@ mod tests {
     }
 
     #[test]
-    fn covered_jobs_get_the_files_and_only_verified_ones_check_the_server() {
+    fn covered_jobs_get_the_files_and_every_kubernetes_job_checks_the_server() {
         let mut jobs = crate::config::scrape_jobs(&[
-            capstan_provisioner::component::ScrapeTarget {
-                job: "kube-apiserver".into(),
-                address: "10.0.0.1:6444".into(),
-                scheme: "https",
-                path: "/metrics",
-            },
-            capstan_provisioner::component::ScrapeTarget {
-                job: "kubelet".into(),
-                address: "10.0.0.1:10250".into(),
-                scheme: "https",
-                path: "/metrics",
-            },
-            capstan_provisioner::component::ScrapeTarget {
-                job: "kube-proxy".into(),
-                address: "10.0.0.1:10249".into(),
-                scheme: "http",
-                path: "/metrics",
-            },
+            target("kube-apiserver", "10.0.0.1:6444", "https"),
+            target("kube-controller-manager", "10.0.0.1:10257", "https"),
+            target("kube-scheduler", "10.0.0.1:10259", "https"),
+            target("kubelet", "10.0.0.1:10250", "https"),
+            target("kube-proxy", "10.0.0.1:10249", "http"),
         ])
         .unwrap();
-        apply_to_jobs(&mut jobs, &[credential()]);
+        apply_to_jobs(&mut jobs, &[kubernetes_credential()]);
         let api = jobs[0].tls.as_ref().unwrap();
         assert_eq!(api.key_file, "/etc/prometheus/tls/kubernetes/client.key");
-        assert!(!api.insecure_skip_verify);
+        assert_eq!(api.ca_file, "/etc/prometheus/tls/kubernetes/ca.crt");
+        for job in &jobs[..4] {
+            let tls = job
+                .tls
+                .as_ref()
+                .unwrap_or_else(|| panic!("{}: no tls_config", job.name));
+            assert!(!tls.insecure_skip_verify, "{} skips verification", job.name);
+        }
+        assert_eq!(jobs[4].tls, None);
+    }
+
+    #[test]
+    fn a_job_the_components_ca_does_not_sign_skips_verification() {
+        let mut jobs = crate::config::scrape_jobs(&[
+            target("signed", "10.0.0.1:1", "https"),
+            target("self-signed", "10.0.0.1:2", "https"),
+        ])
+        .unwrap();
+        let credential = ComponentCredential {
+            component: "other",
+            credentials: ScrapeCredentials {
+                jobs: vec!["signed".into(), "self-signed".into()],
+                verified_jobs: vec!["signed".into()],
+                ca_cert_pem: "CA".into(),
+                issued: None,
+            },
+        };
+        apply_to_jobs(&mut jobs, &[credential]);
+        assert!(!jobs[0].tls.as_ref().unwrap().insecure_skip_verify);
         assert!(jobs[1].tls.as_ref().unwrap().insecure_skip_verify);
-        assert_eq!(jobs[2].tls, None);
     }
 }

@@ -268,8 +268,8 @@ fn with_kubernetes() -> &'static [&'static dyn Component] {
 }
 
 /// Kubernetes' scrape jobs with monitoring's client credential: every HTTPS job of the Kubernetes
-/// component gets a `tls_config` (CA, client certificate and key; the server verified only where
-/// its certificate is the cluster CA's), kube-proxy's plain HTTP job none. promtool also checks
+/// component gets a `tls_config` (CA, client certificate and key; the server verified against the
+/// cluster CA, which signs every one's serving certificate), kube-proxy's plain HTTP job none. promtool also checks
 /// that the files it names exist, so the check runs on a copy with the credential directory moved
 /// to a temporary one; without the key it is refused.
 #[test]
@@ -297,9 +297,9 @@ fn promtool_accepts_kubernetes_jobs_with_client_credentials() {
         .collect();
     for (job, skip) in [
         ("kube-apiserver", Some(false)),
-        ("kube-controller-manager", Some(true)),
-        ("kube-scheduler", Some(true)),
-        ("kubelet", Some(true)),
+        ("kube-controller-manager", Some(false)),
+        ("kube-scheduler", Some(false)),
+        ("kubelet", Some(false)),
         ("kube-proxy", None),
         ("etcd", None),
     ] {
