@@ -62,7 +62,7 @@ pub fn restore_stopped_units() -> Vec<RoleUnit> {
 pub async fn drill_checks(cluster: &Cluster) -> Vec<CheckResult> {
     let failed = |detail: String| {
         vec![CheckResult {
-            name: "API ready".into(),
+            name: crate::drill::DRILL_CHECKS[0].into(),
             ok: false,
             detail,
         }]

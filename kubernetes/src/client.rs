@@ -343,10 +343,11 @@ pub async fn drill_checks(client: &KubeClient) -> Vec<capstan_provisioner::compo
         Ok(_) => Err("no ConfigMap in kube-system".to_string()),
         Err(e) => Err(api_error("listing ConfigMaps")(e).to_string()),
     };
+    let [api_ready, expected_namespaces, objects_readable] = crate::drill::DRILL_CHECKS;
     vec![
-        check("API ready", ready),
-        check("expected namespaces", namespaces),
-        check("objects readable", objects),
+        check(api_ready, ready),
+        check(expected_namespaces, namespaces),
+        check(objects_readable, objects),
     ]
 }
 

@@ -12,7 +12,8 @@ use capstan_provisioner::component::DrillSkip;
 
 use crate::release;
 
-/// The checks [`crate::client::drill_checks`] runs, by name.
+/// The checks [`crate::client::drill_checks`] runs, by name: the checks a drill runs on a restored Kubernetes control plane, in order (the first, "API
+/// ready", also names the failure when no admin credential or client can be made).
 pub const DRILL_CHECKS: [&str; 3] = ["API ready", "expected namespaces", "objects readable"];
 
 /// The release's architecture name for the machine capstan runs on (drill targets are lab
