@@ -418,6 +418,50 @@ impl HostRun<'_> {
         status
     }
 
+    /// How many queued ops change something.
+    fn queued_changes(&self) -> usize {
+        self.queue.iter().filter(|q| !q.plan.is_unchanged()).count()
+    }
+
+    /// Plan the self-contained `ops[0]` (the rest is what follows it in the host's list) and queue
+    /// it for the next flush. True when it (or, flushed on its planning error, a queued op) failed.
+    async fn queue_op(&mut self, t: &dyn Transport, probes: &ProbeSession, ops: &[Arc<dyn Operation>]) -> bool {
+        let op = &ops[0];
+        let planning = Instant::now();
+        match plan_op(t, probes, ops).await {
+            Ok((plan, changes)) => {
+                self.queue.push(Queued {
+                    op: op.clone(),
+                    plan,
+                    changes,
+                    planned_in: planning.elapsed(),
+                });
+                // Nothing to apply yet: report at once.
+                if self.queue.iter().all(|q| q.plan.is_unchanged()) {
+                    self.flush(t, probes, &[]).await;
+                }
+                false
+            }
+            Err(e) => {
+                let elapsed = planning.elapsed();
+                // What was planned before it is applied, as without queueing.
+                let record = if self.flush(t, probes, &[]).await {
+                    skipped(op.as_ref())
+                } else {
+                    OpRecord {
+                        op: op.describe(),
+                        status: OpStatus::Failed,
+                        changes: Vec::new(),
+                        error: Some(e.to_string()),
+                        elapsed,
+                    }
+                };
+                self.finish(record);
+                true
+            }
+        }
+    }
+
     /// Whether `op` may plan differently once a queued change is applied (see
     /// [`Operation::footprint`]).
     fn meets_queued_change(&self, op: &dyn Operation) -> bool {
@@ -526,9 +570,11 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
         let triggers = op.triggers();
         let due = handlers.before(&triggers);
         let queue_it = mode == Mode::Apply && op.self_contained();
-        if !due.is_empty() || !queue_it || run.meets_queued_change(op.as_ref()) {
-            let rest = if due.is_empty() { &host.ops[index..] } else { &[] };
-            failed = run.flush(t, &probes, rest).await;
+        // A self-contained handler (daemon-reload) joins the queue like any self-contained op, so
+        // the unit writes before it, the reload and the file writes after it share one exec.
+        let queue_due = mode == Mode::Apply && !due.is_empty() && due.iter().all(|h| h.self_contained());
+        if !due.is_empty() && !queue_due {
+            failed = run.flush(t, &probes, &[]).await;
         }
         for handler in due {
             if failed {
@@ -536,8 +582,15 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
                 continue;
             }
             progress.op_started(&run.name, &handler.describe());
-            let record = run_op(t, &probes, &[handler], mode).await;
-            failed |= run.finish(record) == OpStatus::Failed;
+            if queue_due {
+                failed = run.queue_op(t, &probes, &[handler]).await;
+            } else {
+                let record = run_op(t, &probes, &[handler], mode).await;
+                failed |= run.finish(record) == OpStatus::Failed;
+            }
+        }
+        if !failed && (!queue_it || run.meets_queued_change(op.as_ref())) {
+            failed = run.flush(t, &probes, &host.ops[index..]).await;
         }
         if failed {
             run.report.push(skipped(op.as_ref()));
@@ -553,41 +606,10 @@ pub async fn run_host(host: HostOps, mode: Mode, progress: &dyn Progress) -> Hos
             }
             continue;
         }
-        let planning = Instant::now();
-        match plan_op(t, &probes, &host.ops[index..]).await {
-            Ok((plan, changes)) => {
-                if !changes.is_empty() {
-                    handlers.record(&triggers);
-                }
-                let queued = Queued {
-                    op: op.clone(),
-                    plan,
-                    changes,
-                    planned_in: planning.elapsed(),
-                };
-                run.queue.push(queued);
-                // Nothing to apply yet: report at once.
-                if run.queue.iter().all(|q| q.plan.is_unchanged()) {
-                    run.flush(t, &probes, &[]).await;
-                }
-            }
-            Err(e) => {
-                let elapsed = planning.elapsed();
-                // What was planned before it is applied, as without queueing.
-                let record = if run.flush(t, &probes, &[]).await {
-                    skipped(op.as_ref())
-                } else {
-                    OpRecord {
-                        op: op.describe(),
-                        status: OpStatus::Failed,
-                        changes: Vec::new(),
-                        error: Some(e.to_string()),
-                        elapsed,
-                    }
-                };
-                run.finish(record);
-                failed = true;
-            }
+        let changes_before = run.queued_changes();
+        failed = run.queue_op(t, &probes, &host.ops[index..]).await;
+        if !failed && run.queued_changes() > changes_before {
+            handlers.record(&triggers);
         }
     }
     if !failed {

@@ -315,6 +315,11 @@ impl Operation for DaemonReload {
     fn describe(&self) -> String {
         "systemd daemon-reload".to_string()
     }
+    /// Plans from nothing on the host and writes no path: it is queued and batched with the unit
+    /// writes before it (the runner never reorders queued steps).
+    fn self_contained(&self) -> bool {
+        true
+    }
     async fn plan(&self, _t: &dyn Transport) -> Result<Plan, OpError> {
         Ok(Plan::single(Change {
             summary: "reload systemd unit files".to_string(),
