@@ -3,8 +3,11 @@
 //!
 //! Everything goes through the ops engine, so `--dry-run` shows diffs and a re-run changes
 //! nothing: root-only files under [`CONFIG_DIR`], the binary at [`BINARY_PATH`] (shared by both
-//! schedules), a oneshot service and its timer. Each schedule is installed on every member (each
-//! run asks its local etcd whether it leads), so an install with a member unreachable is refused.
+//! schedules), a oneshot service and its timer. The backup schedule also installs the state push
+//! ([`crate::state_push`]) on every host holding components' state: the binary, its config, an
+//! etcd client identity and a oneshot service started by a path unit and a timer. Each schedule is
+//! installed on every member (each run asks its local etcd whether it leads), and the push on every
+//! state host, so an install with one of them unreachable is refused.
 //! The caller resolves flags and the inventory into a request ([`BackupInstall`], [`DrillInstall`]);
 //! this module checks it, connects, plans and runs.
 
@@ -24,7 +27,7 @@ use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::{
     Absent, Command, Directory, File, OpError, Operation, OperationExt, RemovedUnit, Service, SystemdUnit,
 };
-use capstan_provisioner::pki::{needs_reissue, CertRequest, IssuedCert, PkiError};
+use capstan_provisioner::pki::{key_matches, needs_reissue, CertRequest, IssuedCert, PkiError};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::report::RunReport;
 use capstan_provisioner::runner::{HostOps, Mode, Progress, RunOptions, Runner};
@@ -933,7 +936,10 @@ async fn state_side(
     let request = CertRequest::client(STATE_PUSH_CLIENT_CN);
     for (name, transport) in &side.hosts {
         let current = read_push_identity(name, transport.as_ref()).await?;
-        let keep = current.filter(|c| needs_reissue(Some(&c.cert_pem), &ca, &request, SystemTime::now()).is_none());
+        let keep = current.filter(|c| {
+            key_matches(&c.cert_pem, &c.key_pem)
+                && needs_reissue(Some(&c.cert_pem), &ca, &request, SystemTime::now()).is_none()
+        });
         let identity = match keep {
             Some(identity) => identity,
             None => ca.issue(&request).map_err(InstallError::Issue)?,

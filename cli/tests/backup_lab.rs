@@ -4,138 +4,23 @@
 //! skips with a message naming what is missing. Test names contain `lab` so nextest's lab
 //! group bounds concurrency.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use capstan_lab::{Lab, LabGuard, UpOptions};
 use serde_json::Value;
 
 mod support;
+use support::s3::{capstan, capstan_ok, Moto, ServerProcess, BUCKET};
 use support::{
-    age_keygen, changed, json, lab, lab_inventory, mirror, mirror_and_version, remote, require, required, run_capstan,
-    tool, Run, MIRROR,
+    age_keygen, changed, json, lab, lab_inventory, mirror, mirror_and_version, remote, require, required, tool, MIRROR,
 };
 
-const BUCKET: &str = "capstan-lab";
 const METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup.prom";
 const SCHEDULER_METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup_scheduler.prom";
 /// Seconds between scheduled backups in the test (`*:*:0/20`).
 const INTERVAL: u64 = 20;
-
-/// A server child process listening on one address; killed when dropped.
-struct ServerProcess {
-    child: Child,
-    url: String,
-}
-
-impl ServerProcess {
-    /// Start `command` with `{host}` and `{port}` in its arguments replaced by `host` and a free
-    /// port there; wait until it listens.
-    fn start(command: &[&str], host: &str) -> Result<ServerProcess, String> {
-        let port = TcpListener::bind((host, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port on {host}: {e}"))?
-            .port();
-        let args: Vec<String> = command[1..]
-            .iter()
-            .map(|a| a.replace("{host}", host).replace("{port}", &port.to_string()))
-            .collect();
-        let child = Command::new(command[0])
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", command.join(" ")))?;
-        let mut server = ServerProcess {
-            child,
-            url: format!("http://{host}:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect((host, port)).is_err() {
-            if Instant::now() > deadline || server.child.try_wait().ok().flatten().is_some() {
-                return Err(format!("{} did not listen on {host}:{port}", command[0]));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(server)
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// moto's S3 server, bound to one address, with the test bucket.
-struct Moto {
-    _server: ServerProcess,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start(host: &str) -> Result<Moto, String> {
-        let works = |program: &str, args: &[&str]| {
-            Command::new(program)
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let command: Vec<&str> = if works("moto_server", &["--help"]) {
-            vec!["moto_server"]
-        } else if works("python3", &["-c", "import moto.server, flask, werkzeug"]) {
-            vec!["python3", "-m", "moto.server"]
-        } else {
-            return Err("moto not found; install it with `pip install 'moto[server]>=5.2.5'`".into());
-        };
-        let command: Vec<&str> = command.into_iter().chain(["-H", "{host}", "-p", "{port}"]).collect();
-        let server = ServerProcess::start(&command, host)?;
-        let endpoint = server.url.clone();
-        let created = Command::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("{endpoint}/{BUCKET}")])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !created {
-            return Err("creating the bucket with curl failed".into());
-        }
-        Ok(Moto {
-            _server: server,
-            endpoint,
-        })
-    }
-}
-
-fn capstan(inventory: &Path, moto: &Moto, args: &[&str]) -> Run {
-    run_capstan(
-        Some(inventory),
-        args,
-        &[
-            ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
-            ("AWS_ACCESS_KEY_ID", "capstan-lab"),
-            ("AWS_SECRET_ACCESS_KEY", "capstan-lab-secret"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_CONFIG_FILE", "/nonexistent"),
-            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    )
-}
-
-fn capstan_ok(inventory: &Path, moto: &Moto, args: &[&str]) -> Run {
-    let run = capstan(inventory, moto, args);
-    assert_eq!(
-        run.code, 0,
-        "capstan {args:?} failed\nstdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    run
-}
 
 fn unix_now() -> u64 {
     SystemTime::now()
