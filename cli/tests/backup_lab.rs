@@ -12,7 +12,7 @@ use capstan_lab::{Lab, LabGuard, UpOptions};
 use serde_json::Value;
 
 mod support;
-use support::s3::{capstan, capstan_ok, Moto, ServerProcess, BUCKET};
+use support::s3::{capstan, capstan_ok, Moto, S3Lab, ServerProcess, BUCKET};
 use support::{
     age_keygen, changed, json, lab, lab_inventory, mirror, mirror_and_version, remote, require, required, tool, MIRROR,
 };
@@ -72,14 +72,11 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     if !require(&[lab(), mirror(), tool("age-keygen", "age")]) {
         return;
     }
-    let guard = LabGuard::up(UpOptions::new(format!("bs{}", std::process::id() % 10000), 3)).expect("lab up");
-    let lab = guard.lab().clone();
-    let Some(moto) = required("no S3 server", Moto::start(&lab.gateway)) else {
+    let Some(s3) = S3Lab::up("bs", 3) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let identity = work.path().join("identity.txt");
-    let recipient = age_keygen(&identity);
+    let (lab, moto, work) = (&s3.lab, &s3.moto, &s3.work);
+    let (identity, recipient) = (&s3.identity, &s3.recipient);
     let inventory = work.path().join("inventory.yaml");
     write_inventory(&lab, &inventory, &recipient);
     let hosts: Vec<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();

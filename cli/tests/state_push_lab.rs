@@ -11,12 +11,12 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use capstan_lab::{Lab, LabGuard, UpOptions};
+use capstan_lab::Lab;
 
 mod support;
 use support::kube::{inventory, kube_state, put, sha256};
-use support::s3::{capstan, capstan_ok, Moto, BUCKET};
-use support::{age_keygen, changed, json, lab, mirror, remote, require, required, tool};
+use support::s3::{capstan, capstan_ok, Moto, S3Lab, BUCKET};
+use support::{changed, json, lab, mirror, remote, require, tool};
 
 const PUSH_SERVICE: &str = "capstan-state-push.service";
 const PUSH_METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_state_push.prom";
@@ -58,15 +58,7 @@ fn push_revision(lab: &Lab, member: &str, host: &str) -> Option<i64> {
 /// Object `name` of the test's backup target (`s3://BUCKET/pushed`), read through the backup
 /// crate's own S3 store.
 fn fetch(moto: &Moto, name: &str) -> Vec<u8> {
-    for (key, value) in [
-        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "capstan-lab"),
-        ("AWS_SECRET_ACCESS_KEY", "capstan-lab-secret"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_CONFIG_FILE", "/nonexistent"),
-        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ] {
+    for (key, value) in moto.environment() {
         std::env::set_var(key, value);
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -111,14 +103,11 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
         return;
     }
     let started = Instant::now();
-    let guard = LabGuard::up(UpOptions::new(format!("push{}", std::process::id() % 10000), 4)).expect("lab up");
-    let lab = guard.lab().clone();
-    let Some(moto) = required("no S3 server", Moto::start(&lab.gateway)) else {
+    let Some(s3) = S3Lab::up("push", 4) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let identity = work.path().join("identity.txt");
-    let recipient = age_keygen(&identity);
+    let (lab, moto, work) = (&s3.lab, &s3.moto, &s3.work);
+    let (identity, recipient) = (&s3.identity, &s3.recipient);
     let inventory_path = work.path().join("inventory.yaml");
     inventory(
         &lab,
@@ -195,7 +184,7 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     }
     let config = remote(&lab, cp, "cat /etc/capstan/state-push.yaml");
     assert!(
-        config.contains(&recipient) && config.contains("/etc/kubernetes/pki/sa.key"),
+        config.contains(recipient.as_str()) && config.contains("/etc/kubernetes/pki/sa.key"),
         "{config}"
     );
     for member in &members {

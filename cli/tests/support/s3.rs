@@ -2,11 +2,13 @@
 //! and moto's S3 server with the test bucket.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{run_capstan, Run};
+use capstan_lab::{Lab, LabGuard, UpOptions};
+
+use super::{age_keygen, required, run_capstan, Run};
 
 /// The bucket [`Moto::start`] creates.
 pub const BUCKET: &str = "capstan-lab";
@@ -98,21 +100,59 @@ impl Moto {
     }
 }
 
-/// `capstan -i inventory args...` with moto as its S3 endpoint and credentials.
-pub fn capstan(inventory: &Path, moto: &Moto, args: &[&str]) -> Run {
-    run_capstan(
-        Some(inventory),
-        args,
-        &[
-            ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+impl Moto {
+    /// The environment that points the AWS SDK at this server, with test credentials and nothing
+    /// from the user's AWS configuration.
+    pub fn environment(&self) -> [(&str, &str); 7] {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
             ("AWS_ACCESS_KEY_ID", "capstan-lab"),
             ("AWS_SECRET_ACCESS_KEY", "capstan-lab-secret"),
             ("AWS_REGION", "us-east-1"),
             ("AWS_CONFIG_FILE", "/nonexistent"),
             ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
             ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    )
+        ]
+    }
+}
+
+/// A lab of `machines` machines named `<prefix><pid>`, moto on its bridge's gateway address, a work
+/// directory and an age identity in it (`None`, with a message, when moto cannot start).
+pub struct S3Lab {
+    pub guard: LabGuard,
+    pub lab: Lab,
+    pub moto: Moto,
+    pub work: tempfile::TempDir,
+    pub identity: PathBuf,
+    pub recipient: String,
+}
+
+impl S3Lab {
+    pub fn up(prefix: &str, machines: usize) -> Option<S3Lab> {
+        let guard = LabGuard::up(UpOptions::new(
+            format!("{prefix}{}", std::process::id() % 10000),
+            machines,
+        ))
+        .expect("lab up");
+        let lab = guard.lab().clone();
+        let moto = required("no S3 server", Moto::start(&lab.gateway))?;
+        let work = tempfile::tempdir().unwrap();
+        let identity = work.path().join("identity.txt");
+        let recipient = age_keygen(&identity);
+        Some(S3Lab {
+            guard,
+            lab,
+            moto,
+            work,
+            identity,
+            recipient,
+        })
+    }
+}
+
+/// `capstan -i inventory args...` with moto as its S3 endpoint and credentials.
+pub fn capstan(inventory: &Path, moto: &Moto, args: &[&str]) -> Run {
+    run_capstan(Some(inventory), args, &moto.environment())
 }
 
 /// [`capstan`], which must succeed.
