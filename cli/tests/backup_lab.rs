@@ -78,17 +78,17 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     let (lab, moto, work) = (&s3.lab, &s3.moto, &s3.work);
     let (identity, recipient) = (&s3.identity, &s3.recipient);
     let inventory = work.path().join("inventory.yaml");
-    write_inventory(&lab, &inventory, &recipient);
+    write_inventory(lab, &inventory, recipient);
     let hosts: Vec<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();
 
-    capstan_ok(&inventory, &moto, &["apply"]);
+    capstan_ok(&inventory, moto, &["apply"]);
 
     // Install: binary, config, credentials, units on every member; the timer runs.
     // The timer may fire while `schedule` is still running: count intervals from its start.
     let installed_at = unix_now();
     let first = capstan_ok(
         &inventory,
-        &moto,
+        moto,
         &["backup", "schedule", "--s3-path-style", "--output", "json"],
     );
     assert!(changed(&json(&first)) >= 8 * 3, "{}", first.stdout);
@@ -100,29 +100,29 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     for host in &hosts {
         assert_eq!(
             remote(
-                &lab,
+                lab,
                 host,
                 "stat -c '%a %U' /etc/capstan/backup.env /etc/capstan/backup.yaml /etc/capstan"
             ),
             "600 root\n600 root\n700 root"
         );
-        assert_eq!(remote(&lab, host, "systemctl is-active capstan-backup.timer"), "active");
+        assert_eq!(remote(lab, host, "systemctl is-active capstan-backup.timer"), "active");
         assert_eq!(
-            remote(&lab, host, "systemctl is-enabled capstan-backup.timer"),
+            remote(lab, host, "systemctl is-enabled capstan-backup.timer"),
             "enabled"
         );
     }
     // Re-running changes nothing.
     let again = capstan_ok(
         &inventory,
-        &moto,
+        moto,
         &["backup", "schedule", "--s3-path-style", "--output", "json"],
     );
     assert_eq!(changed(&json(&again)), 0, "{}", again.stdout);
 
     // Let the timer fire two or three times.
     std::thread::sleep(Duration::from_secs(50));
-    let backups = complete_backups(&inventory, &moto);
+    let backups = complete_backups(&inventory, moto);
     // A run that started at the last boundary may still be uploading (allowed for below).
     let ended_at = unix_now();
     eprintln!("scheduled backups: {backups:?}");
@@ -152,14 +152,14 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     // Every member's timer fired; followers stood back.
     let journals: Vec<String> = hosts
         .iter()
-        .map(|h| remote(&lab, h, "journalctl -u capstan-backup.service --no-pager -o cat"))
+        .map(|h| remote(lab, h, "journalctl -u capstan-backup.service --no-pager -o cat"))
         .collect();
     let skipped = journals.iter().filter(|j| j.contains("not the etcd leader")).count();
     assert!(skipped >= 2, "followers did not run or did not skip: {journals:#?}");
     // Every member's runs write the scheduler metrics: its timer fired, led or not.
     let scheduler: Vec<String> = hosts
         .iter()
-        .map(|h| remote(&lab, h, &format!("cat {SCHEDULER_METRICS}")))
+        .map(|h| remote(lab, h, &format!("cat {SCHEDULER_METRICS}")))
         .collect();
     for (host, text) in hosts.iter().zip(&scheduler) {
         let sample = text
@@ -195,7 +195,7 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     // Metrics on the leader(s) that backed up, result 1, recent success.
     let metrics: Vec<String> = hosts
         .iter()
-        .map(|h| remote(&lab, h, &format!("cat {METRICS} 2>/dev/null || true")))
+        .map(|h| remote(lab, h, &format!("cat {METRICS} 2>/dev/null || true")))
         .collect();
     let written: Vec<&String> = metrics.iter().filter(|m| !m.is_empty()).collect();
     assert!(!written.is_empty(), "no member wrote {METRICS}");
@@ -221,7 +221,7 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     // The scheduled backups are real, complete and decryptable.
     let verify = capstan_ok(
         &inventory,
-        &moto,
+        moto,
         &[
             "backup",
             "verify",
@@ -236,27 +236,27 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     // Remove everything; removing again changes nothing.
     let removed = capstan_ok(
         &inventory,
-        &moto,
+        moto,
         &["backup", "schedule", "--remove", "--output", "json"],
     );
     assert!(changed(&json(&removed)) >= 3 * 5, "{}", removed.stdout);
     for host in &hosts {
         assert_eq!(
             remote(
-                &lab,
+                lab,
                 host,
                 "ls /etc/systemd/system/capstan-backup.timer /etc/capstan /usr/local/bin/capstan 2>/dev/null | wc -l"
             ),
             "0"
         );
         assert_ne!(
-            remote(&lab, host, "systemctl is-active capstan-backup.timer || true"),
+            remote(lab, host, "systemctl is-active capstan-backup.timer || true"),
             "active"
         );
     }
     let removed_again = capstan_ok(
         &inventory,
-        &moto,
+        moto,
         &["backup", "schedule", "--remove", "--output", "json"],
     );
     assert_eq!(changed(&json(&removed_again)), 0, "{}", removed_again.stdout);
@@ -264,10 +264,10 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     // An operator backup still works with the first member (the first CA holder) powered off:
     // the CA comes from another member and only reachable members are snapshot sources.
     capstan_lab::stop(&lab.name, hosts[0]).expect("stop the first member");
-    let manual = capstan_ok(&inventory, &moto, &["backup", "create", "--s3-path-style"]);
+    let manual = capstan_ok(&inventory, moto, &["backup", "create", "--s3-path-style"]);
     let id = manual.stdout.trim();
     assert!(
-        complete_backups(&inventory, &moto).iter().any(|b| b == id),
+        complete_backups(&inventory, moto).iter().any(|b| b == id),
         "{id} not listed"
     );
     assert!(

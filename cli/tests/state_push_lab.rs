@@ -110,7 +110,7 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     let (identity, recipient) = (&s3.identity, &s3.recipient);
     let inventory_path = work.path().join("inventory.yaml");
     inventory(
-        &lab,
+        lab,
         &inventory_path,
         &[(0, "etcd"), (1, "etcd"), (2, "etcd"), (3, "control_plane")],
         &format!(
@@ -120,7 +120,7 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     );
     let members: Vec<&str> = lab.machines[..3].iter().map(|m| m.name.as_str()).collect();
     let cp = lab.machines[3].name.as_str();
-    capstan_ok(&inventory_path, &moto, &["apply", "--only", "etcd"]);
+    capstan_ok(&inventory_path, moto, &["apply", "--only", "etcd"]);
     eprintln!("PUSH LAB: cluster up at {:.1}s", started.elapsed().as_secs_f64());
 
     // Install: the members' timer, and the push on the control-plane host.
@@ -128,7 +128,7 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     // A dry run shows the push's changes on the control-plane host and makes none.
     let dry = capstan_ok(
         &inventory_path,
-        &moto,
+        moto,
         &["backup", "schedule", "--s3-path-style", "--dry-run", "--output", "json"],
     );
     assert!(
@@ -138,14 +138,14 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     );
     assert_eq!(
         remote(
-            &lab,
+            lab,
             cp,
             "ls /etc/capstan /usr/local/bin/capstan 2>&1 | grep -c 'No such' || true"
         ),
         "2",
         "a dry run changed the control-plane host"
     );
-    let first = capstan_ok(&inventory_path, &moto, &schedule);
+    let first = capstan_ok(&inventory_path, moto, &schedule);
     assert!(
         first
             .stderr
@@ -156,14 +156,14 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     assert!(!first.stderr.contains("do not carry"), "{}", first.stderr);
     assert_eq!(
         remote(
-            &lab,
+            lab,
             cp,
             "stat -c '%a %U' /usr/local/bin/capstan /etc/capstan/state-push.yaml /etc/capstan/state-push/client.key"
         ),
         "755 root\n600 root\n600 root"
     );
     let subject = remote(
-        &lab,
+        lab,
         cp,
         "openssl x509 -noout -subject -nameopt RFC2253 -in /etc/capstan/state-push/client.crt && \
          openssl verify -CAfile /etc/capstan/state-push/ca.crt /etc/capstan/state-push/client.crt",
@@ -172,35 +172,35 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     assert!(subject.ends_with(": OK"), "{subject}");
     for unit in ["capstan-state-push.path", "capstan-state-push.timer"] {
         assert_eq!(
-            remote(&lab, cp, &format!("systemctl is-active {unit}")),
+            remote(lab, cp, &format!("systemctl is-active {unit}")),
             "active",
             "{unit}"
         );
         assert_eq!(
-            remote(&lab, cp, &format!("systemctl is-enabled {unit}")),
+            remote(lab, cp, &format!("systemctl is-enabled {unit}")),
             "enabled",
             "{unit}"
         );
     }
-    let config = remote(&lab, cp, "cat /etc/capstan/state-push.yaml");
+    let config = remote(lab, cp, "cat /etc/capstan/state-push.yaml");
     assert!(
         config.contains(recipient.as_str()) && config.contains("/etc/kubernetes/pki/sa.key"),
         "{config}"
     );
     for member in &members {
-        let text = remote(&lab, member, "cat /etc/capstan/backup.yaml");
+        let text = remote(lab, member, "cat /etc/capstan/backup.yaml");
         assert!(text.contains(&format!("state_hosts:\n- {cp}")), "{member}: {text}");
     }
 
     // Nothing on the host yet: the push fails naming the missing files (journal and metric).
-    let (ok, _) = remote_status(&lab, cp, &format!("systemctl start {PUSH_SERVICE}"));
+    let (ok, _) = remote_status(lab, cp, &format!("systemctl start {PUSH_SERVICE}"));
     assert!(!ok, "a push without the state files must fail");
-    let log = journal(&lab, cp, PUSH_SERVICE);
+    let log = journal(lab, cp, PUSH_SERVICE);
     assert!(
         log.contains("required state file(s) missing") && log.contains("/etc/kubernetes/pki/ca.key"),
         "{log}"
     );
-    let metrics = remote(&lab, cp, &format!("cat {PUSH_METRICS}"));
+    let metrics = remote(lab, cp, &format!("cat {PUSH_METRICS}"));
     assert!(
         metrics.contains(&format!(
             "capstan_state_push_last_result{{cluster=\"{}\",host=\"{cp}\"}} 0",
@@ -208,10 +208,10 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
         )),
         "{metrics}"
     );
-    assert_eq!(push_revision(&lab, members[0], cp), None);
+    assert_eq!(push_revision(lab, members[0], cp), None);
 
     // The leader refuses a scheduled backup that could not restore the control plane.
-    let failed = scheduled_backup(&lab, &members);
+    let failed = scheduled_backup(lab, &members);
     assert_eq!(failed.len(), 1, "exactly the leader fails: {failed:#?}");
     let (leader, log) = &failed[0];
     assert!(
@@ -220,11 +220,7 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
         )),
         "{leader}: {log}"
     );
-    let backup_metrics = remote(
-        &lab,
-        leader,
-        "cat /var/lib/prometheus/node-exporter/capstan_backup.prom",
-    );
+    let backup_metrics = remote(lab, leader, "cat /var/lib/prometheus/node-exporter/capstan_backup.prom");
     assert!(
         backup_metrics.contains(&format!("capstan_backup_last_result{{cluster=\"{}\"}} 0", lab.name)),
         "{backup_metrics}"
@@ -233,28 +229,28 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     // The state files arrive (path unit held off while they are written one by one); a push
     // writes them.
     let mut state = kube_state(work.path());
-    remote(&lab, cp, "systemctl stop capstan-state-push.path");
+    remote(lab, cp, "systemctl stop capstan-state-push.path");
     for (path, content, mode) in &state {
-        put(&lab, cp, path, content, mode);
+        put(lab, cp, path, content, mode);
     }
-    remote(&lab, cp, "systemctl start capstan-state-push.path");
-    remote(&lab, cp, &format!("systemctl start {PUSH_SERVICE}"));
-    let log = journal(&lab, cp, PUSH_SERVICE);
+    remote(lab, cp, "systemctl start capstan-state-push.path");
+    remote(lab, cp, &format!("systemctl start {PUSH_SERVICE}"));
+    let log = journal(lab, cp, PUSH_SERVICE);
     assert!(log.contains(&format!("{cp}: pushed 7 state file(s)")), "{log}");
     for (_, content, _) in &state {
         let needle = String::from_utf8_lossy(&content[content.len() / 2..content.len() / 2 + 16]).into_owned();
         assert!(!log.contains(&needle), "file content in the journal");
     }
-    let written = push_revision(&lab, members[0], cp).expect("the push is in etcd");
+    let written = push_revision(lab, members[0], cp).expect("the push is in etcd");
 
     // Unchanged files: the next push writes nothing.
-    remote(&lab, cp, &format!("systemctl start {PUSH_SERVICE}"));
+    remote(lab, cp, &format!("systemctl start {PUSH_SERVICE}"));
     assert!(
-        journal(&lab, cp, PUSH_SERVICE).contains("etcd already holds this state (7 file(s)); nothing written"),
+        journal(lab, cp, PUSH_SERVICE).contains("etcd already holds this state (7 file(s)); nothing written"),
         "{}",
-        journal(&lab, cp, PUSH_SERVICE)
+        journal(lab, cp, PUSH_SERVICE)
     );
-    assert_eq!(push_revision(&lab, members[0], cp), Some(written));
+    assert_eq!(push_revision(lab, members[0], cp), Some(written));
 
     // A changed file: the path unit starts the push by itself, which writes.
     let secret = support::kube::run(Command::new("openssl").args(["rand", "-base64", "32"]));
@@ -268,14 +264,14 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
         .find(|(path, _, _)| path == capstan_kubernetes::paths::ENCRYPTION_CONFIG)
         .expect("the encryption config is state");
     config_entry.1 = rotated.into_bytes();
-    put(&lab, cp, &config_entry.0, &config_entry.1, config_entry.2);
+    put(lab, cp, &config_entry.0, &config_entry.1, config_entry.2);
     let deadline = Instant::now() + Duration::from_secs(30);
     let rewritten = loop {
-        match push_revision(&lab, members[0], cp) {
+        match push_revision(lab, members[0], cp) {
             Some(revision) if revision > written => break revision,
             _ if Instant::now() > deadline => panic!(
                 "the path unit did not push the changed file within 30 s:\n{}",
-                journal(&lab, cp, PUSH_SERVICE)
+                journal(lab, cp, PUSH_SERVICE)
             ),
             _ => std::thread::sleep(Duration::from_millis(500)),
         }
@@ -283,16 +279,16 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     eprintln!("PUSH LAB: pushes checked at {:.1}s", started.elapsed().as_secs_f64());
 
     // Installing again changes nothing (the push identity is kept while it fits) and pushes nothing.
-    let again = capstan_ok(&inventory_path, &moto, &schedule);
+    let again = capstan_ok(&inventory_path, moto, &schedule);
     assert_eq!(changed(&json(&again)), 0, "{}", again.stdout);
-    assert_eq!(push_revision(&lab, members[0], cp), Some(rewritten));
+    assert_eq!(push_revision(lab, members[0], cp), Some(rewritten));
 
     // The leader's scheduled backup now carries the pushed state.
-    let failed = scheduled_backup(&lab, &members);
+    let failed = scheduled_backup(lab, &members);
     assert!(failed.is_empty(), "{failed:#?}");
     let list = capstan_ok(
         &inventory_path,
-        &moto,
+        moto,
         &["backup", "list", "--s3-path-style", "--output", "json"],
     );
     let complete: Vec<String> = json(&list)
@@ -306,7 +302,7 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     let id = &complete[0];
     let verify = capstan_ok(
         &inventory_path,
-        &moto,
+        moto,
         &[
             "backup",
             "verify",
@@ -336,11 +332,11 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
 
     // Decrypted, it is exactly the host's files (content and mode).
     let stored = work.path().join("state.tar.age");
-    std::fs::write(&stored, fetch(&moto, &format!("{id}/state.tar.age"))).unwrap();
+    std::fs::write(&stored, fetch(moto, &format!("{id}/state.tar.age"))).unwrap();
     let plain = Command::new("age")
         .arg("-d")
         .arg("-i")
-        .arg(&identity)
+        .arg(identity)
         .arg(&stored)
         .output()
         .unwrap();
@@ -360,13 +356,13 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     // Removal takes the push off the control-plane host too.
     let removed = capstan_ok(
         &inventory_path,
-        &moto,
+        moto,
         &["backup", "schedule", "--remove", "--output", "json"],
     );
     assert!(changed(&json(&removed)) > 0, "{}", removed.stdout);
     assert_eq!(
         remote(
-            &lab,
+            lab,
             cp,
             "ls /usr/local/bin/capstan /etc/capstan /etc/systemd/system/capstan-state-push.path 2>&1 | grep -c 'No such' || true"
         ),
@@ -374,7 +370,7 @@ fn lab_state_push_carries_the_control_planes_state_into_scheduled_backups() {
     );
     let again = capstan(
         &inventory_path,
-        &moto,
+        moto,
         &["backup", "schedule", "--remove", "--output", "json"],
     );
     assert_eq!(changed(&json(&again)), 0, "{}", again.stdout);
