@@ -8,9 +8,10 @@ use std::sync::Arc;
 use capstan_inventory::{Cluster, Host, Role};
 use capstan_provisioner::check::RequiredPort;
 use capstan_provisioner::component::{Component, ComponentError};
-use capstan_provisioner::ops::Operation;
+use capstan_provisioner::ops::{Absent, Operation};
 
-use crate::schedule_install::teardown_ops;
+use crate::schedule::{BINARY_PATH, CONFIG_DIR};
+use crate::schedule_install::{push_teardown_ops, teardown_ops};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ScheduleComponent;
@@ -34,7 +35,12 @@ impl Component for ScheduleComponent {
 
     fn teardown(&self, _cluster: &Cluster, host: &Host) -> Result<Vec<Arc<dyn Operation>>, ComponentError> {
         if !host.roles.contains(&Role::Etcd) {
-            return Ok(Vec::new());
+            // Hosts holding components' state may run the state push (and so hold the binary).
+            let mut ops = push_teardown_ops();
+            for path in [BINARY_PATH, CONFIG_DIR] {
+                ops.push(Arc::new(Absent::new(path)));
+            }
+            return Ok(ops);
         }
         Ok(teardown_ops())
     }

@@ -39,8 +39,26 @@ pub enum BackupError {
     Encrypt { object: String, reason: String },
     #[error("building the PKI archive: {0}")]
     PkiArchive(String),
+    #[error(
+        "the components' state pushed by {host} is encrypted to {}, but this backup to {}",
+        pushed_list(pushed),
+        pushed_list(backup)
+    )]
+    StateRecipients {
+        host: String,
+        pushed: Vec<String>,
+        backup: Vec<String>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+fn pushed_list(recipients: &[String]) -> String {
+    if recipients.is_empty() {
+        "nobody (not encrypted)".into()
+    } else {
+        recipients.join(", ")
+    }
 }
 
 impl Hint for BackupError {
@@ -58,6 +76,10 @@ impl Hint for BackupError {
             }
             BackupError::Incomplete { .. } => "pick a complete backup from `capstan backup list`",
             BackupError::Snapshot { .. } | BackupError::Etcd(_) => "check `capstan status`: is etcd healthy?",
+            BackupError::StateRecipients { .. } => {
+                "run `capstan backup schedule` again: it gives the state hosts the schedule's recipients, and \
+                 their next push (at once, on `systemctl start capstan-state-push`) uses them"
+            }
             BackupError::Store(e) => return e.hint(),
             _ => return None,
         };

@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod retention;
 pub mod snapshot;
 pub mod state;
+pub mod state_push;
 pub mod store;
 pub mod trailer;
 

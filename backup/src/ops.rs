@@ -96,6 +96,9 @@ pub struct CreateRequest {
     pub inventory: Vec<u8>,
     /// Components' own state files ([`crate::state::collect`]); none: no state object.
     pub state: Vec<crate::state::StateEntry>,
+    /// Components' state as a host pushed it ([`crate::state_push`]), stored as it is (never
+    /// decrypted here); used when `state` is empty. Its recipients must be the backup's.
+    pub pushed_state: Option<crate::state_push::PushRecord>,
     pub progress: Option<ProgressFn>,
 }
 
@@ -138,6 +141,14 @@ pub async fn create(store: &Arc<dyn Store>, request: CreateRequest) -> Result<Ma
             let name = object_name(STATE_BASE, encrypted);
             let entry = write_object(store.clone(), key(&id, &name), &name, &recipients, &data).await?;
             objects.push(entry);
+        } else if let Some(pushed) = &request.pushed_state {
+            check_pushed_recipients(pushed, &request.encryption)?;
+            let name = object_name(STATE_BASE, encrypted);
+            // Already encrypted (or, unencrypted, the tar itself): stored as it is; the manifest's
+            // plaintext digest is the one the pushing host computed before encrypting.
+            let mut entry = write_object(store.clone(), key(&id, &name), &name, &None, &pushed.data).await?;
+            entry.plaintext = pushed.plaintext.clone();
+            objects.push(entry);
         }
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
@@ -169,6 +180,24 @@ pub async fn create(store: &Arc<dyn Store>, request: CreateRequest) -> Result<Ma
         }
     }
     result
+}
+
+/// A pushed state goes into a backup only when encrypted to exactly the backup's recipients
+/// (unencrypted only into an unencrypted backup): anything else would hand the state to other
+/// keys, or leave it undecryptable with the backup's.
+fn check_pushed_recipients(pushed: &crate::state_push::PushRecord, encryption: &Encryption) -> Result<(), BackupError> {
+    let backup: Vec<String> = match encryption {
+        Encryption::Recipients(list) => list.iter().map(ToString::to_string).collect(),
+        Encryption::Disabled => Vec::new(),
+    };
+    if pushed.encrypted_to(&backup) {
+        return Ok(());
+    }
+    Err(BackupError::StateRecipients {
+        host: pushed.host.clone(),
+        pushed: pushed.recipients.clone(),
+        backup,
+    })
 }
 
 /// The PKI files as a tar archive (mode 0600, since it holds the CA key).
@@ -758,6 +787,30 @@ mod tests {
         assert!(err.to_string().contains("SSH public keys are not supported"), "{err}");
         let err = Encryption::from_args(&["age1notakey".into()], false).unwrap_err();
         assert!(err.to_string().contains("invalid age recipient `age1notakey`"), "{err}");
+    }
+
+    #[test]
+    fn a_pushed_state_must_be_encrypted_to_the_backups_recipients() {
+        let a = age::x25519::Identity::generate().to_public();
+        let b = age::x25519::Identity::generate().to_public();
+        let pushed = |recipients: Vec<String>| crate::state_push::PushRecord {
+            host: "cp-1".into(),
+            time: "2026-12-01T19:00:00Z".into(),
+            plaintext: ObjectDigest {
+                size: 1,
+                sha256: "00".into(),
+            },
+            recipients,
+            data: Vec::new(),
+        };
+        let both = Encryption::Recipients(vec![a.clone(), b.clone()]);
+        assert!(check_pushed_recipients(&pushed(vec![b.to_string(), a.to_string()]), &both).is_ok());
+        let err = check_pushed_recipients(&pushed(vec![a.to_string()]), &both).unwrap_err();
+        assert!(err.to_string().contains("pushed by cp-1 is encrypted to"), "{err}");
+        assert!(check_pushed_recipients(&pushed(Vec::new()), &Encryption::Disabled).is_ok());
+        let err = check_pushed_recipients(&pushed(Vec::new()), &both).unwrap_err();
+        assert!(err.to_string().contains("nobody (not encrypted)"), "{err}");
+        assert!(check_pushed_recipients(&pushed(vec![a.to_string()]), &Encryption::Disabled).is_err());
     }
 
     #[test]

@@ -88,6 +88,10 @@ pub struct ScheduleConfig {
     pub pki_dir: PathBuf,
     pub local_endpoint: String,
     pub metrics_file: PathBuf,
+    /// The hosts holding components' state ([`crate::state_push`]): the newest of their pushes
+    /// goes into each backup, and a backup fails while none of them has pushed.
+    #[serde(default)]
+    pub state_hosts: Vec<String>,
 }
 
 /// `/etc/capstan/drill.yaml`: everything one scheduled drill needs, except secrets (the age
@@ -161,6 +165,8 @@ pub enum ScheduleError {
     Leader { endpoint: String, reason: String },
     #[error("not backing up now: {reason}")]
     Lock { reason: String },
+    #[error("components' state: {0}")]
+    StatePush(#[from] crate::state_push::PushError),
     #[error(transparent)]
     Backup(#[from] BackupError),
 }
@@ -169,6 +175,7 @@ impl Hint for ScheduleError {
     fn hint(&self) -> Option<String> {
         match self {
             ScheduleError::Backup(e) => e.hint(),
+            ScheduleError::StatePush(e) => e.hint(),
             _ => None,
         }
     }
@@ -456,15 +463,27 @@ async fn backup_and_prune(
         ..S3Options::default()
     };
     let store = open_store(&url, &options).await.map_err(BackupError::Store)?;
+    // Other hosts' component state, as they pushed it into etcd (still encrypted).
+    let pushed_state = if config.state_hosts.is_empty() {
+        None
+    } else {
+        let client = EtcdClient::connect(&endpoints, &tls)
+            .await
+            .map_err(|e| crate::state_push::PushError::Etcd {
+                endpoints: endpoints.iter().map(EtcdEndpoint::as_str).collect::<Vec<_>>().join(","),
+                reason: error_chain(&e),
+            })?;
+        Some(crate::state_push::fetch_newest(&client, &config.state_hosts).await?)
+    };
     let request = crate::CreateRequest {
         cluster_name: config.cluster.clone(),
         source: EtcdSource { endpoints, tls },
         encryption,
         pki_files,
         inventory,
-        // A member reads only its own files; other components' state is on other hosts (taken by
-        // `capstan backup create` from the operator's machine).
+        // A member reads only its own files; the state hosts push theirs into etcd.
         state: Vec::new(),
+        pushed_state,
         progress: None,
     };
     let manifest = create(&store, request).await?;

@@ -3,24 +3,35 @@
 //!
 //! Everything goes through the ops engine, so `--dry-run` shows diffs and a re-run changes
 //! nothing: root-only files under [`CONFIG_DIR`], the binary at [`BINARY_PATH`] (shared by both
-//! schedules), a oneshot service and its timer. Each schedule is installed on every member (each
-//! run asks its local etcd whether it leads), so an install with a member unreachable is refused.
+//! schedules), a oneshot service and its timer. The backup schedule also installs the state push
+//! ([`crate::state_push`]) on every host holding components' state: the binary, its config, an
+//! etcd client identity and a oneshot service started by a path unit and a timer. Each schedule is
+//! installed on every member (each run asks its local etcd whether it leads), and the push on every
+//! state host, so an install with one of them unreachable is refused.
 //! The caller resolves flags and the inventory into a request ([`BackupInstall`], [`DrillInstall`]);
 //! this module checks it, connects, plans and runs.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use capstan_etcd::inspect::{inspect_hosts, EtcdHost, InspectError};
+use capstan_etcd::config::{host_for_url, DEFAULT_CLIENT_PORT};
+use capstan_etcd::inspect::{fetch_ca, inspect_hosts, EtcdHost, InspectError};
+use capstan_etcd::pki::STATE_PUSH_CLIENT_CN;
 use capstan_inventory::{Cluster, Role};
+use capstan_provisioner::component::Component;
+use capstan_provisioner::facts::ProbeSections;
 use capstan_provisioner::hint::Hint;
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::{
     Absent, Command, Directory, File, OpError, Operation, OperationExt, RemovedUnit, Service, SystemdUnit,
 };
+use capstan_provisioner::pki::{key_matches, needs_reissue, CertRequest, IssuedCert, PkiError};
 use capstan_provisioner::pool::Connections;
 use capstan_provisioner::report::RunReport;
 use capstan_provisioner::runner::{HostOps, Mode, Progress, RunOptions, Runner};
+use capstan_provisioner::targets::ssh_target;
 use capstan_provisioner::transport::{ExecOptions, Transport, TransportError};
 
 use crate::access::unreachable_hosts;
@@ -33,6 +44,10 @@ use crate::schedule::{
     DRILL_SERVICE_UNIT, DRILL_SSH_KEY_PATH, DRILL_TIMER_UNIT, ENVIRONMENT_PATH, INVENTORY_PATH, LOCAL_ENDPOINT,
     PKI_DIR, SERVICE_UNIT, TIMER_UNIT,
 };
+use crate::state_push::{
+    PushConfig, PushFile, PUSH_CA_PATH, PUSH_CERT_PATH, PUSH_CONFIG_PATH, PUSH_KEY_PATH, PUSH_METRICS_FILE,
+    PUSH_PATH_UNIT, PUSH_PKI_DIR, PUSH_SERVICE_UNIT, PUSH_TIMER_UNIT,
+};
 use crate::{metrics, BackupError, Encryption, Store, StoreUrl, VerifyTarget};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +56,12 @@ pub enum InstallError {
     Inspect(#[from] InspectError),
     #[error("etcd members unreachable over SSH: {}", hosts.join(", "))]
     Unreachable { hosts: Vec<String>, what: &'static str },
+    #[error("hosts holding components' state unreachable over SSH: {}", hosts.join(", "))]
+    StateHostsUnreachable { hosts: Vec<String> },
+    #[error("{host}: reading the state push's client certificate: {reason}")]
+    PushIdentity { host: String, reason: String },
+    #[error("issuing the state push's etcd client certificate: {0}")]
+    Issue(#[source] PkiError),
     #[error("{host}: checking the calendar: {source}")]
     CalendarCheck {
         host: String,
@@ -115,6 +136,11 @@ impl Hint for InstallError {
     fn hint(&self) -> Option<String> {
         match self {
             InstallError::Inspect(_) => Some("give at least one host the etcd role and run `capstan apply`".into()),
+            InstallError::StateHostsUnreachable { .. } => Some(
+                "each of them pushes its components' state for the scheduled backups; run `capstan check` and \
+                 try again when all are up"
+                    .into(),
+            ),
             InstallError::Unreachable { what, .. } => Some(format!(
                 "every etcd member gets {what}; run `capstan check` and try again when all are up"
             )),
@@ -221,16 +247,69 @@ pub struct BackupInstall {
     recipients: Vec<String>,
     retention: RetentionConfig,
     inventory: Vec<u8>,
+    state: StateHolders,
+}
+
+/// The hosts holding components' state ([`Component::state_files`]) and the files each pushes
+/// into etcd for the scheduled backups ([`crate::state_push`]).
+#[derive(Debug, Clone, Default)]
+pub struct StateHolders {
+    /// Inventory order; only hosts with at least one file.
+    hosts: Vec<(String, Vec<PushFile>)>,
+}
+
+impl StateHolders {
+    /// Every host of a role holding a state file of an enabled component, with those files.
+    pub fn of(cluster: &Cluster, components: &[&dyn Component]) -> StateHolders {
+        let declared: Vec<_> = components
+            .iter()
+            .filter(|c| c.enabled(cluster))
+            .flat_map(|c| c.state_files(cluster).into_iter().map(move |f| (c.name(), f)))
+            .collect();
+        let hosts = cluster
+            .hosts
+            .iter()
+            .map(|host| {
+                let files: Vec<PushFile> = declared
+                    .iter()
+                    .filter(|(_, f)| host.roles.iter().any(|r| r.as_str() == f.role))
+                    .map(|(component, f)| PushFile {
+                        component: component.to_string(),
+                        path: f.path.clone(),
+                        mode: f.mode,
+                        optional: f.optional,
+                    })
+                    .collect();
+                (host.name.clone(), files)
+            })
+            .filter(|(_, files)| !files.is_empty())
+            .collect();
+        StateHolders { hosts }
+    }
+
+    pub fn host_names(&self) -> Vec<String> {
+        self.hosts.iter().map(|(name, _)| name.clone()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    fn files(&self, host: &str) -> Option<&[PushFile]> {
+        self.hosts.iter().find(|(h, _)| h == host).map(|(_, f)| f.as_slice())
+    }
 }
 
 impl BackupInstall {
     /// Scheduled backups of `cluster` to `target` on `on_calendar`, encrypted to the inventory's
-    /// `backup.recipients` (always: the timer has nobody to say --no-encryption).
+    /// `backup.recipients` (always: the timer has nobody to say --no-encryption), with the state of
+    /// `components` pushed by the hosts holding it.
     pub fn new(
         cluster: &Cluster,
         on_calendar: String,
         target: StoreUrl,
         s3_path_style: bool,
+        components: &[&dyn Component],
     ) -> Result<BackupInstall, InstallError> {
         check_calendar(&on_calendar)?;
         let backup = cluster.backup.as_ref();
@@ -243,6 +322,7 @@ impl BackupInstall {
             recipients,
             retention: backup.map(|b| b.retention).unwrap_or_default().into(),
             inventory: read(&cluster.source_path)?,
+            state: StateHolders::of(cluster, components),
         })
     }
 
@@ -252,6 +332,11 @@ impl BackupInstall {
             StoreUrl::File { path } => Some(path),
             _ => None,
         }
+    }
+
+    /// The hosts that push components' state (and their files).
+    pub fn state(&self) -> &StateHolders {
+        &self.state
     }
 }
 
@@ -470,14 +555,15 @@ fn rewrite_ssh_paths(text: &str) -> Result<String, serde_yaml::Error> {
     ))
 }
 
-/// Install the backup schedule on every etcd member of `cluster` (or, in [`Mode::DryRun`], show
-/// what that would change).
+/// Install the backup schedule on every etcd member of `cluster`, and the state push on every host
+/// holding components' state (or, in [`Mode::DryRun`], show what that would change).
 pub async fn install_backup_schedule(
     cluster: &Cluster,
     install: &BackupInstall,
     mode: Mode,
     progress: Arc<dyn Progress>,
 ) -> Result<RunReport, InstallError> {
+    let state_hosts = install.state.host_names();
     let member_files = |host: &EtcdHost, ops: &mut HostOps, local: &LocalFiles| -> Result<(), InstallError> {
         let config = ScheduleConfig {
             cluster: cluster.name.clone(),
@@ -490,6 +576,7 @@ pub async fn install_backup_schedule(
             pki_dir: PKI_DIR.into(),
             local_endpoint: LOCAL_ENDPOINT.into(),
             metrics_file: metrics::DEFAULT_METRICS_FILE.into(),
+            state_hosts: state_hosts.clone(),
         };
         let config_yaml = managed_yaml("capstan backup schedule", CONFIG_PATH, &config)?;
         ops.push(root_only(CONFIG_PATH, config_yaml.into_bytes(), false));
@@ -501,6 +588,10 @@ pub async fn install_backup_schedule(
         ops.push(root_only(INVENTORY_PATH, install.inventory.clone(), true));
         Ok(())
     };
+    let push = StatePlan::Install {
+        holders: &install.state,
+        recipients: &install.recipients,
+    };
     install_schedule(
         cluster,
         Schedule::Backup,
@@ -508,6 +599,7 @@ pub async fn install_backup_schedule(
         mode,
         progress,
         member_files,
+        push,
     )
     .await
 }
@@ -555,12 +647,45 @@ pub async fn install_drill_schedule(
         mode,
         progress,
         member_files,
+        StatePlan::None,
     )
     .await
 }
 
+/// What a schedule's install or removal does on the hosts holding components' state.
+#[derive(Clone, Copy)]
+enum StatePlan<'a> {
+    None,
+    /// The push installed, encrypting to `recipients`.
+    Install {
+        holders: &'a StateHolders,
+        recipients: &'a [String],
+    },
+    /// The push removed.
+    Remove(&'a StateHolders),
+}
+
+impl StatePlan<'_> {
+    fn holders(&self) -> Option<&StateHolders> {
+        match self {
+            StatePlan::None => None,
+            StatePlan::Install { holders, .. } | StatePlan::Remove(holders) => Some(holders),
+        }
+    }
+}
+
+/// The state hosts as the plans see them: each one's transport (a member's own connection when it
+/// is one) and, for an install, the push identity it gets and the etcd endpoints.
+struct StateSide {
+    hosts: Vec<(String, Arc<dyn Transport>)>,
+    identities: BTreeMap<String, IssuedCert>,
+    ca_pem: String,
+    endpoints: Vec<String>,
+}
+
 /// Install `schedule` on every member: the shared directory and binary, the files
-/// `member_files` pushes for the member, then the units, rendered for `on_calendar`.
+/// `member_files` pushes for the member, then the units, rendered for `on_calendar`; and the state
+/// push on the state hosts (`push`).
 async fn install_schedule(
     cluster: &Cluster,
     schedule: Schedule,
@@ -568,6 +693,7 @@ async fn install_schedule(
     mode: Mode,
     progress: Arc<dyn Progress>,
     member_files: impl Fn(&EtcdHost, &mut HostOps, &LocalFiles) -> Result<(), InstallError>,
+    push: StatePlan<'_>,
 ) -> Result<RunReport, InstallError> {
     let local = LocalFiles::read()?;
     let (service, timer) = schedule.units();
@@ -583,7 +709,7 @@ async fn install_schedule(
     let template = schedule.template();
     let service_unit = capstan_templates::render(&format!("{template}.service"), &context)?;
     let timer_unit = capstan_templates::render(&format!("{template}.timer"), &context)?;
-    let plans = |hosts: &[EtcdHost]| -> Result<Vec<HostOps>, InstallError> {
+    let plans = |hosts: &[EtcdHost], side: &StateSide| -> Result<Vec<HostOps>, InstallError> {
         let mut plans = Vec::new();
         for (host, transport) in connected(hosts) {
             let mut ops = HostOps::new(transport);
@@ -595,52 +721,150 @@ async fn install_schedule(
             ops.push(Service::new(timer)?.enabled(true).running(true));
             plans.push(ops);
         }
+        if let StatePlan::Install { holders, recipients } = push {
+            for (name, transport) in &side.hosts {
+                let files = holders.files(name).unwrap_or_default();
+                let index = match connected(hosts).position(|(h, _)| h.name() == name) {
+                    Some(index) => index,
+                    None => {
+                        let mut ops = HostOps::new(transport.clone());
+                        ops.push(Directory::new(CONFIG_DIR).mode(0o700).owner("root").group("root"));
+                        ops.push(InstalledBinary::new(&local.executable, BINARY_PATH)?);
+                        plans.push(ops);
+                        plans.len() - 1
+                    }
+                };
+                push_install_ops(cluster, name, files, recipients, side, &mut plans[index])?;
+            }
+        }
         Ok(plans)
     };
-    on_members(cluster, schedule, Some(on_calendar), mode, progress, plans).await
+    on_members(cluster, schedule, Some(on_calendar), mode, progress, push, plans).await
+}
+
+/// The state push on one host: its client identity, config and units.
+fn push_install_ops(
+    cluster: &Cluster,
+    host: &str,
+    files: &[PushFile],
+    recipients: &[String],
+    side: &StateSide,
+    ops: &mut HostOps,
+) -> Result<(), InstallError> {
+    let identity = side.identities.get(host).ok_or_else(|| InstallError::PushIdentity {
+        host: host.into(),
+        reason: "no identity was prepared".into(),
+    })?;
+    let config = PushConfig {
+        cluster: cluster.name.clone(),
+        host: host.into(),
+        files: files.to_vec(),
+        recipients: recipients.to_vec(),
+        endpoints: side.endpoints.clone(),
+        ca_cert: PUSH_CA_PATH.into(),
+        client_cert: PUSH_CERT_PATH.into(),
+        client_key: PUSH_KEY_PATH.into(),
+        metrics_file: PUSH_METRICS_FILE.into(),
+    };
+    let yaml = managed_yaml("capstan backup schedule", PUSH_CONFIG_PATH, &config)?;
+    ops.push(Directory::new(PUSH_PKI_DIR).mode(0o700).owner("root").group("root"));
+    ops.push(root_only(PUSH_CA_PATH, side.ca_pem.clone().into_bytes(), false));
+    ops.push(root_only(PUSH_CERT_PATH, identity.cert_pem.clone().into_bytes(), false));
+    ops.push(root_only(PUSH_KEY_PATH, identity.key_pem.clone().into_bytes(), true));
+    ops.push(root_only(PUSH_CONFIG_PATH, yaml.into_bytes(), false));
+    // The path unit also watches the config: new recipients are pushed at once.
+    let mut watched: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    watched.push(PUSH_CONFIG_PATH);
+    let context = serde_json::json!({
+        "cluster_name": cluster.name,
+        "binary": BINARY_PATH,
+        "config_file": PUSH_CONFIG_PATH,
+        "service": PUSH_SERVICE_UNIT,
+        "paths": watched,
+    });
+    let render = |kind: &str| capstan_templates::render(&format!("backup/capstan-state-push.{kind}"), &context);
+    ops.push(SystemdUnit::new(PUSH_SERVICE_UNIT, render("service")?.as_str())?);
+    ops.push(SystemdUnit::new(PUSH_PATH_UNIT, render("path")?.as_str())?.notify([PUSH_PATH_UNIT]));
+    ops.push(SystemdUnit::new(PUSH_TIMER_UNIT, render("timer")?.as_str())?.notify([PUSH_TIMER_UNIT]));
+    ops.push(Service::new(PUSH_PATH_UNIT)?.enabled(true).running(true));
+    ops.push(Service::new(PUSH_TIMER_UNIT)?.enabled(true).running(true));
+    Ok(())
 }
 
 /// Uninstall `schedule` from every etcd member: stop and remove its units and its files, and the
-/// shared binary and directory unless the other schedule still uses them.
+/// shared binary and directory unless the other schedule still uses them; for the backup
+/// schedule, the state push from the hosts of `state` too.
 pub async fn remove_schedule(
     cluster: &Cluster,
     schedule: Schedule,
+    state: &StateHolders,
     mode: Mode,
     progress: Arc<dyn Progress>,
 ) -> Result<RunReport, InstallError> {
-    let plans = |hosts: &[EtcdHost]| -> Result<Vec<HostOps>, InstallError> {
+    let push = match schedule {
+        Schedule::Backup if !state.is_empty() => StatePlan::Remove(state),
+        _ => StatePlan::None,
+    };
+    let plans = |hosts: &[EtcdHost], side: &StateSide| -> Result<Vec<HostOps>, InstallError> {
         let (service, timer) = schedule.units();
         let mut plans = Vec::new();
-        for (_, transport) in connected(hosts) {
+        let pushes = |name: &str| side.hosts.iter().any(|(h, _)| h == name);
+        for (host, transport) in connected(hosts) {
             let mut ops = HostOps::new(transport);
             push_timer_removal(&mut ops, service, timer);
             for path in schedule.own_paths() {
                 ops.push(Absent::new(path));
+            }
+            if pushes(host.name()) {
+                for op in push_teardown_ops() {
+                    ops.ops.push(op);
+                }
+            }
+            push_shared_removal(&mut ops, schedule.other_config());
+            plans.push(ops);
+        }
+        for (name, transport) in &side.hosts {
+            if connected(hosts).any(|(h, _)| h.name() == name) {
+                continue;
+            }
+            let mut ops = HostOps::new(transport.clone());
+            for op in push_teardown_ops() {
+                ops.ops.push(op);
             }
             push_shared_removal(&mut ops, schedule.other_config());
             plans.push(ops);
         }
         Ok(plans)
     };
-    on_members(cluster, schedule, None, mode, progress, plans).await
+    on_members(cluster, schedule, None, mode, progress, push, plans).await
 }
 
-/// Connect to every member (refusing when any is unreachable), let the first judge `calendar`,
-/// plan with `plans` and run the plans in `mode`; the connections are closed on every path.
+/// Connect to every member (refusing when any is unreachable), and to the state hosts of `push`
+/// that are not members; let the first member judge `calendar`, plan with `plans` and run the
+/// plans in `mode`; the connections are closed on every path.
 async fn on_members(
     cluster: &Cluster,
     schedule: Schedule,
     calendar: Option<&str>,
     mode: Mode,
     progress: Arc<dyn Progress>,
-    plans: impl FnOnce(&[EtcdHost]) -> Result<Vec<HostOps>, InstallError>,
+    push: StatePlan<'_>,
+    plans: impl FnOnce(&[EtcdHost], &StateSide) -> Result<Vec<HostOps>, InstallError>,
 ) -> Result<RunReport, InstallError> {
     let (hosts, connections) = reachable_members(cluster, schedule.what()).await?;
+    let others = match connect_state_hosts(cluster, push, &hosts).await {
+        Ok(others) => others,
+        Err(e) => {
+            connections.close_all().await;
+            return Err(e);
+        }
+    };
     let result = async {
         if let (Some(calendar), Some(first)) = (calendar, hosts.first()) {
             validate_calendar_on(first, calendar).await?;
         }
-        let plans = plans(&hosts)?;
+        let side = state_side(cluster, push, &hosts, &others).await?;
+        let plans = plans(&hosts, &side)?;
         let runner = Runner::new(
             RunOptions {
                 mode,
@@ -652,7 +876,110 @@ async fn on_members(
     }
     .await;
     connections.close_all().await;
+    others.close_all().await;
     result
+}
+
+/// The state hosts that are not etcd members, connected; every one must be reachable.
+async fn connect_state_hosts(
+    cluster: &Cluster,
+    push: StatePlan<'_>,
+    members: &[EtcdHost],
+) -> Result<Connections, InstallError> {
+    let names: Vec<String> = push.holders().map(StateHolders::host_names).unwrap_or_default();
+    let targets: Vec<_> = cluster
+        .hosts
+        .iter()
+        .filter(|h| names.contains(&h.name) && !members.iter().any(|m| m.name() == h.name))
+        .map(ssh_target)
+        .collect();
+    let (connections, failures) = Connections::connect(&targets, 8).await;
+    if !failures.is_empty() {
+        connections.close_all().await;
+        return Err(InstallError::StateHostsUnreachable {
+            hosts: failures.iter().map(|(h, e)| format!("{h} ({e})")).collect(),
+        });
+    }
+    Ok(connections)
+}
+
+/// Each state host's transport; for an install also the etcd CA (read from the members), each
+/// host's push identity (its current one while it fits, else a new one) and the endpoints.
+async fn state_side(
+    cluster: &Cluster,
+    push: StatePlan<'_>,
+    members: &[EtcdHost],
+    others: &Connections,
+) -> Result<StateSide, InstallError> {
+    let mut side = StateSide {
+        hosts: Vec::new(),
+        identities: BTreeMap::new(),
+        ca_pem: String::new(),
+        endpoints: Vec::new(),
+    };
+    let Some(holders) = push.holders() else {
+        return Ok(side);
+    };
+    for name in holders.host_names() {
+        let transport = connected(members)
+            .find(|(h, _)| h.name() == name)
+            .map(|(_, t)| t)
+            .or_else(|| others.get(&name));
+        if let Some(transport) = transport {
+            side.hosts.push((name, transport));
+        }
+    }
+    if !matches!(push, StatePlan::Install { .. }) {
+        return Ok(side);
+    }
+    let ca = fetch_ca(members).await?;
+    let request = CertRequest::client(STATE_PUSH_CLIENT_CN);
+    for (name, transport) in &side.hosts {
+        let current = read_push_identity(name, transport.as_ref()).await?;
+        let keep = current.filter(|c| {
+            key_matches(&c.cert_pem, &c.key_pem)
+                && needs_reissue(Some(&c.cert_pem), &ca, &request, SystemTime::now()).is_none()
+        });
+        let identity = match keep {
+            Some(identity) => identity,
+            None => ca.issue(&request).map_err(InstallError::Issue)?,
+        };
+        side.identities.insert(name.clone(), identity);
+    }
+    side.ca_pem = ca.cert_pem().to_string();
+    side.endpoints = cluster
+        .hosts_with_role(Role::Etcd)
+        .map(|h| format!("https://{}:{DEFAULT_CLIENT_PORT}", host_for_url(&h.private_address)))
+        .collect();
+    Ok(side)
+}
+
+/// The push identity a host holds (certificate and key both present), if any.
+async fn read_push_identity(host: &str, transport: &dyn Transport) -> Result<Option<IssuedCert>, InstallError> {
+    const MARK: &str = "@@capstan:";
+    let (cert, key) = (quote(PUSH_CERT_PATH), quote(PUSH_KEY_PATH));
+    let script = format!(
+        "echo '{MARK}cert'; if [ -f {cert} ]; then base64 -w0 < {cert}; echo; fi; echo '{MARK}key'; \
+         if [ -f {key} ]; then base64 -w0 < {key}; echo; fi; echo '{MARK}end'\n"
+    );
+    let fail = |reason: String| InstallError::PushIdentity {
+        host: host.into(),
+        reason,
+    };
+    let output = transport
+        .exec(&script, &ExecOptions::default())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !output.success() {
+        // stderr only: stdout holds the key.
+        return Err(fail(output.stderr_str().trim().to_string()));
+    }
+    let sections = ProbeSections::parse(&output.stdout_str()).map_err(fail)?;
+    let cert_pem = sections.base64_text("cert").map_err(fail)?;
+    let key_pem = sections.base64_text("key").map_err(fail)?;
+    Ok(cert_pem
+        .zip(key_pem)
+        .map(|(cert_pem, key_pem)| IssuedCert { cert_pem, key_pem }))
 }
 
 /// Every etcd member, connected; an error naming the unreachable ones (`what` gets installed
@@ -757,7 +1084,29 @@ pub fn teardown_ops() -> Vec<Arc<dyn Operation>> {
             ops.push(Arc::new(Absent::new(path)));
         }
     }
+    ops.extend(push_teardown_ops());
     for path in [BINARY_PATH, CONFIG_DIR, DRILL_CACHE_DIR] {
+        ops.push(Arc::new(Absent::new(path)));
+    }
+    ops
+}
+
+/// The state push on a host, as removals: its path unit and timer stopped and disabled, its
+/// service stopped, the three units, its config, client identity and metrics.
+pub fn push_teardown_ops() -> Vec<Arc<dyn Operation>> {
+    let mut ops: Vec<Arc<dyn Operation>> = Vec::new();
+    for unit in [PUSH_PATH_UNIT, PUSH_TIMER_UNIT] {
+        if let Ok(service) = Service::new(unit) {
+            ops.push(Arc::new(service.enabled(false).running(false)));
+        }
+    }
+    if let Ok(service) = Service::new(PUSH_SERVICE_UNIT) {
+        ops.push(Arc::new(service.running(false)));
+    }
+    for unit in [PUSH_PATH_UNIT, PUSH_TIMER_UNIT, PUSH_SERVICE_UNIT] {
+        ops.push(Arc::new(RemovedUnit::new(unit)));
+    }
+    for path in [PUSH_CONFIG_PATH, PUSH_PKI_DIR, PUSH_METRICS_FILE] {
         ops.push(Arc::new(Absent::new(path)));
     }
     ops

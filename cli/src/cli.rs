@@ -346,6 +346,14 @@ pub enum BackupCommand {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Push this host's components' state into etcd for scheduled backups (what the state push
+    /// service runs on the hosts holding it).
+    #[command(hide = true)]
+    PushState {
+        /// The host's push config, written by `capstan backup schedule`.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Delete backups outside the retention policy (and incomplete ones); never the newest complete backup.
     Prune {
         #[command(flatten)]

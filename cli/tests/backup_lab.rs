@@ -4,138 +4,23 @@
 //! skips with a message naming what is missing. Test names contain `lab` so nextest's lab
 //! group bounds concurrency.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use capstan_lab::{Lab, LabGuard, UpOptions};
 use serde_json::Value;
 
 mod support;
+use support::s3::{capstan, capstan_ok, Moto, S3Lab, ServerProcess, BUCKET};
 use support::{
-    age_keygen, changed, json, lab, lab_inventory, mirror, mirror_and_version, remote, require, required, run_capstan,
-    tool, Run, MIRROR,
+    age_keygen, changed, json, lab, lab_inventory, mirror, mirror_and_version, remote, require, required, tool, MIRROR,
 };
 
-const BUCKET: &str = "capstan-lab";
 const METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup.prom";
 const SCHEDULER_METRICS: &str = "/var/lib/prometheus/node-exporter/capstan_backup_scheduler.prom";
 /// Seconds between scheduled backups in the test (`*:*:0/20`).
 const INTERVAL: u64 = 20;
-
-/// A server child process listening on one address; killed when dropped.
-struct ServerProcess {
-    child: Child,
-    url: String,
-}
-
-impl ServerProcess {
-    /// Start `command` with `{host}` and `{port}` in its arguments replaced by `host` and a free
-    /// port there; wait until it listens.
-    fn start(command: &[&str], host: &str) -> Result<ServerProcess, String> {
-        let port = TcpListener::bind((host, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port on {host}: {e}"))?
-            .port();
-        let args: Vec<String> = command[1..]
-            .iter()
-            .map(|a| a.replace("{host}", host).replace("{port}", &port.to_string()))
-            .collect();
-        let child = Command::new(command[0])
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", command.join(" ")))?;
-        let mut server = ServerProcess {
-            child,
-            url: format!("http://{host}:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect((host, port)).is_err() {
-            if Instant::now() > deadline || server.child.try_wait().ok().flatten().is_some() {
-                return Err(format!("{} did not listen on {host}:{port}", command[0]));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(server)
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// moto's S3 server, bound to one address, with the test bucket.
-struct Moto {
-    _server: ServerProcess,
-    endpoint: String,
-}
-
-impl Moto {
-    fn start(host: &str) -> Result<Moto, String> {
-        let works = |program: &str, args: &[&str]| {
-            Command::new(program)
-                .args(args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let command: Vec<&str> = if works("moto_server", &["--help"]) {
-            vec!["moto_server"]
-        } else if works("python3", &["-c", "import moto.server, flask, werkzeug"]) {
-            vec!["python3", "-m", "moto.server"]
-        } else {
-            return Err("moto not found; install it with `pip install 'moto[server]>=5.2.5'`".into());
-        };
-        let command: Vec<&str> = command.into_iter().chain(["-H", "{host}", "-p", "{port}"]).collect();
-        let server = ServerProcess::start(&command, host)?;
-        let endpoint = server.url.clone();
-        let created = Command::new("curl")
-            .args(["-sf", "-X", "PUT", &format!("{endpoint}/{BUCKET}")])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !created {
-            return Err("creating the bucket with curl failed".into());
-        }
-        Ok(Moto {
-            _server: server,
-            endpoint,
-        })
-    }
-}
-
-fn capstan(inventory: &Path, moto: &Moto, args: &[&str]) -> Run {
-    run_capstan(
-        Some(inventory),
-        args,
-        &[
-            ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
-            ("AWS_ACCESS_KEY_ID", "capstan-lab"),
-            ("AWS_SECRET_ACCESS_KEY", "capstan-lab-secret"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_CONFIG_FILE", "/nonexistent"),
-            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
-    )
-}
-
-fn capstan_ok(inventory: &Path, moto: &Moto, args: &[&str]) -> Run {
-    let run = capstan(inventory, moto, args);
-    assert_eq!(
-        run.code, 0,
-        "capstan {args:?} failed\nstdout:\n{}\nstderr:\n{}",
-        run.stdout, run.stderr
-    );
-    run
-}
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -187,26 +72,23 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     if !require(&[lab(), mirror(), tool("age-keygen", "age")]) {
         return;
     }
-    let guard = LabGuard::up(UpOptions::new(format!("bs{}", std::process::id() % 10000), 3)).expect("lab up");
-    let lab = guard.lab().clone();
-    let Some(moto) = required("no S3 server", Moto::start(&lab.gateway)) else {
+    let Some(s3) = S3Lab::up("bs", 3) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let identity = work.path().join("identity.txt");
-    let recipient = age_keygen(&identity);
+    let (lab, moto, work) = (&s3.lab, &s3.moto, &s3.work);
+    let (identity, recipient) = (&s3.identity, &s3.recipient);
     let inventory = work.path().join("inventory.yaml");
-    write_inventory(&lab, &inventory, &recipient);
+    write_inventory(lab, &inventory, recipient);
     let hosts: Vec<&str> = lab.machines.iter().map(|m| m.name.as_str()).collect();
 
-    capstan_ok(&inventory, &moto, &["apply"]);
+    capstan_ok(&inventory, moto, &["apply"]);
 
     // Install: binary, config, credentials, units on every member; the timer runs.
     // The timer may fire while `schedule` is still running: count intervals from its start.
     let installed_at = unix_now();
     let first = capstan_ok(
         &inventory,
-        &moto,
+        moto,
         &["backup", "schedule", "--s3-path-style", "--output", "json"],
     );
     assert!(changed(&json(&first)) >= 8 * 3, "{}", first.stdout);
@@ -218,29 +100,29 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     for host in &hosts {
         assert_eq!(
             remote(
-                &lab,
+                lab,
                 host,
                 "stat -c '%a %U' /etc/capstan/backup.env /etc/capstan/backup.yaml /etc/capstan"
             ),
             "600 root\n600 root\n700 root"
         );
-        assert_eq!(remote(&lab, host, "systemctl is-active capstan-backup.timer"), "active");
+        assert_eq!(remote(lab, host, "systemctl is-active capstan-backup.timer"), "active");
         assert_eq!(
-            remote(&lab, host, "systemctl is-enabled capstan-backup.timer"),
+            remote(lab, host, "systemctl is-enabled capstan-backup.timer"),
             "enabled"
         );
     }
     // Re-running changes nothing.
     let again = capstan_ok(
         &inventory,
-        &moto,
+        moto,
         &["backup", "schedule", "--s3-path-style", "--output", "json"],
     );
     assert_eq!(changed(&json(&again)), 0, "{}", again.stdout);
 
     // Let the timer fire two or three times.
     std::thread::sleep(Duration::from_secs(50));
-    let backups = complete_backups(&inventory, &moto);
+    let backups = complete_backups(&inventory, moto);
     // A run that started at the last boundary may still be uploading (allowed for below).
     let ended_at = unix_now();
     eprintln!("scheduled backups: {backups:?}");
@@ -270,14 +152,14 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     // Every member's timer fired; followers stood back.
     let journals: Vec<String> = hosts
         .iter()
-        .map(|h| remote(&lab, h, "journalctl -u capstan-backup.service --no-pager -o cat"))
+        .map(|h| remote(lab, h, "journalctl -u capstan-backup.service --no-pager -o cat"))
         .collect();
     let skipped = journals.iter().filter(|j| j.contains("not the etcd leader")).count();
     assert!(skipped >= 2, "followers did not run or did not skip: {journals:#?}");
     // Every member's runs write the scheduler metrics: its timer fired, led or not.
     let scheduler: Vec<String> = hosts
         .iter()
-        .map(|h| remote(&lab, h, &format!("cat {SCHEDULER_METRICS}")))
+        .map(|h| remote(lab, h, &format!("cat {SCHEDULER_METRICS}")))
         .collect();
     for (host, text) in hosts.iter().zip(&scheduler) {
         let sample = text
@@ -313,7 +195,7 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     // Metrics on the leader(s) that backed up, result 1, recent success.
     let metrics: Vec<String> = hosts
         .iter()
-        .map(|h| remote(&lab, h, &format!("cat {METRICS} 2>/dev/null || true")))
+        .map(|h| remote(lab, h, &format!("cat {METRICS} 2>/dev/null || true")))
         .collect();
     let written: Vec<&String> = metrics.iter().filter(|m| !m.is_empty()).collect();
     assert!(!written.is_empty(), "no member wrote {METRICS}");
@@ -339,7 +221,7 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     // The scheduled backups are real, complete and decryptable.
     let verify = capstan_ok(
         &inventory,
-        &moto,
+        moto,
         &[
             "backup",
             "verify",
@@ -354,27 +236,27 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     // Remove everything; removing again changes nothing.
     let removed = capstan_ok(
         &inventory,
-        &moto,
+        moto,
         &["backup", "schedule", "--remove", "--output", "json"],
     );
     assert!(changed(&json(&removed)) >= 3 * 5, "{}", removed.stdout);
     for host in &hosts {
         assert_eq!(
             remote(
-                &lab,
+                lab,
                 host,
                 "ls /etc/systemd/system/capstan-backup.timer /etc/capstan /usr/local/bin/capstan 2>/dev/null | wc -l"
             ),
             "0"
         );
         assert_ne!(
-            remote(&lab, host, "systemctl is-active capstan-backup.timer || true"),
+            remote(lab, host, "systemctl is-active capstan-backup.timer || true"),
             "active"
         );
     }
     let removed_again = capstan_ok(
         &inventory,
-        &moto,
+        moto,
         &["backup", "schedule", "--remove", "--output", "json"],
     );
     assert_eq!(changed(&json(&removed_again)), 0, "{}", removed_again.stdout);
@@ -382,10 +264,10 @@ fn lab_backup_schedule_one_backup_per_interval_with_metrics() {
     // An operator backup still works with the first member (the first CA holder) powered off:
     // the CA comes from another member and only reachable members are snapshot sources.
     capstan_lab::stop(&lab.name, hosts[0]).expect("stop the first member");
-    let manual = capstan_ok(&inventory, &moto, &["backup", "create", "--s3-path-style"]);
+    let manual = capstan_ok(&inventory, moto, &["backup", "create", "--s3-path-style"]);
     let id = manual.stdout.trim();
     assert!(
-        complete_backups(&inventory, &moto).iter().any(|b| b == id),
+        complete_backups(&inventory, moto).iter().any(|b| b == id),
         "{id} not listed"
     );
     assert!(

@@ -7,15 +7,13 @@
 //! Needs root, the lab prerequisites, the artifact mirror, `age-keygen` and `openssl`; skips with a
 //! message naming what is missing. The name contains `lab` so nextest's lab group bounds it.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use capstan_kubernetes::paths::{self, BACKUP_FILES};
-use capstan_lab::{Lab, LabGuard, UpOptions};
+use capstan_lab::{LabGuard, UpOptions};
 
 mod support;
-use support::{age_keygen, capstan_ok, mirror, mirror_and_version, remote, require, run_capstan, tool, Need};
+use support::kube::{inventory, kube_state, put, sha256};
+use support::{age_keygen, capstan_ok, mirror, remote, require, run_capstan, tool, Need};
 
 fn needs() -> [Need; 4] {
     [
@@ -26,123 +24,11 @@ fn needs() -> [Need; 4] {
     ]
 }
 
-/// An inventory of `machines` of `lab`, each with its roles.
-fn inventory(lab: &Lab, path: &Path, machines: &[(usize, &str)]) {
-    let mut yaml = format!(
-        "cluster:\n  name: {}\nssh:\n  user: root\n  identity_file: {:?}\n  known_hosts: strict\n  known_hosts_file: {:?}\nhosts:\n",
-        lab.name,
-        lab.key_path.display().to_string(),
-        lab.known_hosts_path.display().to_string()
-    );
-    for (i, roles) in machines {
-        let m = &lab.machines[*i];
-        yaml.push_str(&format!(
-            "  - name: {}\n    address: {}\n    roles: [{roles}]\n",
-            m.name, m.ip
-        ));
-    }
-    yaml.push_str(&mirror_and_version("3.5.1"));
-    std::fs::write(path, yaml).unwrap();
-}
-
-fn run(command: &mut Command) -> Vec<u8> {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// The control plane's state as openssl makes it: (path, content, mode), one entry for each of
-/// the component's own list of what backups carry ([`BACKUP_FILES`]).
-fn kube_state(dir: &Path) -> Vec<(String, Vec<u8>, &'static str)> {
-    let mut files = Vec::new();
-    for (name, cn, cert_path, key_path) in [
-        ("ca", "kubernetes", paths::CA_CERT, paths::CA_KEY),
-        (
-            "front-proxy-ca",
-            "front-proxy-ca",
-            paths::FRONT_PROXY_CA_CERT,
-            paths::FRONT_PROXY_CA_KEY,
-        ),
-    ] {
-        let key = dir.join(format!("{name}.key"));
-        let crt = dir.join(format!("{name}.crt"));
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "3650",
-                "-subj",
-            ])
-            .arg(format!("/CN={cn}"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&crt));
-        files.push((cert_path.to_string(), std::fs::read(&crt).unwrap(), "644"));
-        files.push((key_path.to_string(), std::fs::read(&key).unwrap(), "600"));
-    }
-    let sa_key = run(Command::new("openssl").args(["ecparam", "-name", "prime256v1", "-genkey", "-noout"]));
-    let sa_pub = {
-        let mut child = Command::new("openssl")
-            .args(["ec", "-pubout"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(&sa_key).unwrap();
-        child.wait_with_output().unwrap().stdout
-    };
-    files.push((paths::SA_KEY.into(), sa_key, "600"));
-    files.push((paths::SA_PUB.into(), sa_pub, "644"));
-    let secret = run(Command::new("openssl").args(["rand", "-base64", "32"]));
-    let config = format!(
-        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources: [secrets]\n    \
-         providers:\n      - aescbc:\n          keys:\n            - name: key1\n              secret: {}\n      - identity: {{}}\n",
-        String::from_utf8(secret).unwrap().trim()
-    );
-    files.push((paths::ENCRYPTION_CONFIG.into(), config.into_bytes(), "600"));
-    let made: Vec<&str> = files.iter().map(|(path, _, _)| path.as_str()).collect();
-    assert_eq!(made, BACKUP_FILES, "the test makes every file backups carry");
-    files
-}
-
 /// An age identity file in `dir`, its recipient, and a file:// backup store in `dir`.
 fn age_key_and_store(dir: &Path) -> (std::path::PathBuf, String, String) {
     let identity = dir.join("identity.txt");
     let recipient = age_keygen(&identity);
     (identity, recipient, format!("file://{}", dir.join("backups").display()))
-}
-
-fn put(lab: &Lab, host: &str, path: &str, content: &[u8], mode: &str) {
-    let mut child = capstan_lab::ssh_command(
-        &lab.name,
-        host,
-        Some(&format!(
-            "mkdir -p \"$(dirname {path})\" && umask 077 && cat > {path} && chmod {mode} {path}"
-        )),
-    )
-    .unwrap()
-    .stdin(Stdio::piped())
-    .spawn()
-    .unwrap();
-    child.stdin.take().unwrap().write_all(content).unwrap();
-    assert!(child.wait().unwrap().success(), "{host}: writing {path}");
-}
-
-fn sha256(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(data))
 }
 
 /// A cluster on machine 0 (etcd + control plane) with the control plane's state, backed up; a
@@ -160,8 +46,8 @@ async fn lab_kubernetes_state_backup_and_restore() {
     let lab = guard.lab().clone();
     let old = work.path().join("old.yaml");
     let fresh = work.path().join("fresh.yaml");
-    inventory(&lab, &old, &[(0, "etcd, control_plane")]);
-    inventory(&lab, &fresh, &[(1, "etcd, control_plane"), (2, "control_plane")]);
+    inventory(&lab, &old, &[(0, "etcd, control_plane")], "");
+    inventory(&lab, &fresh, &[(1, "etcd, control_plane"), (2, "control_plane")], "");
     capstan_ok(&old, &["apply", "--only", "etcd"]);
 
     let state = kube_state(work.path());
@@ -265,7 +151,7 @@ async fn lab_kubernetes_drill_without_release_tarballs() {
     let guard = LabGuard::up(UpOptions::new(format!("kdr{}", std::process::id() % 10000), 1)).expect("lab up");
     let lab = guard.lab().clone();
     let source_inventory = work.path().join("source.yaml");
-    inventory(&lab, &source_inventory, &[(0, "etcd, control_plane")]);
+    inventory(&lab, &source_inventory, &[(0, "etcd, control_plane")], "");
     capstan_ok(&source_inventory, &["apply", "--only", "etcd"]);
     for (path, content, mode) in kube_state(work.path()) {
         put(&lab, &lab.machines[0].name, &path, &content, mode);

@@ -514,6 +514,47 @@ impl EtcdClient {
         let response = call("get", self.target(), self.timeouts.request, client.get(key, None)).await?;
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
+
+    /// Every key under `prefix`, in key order.
+    pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<StoredValue>, EtcdError> {
+        let mut client = self.inner.clone();
+        let options = etcd_client::GetOptions::new().with_prefix();
+        let response = call(
+            "get",
+            self.target(),
+            self.timeouts.request,
+            client.get(prefix, Some(options)),
+        )
+        .await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .map(|kv| StoredValue {
+                key: String::from_utf8_lossy(kv.key()).into_owned(),
+                value: kv.value().to_vec(),
+                mod_revision: kv.mod_revision(),
+            })
+            .collect())
+    }
+}
+
+/// A key, its value and the revision that last changed it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+impl fmt::Debug for StoredValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may be secrets (or ciphertext): only their size.
+        f.debug_struct("StoredValue")
+            .field("key", &self.key)
+            .field("size", &self.value.len())
+            .field("mod_revision", &self.mod_revision)
+            .finish()
+    }
 }
 
 async fn open(endpoints: &[EtcdEndpoint], tls: &EtcdTls, timeouts: Timeouts) -> Result<Client, EtcdError> {

@@ -7,6 +7,9 @@ use capstan_provisioner::pki::{CertificateAuthority, PkiError};
 pub const ADMIN_CLIENT_CN: &str = "capstan-admin";
 pub const APISERVER_CLIENT_CN: &str = "kube-apiserver-etcd-client";
 pub const BACKUP_CLIENT_CN: &str = "capstan-backup";
+/// The hosts holding components' state push it into etcd with this identity
+/// (`capstan backup push-state`).
+pub const STATE_PUSH_CLIENT_CN: &str = "capstan-state-push";
 
 /// The subject common name of a cluster's etcd CA.
 pub fn ca_common_name(cluster_name: &str) -> String {

@@ -419,6 +419,17 @@ struct ExtendedKeyUsages {
     client_auth: bool,
 }
 
+/// Whether `key_pem` is the private key of the certificate `cert_pem` (false when either is unreadable).
+pub fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
+    let Ok(key) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Ok(der) = pem_to_der(cert_pem) else {
+        return false;
+    };
+    parse_der(&der).is_ok_and(|cert| cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw())
+}
+
 /// Decide whether `existing_cert_pem` still satisfies `request` under `ca` at `now`.
 /// `None` means keep it.
 pub fn needs_reissue(
@@ -573,6 +584,17 @@ mod tests {
 
     fn peer_request() -> CertRequest {
         CertRequest::member(CertKind::Peer, "demo-1", &["10.0.0.11", "192.168.0.11"])
+    }
+
+    #[test]
+    fn a_key_matches_only_its_own_certificate() {
+        let ca = CertificateAuthority::generate("test CA").unwrap();
+        let one = ca.issue(&CertRequest::client("one")).unwrap();
+        let two = ca.issue(&CertRequest::client("two")).unwrap();
+        assert!(key_matches(&one.cert_pem, &one.key_pem));
+        assert!(!key_matches(&one.cert_pem, &two.key_pem));
+        assert!(!key_matches(&one.cert_pem, "not a key"));
+        assert!(!key_matches("not a cert", &one.key_pem));
     }
 
     #[test]

@@ -31,6 +31,18 @@ const TEMPLATES: &[(&str, &str)] = &[
         include_str!("../files/backup/capstan-backup.timer.j2"),
     ),
     (
+        "backup/capstan-state-push.service",
+        include_str!("../files/backup/capstan-state-push.service.j2"),
+    ),
+    (
+        "backup/capstan-state-push.path",
+        include_str!("../files/backup/capstan-state-push.path.j2"),
+    ),
+    (
+        "backup/capstan-state-push.timer",
+        include_str!("../files/backup/capstan-state-push.timer.j2"),
+    ),
+    (
         "drill/capstan-drill.service",
         include_str!("../files/drill/capstan-drill.service.j2"),
     ),

@@ -36,6 +36,7 @@ pub fn source(cluster: &LocalCluster) -> EtcdSource {
 
 pub fn request(cluster: &LocalCluster, encryption: Encryption, progress: Option<ProgressFn>) -> CreateRequest {
     CreateRequest {
+        pushed_state: None,
         cluster_name: "test".into(),
         source: source(cluster),
         encryption,

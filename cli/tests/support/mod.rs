@@ -6,6 +6,9 @@
 #[path = "../../../provisioner/tests/support/require.rs"]
 mod require;
 
+pub mod kube;
+pub mod s3;
+
 // Each test binary uses a part of these.
 #[allow(unused_imports)]
 pub use require::{file, need, require, required, tool, Need};

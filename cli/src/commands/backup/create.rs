@@ -97,6 +97,7 @@ async fn take(cluster: &Cluster, args: &CreateArgs, out: &Output) -> anyhow::Res
         pki_files: access.pki_files,
         inventory,
         state: state.entries,
+        pushed_state: None,
         progress: progress(out),
     };
     let manifest = capstan_backup::create(&store, request)

@@ -65,6 +65,7 @@ pub fn run(cmd: BackupCommand, inventory: Option<&Path>, out: &Output) -> anyhow
             runtime.block_on(locked_unless_dry_run(dry_run, &cluster, LockMode::Change, out, work))
         }
         BackupCommand::Run { config } => runtime.block_on(schedule::run_member(&config, out)),
+        BackupCommand::PushState { config } => runtime.block_on(schedule::push_state(&config, out)),
     }
 }
 

@@ -6,7 +6,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use capstan_backup::schedule::{run_scheduled, RunOutcome, ScheduleConfig};
-use capstan_backup::schedule_install::{install_backup_schedule, remove_schedule, BackupInstall, Schedule};
+use capstan_backup::schedule_install::{
+    install_backup_schedule, remove_schedule, BackupInstall, Schedule, StateHolders,
+};
+use capstan_backup::state_push::{run_push, PushConfig, PushOutcome};
 use capstan_inventory::Cluster;
 use capstan_provisioner::runner::Mode;
 
@@ -25,7 +28,8 @@ pub(super) async fn schedule(
 ) -> anyhow::Result<ExitCode> {
     let mode = if dry_run { Mode::DryRun } else { Mode::Apply };
     if remove {
-        let report = remove_schedule(cluster, Schedule::Backup, mode, out.progress())
+        let state = StateHolders::of(cluster, crate::components::ALL);
+        let report = remove_schedule(cluster, Schedule::Backup, &state, mode, out.progress())
             .await
             .map_err(Failure::from)?;
         return out.finish_run(&report, dry_run, "backup schedule removal", "capstan backup schedule");
@@ -38,7 +42,8 @@ pub(super) async fn schedule(
                 .code(2)
         })?;
     let url = target_url(target, Some(cluster))?;
-    let install = BackupInstall::new(cluster, on_calendar, url, target.s3_path_style).map_err(Failure::from)?;
+    let install = BackupInstall::new(cluster, on_calendar, url, target.s3_path_style, crate::components::ALL)
+        .map_err(Failure::from)?;
     if let Some(path) = install.local_directory() {
         out.status(format!(
             "warning: {} is a directory on each member: scheduled backups land on whichever member leads at the time; \
@@ -46,25 +51,37 @@ pub(super) async fn schedule(
             path.display()
         ));
     }
-    // The timer runs on the etcd members, which cannot read other hosts' component state: say so
-    // rather than let scheduled backups look complete (docs/kubernetes.md, "Backups and drills").
-    for component in crate::components::ALL.iter().filter(|c| c.enabled(cluster)) {
-        let files = component.state_files(cluster);
-        if let Some(first) = files.first() {
-            out.status(format!(
-                "warning: scheduled backups do not carry {}'s state ({} file(s) on the {} hosts, e.g. {}); \
-                 take `capstan backup create` from this machine after those change (new cluster, key rotation)",
-                component.name(),
-                files.len(),
-                first.role,
-                first.path
-            ));
-        }
+    if !install.state().is_empty() {
+        out.status(format!(
+            "components' state is pushed to etcd by {} for the scheduled backups",
+            install.state().host_names().join(", ")
+        ));
     }
     let report = install_backup_schedule(cluster, &install, mode, out.progress())
         .await
         .map_err(Failure::from)?;
     out.finish_run(&report, dry_run, "backup schedule", "capstan backup schedule")
+}
+
+/// `capstan backup push-state --config FILE` on a host holding components' state (what its
+/// push service runs): the state into etcd when it changed. Never prints the files' content.
+pub(super) async fn push_state(config_path: &Path, out: &Output) -> anyhow::Result<ExitCode> {
+    let config = PushConfig::load(config_path).map_err(|e| Failure::of(&e))?;
+    let (result, warning) = run_push(&config).await;
+    if let Some(warning) = warning {
+        out.status(format!("warning: {warning}"));
+    }
+    match result.map_err(|e| Failure::of(&e))? {
+        PushOutcome::Written { files, plaintext } => out.status(format!(
+            "{}: pushed {files} state file(s) ({} bytes, sha256 {}) to etcd",
+            config.host, plaintext.size, plaintext.sha256
+        )),
+        PushOutcome::Unchanged { files } => out.status(format!(
+            "{}: etcd already holds this state ({files} file(s)); nothing written",
+            config.host
+        )),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `capstan backup run --config FILE` on a member (the timer's service). Exit 0 when this
@@ -102,6 +119,12 @@ pub(super) async fn run_member(config_path: &Path, out: &Output) -> anyhow::Resu
             Ok(ExitCode::SUCCESS)
         }
         Err(capstan_backup::schedule::ScheduleError::Backup(e)) => Err(Failure::of(&e).into()),
+        Err(capstan_backup::schedule::ScheduleError::StatePush(e)) => Err(Failure::new(format!(
+            "{}: scheduled backup not taken: {e}",
+            config.member
+        ))
+        .maybe_hint(capstan_provisioner::hint::Hint::hint(&e))
+        .into()),
         Err(e) => Err(Failure::new(format!("{}: {e}", config.member)).into()),
     }
 }

@@ -33,7 +33,7 @@ fn schedule(args: DrillScheduleArgs, inventory: Option<&Path>, out: &Output) -> 
     let mode = if args.dry_run { Mode::DryRun } else { Mode::Apply };
     if args.remove {
         let work = async {
-            remove_schedule(&cluster, Schedule::Drill, mode, out.progress())
+            remove_schedule(&cluster, Schedule::Drill, &Default::default(), mode, out.progress())
                 .await
                 .map_err(|e| anyhow::Error::from(Failure::from(e)))
         };
