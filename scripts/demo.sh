@@ -2,6 +2,9 @@
 # The demo: a local lab of 3 real machines → HA etcd with mutual TLS → an encrypted backup to a local
 # directory → verify it → a restore drill into a fresh lab with its report. Re-runnable: it replaces its own
 # lab and keeps earlier backups.
+# With CAPSTAN_KUBE_ARTIFACTS=DIR (the official kubernetes-server/node-linux-amd64.tar.gz of capstan's
+# default Kubernetes version, which cannot be downloaded here) the machines are also the control plane, and
+# the demo ends with `kubectl get nodes` through the HA endpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,15 +18,26 @@ else
 fi
 export CAPSTAN_MIRROR_DIR="${CAPSTAN_MIRROR_DIR:-/var/cache/capstan/mirror}"
 lab="${CAPSTAN_DEMO_LAB:-demo}"
+roles="${CAPSTAN_DEMO_ROLES:-etcd,node}"
+kube=""
+if [ -n "${CAPSTAN_KUBE_ARTIFACTS:-}" ]; then
+  kube=1
+  roles="${CAPSTAN_DEMO_ROLES:-etcd,control_plane,node}"
+fi
 demo_dir="${CAPSTAN_DEMO_DIR:-/var/lib/capstan/demo}"
 mkdir -p "$demo_dir"
 chmod 700 "$demo_dir"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-step "Booting a lab of 3 Debian 12 machines (systemd + sshd under systemd-nspawn)"
+if [ -n "$kube" ]; then
+  echo "demo: adding the Kubernetes release tarballs in $CAPSTAN_KUBE_ARTIFACTS to the lab mirror (each checked against its pinned sha512)" >&2
+  bash lab/mirror/add-kube-artifacts.sh "$CAPSTAN_MIRROR_DIR"
+fi
+
+step "Booting a lab of 3 Debian 12 machines (systemd + sshd under systemd-nspawn), roles: $roles"
 $capstan lab down --name "$lab" >/dev/null 2>&1 || true
-inventory=$($capstan lab up --name "$lab" --hosts 3 --roles "${CAPSTAN_DEMO_ROLES:-etcd,node}")
+inventory=$($capstan lab up --name "$lab" --hosts 3 --roles "$roles")
 
 step "Validating the inventory ($inventory)"
 $capstan -i "$inventory" inventory check
@@ -34,7 +48,7 @@ $capstan -i "$inventory" check
 step "What apply would do (dry run)"
 $capstan -i "$inventory" plan | tail -n 15
 
-step "Installing a 3-member etcd cluster with mutual TLS, then containerd and the pod network on every machine"
+step "Installing a 3-member etcd cluster with mutual TLS, then containerd and the pod network on every machine${kube:+, then the Kubernetes control plane behind the HA endpoint, kubelets and CoreDNS}"
 $capstan -i "$inventory" apply
 
 step "Applying again: nothing to change"
@@ -74,6 +88,12 @@ step "Disaster-recovery drill: restore backup $id into a fresh lab, verify, meas
 $capstan drill --from "$id" --target "$target" --identity "$key" --report "$demo_dir/drill-report" \
   --expect-key 'demo/*' --expect-key demo/key-2
 echo "drill report: $demo_dir/drill-report.md and $demo_dir/drill-report.json" >&2
+
+if [ -n "$kube" ]; then
+  step "Kubernetes: the RBAC-bound admin kubeconfig (capstan kubeconfig), then kubectl get nodes through the HA endpoint"
+  $capstan -i "$inventory" kubeconfig --out "$demo_dir/admin.conf"
+  kubectl --kubeconfig "$demo_dir/admin.conf" get nodes -o wide
+fi
 
 cat >&2 <<NEXT
 
