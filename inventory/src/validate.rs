@@ -872,7 +872,7 @@ impl Checker<'_, '_> {
                     node.pos,
                     "no host has the `etcd` role: expected at least one etcd member (3 for high availability)",
                 );
-            } else if etcd_members % 2 == 0 && !allow_even_members {
+            } else if etcd_members.is_multiple_of(2) && !allow_even_members {
                 self.error(
                     node.pos,
                     format!(

@@ -314,18 +314,6 @@ pub(crate) fn random_hex16() -> Result<String> {
     Ok(hex::encode(buf))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
-        assert_eq!(unescape_mount_path("/plain"), "/plain");
-        assert_eq!(unescape_mount_path("/end\\"), "/end\\");
-    }
-}
-
 /// Every machine's systemd (and journald, udev, ...) holds inotify instances of the one user they
 /// all are on the build machine (root); the kernel's default of 128 instances runs out at about
 /// a dozen machines, and the next ones boot without sshd ("Failed to create inotify object: Too
@@ -352,4 +340,16 @@ pub fn raise_inotify_limits() -> Result<Option<String>> {
         }
     }
     Ok((!raised.is_empty()).then(|| format!("raised the build machine's inotify limits ({})", raised.join(", "))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+        assert_eq!(unescape_mount_path("/end\\"), "/end\\");
+    }
 }

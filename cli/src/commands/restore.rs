@@ -77,7 +77,7 @@ pub(crate) fn restore_options(args: &RestoreArgs, out: &Output) -> RestoreOption
     options.progress = out.progress();
     // Restore's step lines, and (once etcd::restore hands its reporter on instead of stderr) the
     // lines of the applies it runs: all silent with -q.
-    options.out = out.reporter().into();
+    options.out = out.reporter();
     options
 }
 
