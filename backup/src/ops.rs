@@ -59,7 +59,7 @@ impl Encryption {
     }
 }
 
-fn parse_recipient(text: &str) -> Result<age::x25519::Recipient, BackupError> {
+pub(crate) fn parse_recipient(text: &str) -> Result<age::x25519::Recipient, BackupError> {
     let text = text.trim();
     let invalid = |reason: &str| BackupError::InvalidRecipient {
         recipient: text.to_string(),

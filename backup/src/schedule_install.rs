@@ -21,7 +21,6 @@ use capstan_etcd::inspect::{fetch_ca, inspect_hosts, EtcdHost, InspectError};
 use capstan_etcd::pki::STATE_PUSH_CLIENT_CN;
 use capstan_inventory::{Cluster, Role};
 use capstan_provisioner::component::Component;
-use capstan_provisioner::facts::ProbeSections;
 use capstan_provisioner::hint::Hint;
 use capstan_provisioner::ops::shell::quote;
 use capstan_provisioner::ops::{
@@ -44,6 +43,7 @@ use crate::schedule::{
     DRILL_SERVICE_UNIT, DRILL_SSH_KEY_PATH, DRILL_TIMER_UNIT, ENVIRONMENT_PATH, INVENTORY_PATH, LOCAL_ENDPOINT,
     PKI_DIR, SERVICE_UNIT, TIMER_UNIT,
 };
+use crate::state::read_remote_files;
 use crate::state_push::{
     PushConfig, PushFile, PUSH_CA_PATH, PUSH_CERT_PATH, PUSH_CONFIG_PATH, PUSH_KEY_PATH, PUSH_METRICS_FILE,
     PUSH_PATH_UNIT, PUSH_PKI_DIR, PUSH_SERVICE_UNIT, PUSH_TIMER_UNIT,
@@ -956,27 +956,19 @@ async fn state_side(
 
 /// The push identity a host holds (certificate and key both present), if any.
 async fn read_push_identity(host: &str, transport: &dyn Transport) -> Result<Option<IssuedCert>, InstallError> {
-    const MARK: &str = "@@capstan:";
-    let (cert, key) = (quote(PUSH_CERT_PATH), quote(PUSH_KEY_PATH));
-    let script = format!(
-        "echo '{MARK}cert'; if [ -f {cert} ]; then base64 -w0 < {cert}; echo; fi; echo '{MARK}key'; \
-         if [ -f {key} ]; then base64 -w0 < {key}; echo; fi; echo '{MARK}end'\n"
-    );
     let fail = |reason: String| InstallError::PushIdentity {
         host: host.into(),
         reason,
     };
-    let output = transport
-        .exec(&script, &ExecOptions::default())
+    let text = |data: Option<Vec<u8>>| {
+        data.map(|bytes| String::from_utf8(bytes).map_err(|_| fail("not text".into())))
+            .transpose()
+    };
+    let mut files = read_remote_files(transport, &[PUSH_CERT_PATH, PUSH_KEY_PATH])
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    if !output.success() {
-        // stderr only: stdout holds the key.
-        return Err(fail(output.stderr_str().trim().to_string()));
-    }
-    let sections = ProbeSections::parse(&output.stdout_str()).map_err(fail)?;
-    let cert_pem = sections.base64_text("cert").map_err(fail)?;
-    let key_pem = sections.base64_text("key").map_err(fail)?;
+        .map_err(fail)?
+        .into_iter();
+    let (cert_pem, key_pem) = (text(files.next().flatten())?, text(files.next().flatten())?);
     Ok(cert_pem
         .zip(key_pem)
         .map(|(cert_pem, key_pem)| IssuedCert { cert_pem, key_pem }))

@@ -111,11 +111,11 @@ fn hosts_with_role<'c>(cluster: &'c Cluster, role: &str) -> Vec<&'c Host> {
         .collect()
 }
 
-/// The script printing each of `files` as base64 in its own section (`missing` when absent).
-fn read_script(files: &[StateFile]) -> String {
+/// The script printing each of `paths` as base64 in its own section (`missing` when absent).
+fn read_script(paths: &[&str]) -> String {
     let mut script = String::new();
-    for (i, file) in files.iter().enumerate() {
-        let path = quote(&file.path);
+    for (i, path) in paths.iter().enumerate() {
+        let path = quote(path);
         script.push_str(&format!(
             "echo '{MARK}file{i}'; if [ -f {path} ]; then base64 -w0 < {path} && echo; else echo missing; fi\n"
         ));
@@ -125,9 +125,9 @@ fn read_script(files: &[StateFile]) -> String {
 }
 
 /// Each file's content from [`read_script`]'s output (`None`: missing).
-fn parse_read(files: &[StateFile], output: &str) -> Result<Vec<Option<Vec<u8>>>, String> {
+fn parse_read(paths: &[&str], output: &str) -> Result<Vec<Option<Vec<u8>>>, String> {
     let sections = ProbeSections::parse(output)?;
-    (0..files.len())
+    (0..paths.len())
         .map(|i| {
             let text = sections.get(&format!("file{i}"));
             if text == "missing" {
@@ -136,9 +136,25 @@ fn parse_read(files: &[StateFile], output: &str) -> Result<Vec<Option<Vec<u8>>>,
             data_encoding::BASE64
                 .decode(text.as_bytes())
                 .map(Some)
-                .map_err(|e| format!("{}: invalid base64: {e}", files[i].path))
+                .map_err(|e| format!("{}: invalid base64: {e}", paths[i]))
         })
         .collect()
+}
+
+/// The content of each of `paths` on the host (`None`: missing), read in one exec. Errors carry
+/// the command's stderr only: its stdout holds key material.
+pub(crate) async fn read_remote_files(
+    transport: &dyn Transport,
+    paths: &[&str],
+) -> Result<Vec<Option<Vec<u8>>>, String> {
+    let output = transport
+        .exec(&read_script(paths), &ExecOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    if !output.success() {
+        return Err(output.stderr_str().trim().to_string());
+    }
+    parse_read(paths, &output.stdout_str())
 }
 
 /// Reads every enabled component's state files over SSH: per component and role, from the first
@@ -182,7 +198,7 @@ async fn read_from_first(
     connections: &Connections,
     files: &[StateFile],
 ) -> Result<Option<Vec<StateEntry>>, StateError> {
-    let script = read_script(files);
+    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     let mut partial = None;
     for host in hosts {
         let Some(transport) = connections.get(&host.name) else {
@@ -193,15 +209,9 @@ async fn read_from_first(
             host: host.name.clone(),
             reason,
         };
-        let output = transport
-            .exec(&script, &ExecOptions::default())
+        let contents = read_remote_files(transport.as_ref(), &paths)
             .await
-            .map_err(|e| read_error(e.to_string()))?;
-        if !output.success() {
-            // stderr only: stdout holds key material.
-            return Err(read_error(output.stderr_str().trim().to_string()));
-        }
-        let contents = parse_read(files, &output.stdout_str()).map_err(read_error)?;
+            .map_err(read_error)?;
         let missing: Vec<String> = files
             .iter()
             .zip(&contents)
@@ -610,7 +620,7 @@ mod tests {
 
     #[test]
     fn read_output_parses_present_and_missing_files() {
-        let files = [file("/etc/a b/ca.key", false), file("/etc/x", true)];
+        let files = ["/etc/a b/ca.key", "/etc/x"];
         let script = read_script(&files);
         assert!(script.contains("if [ -f '/etc/a b/ca.key' ]"), "{script}");
         let output = "@@capstan:file0\naGVsbG8K\n@@capstan:file1\nmissing\n@@capstan:end\n";

@@ -319,11 +319,7 @@ fn encrypt(plain: &[u8], recipients: &[String]) -> Result<Vec<u8>, String> {
     }
     let parsed = recipients
         .iter()
-        .map(|r| {
-            r.trim()
-                .parse::<age::x25519::Recipient>()
-                .map_err(|e| format!("recipient {r}: {e}"))
-        })
+        .map(|r| crate::ops::parse_recipient(r).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let encryptor =
         age::Encryptor::with_recipients(parsed.iter().map(|r| r as &dyn age::Recipient)).map_err(|e| e.to_string())?;

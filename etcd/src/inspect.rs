@@ -137,33 +137,14 @@ pub async fn inspect_hosts(
     Ok((etcd_hosts, conns))
 }
 
-/// Reads the CA key from `host` (never logged; kept in memory only) and loads the CA.
+/// Reads the CA from `host` ([`read_ca_over`]; the key is never logged, kept in memory only).
 pub async fn read_ca(host: &EtcdHost) -> Result<CertificateAuthority, InspectError> {
-    let (Some(t), Some(probe)) = (&host.transport, &host.probe) else {
+    let (Some(t), Some(_)) = (&host.transport, &host.probe) else {
         return Err(InspectError::NoCa {
             pki_dir: DEFAULT_PKI_DIR.into(),
         });
     };
-    let cert = probe.ca_cert.clone().unwrap_or_default();
-    let command = format!("cat -- {}", quote(&ca_key_path(&pki_paths())));
-    let output = t.exec(&command, &ExecOptions::default()).await.map_err(OpError::from)?;
-    if !output.success() {
-        // stderr only; stdout (the key) is never part of an error.
-        return Err(InspectError::Op(OpError::CommandFailed {
-            host: host.name().to_string(),
-            command,
-            status: format!("{:?}", output.exit_code),
-            stderr: output.stderr_str().trim().to_string(),
-        }));
-    }
-    let key = String::from_utf8(output.stdout).map_err(|_| InspectError::BadCa {
-        host: host.name().to_string(),
-        source: PkiError::InvalidCaCertificate("the CA key is not text".into()),
-    })?;
-    CertificateAuthority::from_pem(&cert, &key).map_err(|source| InspectError::BadCa {
-        host: host.name().to_string(),
-        source,
-    })
+    read_ca_over(t.as_ref(), host.name()).await
 }
 
 /// Reads the CA certificate and key from the member `host` reached over `transport`, in one
