@@ -37,6 +37,8 @@ pub enum BackupError {
     Etcd(String),
     #[error("encrypting {object}: {reason}")]
     Encrypt { object: String, reason: String },
+    #[error("writing {path}: {reason}")]
+    LocalWrite { path: String, reason: String },
     #[error("building the PKI archive: {0}")]
     PkiArchive(String),
     #[error(

@@ -1,7 +1,7 @@
 //! The backup operations: create, list, verify, prune.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -358,9 +358,9 @@ impl VerifyReport {
 
 /// The identity file to decrypt with. age's identities are not `Send`, so each decrypting
 /// thread loads its own copy from the path (checked once up front by [`load_identities`]).
-type Identities = Arc<std::path::PathBuf>;
+pub(crate) type Identities = Arc<std::path::PathBuf>;
 
-fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, BackupError> {
+pub(crate) fn load_identities(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, BackupError> {
     let fail = |reason: String| BackupError::Identity {
         path: path.display().to_string(),
         reason,
@@ -465,6 +465,7 @@ pub async fn verify(
             identities.as_ref(),
             is_snapshot,
             &mut report.problems,
+            None,
         )
         .await?;
         report.objects.push(checked);
@@ -493,9 +494,11 @@ impl Read for ChannelReader {
     }
 }
 
-enum DecryptFailure {
+pub(crate) enum DecryptFailure {
     NoMatchingKeys,
     Other(String),
+    /// Writing the plaintext to the caller's file failed.
+    Sink(String),
 }
 
 struct PlainResult {
@@ -503,39 +506,55 @@ struct PlainResult {
     trailer: Option<TrailerOutcome>,
 }
 
-fn digest_plaintext(mut reader: impl Read, is_snapshot: bool) -> Result<PlainResult, String> {
-    let mut hasher = Sha256::new();
-    let mut trailer = is_snapshot.then(TrailerCheck::new);
+/// Hashes the plaintext once (the whole-object SHA-256 and, for a snapshot, etcd's trailer
+/// check come from the same pass) and copies it into `sink` when given.
+fn digest_plaintext(
+    mut reader: impl Read,
+    is_snapshot: bool,
+    mut sink: Option<std::fs::File>,
+) -> Result<PlainResult, DecryptFailure> {
+    let mut check = TrailerCheck::new();
     let mut size = 0u64;
-    let mut buffer = vec![0u8; 64 * 1024];
+    let mut buffer = vec![0u8; 256 * 1024];
     loop {
-        let n = reader.read(&mut buffer).map_err(|e| e.to_string())?;
+        let n = reader
+            .read(&mut buffer)
+            .map_err(|e| DecryptFailure::Other(e.to_string()))?;
         if n == 0 {
             break;
         }
-        hasher.update(&buffer[..n]);
-        if let Some(trailer) = &mut trailer {
-            trailer.update(&buffer[..n]);
+        check.update(&buffer[..n]);
+        if let Some(sink) = &mut sink {
+            sink.write_all(&buffer[..n])
+                .map_err(|e| DecryptFailure::Sink(e.to_string()))?;
         }
         size += n as u64;
     }
     Ok(PlainResult {
         digest: ObjectDigest {
             size,
-            sha256: hex::encode(hasher.finalize()),
+            sha256: hex::encode(check.sha256()),
         },
-        trailer: trailer.map(TrailerCheck::finish),
+        trailer: is_snapshot.then(|| check.finish()),
     })
 }
 
-async fn check_object(
+/// Streams one object from the store and checks it against its manifest entry in one pass:
+/// stored size and SHA-256 as it arrives, and (when it is not encrypted, or `identities` can
+/// decrypt it) plaintext size, SHA-256 and etcd's trailer on a blocking thread. What does not
+/// match goes into `problems`. With `sink` = (file, path), the plaintext is also written to the
+/// file; the caller must not use it unless no problem was found.
+pub(crate) async fn check_object(
     store: &Arc<dyn Store>,
     manifest: &Manifest,
     entry: &ObjectEntry,
     identities: Option<&(Identities, String)>,
     is_snapshot: bool,
     problems: &mut Vec<VerifyProblem>,
+    sink: Option<(std::fs::File, &Path)>,
 ) -> Result<ObjectCheck, BackupError> {
+    let sink_path = sink.as_ref().map(|(_, path)| path.display().to_string());
+    let sink = sink.map(|(file, _)| file);
     let problem = |check: &str, expected: String, actual: String| VerifyProblem {
         object: entry.name.clone(),
         check: check.to_string(),
@@ -582,7 +601,7 @@ async fn check_object(
                         age::DecryptError::NoMatchingKeys => DecryptFailure::NoMatchingKeys,
                         other => DecryptFailure::Other(other.to_string()),
                     })?;
-                digest_plaintext(plain, is_snapshot).map_err(DecryptFailure::Other)
+                digest_plaintext(plain, is_snapshot, sink)
             }))
         }
         (false, _) => Some(tokio::task::spawn_blocking(move || {
@@ -590,7 +609,7 @@ async fn check_object(
                 chunks: from_stream,
                 current: Bytes::new(),
             };
-            digest_plaintext(reader, is_snapshot).map_err(DecryptFailure::Other)
+            digest_plaintext(reader, is_snapshot, sink)
         })),
     };
 
@@ -647,6 +666,12 @@ async fn check_object(
         }
         Err(DecryptFailure::Other(reason)) => {
             problems.push(problem("decryption", "decryptable".into(), reason));
+        }
+        Err(DecryptFailure::Sink(reason)) => {
+            return Err(BackupError::LocalWrite {
+                path: sink_path.unwrap_or_default(),
+                reason,
+            })
         }
         Ok(plain) => {
             check.plaintext_checked = true;

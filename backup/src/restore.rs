@@ -4,21 +4,18 @@
 //! Unlike `verify`, which only reports, this refuses: a restore must never start from an object
 //! whose stored bytes, plaintext or etcd hash differ from what the manifest promises.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use capstan_provisioner::hint::Hint;
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
 use crate::error::BackupError;
 use crate::id::BackupId;
 use crate::manifest::{object_name, Manifest, ObjectEntry, INVENTORY_BASE, PKI_BASE, SNAPSHOT_BASE, STATE_BASE};
-use crate::ops::{list, read_manifest, VerifyProblem, VerifyTarget};
+use crate::ops::{check_object, list, read_manifest, VerifyProblem, VerifyTarget};
 use crate::state::{unarchive, StateEntry};
 use crate::store::{Store, StoreError};
-use crate::trailer::{TrailerCheck, TrailerOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -208,20 +205,10 @@ fn ca_from_archive(id: &BackupId, archive: &[u8]) -> Result<(String, String), Fe
     ))
 }
 
-fn corrupt(id: &BackupId, object: &str, check: &str, expected: String, actual: String) -> FetchError {
-    FetchError::Corrupt {
-        id: id.to_string(),
-        problem: VerifyProblem {
-            object: object.to_string(),
-            check: check.to_string(),
-            expected,
-            actual,
-        },
-    }
-}
-
-/// Download `entry` to `<out>.stored` (checking stored size and hash), then decrypt it into
-/// `out` (checking plaintext size, hash and, for the snapshot, etcd's trailer).
+/// Downloads one object, checks it against the manifest and writes its plaintext to `out`, in
+/// one streaming pass (download → stored hash → decrypt → plaintext hash and etcd's trailer →
+/// file): no encrypted copy on disk and every byte hashed once. `out` is removed unless every
+/// check passed, so nothing unverified is left for a restore to use.
 async fn fetch_object(
     store: &Arc<dyn Store>,
     manifest: &Manifest,
@@ -230,184 +217,46 @@ async fn fetch_object(
     out: &Path,
     is_snapshot: bool,
 ) -> Result<(), FetchError> {
-    let id = &manifest.id;
-    let local = |path: &Path, e: std::io::Error| FetchError::Local {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    let stored_path = if manifest.encrypted {
-        out.with_extension("stored")
-    } else {
-        out.to_path_buf()
-    };
-    let mut file = private_file(&stored_path).map_err(|e| local(&stored_path, e))?;
-    let mut stream = store
-        .get_stream(&format!("{id}/{}", entry.name))
-        .await
-        .map_err(BackupError::from)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(BackupError::from)?;
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
-        file.write_all(&chunk).map_err(|e| local(&stored_path, e))?;
-    }
-    file.sync_all().map_err(|e| local(&stored_path, e))?;
-    drop(file);
-    if size != entry.stored.size {
-        return Err(corrupt(
-            id,
-            &entry.name,
-            "stored size",
-            entry.stored.size.to_string(),
-            size.to_string(),
-        ));
-    }
-    let sha = hex::encode(hasher.finalize());
-    if sha != entry.stored.sha256 {
-        return Err(corrupt(
-            id,
-            &entry.name,
-            "stored sha256",
-            entry.stored.sha256.clone(),
-            sha,
-        ));
-    }
-
-    let identity = identity.map(Path::to_path_buf);
-    let recipients = manifest.recipients.join(", ");
-    let (name, out_path, id_owned) = (entry.name.clone(), out.to_path_buf(), id.clone());
-    let plain_entry = entry.plaintext.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), FetchError> {
-        let (digest_size, digest_sha, trailer) = match identity {
-            Some(identity_path) if stored_path != out_path => {
-                let result = decrypt_file(
-                    &identity_path,
-                    &stored_path,
-                    &out_path,
-                    is_snapshot,
-                    &id_owned,
-                    &name,
-                    &recipients,
-                );
-                let _ = std::fs::remove_file(&stored_path);
-                result?
-            }
-            _ => {
-                let mut reader = std::fs::File::open(&out_path).map_err(|e| local(&out_path, e))?;
-                digest(&mut reader, None, is_snapshot).map_err(|e| local(&out_path, e))?
-            }
-        };
-        if digest_size != plain_entry.size {
-            return Err(corrupt(
-                &id_owned,
-                &name,
-                "plaintext size",
-                plain_entry.size.to_string(),
-                digest_size.to_string(),
-            ));
-        }
-        if digest_sha != plain_entry.sha256 {
-            return Err(corrupt(
-                &id_owned,
-                &name,
-                "plaintext sha256",
-                plain_entry.sha256.clone(),
-                digest_sha,
-            ));
-        }
-        match trailer {
-            None | Some(TrailerOutcome::Valid) => Ok(()),
-            Some(TrailerOutcome::TooShort { size }) => Err(corrupt(
-                &id_owned,
-                &name,
-                "etcd snapshot hash",
-                "a trailing sha256".into(),
-                format!("only {size} bytes"),
-            )),
-            Some(TrailerOutcome::Mismatch { expected, actual }) => {
-                Err(corrupt(&id_owned, &name, "etcd snapshot hash", expected, actual))
-            }
-        }
-    })
-    .await
-    .map_err(|e| FetchError::Local {
-        path: out.display().to_string(),
-        reason: format!("decryption task failed: {e}"),
-    })?
-}
-
-type Digested = (u64, String, Option<TrailerOutcome>);
-
-fn decrypt_file(
-    identity_path: &Path,
-    stored: &Path,
-    out: &Path,
-    is_snapshot: bool,
-    id: &BackupId,
-    object: &str,
-    recipients: &str,
-) -> Result<Digested, FetchError> {
-    let identity_error = |reason: String| {
-        FetchError::Backup(BackupError::Identity {
-            path: identity_path.display().to_string(),
-            reason,
-        })
-    };
-    let file = age::IdentityFile::from_file(identity_path.to_string_lossy().into_owned())
-        .map_err(|e| identity_error(e.to_string()))?;
-    let identities = file.into_identities().map_err(|e| identity_error(e.to_string()))?;
-    let input = std::fs::File::open(stored).map_err(|e| FetchError::Local {
-        path: stored.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let decryption = |reason: String| corrupt(id, object, "decryption", "decryptable".into(), reason);
-    let decryptor = age::Decryptor::new(std::io::BufReader::new(input)).map_err(|e| decryption(e.to_string()))?;
-    let mut plain = decryptor
-        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
-        .map_err(|e| match e {
-            // The stored bytes matched the manifest, so the header is intact: wrong key.
-            age::DecryptError::NoMatchingKeys => FetchError::Backup(BackupError::WrongIdentity {
-                path: identity_path.display().to_string(),
-                id: id.to_string(),
-                object: object.to_string(),
-                recipients: recipients.to_string(),
-            }),
-            other => decryption(other.to_string()),
-        })?;
-    let mut output = private_file(out).map_err(|e| FetchError::Local {
+    let file = private_file(out).map_err(|e| FetchError::Local {
         path: out.display().to_string(),
         reason: e.to_string(),
     })?;
-    let digested = digest(&mut plain, Some(&mut output), is_snapshot).map_err(|e| decryption(e.to_string()))?;
-    output.sync_all().map_err(|e| FetchError::Local {
-        path: out.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok(digested)
-}
-
-fn digest(reader: &mut dyn Read, mut sink: Option<&mut std::fs::File>, is_snapshot: bool) -> std::io::Result<Digested> {
-    let mut hasher = Sha256::new();
-    let mut trailer = is_snapshot.then(TrailerCheck::new);
-    let mut size = 0u64;
-    let mut buffer = vec![0u8; 256 * 1024];
-    loop {
-        let n = reader.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        if let Some(trailer) = &mut trailer {
-            trailer.update(&buffer[..n]);
-        }
-        if let Some(sink) = sink.as_deref_mut() {
-            sink.write_all(&buffer[..n])?;
-        }
-        size += n as u64;
+    let identities = identity.map(|path| (Arc::new(path.to_path_buf()), path.display().to_string()));
+    if let Some(path) = identity {
+        // A missing or unreadable identity file is said as such, before anything is downloaded.
+        crate::ops::load_identities(path)?;
     }
-    Ok((size, hex::encode(hasher.finalize()), trailer.map(TrailerCheck::finish)))
+    let mut problems = Vec::new();
+    let checked = check_object(
+        store,
+        manifest,
+        entry,
+        identities.as_ref(),
+        is_snapshot,
+        &mut problems,
+        Some((file, out)),
+    )
+    .await;
+    let refusal = match checked {
+        Err(err) => Some(FetchError::from(err)),
+        Ok(_) if !problems.is_empty() => Some(FetchError::Corrupt {
+            id: manifest.id.to_string(),
+            problem: problems.swap_remove(0),
+        }),
+        // Encrypted, but nothing decrypted it: never hand back an unchecked plaintext.
+        Ok(check) if !check.plaintext_checked => Some(FetchError::IdentityNeeded {
+            id: manifest.id.to_string(),
+            recipients: manifest.recipients.join(", "),
+        }),
+        Ok(_) => None,
+    };
+    match refusal {
+        Some(err) => {
+            let _ = std::fs::remove_file(out);
+            Err(err)
+        }
+        None => Ok(()),
+    }
 }
 
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {

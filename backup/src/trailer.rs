@@ -44,6 +44,14 @@ impl TrailerCheck {
         }
     }
 
+    /// The SHA-256 of everything seen, the held-back tail included: with [`Self::finish`], the
+    /// whole stream's hash and etcd's check from one pass over the bytes.
+    pub fn sha256(&self) -> [u8; 32] {
+        let mut whole = self.hasher.clone();
+        whole.update(&self.tail);
+        whole.finalize().into()
+    }
+
     pub fn finish(self) -> TrailerOutcome {
         if self.tail.len() < TRAILER_LEN || self.total == TRAILER_LEN as u64 {
             return TrailerOutcome::TooShort { size: self.total };

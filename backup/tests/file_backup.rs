@@ -2,15 +2,18 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use capstan_backup::restore::{fetch_decrypted, FetchError};
 use capstan_backup::{
     create, list, prune, verify, BackupError, Decision, Encryption, Manifest, PruneOptions, Retention, Store, StoreUrl,
     VerifyTarget,
 };
+use sha2::{Digest, Sha256};
 use support::etcd::{etcd_binary, LocalCluster};
 use support::{age_key, encrypted_to, fill, request, write_identity};
 
@@ -133,6 +136,44 @@ async fn round_trip_verify_corruption_and_identities_on_a_file_store() {
 
     restore_with_standard_tools(&dir.path().join("backups"), &manifest, &identity_file);
 
+    // A restore's fetch: one streaming pass leaves only the checked plaintext (0600) behind.
+    let fetch_dir = dir.path().join("fetch");
+    std::fs::create_dir(&fetch_dir).unwrap();
+    let fetched = fetch_decrypted(&store, &manifest.id, Some(&identity_file), &fetch_dir)
+        .await
+        .unwrap();
+    assert_eq!(fetched.snapshot_sha256, snapshot.plaintext.sha256);
+    let plain = std::fs::read(&fetched.snapshot_path).unwrap();
+    assert_eq!(plain.len() as u64, snapshot.plaintext.size);
+    assert_eq!(hex::encode(Sha256::digest(&plain)), snapshot.plaintext.sha256);
+    let mode = std::fs::metadata(&fetched.snapshot_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut left: Vec<String> = std::fs::read_dir(&fetch_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["inventory.yaml", "snapshot.db"],
+        "no encrypted copy, no PKI archive"
+    );
+    for name in left {
+        std::fs::remove_file(fetch_dir.join(name)).unwrap();
+    }
+    let wrong = fetch_decrypted(&store, &manifest.id, Some(&other_identity_file), &fetch_dir)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(wrong, FetchError::Backup(BackupError::WrongIdentity { .. })),
+        "{wrong}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&fetch_dir).unwrap().count(),
+        0,
+        "no unchecked plaintext left"
+    );
+
     // Flip one byte in the middle of the snapshot's ciphertext.
     let object = dir
         .path()
@@ -160,6 +201,24 @@ async fn round_trip_verify_corruption_and_identities_on_a_file_store() {
             );
         }
     }
+    // The restore's fetch refuses it, names the first check that failed, and leaves nothing.
+    let refused = fetch_decrypted(&store, &manifest.id, Some(&identity_file), &fetch_dir)
+        .await
+        .unwrap_err();
+    match &refused {
+        FetchError::Corrupt { problem, .. } => {
+            assert_eq!(
+                (problem.object.as_str(), problem.check.as_str()),
+                ("snapshot.db.age", "stored sha256")
+            )
+        }
+        other => panic!("expected a corrupt backup, got {other}"),
+    }
+    assert_eq!(
+        std::fs::read_dir(&fetch_dir).unwrap().count(),
+        0,
+        "no unchecked plaintext left"
+    );
 }
 
 fn listed_manifest_size(dir: &Path, manifest: &Manifest) -> u64 {

@@ -79,8 +79,9 @@ const ABSENT: &str = "absent";
 pub fn probe_command(path: &str) -> String {
     let p = shell_quote(path);
     format!(
-        "if [ -f {p} ]; then sha256sum -- {p} | cut -d' ' -f1 && stat -c '%a %U %G' -- {p}; \
-         elif [ -e {p} ]; then echo 'not a regular file' >&2; exit 2; else echo {ABSENT}; fi"
+        "if [ -f {p} ]; then {hash} && stat -c '%a %U %G' -- {p}; \
+         elif [ -e {p} ]; then echo 'not a regular file' >&2; exit 2; else echo {ABSENT}; fi",
+        hash = crate::ops::shell::sha256_hex(&format!("< {p}")),
     )
 }
 
@@ -261,10 +262,11 @@ pub async fn upload_file(
     }
     // Verify what landed, then rename over the destination atomically.
     let finish = format!(
-        "{attrs} && actual=$(sha256sum -- {q_temp} | cut -d' ' -f1) && \
+        "{attrs} && actual=$({hash}) && \
          if [ \"$actual\" != {expected} ]; then rm -f -- {q_temp}; echo \"sha256-mismatch $actual\"; exit 3; fi && \
          mv -f -- {q_temp} {dest_q}",
         attrs = attribute_commands(&temp, dest),
+        hash = crate::ops::shell::sha256_hex(&format!("< {q_temp}")),
         dest_q = shell_quote(&dest.path),
     );
     let out = t.exec(&finish, &opts).await?;

@@ -67,9 +67,10 @@ fn path_state_command_in(path: &str, checksum_dir: &str) -> String {
          elif [ -e \"$p\" ]; then k=other; else echo absent; exit 0; fi; \
          set -f; set -- $(stat -c \"$k %a %u %U %g %G %s {IDENTITY_FORMAT}\" -- \"$p\"); echo \"$1 $2 $3 $4 $5 $6 $7\"; \
          if [ \"$k\" = file ]; then \
-         if [ -f \"$c\" ] && read -r id sum < \"$c\" && [ \"$id\" = \"$8\" ]; then echo \"$sum  -\"; else sha256sum < \"$p\"; fi; fi",
+         if [ -f \"$c\" ] && read -r id sum < \"$c\" && [ \"$id\" = \"$8\" ]; then echo \"$sum  -\"; else {hash}; fi; fi",
         quote(path),
         quote(&format!("{checksum_dir}{path}")),
+        hash = super::shell::sha256_hex("< \"$p\""),
     )
 }
 

@@ -352,7 +352,7 @@ pub fn write_file_command(file: &RemoteFile, sha256: &str, size: u64) -> String 
     let (dir, name) = split_parent(&file.path);
     let mut script = format!(
         "set -e; d={dir}; mkdir -p -- \"$d\"; tmp=$(mktemp \"$d\"/{tmpl}); trap 'rm -f -- \"$tmp\"' EXIT; \
-         cat > \"$tmp\"; sum=$(sha256sum < \"$tmp\"); sum=${{sum%% *}}; \
+         cat > \"$tmp\"; sum=$({hash}); \
          if [ \"$sum\" != {sha} ]; then echo \"content of {shown} arrived corrupted: sha256 $sum, expected {sha}\" >&2; exit 1; fi; \
          chmod {mode:04o} \"$tmp\"; ",
         dir = quote(dir),
@@ -360,6 +360,7 @@ pub fn write_file_command(file: &RemoteFile, sha256: &str, size: u64) -> String 
         sha = sha256,
         shown = file.path.replace(['"', '$', '`', '\\'], "_"),
         mode = file.mode,
+        hash = shell::sha256_hex("< \"$tmp\""),
     );
     if let Some(chown) = chown_spec(file.owner.as_deref(), file.group.as_deref()) {
         script.push_str(&format!("chown {} \"$tmp\"; ", quote(&chown)));
