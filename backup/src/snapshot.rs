@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_etcd::client::{error_chain, EtcdClient, EtcdEndpoint, EtcdTls};
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, SnapshotResponse, SnapshotStreaming, TlsOptions};
 
 use crate::error::BackupError;
 use crate::manifest::ObjectEntry;
@@ -142,6 +142,22 @@ pub async fn take_snapshot(
     })
 }
 
+async fn next_message(stream: &mut SnapshotStreaming, received: u64) -> Result<Option<SnapshotResponse>, String> {
+    tokio::time::timeout(IDLE_TIMEOUT, stream.message())
+        .await
+        .map_err(|_| format!("no data for {}s after {received} bytes", IDLE_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("stream broke after {received} bytes: {}", error_chain(&e)))
+}
+
+/// The snapshot's whole size, from its first message, for the etcd versions whose Maintenance
+/// service is known to announce it that way (3.4 and 3.5: every data message says how many
+/// data bytes remain, and a 32-byte SHA-256 message follows them). Unknown otherwise: the
+/// store then takes the object in parts.
+fn announced_size(version: &str, first_len: usize, remaining: u64) -> Option<u64> {
+    let known = version.starts_with("3.4.") || version.starts_with("3.5.");
+    known.then(|| first_len as u64 + remaining + TRAILER_LEN as u64)
+}
+
 enum AttemptError {
     /// This member could not deliver the snapshot; the next one may.
     Member(String),
@@ -177,16 +193,22 @@ async fn attempt_snapshot(
         .await
         .map_err(|_| "starting the snapshot timed out".to_string())?
         .map_err(|e| format!("starting the snapshot: {}", error_chain(&e)))?;
-    let mut writer = ObjectWriter::start(store, key.to_string(), name, recipients).map_err(AttemptError::Fatal)?;
+    let first = next_message(&mut stream, 0).await?;
+    let size = first
+        .as_ref()
+        .and_then(|m| announced_size(&version, m.blob().len(), m.remaining_bytes()));
+    let mut writer =
+        ObjectWriter::start(store, key.to_string(), name, recipients, size).map_err(AttemptError::Fatal)?;
     let mut trailer = HeldTrailer::default();
     let mut received = 0u64;
     let mut remaining = u64::MAX;
+    let mut first = Some(first);
     let outcome: Result<(), AttemptError> = async {
         loop {
-            let message = tokio::time::timeout(IDLE_TIMEOUT, stream.message())
-                .await
-                .map_err(|_| format!("no data for {}s after {received} bytes", IDLE_TIMEOUT.as_secs()))?
-                .map_err(|e| format!("stream broke after {received} bytes: {}", error_chain(&e)))?;
+            let message = match first.take() {
+                Some(message) => message,
+                None => next_message(&mut stream, received).await?,
+            };
             let Some(message) = message else { break };
             let blob = message.blob();
             trailer.write(blob, &mut writer).await.map_err(AttemptError::Fatal)?;
@@ -290,7 +312,7 @@ mod tests {
     async fn held(data: &[u8], chunk: usize) -> (TrailerOutcome, Option<ObjectEntry>) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(FileStore::new(dir.path().to_path_buf()));
-        let mut writer = ObjectWriter::start(store, "id/snapshot.db".into(), "snapshot.db", &None).unwrap();
+        let mut writer = ObjectWriter::start(store, "id/snapshot.db".into(), "snapshot.db", &None, None).unwrap();
         let mut trailer = HeldTrailer::default();
         for piece in data.chunks(chunk) {
             trailer.write(piece, &mut writer).await.unwrap();

@@ -610,15 +610,6 @@ pub async fn verify_restored(
 mod tests {
     use super::*;
 
-    fn file(path: &str, optional: bool) -> StateFile {
-        StateFile {
-            role: "control_plane",
-            path: path.into(),
-            mode: 0o600,
-            optional,
-        }
-    }
-
     #[test]
     fn read_output_parses_present_and_missing_files() {
         let files = ["/etc/a b/ca.key", "/etc/x"];

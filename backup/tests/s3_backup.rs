@@ -26,10 +26,64 @@ async fn round_trip_and_flipped_byte_on_s3() {
         ..S3Options::default()
     };
     let store = open_store(&url, &options).await.unwrap();
+    // The same backup both ways: multipart (single PUTs off), then one streamed PutObject (the
+    // snapshot's size is announced by etcd). A multipart object's ETag ends in -<parts>.
+    let multipart_store = open_store(
+        &url,
+        &S3Options {
+            single_put_max: 0,
+            ..options.clone()
+        },
+    )
+    .await
+    .unwrap();
+    let etag_of = |id: String| {
+        let server = &server;
+        async move {
+            let head = server
+                .client()
+                .await
+                .head_object()
+                .bucket("capstan-backups")
+                .key(format!("demo/etcd/{id}/snapshot.db.age"))
+                .send()
+                .await
+                .unwrap();
+            (
+                head.content_length().unwrap_or(-1),
+                head.e_tag().unwrap_or_default().trim_matches('"').to_string(),
+            )
+        }
+    };
+    let first = create(&multipart_store, request(&cluster, encrypted_to(&recipient), None))
+        .await
+        .unwrap();
+    let (length, etag) = etag_of(first.id.to_string()).await;
+    assert_eq!(length, first.objects[0].stored.size as i64);
+    assert!(
+        etag.rsplit_once('-')
+            .is_some_and(|(_, parts)| parts.parse::<u32>().is_ok_and(|n| n > 1)),
+        "a multipart upload: {etag}"
+    );
+    let report = verify(
+        &multipart_store,
+        &VerifyTarget::Id(first.id.clone()),
+        Some(&identity_file),
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    for name in first.objects.iter().map(|o| o.name.as_str()).chain(["manifest.json"]) {
+        store.delete(&format!("{}/{name}", first.id)).await.unwrap();
+    }
+
     let manifest = create(&store, request(&cluster, encrypted_to(&recipient), None))
         .await
         .unwrap();
     assert!(manifest.objects[0].stored.size > options.part_size as u64);
+    let (length, etag) = etag_of(manifest.id.to_string()).await;
+    assert_eq!(length, manifest.objects[0].stored.size as i64);
+    assert!(!etag.contains('-'), "one PutObject: {etag}");
 
     let listed = list(&store).await.unwrap();
     assert_eq!(listed.len(), 1);

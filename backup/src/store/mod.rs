@@ -70,6 +70,15 @@ pub trait Store: Send + Sync {
     /// Returns the number of bytes stored.
     async fn put_stream(&self, name: &str, body: BodyReceiver) -> Result<u64, StoreError>;
 
+    /// Like [`Store::put_stream`] for a body whose exact size is known before it starts: a store
+    /// may then send it in one request instead of parts. The body must be exactly `size` bytes;
+    /// the object is committed once they all arrived (the writer sends the last bytes only
+    /// when everything before them checked out).
+    async fn put_sized_stream(&self, name: &str, size: u64, body: BodyReceiver) -> Result<u64, StoreError> {
+        let _ = size;
+        self.put_stream(name, body).await
+    }
+
     /// Store a small object in one request.
     async fn put_bytes(&self, name: &str, data: Vec<u8>) -> Result<(), StoreError>;
 

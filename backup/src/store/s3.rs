@@ -2,11 +2,16 @@
 //! part buffers and a few parts in flight; any failure aborts the multipart upload, so nothing
 //! half-written stays billed in the bucket. Small objects use a single PutObject.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
@@ -31,6 +36,14 @@ pub struct S3Options {
     pub parts_in_flight: usize,
     /// Attempts per request, with exponential backoff between them.
     pub max_attempts: u32,
+    /// Objects of a size known up front and at most this many bytes go up in one streamed
+    /// PutObject instead of a multipart upload: no parts buffered (less memory), and no
+    /// completion step, in which servers that store objects as files (s3s-fs, MinIO's FS mode)
+    /// copy and hash the whole object again (3.4 s of a 9 s 1 GiB backup on s3s-fs). The price:
+    /// a failed request cannot be retried part by part, so the whole object fails (and the
+    /// backup with it; the schedule's next run starts over). 0 turns it off. S3 takes at most
+    /// 5 GiB in one PutObject.
+    pub single_put_max: u64,
 }
 
 impl Default for S3Options {
@@ -42,6 +55,7 @@ impl Default for S3Options {
             part_size: 6 * 1024 * 1024,
             parts_in_flight: 3,
             max_attempts: 5,
+            single_put_max: 5 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -319,6 +333,66 @@ impl S3Store {
     }
 }
 
+/// The body of one streamed PutObject: the writer's chunks, exactly `size` bytes of them. A
+/// writer that gives up (the channel closes without [`BodyChunk::End`]) or sends more or less
+/// than announced fails the body, so the request fails and the server commits nothing.
+struct ChannelBody {
+    body: BodyReceiver,
+    size: u64,
+    sent: u64,
+    done: bool,
+    abandoned: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let failed = |this: &mut Self, reason: String| {
+            this.done = true;
+            Poll::Ready(Some(Err(std::io::Error::other(reason))))
+        };
+        match self.body.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(BodyChunk::Data(data))) => {
+                self.sent += data.len() as u64;
+                if self.sent > self.size {
+                    let reason = format!("the body outgrew its announced {} bytes", self.size);
+                    return failed(&mut self, reason);
+                }
+                Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+            }
+            Poll::Ready(Some(BodyChunk::End)) if self.sent == self.size => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(BodyChunk::End)) => {
+                let reason = format!("the body ended after {} of {} bytes", self.sent, self.size);
+                failed(&mut self, reason)
+            }
+            Poll::Ready(None) => {
+                self.abandoned.store(true, Ordering::SeqCst);
+                failed(&mut self, "the writer abandoned the upload".into())
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.size.saturating_sub(self.sent))
+    }
+}
+
 async fn join_part(parts: &mut JoinSet<Result<CompletedPart, String>>) -> Result<CompletedPart, String> {
     match parts.join_next().await {
         Some(Ok(result)) => result,
@@ -382,6 +456,48 @@ impl Store for S3Store {
             }
         }
         result
+    }
+
+    async fn put_sized_stream(&self, name: &str, size: u64, body: BodyReceiver) -> Result<u64, StoreError> {
+        // Small objects: one buffered PutObject, which the SDK can retry.
+        if size > self.options.single_put_max || size <= self.options.part_size as u64 {
+            return self.put_stream(name, body).await;
+        }
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let channel = ChannelBody {
+            body,
+            size,
+            sent: 0,
+            done: false,
+            abandoned: abandoned.clone(),
+        };
+        let streamed = SdkByteStream::from_body_1_x(channel);
+        let sent = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(name))
+            .content_length(i64::try_from(size).unwrap_or(i64::MAX))
+            .body(streamed)
+            .customize()
+            // As for parts: the manifest's hashes and age's tags check the content, and a
+            // stream cannot be hashed before it is sent.
+            .disable_payload_signing()
+            // The body waits on etcd, which may pause longer than the SDK's stall grace.
+            .config_override(
+                aws_sdk_s3::config::Builder::default()
+                    .stalled_stream_protection(StalledStreamProtectionConfig::disabled()),
+            )
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(size),
+            Err(_) if abandoned.load(Ordering::SeqCst) => Err(StoreError::Abandoned {
+                store: self.url(),
+                name: name.to_string(),
+            }),
+            Err(e) => Err(self.error("uploading", name, describe(&e))),
+        }
     }
 
     async fn put_bytes(&self, name: &str, data: Vec<u8>) -> Result<(), StoreError> {
