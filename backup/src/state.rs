@@ -15,7 +15,7 @@ use capstan_inventory::{Cluster, Host};
 use capstan_provisioner::component::{Component, StateFile};
 use capstan_provisioner::facts::ProbeSections;
 use capstan_provisioner::hint::Hint;
-use capstan_provisioner::ops::shell::{quote, sha256_hex};
+use capstan_provisioner::ops::shell::{quote, remote_sha256_by_size};
 use capstan_provisioner::ops::{Command, File};
 use capstan_provisioner::phases::PhaseContext;
 use capstan_provisioner::pool::Connections;
@@ -551,7 +551,7 @@ pub async fn verify_restored(
                 .iter()
                 .map(|(file, _)| {
                     let path = quote(&file.path);
-                    let hash = sha256_hex(&format!("< {path}"));
+                    let hash = remote_sha256_by_size(&format!("< {path}"), &format!("$(stat -c %s {path})"));
                     format!("if [ -f {path} ]; then stat -c '%a %U %G' {path} | tr '\\n' ' '; {hash}; else echo missing; fi\n")
                 })
                 .collect();

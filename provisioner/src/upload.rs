@@ -81,7 +81,8 @@ pub fn probe_command(path: &str) -> String {
     format!(
         "if [ -f {p} ]; then {hash} && stat -c '%a %U %G' -- {p}; \
          elif [ -e {p} ]; then echo 'not a regular file' >&2; exit 2; else echo {ABSENT}; fi",
-        hash = crate::ops::shell::sha256_hex(&format!("< {p}")),
+        // Uploads are the large files (artifacts, snapshots).
+        hash = crate::ops::shell::remote_sha256(&format!("< {p}"), None),
     )
 }
 
@@ -266,7 +267,7 @@ pub async fn upload_file(
          if [ \"$actual\" != {expected} ]; then rm -f -- {q_temp}; echo \"sha256-mismatch $actual\"; exit 3; fi && \
          mv -f -- {q_temp} {dest_q}",
         attrs = attribute_commands(&temp, dest),
-        hash = crate::ops::shell::sha256_hex(&format!("< {q_temp}")),
+        hash = crate::ops::shell::remote_sha256(&format!("< {q_temp}"), None),
         dest_q = shell_quote(&dest.path),
     );
     let out = t.exec(&finish, &opts).await?;

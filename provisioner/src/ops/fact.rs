@@ -70,7 +70,7 @@ fn path_state_command_in(path: &str, checksum_dir: &str) -> String {
          if [ -f \"$c\" ] && read -r id sum < \"$c\" && [ \"$id\" = \"$8\" ]; then echo \"$sum  -\"; else {hash}; fi; fi",
         quote(path),
         quote(&format!("{checksum_dir}{path}")),
-        hash = super::shell::sha256_hex("< \"$p\""),
+        hash = super::shell::remote_sha256_by_size("< \"$p\"", "\"$7\""),
     )
 }
 

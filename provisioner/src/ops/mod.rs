@@ -360,7 +360,7 @@ pub fn write_file_command(file: &RemoteFile, sha256: &str, size: u64) -> String 
         sha = sha256,
         shown = file.path.replace(['"', '$', '`', '\\'], "_"),
         mode = file.mode,
-        hash = shell::sha256_hex("< \"$tmp\""),
+        hash = shell::remote_sha256("< \"$tmp\"", Some(size)),
     );
     if let Some(chown) = chown_spec(file.owner.as_deref(), file.group.as_deref()) {
         script.push_str(&format!("chown {} \"$tmp\"; ", quote(&chown)));
