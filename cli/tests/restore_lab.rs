@@ -498,14 +498,29 @@ async fn lab_restore_three_member_backup_into_five() {
         "--target",
         &target,
     ];
-    for (step, delay) in [
-        ("installing etcd and configuring members", Duration::from_millis(1500)),
-        ("starting etcd on every member", Duration::ZERO),
+    // Interrupted (Ctrl-C) once, killed outright once: the decrypted backup an interrupted run
+    // holds is removed at once; a killed run's by the next restore.
+    let mut killed_pids = Vec::new();
+    for (step, delay, signal) in [
+        (
+            "installing etcd and configuring members",
+            Duration::from_millis(1500),
+            libc::SIGINT,
+        ),
+        ("starting etcd on every member", Duration::ZERO, libc::SIGKILL),
     ] {
-        assert!(
-            killed_at(&fresh_inventory, &restore_args, step, delay),
-            "the restore never reached `{step}`"
-        );
+        let (reached, pid) = killed_at(&fresh_inventory, &restore_args, step, delay, signal);
+        assert!(reached, "the restore never reached `{step}`");
+        let left = private_dirs_of(pid);
+        if signal == libc::SIGINT {
+            assert!(
+                left.is_empty(),
+                "an interrupted restore left its decrypted backup: {left:?}"
+            );
+        } else {
+            assert!(!left.is_empty(), "a killed restore cannot clean up");
+            killed_pids.push(pid);
+        }
     }
     let run = capstan_ok(
         Some(&fresh_inventory),
@@ -522,6 +537,13 @@ async fn lab_restore_three_member_backup_into_five() {
         ],
         &[],
     );
+    for pid in killed_pids {
+        let left = private_dirs_of(pid);
+        assert!(
+            left.is_empty(),
+            "the next restore removes a killed one's decrypted backup: {left:?}"
+        );
+    }
     let report: Value = serde_json::from_str(&run.stdout).unwrap();
     let members = report["outcome"]["verification"]["members"].as_array().unwrap();
     assert_eq!(members.len(), 5, "{report:#}");
@@ -539,7 +561,22 @@ async fn lab_restore_three_member_backup_into_five() {
 
 /// Runs `capstan -i inventory args...` and kills it (SIGKILL) `delay` after its progress on
 /// stderr first shows `step`. Whether the step was reached.
-fn killed_at(inventory: &Path, args: &[&str], step: &str, delay: Duration) -> bool {
+/// The restore's private directories (`$TMPDIR/capstan-restore-<pid>-*`) of process `pid`.
+fn private_dirs_of(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("capstan-restore-{pid}-")))
+        })
+        .collect()
+}
+
+/// Runs capstan until its stderr shows `step`, waits `delay`, sends it `signal`; returns whether
+/// the step was reached, and the process id.
+fn killed_at(inventory: &Path, args: &[&str], step: &str, delay: Duration, signal: i32) -> (bool, u32) {
     use std::io::BufRead;
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
@@ -553,16 +590,23 @@ fn killed_at(inventory: &Path, args: &[&str], step: &str, delay: Duration) -> bo
         .expect("run capstan");
     let stderr = child.stderr.take().expect("piped stderr");
     let mut reached = false;
+    // Read to the end: the child may still write after the signal (what it removed).
     for line in std::io::BufReader::new(stderr).lines() {
         let Ok(line) = line else { break };
-        if line.contains(step) {
+        if !reached && line.contains(step) {
             reached = true;
             std::thread::sleep(delay);
-            let _ = child.kill();
-            break;
+            // SAFETY: signalling our own child, which has not been waited for.
+            unsafe { libc::kill(child.id() as i32, signal) };
         }
     }
-    let _ = child.wait();
+    let status = child.wait().expect("wait for capstan");
+    if reached && signal == libc::SIGINT {
+        assert_eq!(status.code(), Some(130), "an interrupted restore exits 130: {status:?}");
+    } else if reached {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(signal), "{status:?}");
+    }
     // A killed run's lock would expire by itself within its lease time; the operator who killed
     // it removes it at once.
     capstan_ok(Some(inventory), &["unlock", "--force"], &[]);
@@ -571,7 +615,7 @@ fn killed_at(inventory: &Path, args: &[&str], step: &str, delay: Duration) -> bo
         args.join(" "),
         started.elapsed().as_secs_f64()
     );
-    reached
+    (reached, child.id())
 }
 
 /// The revision in the manifest of the newest backup under a file:// target directory.

@@ -272,7 +272,15 @@ pub(crate) async fn fetch(
         .map_err(|e| Failure::of(&e).into())
 }
 
-/// A 0700 directory under the temp dir (for the plaintext snapshot); removed when dropped.
+/// Name prefix of the private directories under the temp dir: `capstan-restore-<pid>-<nanos>`.
+const PRIVATE_PREFIX: &str = "capstan-restore-";
+
+/// Private directories that exist now, for the signal handler to remove.
+static LIVE_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// A 0700 directory under the temp dir (for the plaintext snapshot); removed when dropped, and
+/// when the process is interrupted (SIGINT, SIGTERM). One left by a process killed outright
+/// (SIGKILL, a crash) is removed by the next restore or drill.
 pub(crate) struct PrivateDir(PathBuf);
 
 impl PrivateDir {
@@ -284,19 +292,116 @@ impl PrivateDir {
 impl Drop for PrivateDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        if let Ok(mut live) = LIVE_DIRS.lock() {
+            live.retain(|p| p != &self.0);
+        }
     }
+}
+
+/// On SIGINT or SIGTERM: remove every live private directory (decrypted backups), then exit
+/// as a process killed by that signal would (130, 143). Installed once, on a thread of its own
+/// (callers may or may not be inside a runtime).
+fn remove_on_interrupt() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let (ready, registered) = std::sync::mpsc::channel();
+        // Its own thread and runtime: callers may be inside a runtime (which cannot block on
+        // another) or not.
+        std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                let _ = ready.send(());
+                return;
+            };
+            let code = runtime.block_on(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let handlers = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+                let _ = ready.send(());
+                let (Ok(mut interrupt), Ok(mut terminate)) = handlers else {
+                    return None;
+                };
+                Some(tokio::select! {
+                    _ = interrupt.recv() => 130,
+                    _ = terminate.recv() => 143,
+                })
+            });
+            let Some(code) = code else { return };
+            let dirs = LIVE_DIRS.lock().map(|live| live.clone()).unwrap_or_default();
+            // Everything first: a closed stderr may end the process at the first message.
+            for dir in &dirs {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            for dir in &dirs {
+                eprintln!("interrupted: removed the decrypted backup in {}", dir.display());
+            }
+            std::process::exit(code);
+        });
+        // Handlers are in place before the first decrypted byte is written.
+        let _ = registered.recv_timeout(std::time::Duration::from_secs(5));
+    });
+}
+
+/// Private directories in `temp` left by processes that no longer run (killed outright), which
+/// hold decrypted backups. A directory whose pid runs again (reused) is left alone.
+fn stale_private_dirs(temp: &Path, running: impl Fn(u32) -> bool) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid: u32 = name.strip_prefix(PRIVATE_PREFIX)?.split('-').next()?.parse().ok()?;
+            let owned = entry.metadata().ok().is_some_and(|m| m.is_dir());
+            (owned && !running(pid)).then(|| entry.path())
+        })
+        .collect()
 }
 
 pub(crate) fn private_tempdir() -> anyhow::Result<PrivateDir> {
     use std::os::unix::fs::DirBuilderExt;
+    let temp = std::env::temp_dir();
+    for stale in stale_private_dirs(&temp, |pid| Path::new(&format!("/proc/{pid}")).exists()) {
+        if std::fs::remove_dir_all(&stale).is_ok() {
+            tracing::warn!(
+                "removed {}: a decrypted backup left by an interrupted restore or drill",
+                stale.display()
+            );
+        }
+    }
+    remove_on_interrupt();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
-    let path = std::env::temp_dir().join(format!("capstan-restore-{}-{nanos:08x}", std::process::id()));
+    let path = temp.join(format!("{PRIVATE_PREFIX}{}-{nanos:08x}", std::process::id()));
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&path)
         .map_err(|e| Failure::new(format!("creating {}: {e}", path.display())))?;
+    if let Ok(mut live) = LIVE_DIRS.lock() {
+        live.push(path.clone());
+    }
     Ok(PrivateDir(path))
+}
+
+#[cfg(test)]
+mod private_dir_tests {
+    use super::*;
+
+    #[test]
+    fn stale_dirs_are_those_of_processes_that_are_gone() {
+        let temp = tempfile::tempdir().unwrap();
+        for name in [
+            "capstan-restore-100-0000abcd",
+            "capstan-restore-200-0000abcd",
+            "capstan-restore-x-1",
+            "other-300",
+        ] {
+            std::fs::create_dir(temp.path().join(name)).unwrap();
+        }
+        // A file with the prefix is not one of ours.
+        std::fs::write(temp.path().join("capstan-restore-400-0000abcd"), b"").unwrap();
+        let stale = stale_private_dirs(temp.path(), |pid| pid == 200);
+        assert_eq!(stale, [temp.path().join("capstan-restore-100-0000abcd")]);
+    }
 }
