@@ -494,7 +494,7 @@ impl Read for ChannelReader {
     }
 }
 
-pub(crate) enum DecryptFailure {
+enum DecryptFailure {
     NoMatchingKeys,
     Other(String),
     /// Writing the plaintext to the caller's file failed.

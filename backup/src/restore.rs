@@ -13,7 +13,7 @@ use capstan_provisioner::hint::Hint;
 use crate::error::BackupError;
 use crate::id::BackupId;
 use crate::manifest::{object_name, Manifest, ObjectEntry, INVENTORY_BASE, PKI_BASE, SNAPSHOT_BASE, STATE_BASE};
-use crate::ops::{check_object, list, read_manifest, VerifyProblem, VerifyTarget};
+use crate::ops::{check_object, list, load_identities, read_manifest, Identities, VerifyProblem, VerifyTarget};
 use crate::state::{unarchive, StateEntry};
 use crate::store::{Store, StoreError};
 
@@ -131,15 +131,37 @@ pub async fn fetch_decrypted(
         })
     };
     let snapshot_entry = entry(SNAPSHOT_BASE)?;
+    // A missing or unreadable identity file is said as such, before anything is downloaded; each
+    // decrypting thread loads its own copy from the path.
+    if let Some(path) = identity {
+        load_identities(path)?;
+    }
+    let identities = identity.map(|path| (Arc::new(path.to_path_buf()), path.display().to_string()));
     let pki_entry = entry(PKI_BASE)?;
     let inventory_entry = entry(INVENTORY_BASE)?;
 
     let snapshot_path = dir.join(SNAPSHOT_BASE);
-    fetch_object(store, &manifest, &snapshot_entry, identity, &snapshot_path, true).await?;
+    fetch_object(
+        store,
+        &manifest,
+        &snapshot_entry,
+        identities.as_ref(),
+        &snapshot_path,
+        true,
+    )
+    .await?;
     let pki_path = dir.join(PKI_BASE);
-    fetch_object(store, &manifest, &pki_entry, identity, &pki_path, false).await?;
+    fetch_object(store, &manifest, &pki_entry, identities.as_ref(), &pki_path, false).await?;
     let inventory_path = dir.join(INVENTORY_BASE);
-    fetch_object(store, &manifest, &inventory_entry, identity, &inventory_path, false).await?;
+    fetch_object(
+        store,
+        &manifest,
+        &inventory_entry,
+        identities.as_ref(),
+        &inventory_path,
+        false,
+    )
+    .await?;
 
     let read = |path: &Path| {
         std::fs::read(path).map_err(|e| FetchError::Local {
@@ -154,7 +176,7 @@ pub async fn fetch_decrypted(
     let state = match manifest.object(STATE_BASE).cloned() {
         Some(state_entry) => {
             let state_path = dir.join(STATE_BASE);
-            fetch_object(store, &manifest, &state_entry, identity, &state_path, false).await?;
+            fetch_object(store, &manifest, &state_entry, identities.as_ref(), &state_path, false).await?;
             let bytes = read(&state_path)?;
             let _ = std::fs::remove_file(&state_path);
             unarchive(&bytes).map_err(|e| FetchError::Backup(BackupError::PkiArchive(format!("backup {id}: {e}"))))?
@@ -213,7 +235,7 @@ async fn fetch_object(
     store: &Arc<dyn Store>,
     manifest: &Manifest,
     entry: &ObjectEntry,
-    identity: Option<&Path>,
+    identities: Option<&(Identities, String)>,
     out: &Path,
     is_snapshot: bool,
 ) -> Result<(), FetchError> {
@@ -221,17 +243,12 @@ async fn fetch_object(
         path: out.display().to_string(),
         reason: e.to_string(),
     })?;
-    let identities = identity.map(|path| (Arc::new(path.to_path_buf()), path.display().to_string()));
-    if let Some(path) = identity {
-        // A missing or unreadable identity file is said as such, before anything is downloaded.
-        crate::ops::load_identities(path)?;
-    }
     let mut problems = Vec::new();
     let checked = check_object(
         store,
         manifest,
         entry,
-        identities.as_ref(),
+        identities,
         is_snapshot,
         &mut problems,
         Some((file, out)),

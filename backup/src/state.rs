@@ -551,8 +551,12 @@ pub async fn verify_restored(
                 .iter()
                 .map(|(file, _)| {
                     let path = quote(&file.path);
-                    let hash = remote_sha256_by_size(&format!("< {path}"), &format!("$(stat -c %s {path})"));
-                    format!("if [ -f {path} ]; then stat -c '%a %U %G' {path} | tr '\\n' ' '; {hash}; else echo missing; fi\n")
+                    // One stat: mode, owner and group printed, the size picks the hash tool.
+                    let hash = remote_sha256_by_size(&format!("< {path}"), "\"$4\"");
+                    format!(
+                        "if [ -f {path} ]; then set -- $(stat -c '%a %U %G %s' {path}); printf '%s %s %s ' \"$1\" \"$2\" \"$3\"; \
+                         {hash}; else echo missing; fi\n"
+                    )
                 })
                 .collect();
             let output = match transport.exec(&script, &ExecOptions::default()).await {

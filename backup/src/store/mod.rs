@@ -74,8 +74,7 @@ pub trait Store: Send + Sync {
     /// may then send it in one request instead of parts. The body must be exactly `size` bytes;
     /// the object is committed once they all arrived (the writer sends the last bytes only
     /// when everything before them checked out).
-    async fn put_sized_stream(&self, name: &str, size: u64, body: BodyReceiver) -> Result<u64, StoreError> {
-        let _ = size;
+    async fn put_sized_stream(&self, name: &str, _size: u64, body: BodyReceiver) -> Result<u64, StoreError> {
         self.put_stream(name, body).await
     }
 
